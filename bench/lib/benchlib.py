@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh: free ports, /proc process-tree CPU and RSS, wrk
+output parsing, nginx config generation and the result tables.
+
+Subcommands (all print to stdout, exit 1 with a message on stderr on failure):
+  port                         a free TCP port on 127.0.0.1
+  tree PID                     PID and all its descendants, one per line
+  cpu PID                      CPU seconds (utime+stime+cutime+cstime) of the tree
+  rss PID                      "SUM_KIB KIB/KIB/..." of the workers (descendants;
+                               the root itself when it has none)
+  wrk FILE                     "rps p50_ms p99_ms requests non2xx socket_errors"
+  nginx-conf TEMPLATE HDRFILE BODYFILE KEY=VALUE...
+                               the filled-in nginx config
+  report TSV META_JSON         the console table and the markdown section
+"""
+
+import json
+import os
+import re
+import socket
+import sys
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def die(msg):
+    sys.stderr.write("benchlib: %s\n" % msg)
+    sys.exit(1)
+
+
+# ---------------------------------------------------------------- processes
+
+def read_stat(pid):
+    """Fields of /proc/PID/stat after the comm field, or None if gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'.
+    return data[data.rindex(")") + 2:].split()
+
+
+def children_map():
+    kids = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        st = read_stat(int(name))
+        if st is None:
+            continue
+        kids.setdefault(int(st[1]), []).append(int(name))  # st[1] is ppid
+    return kids
+
+
+def tree(root):
+    kids = children_map()
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(sorted(kids.get(pid, [])))
+    return out
+
+
+def cpu_seconds(root):
+    """utime+stime of every process in the tree.  /proc/PID/stat of a process
+    already sums all its threads, live and exited; cutime/cstime add children
+    that exited and were reaped during the run (a restarted worker)."""
+    ticks = 0
+    for pid in tree(root):
+        st = read_stat(pid)
+        if st is None:
+            continue
+        # after comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+        ticks += int(st[11]) + int(st[12]) + int(st[13]) + int(st[14])
+    return ticks / CLK_TCK
+
+
+def vm_rss_kib(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss(root):
+    pids = tree(root)
+    workers = pids[1:] or pids[:1]
+    sizes = [s for s in (vm_rss_kib(p) for p in workers) if s is not None]
+    if not sizes:
+        die("no process left in the tree of %d" % root)
+    return "%d %s" % (sum(sizes), "/".join(str(s) for s in sizes))
+
+
+# ---------------------------------------------------------------------- wrk
+
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def to_ms(text):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text)
+    if not m:
+        die("cannot read the latency %r" % text)
+    return float(m.group(1)) * UNIT_MS[m.group(2)]
+
+
+def parse_wrk(path):
+    with open(path) as f:
+        text = f.read()
+    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
+    reqs = re.search(r"^\s*(\d+) requests in ", text, re.M)
+    p50 = re.search(r"^\s*50(?:\.0+)?%\s+(\S+)", text, re.M)
+    p99 = re.search(r"^\s*99(?:\.0+)?%\s+(\S+)", text, re.M)
+    if not (rps and reqs and p50 and p99):
+        die("unexpected wrk output in %s:\n%s" % (path, text))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return "%s %.4f %.4f %s %d %d" % (
+        rps.group(1), to_ms(p50.group(1)), to_ms(p99.group(1)), reqs.group(1),
+        int(non2xx.group(1)) if non2xx else 0,
+        sum(int(g) for g in sock.groups()) if sock else 0)
+
+
+# -------------------------------------------------------------------- nginx
+
+SKIP_HEADERS = {
+    "date", "content-length", "content-type", "connection", "keep-alive",
+    "transfer-encoding", "server", "etag", "last-modified", "x-powered-by",
+    "content-encoding", "x-request-id",
+}
+
+
+def nginx_headers(path):
+    """add_header lines replicating the headers of a raw HTTP response head."""
+    lines = ['            add_header X-Request-ID $request_id always;']
+    with open(path, "rb") as f:
+        head = f.read().decode("latin-1")
+    for raw in head.replace("\r\n", "\n").split("\n")[1:]:
+        if ":" not in raw:
+            continue
+        name, value = raw.split(":", 1)
+        name, value = name.strip(), value.strip()
+        low = name.lower()
+        if low in SKIP_HEADERS or low.startswith("ratelimit"):
+            continue
+        if "$" in value or not re.fullmatch(r"[A-Za-z0-9-]+", name):
+            sys.stderr.write("benchlib: not replicating header %s in nginx\n" % name)
+            continue
+        value = value.replace("\\", "\\\\").replace('"', '\\"')
+        lines.append('            add_header %s "%s" always;' % (name, value))
+    return "\n".join(lines)
+
+
+def nginx_conf(template, hdrfile, bodyfile, pairs):
+    with open(template) as f:
+        text = f.read()
+    with open(bodyfile) as f:
+        body = f.read().strip()
+    if "$" in body:
+        die("the /health body contains '$', which nginx would expand")
+    values = dict(p.split("=", 1) for p in pairs)
+    values["HEADERS"] = nginx_headers(hdrfile)
+    values["BODY"] = body.replace("\\", "\\\\").replace("'", "\\'")
+    for key, val in values.items():
+        text = text.replace("@%s@" % key, val)
+    left = re.findall(r"@[A-Z_]+@", text)
+    if left:
+        die("unfilled placeholders in %s: %s" % (template, " ".join(left)))
+    return text
+
+
+# ------------------------------------------------------------------- report
+
+def mean(xs):
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def load_rows(path):
+    cols = ["target", "server", "round", "rps", "p50", "p99", "requests",
+            "non2xx", "sockerr", "cpu_s", "rss_kib", "rss_each"]
+    rows = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                rows.append(dict(zip(cols, line.rstrip("\n").split("\t"))))
+    return rows
+
+
+def summarise(rows):
+    """{target: {server: summary}} keeping first-seen order."""
+    out = {}
+    for r in rows:
+        out.setdefault(r["target"], {}).setdefault(r["server"], []).append(r)
+    summary = {}
+    for target, servers in out.items():
+        summary[target] = {}
+        for server, rs in servers.items():
+            rps = [float(r["rps"]) for r in rs]
+            req = sum(int(r["requests"]) for r in rs)
+            cpu = sum(float(r["cpu_s"]) for r in rs)
+            last = rs[-1]
+            summary[target][server] = {
+                "best": max(rps), "mean": mean(rps),
+                "p50": mean([float(r["p50"]) for r in rs]),
+                "p99": mean([float(r["p99"]) for r in rs]),
+                "cpu_us": cpu * 1e6 / req if req else float("nan"),
+                "rss": "%.1f (%s)" % (int(last["rss_kib"]) / 1024.0, "/".join(
+                    "%.1f" % (int(k) / 1024.0) for k in last["rss_each"].split("/"))),
+                "errors": sum(int(r["non2xx"]) + int(r["sockerr"]) for r in rs),
+                "rounds": len(rs),
+            }
+    return summary
+
+
+HEAD = ["server", "req/s best", "req/s mean", "p50 ms", "p99 ms", "CPU µs/req",
+        "worker RSS MiB (each)", "errors"]
+
+
+def cells(name, s):
+    return [name, "%.0f" % s["best"], "%.0f" % s["mean"], "%.3f" % s["p50"],
+            "%.3f" % s["p99"], "%.1f" % s["cpu_us"], s["rss"], str(s["errors"])]
+
+
+def ratios(servers):
+    out = []
+    r = servers.get("resil")
+    if not r:
+        return out
+    n, e = servers.get("nginx"), servers.get("express")
+    if n:
+        out.append("resil/nginx req/s (mean) = %.2f (SPEC target >= 0.70)" % (r["mean"] / n["mean"]))
+        out.append("resil p99 / nginx p99 = %.2f (SPEC target <= 1.5)" % (r["p99"] / n["p99"]))
+        out.append("resil/nginx CPU per request = %.2f (SPEC target <= 1.5)" % (r["cpu_us"] / n["cpu_us"]))
+    if e:
+        out.append("resil/express req/s (mean) = %.1f (SPEC target >= 10)" % (r["mean"] / e["mean"]))
+    return out
+
+
+def report(tsv, meta_path):
+    with open(meta_path) as f:
+        meta = json.load(f)
+    summary = summarise(load_rows(tsv))
+    if not summary:
+        die("no results to report")
+    wrk = "wrk -t%s -c%s -d%ss --latency" % (meta["threads"], meta["connections"], meta["duration"])
+    # console table
+    for target, servers in summary.items():
+        print()
+        print("== %s  (%s, %s round(s), %s workers, errors = non-2xx + socket errors)"
+              % (target, wrk, meta["rounds"], meta["workers"]))
+        table = [HEAD] + [cells(name, s) for name, s in servers.items()]
+        widths = [max(len(row[i]) for row in table) for i in range(len(HEAD))]
+        for row in table:
+            print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                            for i, (c, w) in enumerate(zip(row, widths))))
+        for line in ratios(servers):
+            print("  " + line)
+    # markdown
+    print()
+    print("----- markdown for bench/RESULTS.md -----")
+    print()
+    print("### %s — %s" % (meta["date"], ", ".join("GET " + t for t in summary)))
+    print()
+    print("* Machine: %s, %s, nproc %s" % (meta["uname"], meta["cpu"], meta["nproc"]))
+    print("* Command: `%s`" % meta["command"])
+    print("* Load: `%s`, %s round(s), servers alternated, 2 s warm-up before each run; "
+          "%s workers each" % (wrk, meta["rounds"], meta["workers"]))
+    print("* Versions: %s" % meta["versions"])
+    for target, servers in summary.items():
+        print()
+        print("GET %s:" % target)
+        print()
+        print("| " + " | ".join(HEAD) + " |")
+        print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(HEAD))) + "|")
+        for name, s in servers.items():
+            print("| " + " | ".join(cells(name, s)) + " |")
+        rl = ratios(servers)
+        if rl:
+            print()
+            for line in rl:
+                print("* " + line)
+    print()
+
+
+# --------------------------------------------------------------------- main
+
+def main(argv):
+    if len(argv) < 2:
+        die(__doc__)
+    cmd, args = argv[1], argv[2:]
+    if cmd == "port":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            print(s.getsockname()[1])
+    elif cmd == "tree" and len(args) == 1:
+        print("\n".join(str(p) for p in tree(int(args[0]))))
+    elif cmd == "cpu" and len(args) == 1:
+        print("%.2f" % cpu_seconds(int(args[0])))
+    elif cmd == "rss" and len(args) == 1:
+        print(rss(int(args[0])))
+    elif cmd == "wrk" and len(args) == 1:
+        print(parse_wrk(args[0]))
+    elif cmd == "nginx-conf" and len(args) >= 3:
+        sys.stdout.write(nginx_conf(args[0], args[1], args[2], args[3:]))
+    elif cmd == "report" and len(args) == 2:
+        report(args[0], args[1])
+    else:
+        die("bad usage\n" + __doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

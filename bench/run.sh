@@ -1,0 +1,444 @@
+#!/usr/bin/env bash
+# bench/run.sh - load benchmark of resild against the reference servers of
+# SPEC §11: nginx answering GET /health from a `return 200` location and
+# Express 4 with the enterprise middleware chain in node cluster mode, all with
+# the same number of workers, measured with wrk over loopback.  Prints req/s,
+# p50/p99 latency, server CPU time per request, worker RSS and errors, then the
+# same as markdown for bench/RESULTS.md.  Never decides pass/fail on a timing:
+# it exits non-zero only when something cannot be installed or built, a server
+# does not start (or dies), or wrk fails.  See bench/README.md.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH_DIR")
+LIB="$BENCH_DIR/lib/benchlib.py"
+BUILD_DIR="$BENCH_DIR/.build"
+COMMAND_LINE=bench/run.sh
+for a in "$@"; do
+    if [[ $a =~ ^[A-Za-z0-9_./,=:@%+-]+$ ]]; then COMMAND_LINE+=" $a"; else COMMAND_LINE+=" $(printf '%q' "$a")"; fi
+done
+
+DURATION=${DURATION:-10}
+WARMUP=2
+WORKERS=2
+ROUNDS=2
+THREADS=2
+CONNECTIONS=64
+ONLY=resil,nginx,express
+START_TIMEOUT=${BENCH_START_TIMEOUT:-30}
+RATE_LIMIT=${BENCH_RATE_LIMIT:-100000000/15m}
+TARGET_PATHS=()
+TARGET_SCRIPTS=()
+
+# A /health body of resil's shape, used when resil is not part of the run.
+PLACEHOLDER_BODY='{"status":"healthy","uptime":12.345678901,"timestamp":"2026-01-01T00:00:00.000Z","version":"0.1.0","checks":{"database":"connected","workers":{"total":2,"ready":2},"circuits":{}}}'
+
+usage() {
+    cat <<EOF
+usage: bench/run.sh [options]
+  --duration S        seconds per measured wrk run (default \$DURATION or 10)
+  --workers N         worker processes for every server (default 2)
+  --rounds R          rounds; servers alternate within a round (default 2)
+  --only LIST         comma-separated subset of resil,nginx,express (default all)
+  --path P            URL path to load (repeatable; default /health)
+  --script FILE       wrk Lua script for the preceding --path (POST bodies, headers)
+  --connections C     wrk connections (default 64)
+  --threads T         wrk threads (default 2)
+  -h, --help          this text
+environment: RESIL_BIN=/path/to/resild skips the build; BENCH_LOG_DIR=DIR keeps
+server logs there (default: discarded); BENCH_KEEP_TMP=1 keeps the temp dir.
+EOF
+}
+
+die() {
+    echo "bench: $*" >&2
+    exit 1
+}
+
+is_uint() {
+    [[ $1 =~ ^[1-9][0-9]*$ ]]
+}
+
+# ------------------------------------------------------------------ options
+
+while (($#)); do
+    case $1 in
+        --duration) DURATION=${2:-}; shift 2 ;;
+        --workers) WORKERS=${2:-}; shift 2 ;;
+        --rounds) ROUNDS=${2:-}; shift 2 ;;
+        --only) ONLY=${2:-}; shift 2 ;;
+        --connections) CONNECTIONS=${2:-}; shift 2 ;;
+        --threads) THREADS=${2:-}; shift 2 ;;
+        --path)
+            [[ ${2:-} == /* ]] || die "--path needs a path starting with /"
+            TARGET_PATHS+=("$2"); TARGET_SCRIPTS+=(""); shift 2 ;;
+        --script)
+            [[ -r ${2:-} ]] || die "--script: cannot read '${2:-}'"
+            ((${#TARGET_PATHS[@]})) || { TARGET_PATHS+=("/health"); TARGET_SCRIPTS+=(""); }
+            TARGET_SCRIPTS[${#TARGET_SCRIPTS[@]}-1]=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
+            shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option '$1'" ;;
+    esac
+done
+for v in DURATION WORKERS ROUNDS CONNECTIONS THREADS; do
+    is_uint "${!v}" || die "--${v,,} needs a positive integer, got '${!v}'"
+done
+((${#TARGET_PATHS[@]})) || { TARGET_PATHS=("/health"); TARGET_SCRIPTS=(""); }
+IFS=, read -r -a SERVERS <<<"$ONLY"
+((${#SERVERS[@]})) || die "--only needs at least one server"
+declare -A WANT=()
+for s in "${SERVERS[@]}"; do
+    case $s in
+        resil|nginx|express) WANT[$s]=1 ;;
+        *) die "--only: unknown server '$s' (resil, nginx, express)" ;;
+    esac
+done
+
+# ------------------------------------------------------ temp dir and cleanup
+
+declare -A PID_OF=() PORT_OF=()
+STARTED=()
+WRK_PID=
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/resil-bench.XXXXXX")
+
+proc_state() {  # PID -> one-letter state, empty when gone
+    local line
+    read -r line 2>/dev/null <"/proc/$1/stat" || return 0
+    line=${line##*) }
+    printf '%s' "${line%% *}"
+}
+
+stop_pid() {  # stop one server we started and whatever it forked
+    local pid=$1 kids i state
+    kids=$(python3 "$LIB" tree "$pid" 2>/dev/null | tail -n +2 || true)
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        state=$(proc_state "$pid")
+        [[ -z $state || $state == Z ]] && break
+        sleep 0.1
+    done
+    state=$(proc_state "$pid")
+    if [[ -n $state && $state != Z ]]; then
+        echo "bench: pid $pid did not stop within 10 s; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    for i in $kids; do
+        state=$(proc_state "$i")
+        if [[ -n $state && $state != Z ]]; then kill -KILL "$i" 2>/dev/null || true; fi
+    done
+}
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    if [[ -n $WRK_PID ]]; then
+        kill -TERM "$WRK_PID" 2>/dev/null || true
+        wait "$WRK_PID" 2>/dev/null || true
+    fi
+    for pid in "${STARTED[@]}"; do
+        stop_pid "$pid"
+    done
+    if [[ ${BENCH_KEEP_TMP:-0} == 1 ]]; then
+        echo "bench: kept $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ----------------------------------------------------------------- packages
+
+APT_UPDATED=0
+apt_install() {
+    ((EUID == 0)) || die "missing: $* (install with: apt-get install -y $*, or run as root)"
+    command -v apt-get >/dev/null || die "missing: $* and no apt-get to install them"
+    if ((APT_UPDATED == 0)); then
+        apt-get update -qq || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    echo "bench: installing $*" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null ||
+        die "apt-get install $* failed"
+}
+
+find_nginx() {
+    command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true
+}
+
+ensure_packages() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v python3 >/dev/null || missing+=(python3)
+    if [[ -n ${WANT[nginx]:-} && -z $(find_nginx) ]]; then missing+=(nginx-light); fi
+    if [[ -n ${WANT[express]:-} ]]; then
+        command -v node >/dev/null || missing+=(nodejs)
+        command -v npm >/dev/null || missing+=(npm)
+    fi
+    if [[ -n ${WANT[resil]:-} && -z ${RESIL_BIN:-} ]]; then
+        command -v autoreconf >/dev/null || missing+=(autoconf automake libtool)
+        command -v make >/dev/null && command -v cc >/dev/null || missing+=(build-essential)
+        command -v pkg-config >/dev/null || missing+=(pkg-config)
+        if ((EUID == 0)) && command -v dpkg-query >/dev/null; then
+            local p
+            for p in libevent-dev libyajl-dev libmongoc-dev libbson-dev libsodium-dev \
+                     libsqlite3-dev zlib1g-dev nettle-dev check libwslay-dev node-llhttp; do
+                dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+                    missing+=("$p")
+            done
+        fi
+    fi
+    ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
+}
+
+ensure_express_modules() {
+    local dir="$BENCH_DIR/express"
+    if [[ ! -d $dir/node_modules/express || $dir/package.json -nt $dir/node_modules/.package-lock.json ]]; then
+        echo "bench: npm install in bench/express" >&2
+        (cd "$dir" && timeout 600 npm install --no-audit --no-fund --loglevel=error >&2) ||
+            die "npm install in $dir failed"
+    fi
+}
+
+# -------------------------------------------------------------------- build
+
+build_resil() {
+    if [[ -n ${RESIL_BIN:-} ]]; then
+        [[ -x $RESIL_BIN ]] || die "RESIL_BIN=$RESIL_BIN is not an executable"
+        RESILD=$RESIL_BIN
+        return
+    fi
+    [[ -f $ROOT/configure.ac ]] || die "no configure.ac in $ROOT"
+    if [[ -f $ROOT/config.status ]]; then
+        die "$ROOT is configured in-tree, which blocks the out-of-tree release build in bench/.build: run 'make distclean' there, or set RESIL_BIN=/path/to/resild"
+    fi
+    if [[ ! -x $ROOT/configure ]]; then
+        echo "bench: autoreconf -fi" >&2
+        (cd "$ROOT" && autoreconf -fi >"$TMP/autoreconf.log" 2>&1) ||
+            { tail -n 30 "$TMP/autoreconf.log" >&2; die "autoreconf failed"; }
+    fi
+    mkdir -p "$BUILD_DIR"
+    local log="$BUILD_DIR/build.log"
+    echo "bench: building resild (-O2 -g -DNDEBUG) in bench/.build, log in $log" >&2
+    {
+        if [[ ! -f $BUILD_DIR/Makefile ]]; then
+            (cd "$BUILD_DIR" && ../../configure CFLAGS="-O2 -g -DNDEBUG")
+        fi &&
+        (cd "$BUILD_DIR" && timeout 1800 make -j2)
+    } >"$log" 2>&1 || { tail -n 40 "$log" >&2; die "building resild failed (log: $log)"; }
+    RESILD=$BUILD_DIR/resild
+    if [[ ! -x $RESILD ]]; then
+        RESILD=$(find "$BUILD_DIR" -name resild -type f -perm -u+x -print -quit)
+        [[ -n $RESILD ]] || die "the build produced no resild binary under $BUILD_DIR"
+    fi
+}
+
+# ------------------------------------------------------------------ servers
+
+free_port() {
+    python3 "$LIB" port
+}
+
+log_for() {  # NAME -> where the server's stderr goes
+    if [[ -n ${BENCH_LOG_DIR:-} ]]; then
+        mkdir -p "$BENCH_LOG_DIR"
+        echo "$BENCH_LOG_DIR/$1.log"
+    else
+        echo /dev/null
+    fi
+}
+
+wait_health() {  # NAME URL: until it answers 200, bounded; dies otherwise
+    local name=$1 url=$2 pid=${PID_OF[$1]} deadline=$((SECONDS + START_TIMEOUT)) code state
+    while ((SECONDS < deadline)); do
+        state=$(proc_state "$pid")
+        if [[ -z $state || $state == Z ]]; then
+            wait "$pid" 2>/dev/null || true
+            return 1
+        fi
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
+        [[ $code == 200 ]] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+start_bg() {  # NAME STDERR CMD...: start one server in the background
+    local name=$1 errlog=$2
+    shift 2
+    "$@" </dev/null >/dev/null 2>"$errlog" &
+    PID_OF[$name]=$!
+    STARTED+=("$!")
+}
+
+fetch_reference() {  # NAME: save the /health head and body of a running server
+    local port=${PORT_OF[$1]}
+    curl -s --max-time 5 -D "$TMP/$1.head" -o "$TMP/$1.body" "http://127.0.0.1:$port/health" ||
+        die "$1: cannot fetch /health"
+}
+
+start_resil() {
+    local port secret dir="$TMP/resil" out v unset=()
+    port=$(free_port)
+    mkdir -p "$dir"
+    secret=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+    for v in $(compgen -e); do
+        [[ $v == RESIL_* ]] && unset+=(-u "$v")
+    done
+    local run=(env "${unset[@]}"
+        RESIL_ENV=production RESIL_JWT_SECRET="$secret" RESIL_LOG_LEVEL=info
+        RESIL_LOG_FORMAT=json RESIL_CONTROL="$dir/control.sock"
+        RESIL_RATE_LIMIT="$RATE_LIMIT" RESIL_SHUTDOWN_TIMEOUT=5s
+        "$RESILD" --listen "127.0.0.1:$port" --workers "$WORKERS"
+        --db "sqlite://$dir/bench.db" --foreground)
+    if ! out=$("${run[@]}" --check-config 2>&1); then
+        echo "bench: warning: resild --check-config failed:" >&2
+        printf '%s\n' "$out" | head -n 20 >&2
+    fi
+    PORT_OF[resil]=$port
+    start_bg resil "$(log_for resil)" "${run[@]}"
+    wait_health resil "http://127.0.0.1:$port/health" ||
+        die "resil did not answer GET /health with 200 within ${START_TIMEOUT}s (rerun with BENCH_LOG_DIR=/tmp/benchlogs to keep its log)"
+    fetch_reference resil
+}
+
+start_express() {
+    local port body
+    port=$(free_port)
+    if [[ -f $TMP/resil.body ]]; then body=$(<"$TMP/resil.body"); else body=$PLACEHOLDER_BODY; fi
+    PORT_OF[express]=$port
+    start_bg express "$(log_for express)" env NODE_ENV=production PORT="$port" \
+        BENCH_WORKERS="$WORKERS" BENCH_HEALTH_BODY="$body" BENCH_RATE_LIMIT="$RATE_LIMIT" \
+        node "$BENCH_DIR/express/server.js"
+    wait_health express "http://127.0.0.1:$port/health" ||
+        die "express did not answer GET /health with 200 within ${START_TIMEOUT}s (rerun with BENCH_LOG_DIR=/tmp/benchlogs to keep its log)"
+    fetch_reference express
+}
+
+start_nginx() {
+    local port nginx dir="$TMP/nginx" head body user_line out
+    nginx=$(find_nginx)
+    port=$(free_port)
+    mkdir -p "$dir"
+    # Same body and headers as resil; without resil, resil's shape and helmet's headers.
+    if [[ -f $TMP/resil.body ]]; then
+        head=$TMP/resil.head body=$TMP/resil.body
+    else
+        printf '%s' "$PLACEHOLDER_BODY" >"$dir/placeholder.body"
+        body=$dir/placeholder.body
+        if [[ -f $TMP/express.head ]]; then head=$TMP/express.head; else head=$BENCH_DIR/nginx/default-headers.txt; fi
+    fi
+    user_line="# running as uid $EUID"
+    python3 "$LIB" nginx-conf "$BENCH_DIR/nginx/nginx.conf.in" "$head" "$body" \
+        "USER_LINE=$user_line" "WORKERS=$WORKERS" "PREFIX=$dir" "LISTEN=127.0.0.1:$port" \
+        >"$dir/nginx.conf" || die "cannot generate the nginx config"
+    out=$("$nginx" -t -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" 2>&1) ||
+        { printf '%s\n' "$out" >&2; die "nginx rejected $dir/nginx.conf"; }
+    PORT_OF[nginx]=$port
+    start_bg nginx "$(log_for nginx)" "$nginx" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log"
+    wait_health nginx "http://127.0.0.1:$port/health" ||
+        { tail -n 20 "$dir/error.log" >&2 || true; die "nginx did not answer GET /health with 200 within ${START_TIMEOUT}s"; }
+    fetch_reference nginx
+}
+
+# -------------------------------------------------------------------- load
+
+RESULTS_TSV=$TMP/results.tsv
+ROUND=0
+
+run_wrk() {  # SECONDS OUTFILE URL [wrk args...]: one wrk run, dies if wrk fails
+    local secs=$1 out=$2 url=$3 rc=0
+    shift 3
+    timeout -k 5 $((secs + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" --latency \
+        "$@" "$url" >"$out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || rc=$?
+    WRK_PID=
+    ((rc == 0)) || { cat "$out" >&2; die "wrk failed (status $rc) against $url"; }
+}
+
+# bench_target SERVER TARGET URL [wrk args...]: warm-up, then one measured run
+# with the server tree's CPU time around it and its workers' RSS after it.
+# New loads (paths, POST bodies via `-s script.lua`, headers via `-H`) only
+# need another call of this.
+bench_target() {
+    local server=$1 target=$2 url=$3
+    shift 3
+    local pid=${PID_OF[$server]} out="$TMP/wrk.$server.$ROUND.${#STARTED[@]}.$RANDOM"
+    local cpu0 cpu1 parsed rss state rps p50 p99 reqs non2xx sockerr
+    run_wrk "$WARMUP" "$out.warmup" "$url" "$@"
+    cpu0=$(python3 "$LIB" cpu "$pid")
+    run_wrk "$DURATION" "$out" "$url" "$@"
+    cpu1=$(python3 "$LIB" cpu "$pid")
+    state=$(proc_state "$pid")
+    [[ -n $state && $state != Z ]] || die "$server exited during the benchmark"
+    rss=$(python3 "$LIB" rss "$pid")
+    parsed=$(python3 "$LIB" wrk "$out") || die "cannot read wrk's output for $server"
+    read -r rps p50 p99 reqs non2xx sockerr <<<"$parsed"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$server" "$ROUND" \
+        "$rps" "$p50" "$p99" "$reqs" "$non2xx" "$sockerr" \
+        "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')" \
+        "${rss%% *}" "${rss#* }" >>"$RESULTS_TSV"
+    awk -v r="$ROUND" -v n="$ROUNDS" -v s="$server" -v t="$target" -v rps="$rps" \
+        -v p50="$p50" -v p99="$p99" -v q="$reqs" -v c0="$cpu0" -v c1="$cpu1" \
+        -v rss="${rss%% *}" -v e=$((non2xx + sockerr)) 'BEGIN {
+        printf "bench: round %d/%d %-7s %s: %.0f req/s, p50 %.3f ms, p99 %.3f ms, %.1f us CPU/req, RSS %.1f MiB, %d errors\n",
+            r, n, s, t, rps, p50, p99, (c1 - c0) * 1e6 / (q ? q : 1), rss / 1024, e }' >&2
+}
+
+versions() {
+    local v=() x
+    if [[ -n ${WANT[resil]:-} ]]; then
+        x=$("$RESILD" --version 2>&1 | head -n 1 || true)
+        [[ $x == resil* ]] || x="resild $x"
+        v+=("$x")
+    fi
+    if [[ -n ${WANT[nginx]:-} ]]; then x=$("$(find_nginx)" -v 2>&1 || true); v+=("${x#nginx version: }"); fi
+    if [[ -n ${WANT[express]:-} ]]; then
+        x=$(node -p "require('$BENCH_DIR/express/node_modules/express/package.json').version" 2>/dev/null || echo '?')
+        v+=("node $(node --version) + express $x")
+    fi
+    x=$(wrk -v 2>&1 | head -n 1 || true)
+    v+=("${x%% Copyright*}")
+    local IFS=';' joined
+    joined="${v[*]}"
+    echo "${joined//;/; }"
+}
+
+# --------------------------------------------------------------------- main
+
+ensure_packages
+[[ -n ${WANT[express]:-} ]] && ensure_express_modules
+[[ -n ${WANT[resil]:-} ]] && build_resil
+
+# resil first: nginx and Express copy its /health body (and nginx its headers).
+[[ -n ${WANT[resil]:-} ]] && start_resil
+[[ -n ${WANT[express]:-} ]] && start_express
+[[ -n ${WANT[nginx]:-} ]] && start_nginx
+for s in "${SERVERS[@]}"; do
+    printf 'bench: %-7s pid %s on 127.0.0.1:%s, GET /health %s bytes\n' "$s" "${PID_OF[$s]}" \
+        "${PORT_OF[$s]}" "$(wc -c <"$TMP/$s.body")" >&2
+done
+
+: >"$RESULTS_TSV"
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    for i in "${!TARGET_PATHS[@]}"; do
+        for s in "${SERVERS[@]}"; do
+            args=()
+            [[ -n ${TARGET_SCRIPTS[$i]} ]] && args=(-s "${TARGET_SCRIPTS[$i]}")
+            bench_target "$s" "${TARGET_PATHS[$i]}" "http://127.0.0.1:${PORT_OF[$s]}${TARGET_PATHS[$i]}" "${args[@]}"
+        done
+    done
+done
+
+python3 -c 'import json, sys; print(json.dumps(dict(a.split("=", 1) for a in sys.argv[1:])))' \
+    "date=$(date -u '+%Y-%m-%d %H:%M UTC')" "uname=$(uname -srm)" \
+    "cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)" "nproc=$(nproc)" \
+    "command=$COMMAND_LINE" "versions=$(versions)" "duration=$DURATION" "rounds=$ROUNDS" \
+    "workers=$WORKERS" "threads=$THREADS" "connections=$CONNECTIONS" >"$TMP/meta.json"
+python3 "$LIB" report "$RESULTS_TSV" "$TMP/meta.json"

@@ -1,0 +1,1236 @@
+/* http.c - HTTP/1.1 connections: accept, parse (llhttp, strict), dispatch
+ * one request at a time per connection, write responses in order.
+ *
+ * Lifecycle of a connection: accepted -> waiting for a request (header
+ * timer armed) -> request dispatched (parser paused, reads still buffered
+ * but not parsed) -> response queued -> next pipelined request or idle
+ * (keep-alive timer) -> closed. Framing errors are answered with a JSON
+ * 400/413/414/431 and the connection is closed after the response, so a
+ * smuggled second request is never parsed.
+ */
+#include "autoconfig.h"
+
+#include "http.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <llhttp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+struct arena_block {
+	struct arena_block *next;
+	size_t cap, used;
+	char data[];
+};
+
+enum conn_state { CONN_IDLE, CONN_READING, CONN_DISPATCHED, CONN_CLOSING };
+
+struct http_conn {
+	struct http_server *server;
+	struct bufferevent *bev;
+	struct event *timer;
+	llhttp_t parser;
+	struct http_request *req; /* being parsed or dispatched */
+	struct http_conn *prev, *next;
+	int state;
+	int close_after;          /* close once output is flushed */
+	int err_status;           /* protocol error found by a callback */
+	const char *err_code, *err_msg;
+	int in_header_value;      /* llhttp field/value tracking */
+	int host_count;
+	int content_length_seen;
+	int expect_continue;
+	char remote_ip[64];
+};
+
+struct http_server {
+	struct event_base *base;
+	struct evconnlistener *listener;
+	struct http_server_opts opts;
+	llhttp_settings_t settings;
+	struct http_conn *conns; /* list of open connections */
+	struct http_stats stats;
+	const struct timeval *tv_header, *tv_keepalive, *tv_body;
+	struct timeval tv_header_raw, tv_keepalive_raw, tv_body_raw;
+	int draining;
+	void (*on_drained)(void *ud);
+	void *drained_ud;
+	struct event *drain_ev;
+	struct http_request *free_reqs; /* small cache of request structs */
+	int nfree_reqs;
+};
+
+#define REQ_CACHE_MAX 64
+
+static void conn_free(struct http_conn *c);
+static void conn_process(struct http_conn *c);
+static void conn_write_error(struct http_conn *c, int status, const char *code, const char *msg);
+static void server_check_drained(struct http_server *s);
+
+/* ---------------------------------------------------------------- time */
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static __thread time_t date_sec = -1;
+static __thread char date_line[64];
+static __thread size_t date_len;
+
+const char *http_date_header(size_t *len)
+{
+	time_t t = time(NULL);
+	if (t != date_sec) {
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		date_len = strftime(date_line, sizeof(date_line), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+		date_sec = t;
+	}
+	*len = date_len;
+	return date_line;
+}
+
+/* --------------------------------------------------------------- arena */
+
+void *http_alloc(struct http_request *req, size_t n)
+{
+	n = (n + 15u) & ~(size_t)15u;
+	if (n <= sizeof(req->arena) - req->arena_used) {
+		void *p = req->arena + req->arena_used;
+		req->arena_used += n;
+		return p;
+	}
+	struct arena_block *b = req->arena_more;
+	if (b && n <= b->cap - b->used) {
+		void *p = b->data + b->used;
+		b->used += n;
+		return p;
+	}
+	size_t cap = n > 8192 ? n : 8192;
+	if (cap > SIZE_MAX - sizeof(*b))
+		return NULL;
+	b = malloc(sizeof(*b) + cap);
+	if (!b)
+		return NULL;
+	b->cap = cap;
+	b->used = n;
+	b->next = req->arena_more;
+	req->arena_more = b;
+	return b->data;
+}
+
+char *http_strndup(struct http_request *req, const char *s, size_t n)
+{
+	if (n == SIZE_MAX)
+		return NULL;
+	char *p = http_alloc(req, n + 1);
+	if (!p)
+		return NULL;
+	memcpy(p, s, n);
+	p[n] = '\0';
+	return p;
+}
+
+/* ------------------------------------------------------------- request */
+
+static struct http_request *request_new(struct http_server *s, struct http_conn *c)
+{
+	struct http_request *r = s->free_reqs;
+	if (r) {
+		s->free_reqs = (struct http_request *)r->app_data[0];
+		s->nfree_reqs--;
+	} else {
+		r = malloc(sizeof(*r));
+		if (!r)
+			return NULL;
+	}
+	/* Clear the fixed part only; hbuf and arena are written before read. */
+	memset(r, 0, offsetof(struct http_request, hbuf));
+	r->hlen = 0;
+	r->arena_more = NULL;
+	r->arena_used = 0;
+	r->body_cap = 0;
+	r->conn = c;
+	r->server = s;
+	r->start_ns = now_ns();
+	r->res.status = 200;
+	return r;
+}
+
+static void request_free(struct http_request *r)
+{
+	if (r->on_free) {
+		void (*fn)(struct http_request *) = r->on_free;
+		r->on_free = NULL;
+		fn(r);
+	}
+	free(r->body);
+	if (r->res.body)
+		evbuffer_free(r->res.body);
+	struct arena_block *b = r->arena_more;
+	while (b) {
+		struct arena_block *n = b->next;
+		free(b);
+		b = n;
+	}
+	struct http_server *s = r->server;
+	if (s && s->nfree_reqs < REQ_CACHE_MAX) {
+		r->app_data[0] = s->free_reqs;
+		s->free_reqs = r;
+		s->nfree_reqs++;
+	} else {
+		free(r);
+	}
+}
+
+const char *http_header_get(const struct http_request *req, const char *name, size_t *len)
+{
+	size_t nl = strlen(name);
+	for (int i = 0; i < req->nheaders; i++) {
+		const struct http_header *h = &req->headers[i];
+		if (h->name_len == nl && strncasecmp(h->name, name, nl) == 0) {
+			if (len)
+				*len = h->value_len;
+			return h->value;
+		}
+	}
+	return NULL;
+}
+
+static int header_count(const struct http_request *req, const char *name)
+{
+	size_t nl = strlen(name);
+	int n = 0;
+	for (int i = 0; i < req->nheaders; i++)
+		if (req->headers[i].name_len == nl && strncasecmp(req->headers[i].name, name, nl) == 0)
+			n++;
+	return n;
+}
+
+/* ------------------------------------------------------- llhttp callbacks */
+
+static int hbuf_append(struct http_conn *c, const char *at, size_t len, int status, const char *code)
+{
+	struct http_request *r = c->req;
+	if (len > HTTP_MAX_HEADER_BYTES - r->hlen) {
+		c->err_status = status;
+		c->err_code = code;
+		c->err_msg = status == 414 ? "request uri too long" : "request header fields too large";
+		return -1;
+	}
+	memcpy(r->hbuf + r->hlen, at, len);
+	r->hlen += len;
+	return 0;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+	struct http_conn *c = p->data;
+	if (!c->req) {
+		c->req = request_new(c->server, c);
+		if (!c->req) {
+			c->err_status = 503;
+			return -1;
+		}
+		memcpy(c->req->remote_ip, c->remote_ip, sizeof(c->remote_ip));
+	}
+	c->state = CONN_READING;
+	c->in_header_value = 0;
+	c->host_count = 0;
+	c->content_length_seen = 0;
+	c->expect_continue = 0;
+	/* The header timer started at accept or when the connection became
+	 * idle; it keeps running until the headers are complete. */
+	return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+	struct http_conn *c = p->data;
+	if (c->req->hlen + len > HTTP_MAX_URL_BYTES) {
+		c->err_status = 414;
+		c->err_code = "URI_TOO_LONG";
+		c->err_msg = "request uri too long";
+		return -1;
+	}
+	return hbuf_append(c, at, len, 431, "HEADERS_TOO_LARGE");
+}
+
+static int on_url_complete(llhttp_t *p)
+{
+	struct http_conn *c = p->data;
+	struct http_request *r = c->req;
+	r->url_len = r->hlen;
+	if (hbuf_append(c, "", 1, 431, "HEADERS_TOO_LARGE") < 0)
+		return -1;
+	r->url = r->hbuf;
+	return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+	struct http_conn *c = p->data;
+	struct http_request *r = c->req;
+	if (c->in_header_value || r->nheaders == 0 || r->headers[r->nheaders - 1].value) {
+		/* A new header starts. */
+		if (r->nheaders >= HTTP_MAX_HEADERS) {
+			c->err_status = 431;
+			c->err_code = "HEADERS_TOO_LARGE";
+			c->err_msg = "too many request header fields";
+			return -1;
+		}
+		r->headers[r->nheaders].name = r->hbuf + r->hlen;
+		r->headers[r->nheaders].name_len = 0;
+		r->headers[r->nheaders].value = NULL;
+		r->headers[r->nheaders].value_len = 0;
+		r->nheaders++;
+		c->in_header_value = 0;
+	}
+	if (hbuf_append(c, at, len, 431, "HEADERS_TOO_LARGE") < 0)
+		return -1;
+	r->headers[r->nheaders - 1].name_len += (uint16_t)len;
+	return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+	struct http_conn *c = p->data;
+	struct http_request *r = c->req;
+	if (hbuf_append(c, "", 1, 431, "HEADERS_TOO_LARGE") < 0)
+		return -1;
+	r->headers[r->nheaders - 1].value = r->hbuf + r->hlen;
+	c->in_header_value = 1;
+	return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+	struct http_conn *c = p->data;
+	struct http_request *r = c->req;
+	if (hbuf_append(c, at, len, 431, "HEADERS_TOO_LARGE") < 0)
+		return -1;
+	r->headers[r->nheaders - 1].value_len += (uint16_t)len;
+	return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+	struct http_conn *c = p->data;
+	struct http_request *r = c->req;
+	struct http_header *h = &r->headers[r->nheaders - 1];
+	if (hbuf_append(c, "", 1, 431, "HEADERS_TOO_LARGE") < 0)
+		return -1;
+	/* llhttp leaves these framing checks to the server (RFC 9112). */
+	for (size_t i = 0; i < h->value_len; i++) {
+		unsigned char ch = (unsigned char)h->value[i];
+		if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+			c->err_status = 400;
+			c->err_code = "BAD_REQUEST";
+			c->err_msg = "invalid character in header value";
+			return -1;
+		}
+	}
+	c->in_header_value = 0;
+	return 0;
+}
+
+static int valid_request_id(const char *v, size_t n)
+{
+	if (n < 1 || n > 128)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)v[i];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+		      ch == '_' || ch == '-'))
+			return 0;
+	}
+	return 1;
+}
+
+static int is_lower_hex(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return 0;
+	return 1;
+}
+
+/* W3C traceparent: "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>". */
+static void parse_traceparent(struct http_request *r, const char *v, size_t n)
+{
+	if (n < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-')
+		return;
+	if (!is_lower_hex(v, 2) || !is_lower_hex(v + 3, 32) || !is_lower_hex(v + 36, 16))
+		return;
+	if (memcmp(v, "ff", 2) == 0 || memcmp(v + 3, "00000000000000000000000000000000", 32) == 0)
+		return;
+	memcpy(r->trace_id, v + 3, 32);
+	r->trace_id[32] = '\0';
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+	struct http_conn *c = p->data;
+	struct http_request *r = c->req;
+	struct http_server *s = c->server;
+
+	r->http_minor = p->http_minor;
+	r->method = HTTP_M_OTHER;
+	switch (p->method) {
+	case HTTP_GET: r->method = HTTP_M_GET; break;
+	case HTTP_HEAD: r->method = HTTP_M_HEAD; break;
+	case HTTP_POST: r->method = HTTP_M_POST; break;
+	case HTTP_PUT: r->method = HTTP_M_PUT; break;
+	case HTTP_PATCH: r->method = HTTP_M_PATCH; break;
+	case HTTP_DELETE: r->method = HTTP_M_DELETE; break;
+	case HTTP_OPTIONS: r->method = HTTP_M_OPTIONS; break;
+	default: break;
+	}
+	r->method_name = llhttp_method_name((llhttp_method_t)p->method);
+
+	/* Split the target into path and query. */
+	const char *q = memchr(r->url, '?', r->url_len);
+	r->path = r->url;
+	r->path_len = q ? (size_t)(q - r->url) : r->url_len;
+	r->query = q ? q + 1 : r->url + r->url_len;
+	r->query_len = q ? r->url_len - r->path_len - 1 : 0;
+	if (r->path_len == 0 || r->path[0] != '/') {
+		/* Absolute-form and asterisk-form are not served here. */
+		if (!(r->method == HTTP_M_OPTIONS && r->url_len == 1 && r->url[0] == '*')) {
+			c->err_status = 400;
+			c->err_code = "BAD_REQUEST";
+			c->err_msg = "invalid request target";
+			return -1;
+		}
+	}
+	/* Make path NUL-terminated without copying: copy into the arena. */
+	if (q) {
+		char *pp = http_strndup(r, r->path, r->path_len);
+		if (!pp) {
+			c->err_status = 503;
+			return -1;
+		}
+		r->path = pp;
+	}
+
+	int hosts = header_count(r, "host");
+	if ((p->http_major == 1 && p->http_minor == 1 && hosts != 1) || hosts > 1) {
+		c->err_status = 400;
+		c->err_code = "BAD_REQUEST";
+		c->err_msg = hosts ? "multiple host headers" : "missing host header";
+		return -1;
+	}
+
+	size_t vl;
+	const char *v = http_header_get(r, "x-request-id", &vl);
+	if (v && valid_request_id(v, vl)) {
+		memcpy(r->request_id, v, vl);
+		r->request_id[vl] = '\0';
+	} else {
+		http_uuid4(r->request_id);
+	}
+	v = http_header_get(r, "traceparent", &vl);
+	if (v)
+		parse_traceparent(r, v, vl);
+
+	if ((p->flags & F_CONTENT_LENGTH) && s->opts.body_limit > 0 &&
+	    p->content_length > (uint64_t)s->opts.body_limit) {
+		c->err_status = 413;
+		c->err_code = "PAYLOAD_TOO_LARGE";
+		c->err_msg = "request body too large";
+		return -1;
+	}
+	r->has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+	r->keep_alive = llhttp_should_keep_alive(p);
+
+	v = http_header_get(r, "expect", &vl);
+	if (v) {
+		if (vl == 12 && strncasecmp(v, "100-continue", 12) == 0) {
+			if (r->has_body && r->http_minor >= 1)
+				bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+		} else {
+			c->err_status = 417;
+			c->err_code = "EXPECTATION_FAILED";
+			c->err_msg = "expectation failed";
+			return -1;
+		}
+	}
+
+	/* Headers are complete: the slowloris timer becomes a body timer. */
+	if (r->has_body)
+		evtimer_add(c->timer, s->tv_body);
+	else
+		evtimer_del(c->timer);
+	return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+	struct http_conn *c = p->data;
+	struct http_request *r = c->req;
+	int64_t limit = c->server->opts.body_limit;
+	if (limit > 0 && (uint64_t)r->body_len + len > (uint64_t)limit) {
+		c->err_status = 413;
+		c->err_code = "PAYLOAD_TOO_LARGE";
+		c->err_msg = "request body too large";
+		return -1;
+	}
+	if (r->body_len + len + 1 > r->body_cap) {
+		size_t cap = r->body_cap ? r->body_cap : 1024;
+		while (cap < r->body_len + len + 1) {
+			if (cap > SIZE_MAX / 2)
+				return -1;
+			cap *= 2;
+		}
+		char *nb = realloc(r->body, cap);
+		if (!nb) {
+			c->err_status = 503;
+			return -1;
+		}
+		r->body = nb;
+		r->body_cap = cap;
+	}
+	memcpy(r->body + r->body_len, at, len);
+	r->body_len += len;
+	r->body[r->body_len] = '\0';
+	return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+	struct http_conn *c = p->data;
+	c->state = CONN_DISPATCHED;
+	evtimer_del(c->timer);
+	/* Stop parsing here: the next pipelined request waits for this
+	 * response. */
+	return HPE_PAUSED;
+}
+
+/* ------------------------------------------------------------ responses */
+
+const char *http_status_text(int st)
+{
+	switch (st) {
+	case 100: return "Continue";
+	case 101: return "Switching Protocols";
+	case 200: return "OK";
+	case 201: return "Created";
+	case 202: return "Accepted";
+	case 204: return "No Content";
+	case 301: return "Moved Permanently";
+	case 302: return "Found";
+	case 304: return "Not Modified";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 408: return "Request Timeout";
+	case 409: return "Conflict";
+	case 413: return "Payload Too Large";
+	case 414: return "URI Too Long";
+	case 415: return "Unsupported Media Type";
+	case 417: return "Expectation Failed";
+	case 422: return "Unprocessable Entity";
+	case 429: return "Too Many Requests";
+	case 431: return "Request Header Fields Too Large";
+	case 500: return "Internal Server Error";
+	case 501: return "Not Implemented";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	default: return "Unknown";
+	}
+}
+
+void http_set_status(struct http_request *req, int status)
+{
+	req->res.status = status;
+}
+
+static int header_safe(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
+			return 0;
+	return 1;
+}
+
+int http_add_headern(struct http_request *req, const char *name, const char *value, size_t vlen)
+{
+	size_t nl = strlen(name);
+	if (!header_safe(name, nl) || !header_safe(value, vlen))
+		return -1;
+	struct http_response *res = &req->res;
+	size_t need = nl + 2 + vlen + 2;
+	if (res->headers_len + need > res->headers_cap) {
+		size_t cap = res->headers_cap ? res->headers_cap * 2 : 512;
+		while (cap < res->headers_len + need)
+			cap *= 2;
+		char *nb = http_alloc(req, cap);
+		if (!nb)
+			return -1;
+		if (res->headers_len)
+			memcpy(nb, res->headers, res->headers_len);
+		res->headers = nb;
+		res->headers_cap = cap;
+	}
+	char *w = res->headers + res->headers_len;
+	memcpy(w, name, nl);
+	w += nl;
+	*w++ = ':';
+	*w++ = ' ';
+	memcpy(w, value, vlen);
+	w += vlen;
+	*w++ = '\r';
+	*w++ = '\n';
+	res->headers_len += need;
+	return 0;
+}
+
+int http_add_header(struct http_request *req, const char *name, const char *value)
+{
+	return http_add_headern(req, name, value, strlen(value));
+}
+
+struct evbuffer *http_body(struct http_request *req)
+{
+	if (!req->res.body)
+		req->res.body = evbuffer_new();
+	return req->res.body;
+}
+
+int http_accepts_gzip(const char *v, size_t len)
+{
+	/* Look for a "gzip" (or "*") coding whose q is not zero. */
+	size_t i = 0;
+	while (i < len) {
+		while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ','))
+			i++;
+		size_t start = i;
+		while (i < len && v[i] != ',' && v[i] != ';' && v[i] != ' ' && v[i] != '\t')
+			i++;
+		size_t tl = i - start;
+		int match = (tl == 4 && strncasecmp(v + start, "gzip", 4) == 0) || (tl == 1 && v[start] == '*');
+		double q = 1.0;
+		while (i < len && v[i] != ',') {
+			if (v[i] == ';') {
+				i++;
+				while (i < len && (v[i] == ' ' || v[i] == '\t'))
+					i++;
+				if (i + 1 < len && (v[i] == 'q' || v[i] == 'Q') && v[i + 1] == '=') {
+					char num[16];
+					size_t k = 0;
+					i += 2;
+					while (i < len && k < sizeof(num) - 1 && ((v[i] >= '0' && v[i] <= '9') || v[i] == '.'))
+						num[k++] = v[i++];
+					num[k] = '\0';
+					q = k ? strtod(num, NULL) : 0.0;
+				}
+			} else {
+				i++;
+			}
+		}
+		if (match && q > 0.0)
+			return 1;
+	}
+	return 0;
+}
+
+int http_gzip(struct evbuffer *src, struct evbuffer *dst)
+{
+	z_stream zs;
+	memset(&zs, 0, sizeof(zs));
+	if (deflateInit2(&zs, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+		return -1;
+	size_t inlen = evbuffer_get_length(src);
+	unsigned char *in = evbuffer_pullup(src, -1);
+	if (!in && inlen) {
+		deflateEnd(&zs);
+		return -1;
+	}
+	uLong bound = deflateBound(&zs, (uLong)inlen);
+	struct evbuffer_iovec iov;
+	if (evbuffer_reserve_space(dst, bound, &iov, 1) < 1) {
+		deflateEnd(&zs);
+		return -1;
+	}
+	zs.next_in = in;
+	zs.avail_in = (uInt)inlen;
+	zs.next_out = iov.iov_base;
+	zs.avail_out = (uInt)iov.iov_len;
+	int rc = deflate(&zs, Z_FINISH);
+	if (rc != Z_STREAM_END) {
+		deflateEnd(&zs);
+		iov.iov_len = 0;
+		evbuffer_commit_space(dst, &iov, 1);
+		return -1;
+	}
+	iov.iov_len = zs.total_out;
+	evbuffer_commit_space(dst, &iov, 1);
+	deflateEnd(&zs);
+	return 0;
+}
+
+void http_uuid4(char out[37])
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char b[16];
+	randombytes_buf(b, sizeof(b));
+	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+	int k = 0;
+	for (int i = 0; i < 16; i++) {
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			out[k++] = '-';
+		out[k++] = hex[b[i] >> 4];
+		out[k++] = hex[b[i] & 15];
+	}
+	out[k] = '\0';
+}
+
+static void append_json_string(struct evbuffer *b, const char *s)
+{
+	evbuffer_add(b, "\"", 1);
+	for (const char *p = s; *p; p++) {
+		unsigned char ch = (unsigned char)*p;
+		if (ch == '"' || ch == '\\') {
+			char e[2] = {'\\', (char)ch};
+			evbuffer_add(b, e, 2);
+		} else if (ch < 0x20) {
+			char e[8];
+			snprintf(e, sizeof(e), "\\u%04x", ch);
+			evbuffer_add(b, e, 6);
+		} else {
+			evbuffer_add(b, p, 1);
+		}
+	}
+	evbuffer_add(b, "\"", 1);
+}
+
+void http_send_error(struct http_request *req, int status, const char *code, const char *message)
+{
+	struct evbuffer *b = http_body(req);
+	if (b) {
+		evbuffer_drain(b, evbuffer_get_length(b));
+		evbuffer_add_printf(b, "{\"success\":false,\"error\":");
+		append_json_string(b, message);
+		evbuffer_add_printf(b, ",\"code\":\"%s\",\"requestId\":", code);
+		append_json_string(b, req->request_id);
+		evbuffer_add(b, "}", 1);
+	}
+	req->res.status = status;
+	req->res.content_type = NULL;
+	http_send(req);
+}
+
+/* Append the status line and headers; returns bytes queued. */
+static size_t write_head(struct http_request *r, struct evbuffer *out, size_t body_len, int gz, int close)
+{
+	struct http_server *s = r->server;
+	char line[256];
+	int st = r->res.status;
+	size_t total = 0;
+	int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", st, http_status_text(st));
+	evbuffer_add(out, line, (size_t)n);
+	total += (size_t)n;
+	size_t dl;
+	const char *d = http_date_header(&dl);
+	evbuffer_add(out, d, dl);
+	total += dl;
+	if (st != 204 && st != 304 && !(st >= 100 && st < 200)) {
+		const char *ct = r->res.content_type ? r->res.content_type : "application/json; charset=utf-8";
+		n = snprintf(line, sizeof(line), "Content-Type: %s\r\nContent-Length: %zu\r\n", ct, body_len);
+		evbuffer_add(out, line, (size_t)n);
+		total += (size_t)n;
+	}
+	if (gz) {
+		evbuffer_add(out, "Content-Encoding: gzip\r\n", 24);
+		total += 24;
+	}
+	if (st != 101) {
+		/* Any body could be compressed: caches must key on it. */
+		evbuffer_add(out, "Vary: Accept-Encoding\r\n", 23);
+		total += 23;
+	}
+	n = snprintf(line, sizeof(line), "X-Request-ID: %s\r\n", r->request_id);
+	evbuffer_add(out, line, (size_t)n);
+	total += (size_t)n;
+	if (s->opts.fixed_headers) {
+		size_t fl = strlen(s->opts.fixed_headers);
+		evbuffer_add(out, s->opts.fixed_headers, fl);
+		total += fl;
+	}
+	if (r->res.headers_len) {
+		evbuffer_add(out, r->res.headers, r->res.headers_len);
+		total += r->res.headers_len;
+	}
+	if (close) {
+		evbuffer_add(out, "Connection: close\r\n\r\n", 21);
+		total += 21;
+	} else if (r->http_minor == 0) {
+		evbuffer_add(out, "Connection: keep-alive\r\n\r\n", 26);
+		total += 26;
+	} else {
+		evbuffer_add(out, "\r\n", 2);
+		total += 2;
+	}
+	return total;
+}
+
+void http_send(struct http_request *r)
+{
+	struct http_conn *c = r->conn;
+	struct http_server *s = r->server;
+	if (r->sent)
+		return;
+	r->sent = 1;
+	if (!c) {
+		/* The client went away while the application worked. */
+		s->stats.inflight--;
+		request_free(r);
+		server_check_drained(s);
+		return;
+	}
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *body = r->res.body;
+	size_t body_len = body ? evbuffer_get_length(body) : 0;
+	int st = r->res.status;
+	if (st == 204 || st == 304 || (st >= 100 && st < 200)) {
+		body_len = 0;
+		if (body)
+			evbuffer_drain(body, evbuffer_get_length(body));
+	}
+	int gz = 0;
+	struct evbuffer *zbody = NULL;
+	if (body_len >= HTTP_GZIP_MIN && !r->res.no_compress) {
+		size_t al;
+		const char *ae = http_header_get(r, "accept-encoding", &al);
+		if (ae && http_accepts_gzip(ae, al)) {
+			zbody = evbuffer_new();
+			if (zbody && http_gzip(body, zbody) == 0) {
+				gz = 1;
+				body_len = evbuffer_get_length(zbody);
+			} else if (zbody) {
+				evbuffer_free(zbody);
+				zbody = NULL;
+			}
+		}
+	}
+	/* A request that asked for an upgrade we did not perform leaves llhttp
+	 * in upgrade mode: end the connection after answering it. */
+	int close = !r->keep_alive || r->res.close || s->draining || c->close_after || c->parser.upgrade;
+	size_t bytes = write_head(r, out, body_len, gz, close);
+	if (r->method != HTTP_M_HEAD && body_len) {
+		evbuffer_add_buffer(out, gz ? zbody : body);
+		bytes += body_len;
+	}
+	if (zbody)
+		evbuffer_free(zbody);
+	if (close)
+		c->close_after = 1;
+	s->stats.requests++;
+	s->stats.inflight--;
+	if (s->opts.on_complete)
+		s->opts.on_complete(r, bytes, s->opts.ud);
+	c->req = NULL;
+	request_free(r);
+	if (s->opts.on_stats)
+		s->opts.on_stats(s->opts.ud);
+	if (c->close_after) {
+		c->state = CONN_CLOSING;
+		bufferevent_disable(c->bev, EV_READ);
+		/* conn_write_cb frees the connection once the output drained; the
+		 * timer bounds how long a client that does not read can hold it. */
+		if (evbuffer_get_length(out) == 0)
+			conn_free(c);
+		else
+			evtimer_add(c->timer, s->tv_body);
+		return;
+	}
+	c->state = CONN_IDLE;
+	/* Parse what the client pipelined meanwhile, or wait idle. */
+	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+		conn_process(c);
+	else
+		evtimer_add(c->timer, s->tv_keepalive);
+}
+
+/* A protocol error found before dispatch: answer it and close. */
+static void conn_write_error(struct http_conn *c, int status, const char *code, const char *msg)
+{
+	struct http_server *s = c->server;
+	if (!c->req) {
+		c->req = request_new(s, c);
+		if (!c->req) {
+			conn_free(c);
+			return;
+		}
+		memcpy(c->req->remote_ip, c->remote_ip, sizeof(c->remote_ip));
+	}
+	struct http_request *r = c->req;
+	if (!r->request_id[0])
+		http_uuid4(r->request_id);
+	if (!r->method_name)
+		r->method_name = "-";
+	if (!r->path) {
+		r->path = "-";
+		r->url = "-";
+	}
+	r->http_minor = 1;
+	r->keep_alive = 0;
+	c->close_after = 1;
+	/* Headers of a bad request cannot be trusted (no gzip). */
+	r->nheaders = 0;
+	c->state = CONN_DISPATCHED;
+	s->stats.inflight++;
+	http_send_error(r, status, code, msg);
+}
+
+/* ------------------------------------------------------------ connection */
+
+static void conn_process(struct http_conn *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev);
+	struct http_server *s = c->server;
+	while (c->state != CONN_DISPATCHED && c->state != CONN_CLOSING) {
+		size_t avail = evbuffer_get_length(in);
+		if (avail == 0)
+			return;
+		struct evbuffer_iovec v;
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+			return;
+		const char *data = v.iov_base;
+		size_t len = v.iov_len;
+		llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+		if (err == HPE_OK) {
+			evbuffer_drain(in, len);
+			continue;
+		}
+		if (err == HPE_PAUSED) {
+			const char *pos = llhttp_get_error_pos(&c->parser);
+			size_t used = pos ? (size_t)(pos - data) : len;
+			evbuffer_drain(in, used);
+			llhttp_resume(&c->parser);
+			struct http_request *r = c->req;
+			s->stats.inflight++;
+			if (s->opts.on_stats)
+				s->opts.on_stats(s->opts.ud);
+			if (s->draining)
+				r->res.close = 1;
+			s->opts.on_request(r, s->opts.ud);
+			/* on_request may have answered synchronously and even freed c
+			 * (close); the caller must not touch c after this. */
+			return;
+		}
+		/* Protocol error. */
+		int status = c->err_status ? c->err_status : 400;
+		const char *code = c->err_code ? c->err_code : (status == 503 ? "SERVICE_UNAVAILABLE" : "BAD_REQUEST");
+		const char *msg = c->err_msg ? c->err_msg : (status == 503 ? "service unavailable" : "bad request");
+		if (err == HPE_PAUSED_UPGRADE) {
+			status = 400;
+			code = "BAD_REQUEST";
+			msg = "protocol upgrade not supported here";
+		}
+		evbuffer_drain(in, evbuffer_get_length(in));
+		conn_write_error(c, status, code, msg);
+		return;
+	}
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct http_conn *c = arg;
+	(void)bev;
+	if (c->state == CONN_DISPATCHED || c->state == CONN_CLOSING)
+		return; /* keep buffered until the current response is queued */
+	if (c->state == CONN_IDLE) {
+		/* First bytes of a new request: the header deadline starts. */
+		evtimer_add(c->timer, c->server->tv_header);
+	}
+	conn_process(c);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct http_conn *c = arg;
+	(void)bev;
+	if (c->close_after && c->state == CONN_CLOSING)
+		conn_free(c);
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct http_conn *c = arg;
+	(void)bev;
+	/* EOF or error: a request still being worked on becomes an orphan
+	 * (conn_free), everything else is released now. */
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+		conn_free(c);
+}
+
+static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_conn *c = arg;
+	(void)fd;
+	(void)what;
+	if (c->state == CONN_READING && c->req && c->req->hlen > 0 && !c->req->has_body) {
+		/* Slow headers (slowloris): answer 408 and drop. */
+		conn_write_error(c, 408, "REQUEST_TIMEOUT", "request timeout");
+		return;
+	}
+	conn_free(c);
+}
+
+static void server_check_drained(struct http_server *s)
+{
+	/* Orphaned requests (client gone, application still working) keep
+	 * the server alive: they will call http_send() later. */
+	if (s->draining && !s->conns && s->stats.inflight == 0 && s->on_drained && !s->drain_ev) {
+		void (*fn)(void *) = s->on_drained;
+		s->on_drained = NULL;
+		fn(s->drained_ud);
+	}
+}
+
+static void conn_free(struct http_conn *c)
+{
+	struct http_server *s = c->server;
+	if (c->req) {
+		struct http_request *r = c->req;
+		c->req = NULL;
+		if (c->state == CONN_DISPATCHED && !r->sent) {
+			/* The application still holds it; http_send frees it. */
+			r->conn = NULL;
+		} else {
+			request_free(r);
+		}
+	}
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	evtimer_del(c->timer);
+	event_free(c->timer);
+	bufferevent_free(c->bev);
+	free(c);
+	s->stats.connections--;
+	if (s->opts.on_stats)
+		s->opts.on_stats(s->opts.ud);
+	server_check_drained(s);
+}
+
+static void format_peer(const struct sockaddr *sa, char *out, size_t outlen)
+{
+	out[0] = '\0';
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+		evutil_inet_ntop(AF_INET, &in->sin_addr, out, outlen);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		evutil_inet_ntop(AF_INET6, &in6->sin6_addr, out, outlen);
+	} else {
+		snprintf(out, outlen, "unix");
+	}
+}
+
+static const char reject_503[] =
+	"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+	"Content-Length: 96\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+	"{\"success\":false,\"error\":\"too many connections, try again\",\"code\":\"SERVICE_UNAVAILABLE\"}    ";
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+	struct http_server *s = arg;
+	(void)l;
+	(void)salen;
+	if (s->draining) {
+		close(fd);
+		return;
+	}
+	if (s->opts.max_connections > 0 && s->stats.connections >= s->opts.max_connections) {
+		/* Best effort: the socket is fresh, the small reply fits. */
+		ssize_t w = send(fd, reject_503, sizeof(reject_503) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)w;
+		s->stats.rejected++;
+		close(fd);
+		return;
+	}
+	struct http_conn *c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->server = s;
+	format_peer(sa, c->remote_ip, sizeof(c->remote_ip));
+	if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
+	c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	c->timer = evtimer_new(s->base, conn_timer_cb, c);
+	if (!c->bev || !c->timer) {
+		if (c->bev)
+			bufferevent_free(c->bev);
+		else
+			close(fd);
+		if (c->timer)
+			event_free(c->timer);
+		free(c);
+		return;
+	}
+	llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
+	c->parser.data = c;
+	c->state = CONN_IDLE;
+	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	evtimer_add(c->timer, s->tv_header);
+	c->next = s->conns;
+	if (s->conns)
+		s->conns->prev = c;
+	s->conns = c;
+	s->stats.connections++;
+	s->stats.connections_total++;
+	if (s->opts.on_stats)
+		s->opts.on_stats(s->opts.ud);
+}
+
+static void ms_to_tv(int64_t ms, struct timeval *tv)
+{
+	if (ms <= 0)
+		ms = 1;
+	tv->tv_sec = (time_t)(ms / 1000);
+	tv->tv_usec = (suseconds_t)((ms % 1000) * 1000);
+}
+
+struct http_server *http_server_new(struct event_base *base, int listen_fd, const struct http_server_opts *opts)
+{
+	struct http_server *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->base = base;
+	s->opts = *opts;
+	if (s->opts.header_timeout_ms <= 0)
+		s->opts.header_timeout_ms = 10000;
+	if (s->opts.keepalive_timeout_ms <= 0)
+		s->opts.keepalive_timeout_ms = 5000;
+	if (s->opts.body_timeout_ms <= 0)
+		s->opts.body_timeout_ms = 30000;
+	ms_to_tv(s->opts.header_timeout_ms, &s->tv_header_raw);
+	ms_to_tv(s->opts.keepalive_timeout_ms, &s->tv_keepalive_raw);
+	ms_to_tv(s->opts.body_timeout_ms, &s->tv_body_raw);
+	/* Common timeouts keep thousands of equal timers O(1). */
+	s->tv_header = event_base_init_common_timeout(base, &s->tv_header_raw);
+	s->tv_keepalive = event_base_init_common_timeout(base, &s->tv_keepalive_raw);
+	s->tv_body = event_base_init_common_timeout(base, &s->tv_body_raw);
+	if (!s->tv_header)
+		s->tv_header = &s->tv_header_raw;
+	if (!s->tv_keepalive)
+		s->tv_keepalive = &s->tv_keepalive_raw;
+	if (!s->tv_body)
+		s->tv_body = &s->tv_body_raw;
+
+	llhttp_settings_init(&s->settings);
+	s->settings.on_message_begin = on_message_begin;
+	s->settings.on_url = on_url;
+	s->settings.on_url_complete = on_url_complete;
+	s->settings.on_header_field = on_header_field;
+	s->settings.on_header_field_complete = on_header_field_complete;
+	s->settings.on_header_value = on_header_value;
+	s->settings.on_header_value_complete = on_header_value_complete;
+	s->settings.on_headers_complete = on_headers_complete;
+	s->settings.on_body = on_body;
+	s->settings.on_message_complete = on_message_complete;
+
+	s->listener = evconnlistener_new(base, accept_cb, s, LEV_OPT_CLOSE_ON_EXEC, -1, listen_fd);
+	if (!s->listener) {
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_server *s = arg;
+	(void)fd;
+	(void)what;
+	event_free(s->drain_ev);
+	s->drain_ev = NULL;
+	server_check_drained(s);
+}
+
+void http_server_drain(struct http_server *s, void (*on_drained)(void *ud), void *ud)
+{
+	s->draining = 1;
+	s->on_drained = on_drained;
+	s->drained_ud = ud;
+	if (s->listener)
+		evconnlistener_disable(s->listener);
+	/* Close idle keep-alive connections now; busy ones close after their
+	 * response (http_send sees draining). */
+	struct http_conn *c = s->conns;
+	while (c) {
+		struct http_conn *next = c->next;
+		if (c->state == CONN_IDLE && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0 &&
+		    evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+			conn_free(c);
+		else
+			c->close_after = 1;
+		c = next;
+	}
+	/* Report from the loop, never from inside the caller. */
+	if (!s->drain_ev) {
+		s->drain_ev = event_new(s->base, -1, 0, drain_cb, s);
+		if (s->drain_ev)
+			event_active(s->drain_ev, 0, 0);
+	}
+}
+
+int http_server_draining(const struct http_server *s)
+{
+	return s->draining;
+}
+
+const struct http_stats *http_server_stats(const struct http_server *s)
+{
+	return &s->stats;
+}
+
+void http_server_free(struct http_server *s)
+{
+	if (!s)
+		return;
+	s->on_drained = NULL;
+	s->opts.on_stats = NULL;
+	while (s->conns)
+		conn_free(s->conns);
+	if (s->drain_ev)
+		event_free(s->drain_ev);
+	if (s->listener)
+		evconnlistener_free(s->listener);
+	while (s->free_reqs) {
+		struct http_request *r = s->free_reqs;
+		s->free_reqs = (struct http_request *)r->app_data[0];
+		free(r);
+	}
+	free(s);
+}

@@ -1,0 +1,193 @@
+"""Shared helpers for resil's black-box integration tests.
+
+Each test starts its own resild on a free loopback port in its own temp
+directory, talks real HTTP to it (raw sockets or http.client), and stops
+exactly the processes it started. No third-party Python modules.
+"""
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+RESILD = os.environ.get("RESILD") or os.path.join(os.path.dirname(__file__), "..", "..", "resild")
+TOP = os.environ.get("RESIL_TOP_SRCDIR") or os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    """A resild process with its own directory, port and log capture."""
+
+    def __init__(self, workers=1, env=None, args=None, db=None):
+        self.dir = tempfile.mkdtemp(prefix="resil-it-")
+        self.port = free_port()
+        self.log_path = os.path.join(self.dir, "stderr.log")
+        e = {k: v for k, v in os.environ.items() if not k.startswith("RESIL_") or k.startswith("RESIL_TEST_")}
+        e.update({
+            "RESIL_LISTEN": "127.0.0.1:%d" % self.port,
+            "RESIL_WORKERS": str(workers),
+            "RESIL_DB": db or "sqlite:%s/resil.db" % self.dir,
+            "RESIL_CONTROL": os.path.join(self.dir, "control.sock"),
+            "RESIL_LOG_FORMAT": "json",
+            "RESIL_LOG_LEVEL": "debug",
+            "RESIL_ENV": "development",
+        })
+        if env:
+            e.update(env)
+        self.env = e
+        self.args = args or []
+        self.proc = None
+
+    def start(self, wait=True):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([RESILD, "--foreground"] + self.args, env=self.env, cwd=self.dir,
+                                     stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=15.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("resild exited with %s:\n%s" % (self.proc.returncode, self.logs()))
+            try:
+                st, _, _ = self.request("GET", "/health/live")
+                if st == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("resild did not become ready:\n" + self.logs())
+
+    def logs(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_lines(self):
+        out = []
+        for line in self.logs().splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    raise AssertionError("log line is not valid JSON: %r" % line)
+        return out
+
+    def request(self, method, path, body=None, headers=None, timeout=10):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            h = dict(headers or {})
+            if body is not None and not isinstance(body, (bytes, str)):
+                body = json.dumps(body)
+                h.setdefault("Content-Type", "application/json")
+            c.request(method, path, body=body, headers=h)
+            r = c.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            c.close()
+
+    def json(self, method, path, body=None, headers=None):
+        st, h, data = self.request(method, path, body, headers)
+        try:
+            doc = json.loads(data) if data else None
+        except ValueError:
+            raise AssertionError("response is not JSON: %r" % data[:200])
+        return st, h, doc
+
+    def raw(self, payload, timeout=5.0, read_until_close=True):
+        """Send raw bytes, return everything read until close or timeout."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        try:
+            s.sendall(payload)
+            chunks = []
+            if read_until_close:
+                while True:
+                    try:
+                        b = s.recv(65536)
+                    except socket.timeout:
+                        break
+                    if not b:
+                        break
+                    chunks.append(b)
+            return b"".join(chunks)
+        finally:
+            s.close()
+
+    def signal(self, sig):
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if not self.proc:
+            return None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def parse_responses(data):
+    """Split a byte stream into (status, headers, body) tuples."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {}
+        for l in lines[1:]:
+            k, _, v = l.partition(b":")
+            hdrs.setdefault(k.strip().lower().decode(), v.strip().decode())
+        n = int(hdrs.get("content-length", "0"))
+        out.append((status, hdrs, rest[:n]))
+        data = rest[n:]
+    return out
+
+
+def run_tests(tests):
+    """Run test functions; print a summary line the CI understands."""
+    passed = failed = 0
+    only = os.environ.get("TEST_ONLY")
+    for t in tests:
+        if only and only not in t.__name__:
+            continue
+        t0 = time.time()
+        try:
+            t()
+            passed += 1
+            print("PASS %s (%.2fs)" % (t.__name__, time.time() - t0), flush=True)
+        except Exception:
+            failed += 1
+            print("FAIL %s" % t.__name__, flush=True)
+            traceback.print_exc()
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)

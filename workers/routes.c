@@ -1,0 +1,32 @@
+/* routes.c - mounts the reference API: the standard middleware chain of
+ * SPEC section 5 and every route group. */
+#include "autoconfig.h"
+
+#include "routes.h"
+
+#include "handlers.h"
+#include "middleware.h"
+
+int routes_register(struct app *app, struct worker *w)
+{
+	/* Order per SPEC section 5 (request id and security headers are applied
+	 * by the HTTP core to every response, access log on completion). */
+	app_use(app, mw_cors);
+	app_use(app, mw_body);
+
+	int rc = 0;
+	rc |= health_routes(app);
+	rc |= testhooks_routes(app, w->cfg);
+	return rc ? -1 : 0;
+}
+
+int routes_start(struct worker *w)
+{
+	(void)w;
+	return 0;
+}
+
+void routes_stop(struct worker *w)
+{
+	(void)w;
+}

@@ -1,0 +1,39 @@
+/* routes.h - the reference API mounted on an app, and the per-process
+ * worker state its handlers may read. */
+#ifndef RESIL_ROUTES_H
+#define RESIL_ROUTES_H
+
+#include "app.h"
+#include "config.h"
+
+#include <time.h>
+
+struct event_base;
+struct http_server;
+struct scoreboard;
+
+struct worker {
+	const struct resil_config *cfg;
+	struct event_base *base;
+	struct http_server *http;
+	struct app *app;
+	struct scoreboard *sb;
+	int id;
+	unsigned generation;
+	int ready;
+	int draining;
+	int exit_code;
+	time_t started;
+};
+
+/* The worker running in this process (one per process). */
+struct worker *worker_current(void);
+void worker_drain(struct worker *w);
+
+/* Register middleware and routes on app. 0 or -1. */
+int routes_register(struct app *app, struct worker *w);
+/* Start/stop per-worker services the routes need (after the loop exists). */
+int routes_start(struct worker *w);
+void routes_stop(struct worker *w);
+
+#endif

@@ -1,0 +1,170 @@
+/* worker.c - the worker process: event loop, signals, HTTP server and the
+ * reference API's routes. The supervisor forks, then calls worker_run();
+ * without a supervisor (tests, --workers 1 in-process) it is called
+ * directly.
+ *
+ * Signals (handled by libevent, never in async-signal context):
+ *   TERM, INT  drain: stop accepting, finish in-flight requests, exit 0
+ *   QUIT       exit now
+ *   USR1       reopen the log file
+ */
+#include "autoconfig.h"
+
+#include "worker.h"
+
+#include "app.h"
+#include "http.h"
+#include "log.h"
+#include "middleware.h"
+#include "routes.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct worker *current;
+
+struct worker *worker_current(void)
+{
+	return current;
+}
+
+static void on_drained(void *ud)
+{
+	struct worker *w = ud;
+	log_info(NULL, "worker drained", LF_INT("requests", http_server_stats(w->http)->requests));
+	event_base_loopexit(w->base, NULL);
+}
+
+void worker_drain(struct worker *w)
+{
+	if (w->draining)
+		return;
+	w->draining = 1;
+	log_info(NULL, "worker draining", LF_INT("connections", http_server_stats(w->http)->connections));
+	http_server_drain(w->http, on_drained, w);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct worker *w = arg;
+	(void)what;
+	switch (sig) {
+	case SIGTERM:
+	case SIGINT:
+		worker_drain(w);
+		break;
+	case SIGQUIT:
+		w->exit_code = WORKER_EXIT_OK;
+		event_base_loopbreak(w->base);
+		break;
+	case SIGUSR1:
+		if (log_reopen() < 0)
+			log_error(NULL, "cannot reopen log file", LF_STR("error", strerror(errno)));
+		break;
+	default:
+		break;
+	}
+}
+
+static const int handled_signals[] = {SIGTERM, SIGINT, SIGQUIT, SIGUSR1};
+#define NSIGNALS (sizeof(handled_signals) / sizeof(handled_signals[0]))
+
+int worker_run(const struct worker_opts *opts)
+{
+	struct worker w;
+	memset(&w, 0, sizeof(w));
+	w.cfg = opts->cfg;
+	w.id = opts->id;
+	w.generation = opts->generation;
+	w.sb = opts->sb;
+	w.exit_code = WORKER_EXIT_OK;
+	w.started = time(NULL);
+	current = &w;
+	log_set_worker(opts->id + 1);
+
+	signal(SIGPIPE, SIG_IGN);
+	if (sodium_init() < 0) {
+		log_error(NULL, "libsodium initialisation failed", LF_INT("worker", opts->id));
+		return WORKER_EXIT_FATAL;
+	}
+	struct event_config *ec = event_config_new();
+	if (ec)
+		event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+	w.base = ec ? event_base_new_with_config(ec) : NULL;
+	if (ec)
+		event_config_free(ec);
+	if (!w.base) {
+		log_error(NULL, "cannot create event loop", LF_INT("worker", opts->id));
+		return WORKER_EXIT_FATAL;
+	}
+	struct event *sigev[NSIGNALS] = {0};
+	for (size_t i = 0; i < NSIGNALS; i++) {
+		sigev[i] = evsignal_new(w.base, handled_signals[i], on_signal, &w);
+		if (!sigev[i] || event_add(sigev[i], NULL) < 0) {
+			log_error(NULL, "cannot install signal handler", LF_INT("signal", handled_signals[i]));
+			w.exit_code = WORKER_EXIT_FATAL;
+			goto out;
+		}
+	}
+	struct mw_config mc = {.cors_origins = w.cfg->cors_origins, .json_max_depth = 64};
+	w.app = app_new();
+	if (!w.app || mw_configure(&mc) < 0) {
+		w.exit_code = WORKER_EXIT_FATAL;
+		goto out;
+	}
+	if (routes_register(w.app, &w) < 0) {
+		log_error(NULL, "cannot register routes", LF_INT("worker", opts->id));
+		w.exit_code = WORKER_EXIT_FATAL;
+		goto out;
+	}
+	struct http_server_opts ho = {
+		.body_limit = w.cfg->body_limit,
+		.max_connections = w.cfg->max_connections,
+		.header_timeout_ms = w.cfg->header_timeout_ms,
+		.keepalive_timeout_ms = w.cfg->keepalive_timeout_ms,
+		.body_timeout_ms = w.cfg->request_timeout_ms,
+		.on_request = app_handle,
+		.on_complete = mw_access_log,
+		.fixed_headers = mw_security_headers(),
+		.ud = w.app,
+	};
+	w.http = http_server_new(w.base, opts->listen_fd, &ho);
+	if (!w.http) {
+		log_error(NULL, "cannot serve on the listening socket", LF_INT("worker", opts->id));
+		w.exit_code = WORKER_EXIT_FATAL;
+		goto out;
+	}
+	if (routes_start(&w) < 0) {
+		w.exit_code = WORKER_EXIT_FATAL;
+		goto out;
+	}
+	w.ready = 1;
+	log_info(NULL, "worker ready", LF_INT("generation", opts->generation));
+	if (opts->ready_fd >= 0) {
+		char one = 'R';
+		ssize_t n;
+		do
+			n = write(opts->ready_fd, &one, 1);
+		while (n < 0 && errno == EINTR);
+		close(opts->ready_fd);
+	}
+	event_base_dispatch(w.base);
+	log_info(NULL, "worker exiting");
+out:
+	routes_stop(&w);
+	http_server_free(w.http);
+	app_free(w.app);
+	mw_shutdown();
+	for (size_t i = 0; i < NSIGNALS; i++)
+		if (sigev[i])
+			event_free(sigev[i]);
+	event_base_free(w.base);
+	current = NULL;
+	return w.exit_code;
+}
