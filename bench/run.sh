@@ -362,6 +362,14 @@ run_wrk() {  # SECONDS OUTFILE URL [wrk args...]: one wrk run, dies if wrk fails
     ((rc == 0)) || { cat "$out" >&2; die "wrk failed (status $rc) against $url"; }
 }
 
+children_cpu() {  # user+sys seconds of this shell's reaped children (wrk, via timeout)
+    times >"$TMP/times"
+    awk 'NR == 2 {
+        t = 0
+        for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); t += p[1] * 60 + p[2] }
+        printf "%.3f", t }' "$TMP/times"
+}
+
 # bench_target SERVER TARGET URL [wrk args...]: warm-up, then one measured run
 # with the server tree's CPU time around it and its workers' RSS after it.
 # New loads (paths, POST bodies via `-s script.lua`, headers via `-H`) only
@@ -370,25 +378,35 @@ bench_target() {
     local server=$1 target=$2 url=$3
     shift 3
     local pid=${PID_OF[$server]} out="$TMP/wrk.$server.$ROUND.${#STARTED[@]}.$RANDOM"
-    local cpu0 cpu1 parsed rss state rps p50 p99 reqs non2xx sockerr
+    local cpu0 cpu1 mach0 mach1 wrk0 wrk1 other parsed rss state rps p50 p99 reqs non2xx sockerr
     run_wrk "$WARMUP" "$out.warmup" "$url" "$@"
     cpu0=$(python3 "$LIB" cpu "$pid")
+    mach0=$(python3 "$LIB" machine)
+    wrk0=$(children_cpu)
     run_wrk "$DURATION" "$out" "$url" "$@"
+    wrk1=$(children_cpu)
+    mach1=$(python3 "$LIB" machine)
     cpu1=$(python3 "$LIB" cpu "$pid")
+    # CPU the rest of the machine used meanwhile, in % of all cores
+    other=$(awk -v m0="$mach0" -v m1="$mach1" -v w0="$wrk0" -v w1="$wrk1" -v c0="$cpu0" \
+        -v c1="$cpu1" -v n="$(nproc)" 'BEGIN {
+        split(m0, a, " "); split(m1, b, " "); wall = b[2] - a[2]
+        o = (b[1] - a[1]) - (w1 - w0) - (c1 - c0)
+        printf "%.1f", (o > 0 && wall > 0) ? 100 * o / (n * wall) : 0 }')
     state=$(proc_state "$pid")
     [[ -n $state && $state != Z ]] || die "$server exited during the benchmark"
     rss=$(python3 "$LIB" rss "$pid")
     parsed=$(python3 "$LIB" wrk "$out") || die "cannot read wrk's output for $server"
     read -r rps p50 p99 reqs non2xx sockerr <<<"$parsed"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$server" "$ROUND" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$server" "$ROUND" \
         "$rps" "$p50" "$p99" "$reqs" "$non2xx" "$sockerr" \
         "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')" \
-        "${rss%% *}" "${rss#* }" >>"$RESULTS_TSV"
+        "${rss%% *}" "${rss#* }" "$other" >>"$RESULTS_TSV"
     awk -v r="$ROUND" -v n="$ROUNDS" -v s="$server" -v t="$target" -v rps="$rps" \
         -v p50="$p50" -v p99="$p99" -v q="$reqs" -v c0="$cpu0" -v c1="$cpu1" \
-        -v rss="${rss%% *}" -v e=$((non2xx + sockerr)) 'BEGIN {
-        printf "bench: round %d/%d %-7s %s: %.0f req/s, p50 %.3f ms, p99 %.3f ms, %.1f us CPU/req, RSS %.1f MiB, %d errors\n",
-            r, n, s, t, rps, p50, p99, (c1 - c0) * 1e6 / (q ? q : 1), rss / 1024, e }' >&2
+        -v rss="${rss%% *}" -v e=$((non2xx + sockerr)) -v o="$other" 'BEGIN {
+        printf "bench: round %d/%d %-7s %s: %.0f req/s, p50 %.3f ms, p99 %.3f ms, %.1f us CPU/req, RSS %.1f MiB, %d errors, other load %s%%\n",
+            r, n, s, t, rps, p50, p99, (c1 - c0) * 1e6 / (q ? q : 1), rss / 1024, e, o }' >&2
 }
 
 versions() {

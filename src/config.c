@@ -687,6 +687,8 @@ static int load_file(struct resil_config *c, unsigned char *set, const char *pat
 	e = errno;
 	if (rc == 0 && ferror(f))
 		rc = errf(err, errlen, "cannot read config file %s: %s", path, strerror(e ? e : EIO));
+	if (line)
+		sodium_memzero(line, cap); /* it may have held jwt_secret */
 	free(line);
 	fclose(f);
 	return rc;

@@ -36,7 +36,11 @@ struct arena_block {
 	char data[];
 };
 
-enum conn_state { CONN_IDLE, CONN_READING, CONN_DISPATCHED, CONN_CLOSING };
+enum conn_state { CONN_IDLE, CONN_READING, CONN_DISPATCHED, CONN_CLOSING, CONN_LINGERING };
+
+/* How long an errored connection keeps draining unread input before the
+ * close, so the client sees the error response instead of a reset. */
+#define LINGER_MS 2000
 
 struct http_conn {
 	struct http_server *server;
@@ -47,6 +51,7 @@ struct http_conn {
 	struct http_conn *prev, *next;
 	int state;
 	int close_after;          /* close once output is flushed */
+	int linger;               /* after an error: half-close and drain input first */
 	int err_status;           /* protocol error found by a callback */
 	const char *err_code, *err_msg;
 	int in_header_value;      /* llhttp field/value tracking */
@@ -79,6 +84,8 @@ static void conn_free(struct http_conn *c);
 static void conn_process(struct http_conn *c);
 static void conn_write_error(struct http_conn *c, int status, const char *code, const char *msg);
 static void server_check_drained(struct http_server *s);
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
+static void conn_start_linger(struct http_conn *c);
 
 /* ---------------------------------------------------------------- time */
 
@@ -858,10 +865,14 @@ void http_send(struct http_request *r)
 		bufferevent_disable(c->bev, EV_READ);
 		/* conn_write_cb frees the connection once the output drained; the
 		 * timer bounds how long a client that does not read can hold it. */
-		if (evbuffer_get_length(out) == 0)
-			conn_free(c);
-		else
+		if (evbuffer_get_length(out) == 0) {
+			if (c->linger)
+				conn_start_linger(c);
+			else
+				conn_free(c);
+		} else {
 			evtimer_add(c->timer, s->tv_body);
+		}
 		return;
 	}
 	c->state = CONN_IDLE;
@@ -896,6 +907,7 @@ static void conn_write_error(struct http_conn *c, int status, const char *code, 
 	r->http_minor = 1;
 	r->keep_alive = 0;
 	c->close_after = 1;
+	c->linger = 1;
 	/* Headers of a bad request cannot be trusted (no gzip). */
 	r->nheaders = 0;
 	c->state = CONN_DISPATCHED;
@@ -967,12 +979,38 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 	conn_process(c);
 }
 
+/* Lingering close: we answered an error while the client may still be
+ * sending (a body over the limit, say). Closing now would make the kernel
+ * reset the connection and the client could lose our response, so
+ * half-close and discard input until EOF or LINGER_MS. */
+static void conn_linger_read_cb(struct bufferevent *bev, void *arg)
+{
+	(void)arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+static void conn_start_linger(struct http_conn *c)
+{
+	struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
+	c->state = CONN_LINGERING;
+	shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+	bufferevent_setcb(c->bev, conn_linger_read_cb, NULL, conn_event_cb, c);
+	bufferevent_enable(c->bev, EV_READ);
+	evtimer_add(c->timer, &tv);
+}
+
 static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
 	struct http_conn *c = arg;
 	(void)bev;
-	if (c->close_after && c->state == CONN_CLOSING)
-		conn_free(c);
+	if (c->close_after && c->state == CONN_CLOSING) {
+		if (c->linger)
+			conn_start_linger(c);
+		else
+			conn_free(c);
+	}
 }
 
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)

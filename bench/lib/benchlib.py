@@ -8,6 +8,8 @@ Subcommands (all print to stdout, exit 1 with a message on stderr on failure):
   cpu PID                      CPU seconds (utime+stime+cutime+cstime) of the tree
   rss PID                      "SUM_KIB KIB/KIB/..." of the workers (descendants;
                                the root itself when it has none)
+  machine                      "BUSY_S UPTIME_S": CPU seconds the whole machine has
+                               been busy (all cores, /proc/stat) and wall time
   wrk FILE                     "rps p50_ms p99_ms requests non2xx socket_errors"
   nginx-conf TEMPLATE HDRFILE BODYFILE KEY=VALUE...
                                the filled-in nginx config
@@ -97,6 +99,16 @@ def rss(root):
     return "%d %s" % (sum(sizes), "/".join(str(s) for s in sizes))
 
 
+def machine():
+    with open("/proc/stat") as f:
+        cpu = f.readline().split()
+    # user nice system idle iowait irq softirq steal (guest is inside user)
+    busy = sum(int(cpu[i]) for i in (1, 2, 3, 6, 7, 8))
+    with open("/proc/uptime") as f:
+        uptime = f.read().split()[0]
+    return "%.2f %s" % (busy / CLK_TCK, uptime)
+
+
 # ---------------------------------------------------------------------- wrk
 
 UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
@@ -182,7 +194,7 @@ def mean(xs):
 
 def load_rows(path):
     cols = ["target", "server", "round", "rps", "p50", "p99", "requests",
-            "non2xx", "sockerr", "cpu_s", "rss_kib", "rss_each"]
+            "non2xx", "sockerr", "cpu_s", "rss_kib", "rss_each", "other"]
     rows = []
     with open(path) as f:
         for line in f:
@@ -213,17 +225,24 @@ def summarise(rows):
                     "%.1f" % (int(k) / 1024.0) for k in last["rss_each"].split("/"))),
                 "errors": sum(int(r["non2xx"]) + int(r["sockerr"]) for r in rs),
                 "rounds": len(rs),
+                "other": mean([float(r["other"]) for r in rs]),
             }
     return summary
 
 
 HEAD = ["server", "req/s best", "req/s mean", "p50 ms", "p99 ms", "CPU µs/req",
-        "worker RSS MiB (each)", "errors"]
+        "worker RSS MiB (each)", "errors", "other load %"]
+
+
+OTHER_NOTE = ("other load % = CPU time used during the measured runs by processes other "
+              "than the server and wrk, as a share of all cores; figures taken while it "
+              "is above a few % are disturbed by other work on the machine.")
 
 
 def cells(name, s):
     return [name, "%.0f" % s["best"], "%.0f" % s["mean"], "%.3f" % s["p50"],
-            "%.3f" % s["p99"], "%.1f" % s["cpu_us"], s["rss"], str(s["errors"])]
+            "%.3f" % s["p99"], "%.1f" % s["cpu_us"], s["rss"], str(s["errors"]),
+            "%.0f" % s["other"]]
 
 
 def ratios(servers):
@@ -260,6 +279,8 @@ def report(tsv, meta_path):
                             for i, (c, w) in enumerate(zip(row, widths))))
         for line in ratios(servers):
             print("  " + line)
+    print()
+    print(OTHER_NOTE)
     # markdown
     print()
     print("----- markdown for bench/RESULTS.md -----")
@@ -271,6 +292,7 @@ def report(tsv, meta_path):
     print("* Load: `%s`, %s round(s), servers alternated, 2 s warm-up before each run; "
           "%s workers each" % (wrk, meta["rounds"], meta["workers"]))
     print("* Versions: %s" % meta["versions"])
+    print("* " + OTHER_NOTE)
     for target, servers in summary.items():
         print()
         print("GET %s:" % target)
@@ -303,6 +325,8 @@ def main(argv):
         print("%.2f" % cpu_seconds(int(args[0])))
     elif cmd == "rss" and len(args) == 1:
         print(rss(int(args[0])))
+    elif cmd == "machine" and not args:
+        print(machine())
     elif cmd == "wrk" and len(args) == 1:
         print(parse_wrk(args[0]))
     elif cmd == "nginx-conf" and len(args) >= 3:

@@ -53,13 +53,17 @@ class Server:
 
     def start(self, wait=True):
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([RESILD, "--foreground"] + self.args, env=self.env, cwd=self.dir,
+        wrap = []
+        if os.environ.get("RESIL_VALGRIND"):
+            wrap = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
+                    "--errors-for-leak-kinds=definite", "--trace-children=yes", "--child-silent-after-fork=yes"]
+        self.proc = subprocess.Popen(wrap + [RESILD, "--foreground"] + self.args, env=self.env, cwd=self.dir,
                                      stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
         if wait:
             self.wait_ready()
         return self
 
-    def wait_ready(self, timeout=15.0):
+    def wait_ready(self, timeout=30.0):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -132,7 +136,7 @@ class Server:
         finally:
             s.close()
 
-    def signal(self, sig):
+    def send_signal(self, sig):
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
 
@@ -148,6 +152,14 @@ class Server:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+    def assert_clean_exit(self):
+        """Stop with SIGTERM; exit status 0 and no sanitizer report."""
+        rc = self.stop()
+        logs = self.logs()
+        for marker in ("== ERROR SUMMARY", "definitely lost", "Invalid read", "Invalid write", "AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer"):
+            assert marker not in logs, "sanitizer report in resild output:\n" + logs[-4000:]
+        assert rc == 0, "resild exited with %s" % rc
 
     def cleanup(self):
         self.stop()

@@ -1,0 +1,34 @@
+#!/bin/sh
+# install-deps.sh - install the Debian 12 packages resil needs to build and
+# test, only those that are missing. Runs as root or through sudo.
+set -eu
+
+PKGS="autoconf automake libtool pkg-config make gcc
+libevent-dev libyajl-dev libmongoc-dev libbson-dev libsodium-dev check
+libsqlite3-dev zlib1g-dev libwslay-dev node-llhttp nettle-dev
+python3 curl procps"
+# Extra tools for the test suite (valgrind step, WebSocket client).
+if [ "${1:-}" = "--test" ]; then
+	PKGS="$PKGS valgrind python3-websockets"
+fi
+
+missing=""
+for p in $PKGS; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+		missing="$missing $p"
+	fi
+done
+[ -z "$missing" ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+	if command -v sudo >/dev/null 2>&1; then
+		SUDO=sudo
+	else
+		echo "install-deps: missing packages:$missing (run as root or install sudo)" >&2
+		exit 1
+	fi
+fi
+echo "install-deps: installing$missing" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
