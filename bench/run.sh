@@ -296,7 +296,7 @@ start_resil() {
         RESIL_RATE_LIMIT="$RATE_LIMIT" RESIL_SHUTDOWN_TIMEOUT=5s
         "$RESILD" --listen "127.0.0.1:$port" --workers "$WORKERS"
         --db "sqlite://$dir/bench.db" --foreground)
-    if ! out=$("${run[@]}" --check-config 2>&1); then
+    if ! out=$(timeout 10 "${run[@]}" --check-config 2>&1); then
         echo "bench: warning: resild --check-config failed:" >&2
         printf '%s\n' "$out" | head -n 20 >&2
     fi

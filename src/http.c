@@ -14,12 +14,12 @@
 
 #include <errno.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,8 +44,13 @@ enum conn_state { CONN_IDLE, CONN_READING, CONN_DISPATCHED, CONN_CLOSING, CONN_L
 
 struct http_conn {
 	struct http_server *server;
-	struct bufferevent *bev;
-	struct event *timer;
+	evutil_socket_t fd;
+	struct event *rev, *wev, *timer;
+	struct evbuffer *in, *out;
+	int reading, writing;     /* rev / wev added */
+	int in_process;           /* inside conn_process(): defer frees */
+	int dead;                 /* conn_free() ran; destroy when safe */
+	int eof;                  /* the client half-closed */
 	llhttp_t parser;
 	struct http_request *req; /* being parsed or dispatched */
 	struct http_conn *prev, *next;
@@ -84,8 +89,9 @@ static void conn_free(struct http_conn *c);
 static void conn_process(struct http_conn *c);
 static void conn_write_error(struct http_conn *c, int status, const char *code, const char *msg);
 static void server_check_drained(struct http_server *s);
-static void conn_event_cb(struct bufferevent *bev, short what, void *arg);
 static void conn_start_linger(struct http_conn *c);
+static void conn_destroy(struct http_conn *c);
+static int conn_flush(struct http_conn *c);
 
 /* ---------------------------------------------------------------- time */
 
@@ -470,7 +476,7 @@ static int on_headers_complete(llhttp_t *p)
 	if (v) {
 		if (vl == 12 && strncasecmp(v, "100-continue", 12) == 0) {
 			if (r->has_body && r->http_minor >= 1)
-				bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+				evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
 		} else {
 			c->err_status = 417;
 			c->err_code = "EXPECTATION_FAILED";
@@ -695,11 +701,32 @@ int http_gzip(struct evbuffer *src, struct evbuffer *dst)
 	return 0;
 }
 
+/* Request ids need uniqueness, not secrecy: draw them from a pool of
+ * random bytes refilled from libsodium 4 KiB at a time (one getrandom
+ * instead of one per request). The pool is emptied in a forked child so
+ * that workers never share ids. */
+static __thread unsigned char uuid_pool[4096];
+static __thread size_t uuid_pool_left;
+static int uuid_atfork_set;
+
+static void uuid_pool_reset(void)
+{
+	uuid_pool_left = 0;
+}
+
 void http_uuid4(char out[37])
 {
 	static const char hex[] = "0123456789abcdef";
-	unsigned char b[16];
-	randombytes_buf(b, sizeof(b));
+	if (!uuid_atfork_set) {
+		uuid_atfork_set = 1;
+		pthread_atfork(NULL, NULL, uuid_pool_reset);
+	}
+	if (uuid_pool_left < 16) {
+		randombytes_buf(uuid_pool, sizeof(uuid_pool));
+		uuid_pool_left = sizeof(uuid_pool);
+	}
+	unsigned char *b = uuid_pool + sizeof(uuid_pool) - uuid_pool_left;
+	uuid_pool_left -= 16;
 	b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
 	b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
 	int k = 0;
@@ -815,7 +842,7 @@ void http_send(struct http_request *r)
 		server_check_drained(s);
 		return;
 	}
-	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *out = c->out;
 	struct evbuffer *body = r->res.body;
 	size_t body_len = body ? evbuffer_get_length(body) : 0;
 	int st = r->res.status;
@@ -842,7 +869,7 @@ void http_send(struct http_request *r)
 	}
 	/* A request that asked for an upgrade we did not perform leaves llhttp
 	 * in upgrade mode: end the connection after answering it. */
-	int close = !r->keep_alive || r->res.close || s->draining || c->close_after || c->parser.upgrade;
+	int close = !r->keep_alive || r->res.close || s->draining || c->close_after || c->eof || c->parser.upgrade;
 	size_t bytes = write_head(r, out, body_len, gz, close);
 	if (r->method != HTTP_M_HEAD && body_len) {
 		evbuffer_add_buffer(out, gz ? zbody : body);
@@ -862,25 +889,16 @@ void http_send(struct http_request *r)
 		s->opts.on_stats(s->opts.ud);
 	if (c->close_after) {
 		c->state = CONN_CLOSING;
-		bufferevent_disable(c->bev, EV_READ);
-		/* conn_write_cb frees the connection once the output drained; the
-		 * timer bounds how long a client that does not read can hold it. */
-		if (evbuffer_get_length(out) == 0) {
-			if (c->linger)
-				conn_start_linger(c);
-			else
-				conn_free(c);
-		} else {
-			evtimer_add(c->timer, s->tv_body);
-		}
+		if (!c->in_process)
+			conn_flush(c);
 		return;
 	}
 	c->state = CONN_IDLE;
-	/* Parse what the client pipelined meanwhile, or wait idle. */
-	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
-		conn_process(c);
-	else
-		evtimer_add(c->timer, s->tv_keepalive);
+	if (c->in_process)
+		return; /* conn_process() continues with pipelined input */
+	/* Answered later (after a job): parse what the client pipelined
+	 * meanwhile, then write everything with one writev. */
+	conn_process(c);
 }
 
 /* A protocol error found before dispatch: answer it and close. */
@@ -915,30 +933,95 @@ static void conn_write_error(struct http_conn *c, int status, const char *code, 
 	http_send_error(r, status, code, msg);
 }
 
-/* ------------------------------------------------------------ connection */
+/* ------------------------------------------------------------ connection
+ *
+ * Raw events instead of bufferevents: the read side reads into an evbuffer
+ * without the FIONREAD ioctl libevent's evbuffer_read() issues, and the
+ * write side writes responses directly with one writev and registers for
+ * EV_WRITE only when the socket is full. Two syscalls per request instead
+ * of four or five matters more than anything else at 100k requests/s.
+ */
+
+#define READ_CHUNK 16384
+#define MAX_BUFFERED_INPUT (64 * 1024) /* while a request is dispatched */
+
+static void conn_update_read(struct http_conn *c)
+{
+	int want = c->state != CONN_CLOSING && !c->eof &&
+	           (c->state != CONN_DISPATCHED || evbuffer_get_length(c->in) < MAX_BUFFERED_INPUT);
+	if (c->state == CONN_LINGERING)
+		want = 1;
+	if (want && !c->reading) {
+		event_add(c->rev, NULL);
+		c->reading = 1;
+	} else if (!want && c->reading) {
+		event_del(c->rev);
+		c->reading = 0;
+	}
+}
+
+/* Write what is queued. Returns -1 if the connection was freed. */
+static int conn_flush(struct http_conn *c)
+{
+	while (evbuffer_get_length(c->out) > 0) {
+		int n = evbuffer_write(c->out, c->fd);
+		if (n > 0)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+			if (errno == EINTR)
+				continue;
+			if (!c->writing) {
+				event_add(c->wev, NULL);
+				c->writing = 1;
+			}
+			if (c->state == CONN_CLOSING)
+				evtimer_add(c->timer, c->server->tv_body);
+			return 0;
+		}
+		/* EPIPE, ECONNRESET: the client is gone. */
+		conn_free(c);
+		return -1;
+	}
+	if (c->writing) {
+		event_del(c->wev);
+		c->writing = 0;
+	}
+	if (c->state == CONN_CLOSING) {
+		if (c->linger)
+			conn_start_linger(c);
+		else
+			conn_free(c);
+		return -1;
+	}
+	return 0;
+}
 
 static void conn_process(struct http_conn *c)
 {
-	struct evbuffer *in = bufferevent_get_input(c->bev);
 	struct http_server *s = c->server;
-	while (c->state != CONN_DISPATCHED && c->state != CONN_CLOSING) {
-		size_t avail = evbuffer_get_length(in);
+	c->in_process++;
+	while (!c->dead && c->state != CONN_DISPATCHED && c->state != CONN_CLOSING) {
+		size_t avail = evbuffer_get_length(c->in);
 		if (avail == 0)
-			return;
+			break;
 		struct evbuffer_iovec v;
-		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-			return;
+		if (evbuffer_peek(c->in, -1, NULL, &v, 1) < 1)
+			break;
 		const char *data = v.iov_base;
 		size_t len = v.iov_len;
+		if (c->state == CONN_IDLE) {
+			/* First bytes of a new request: the header deadline starts. */
+			evtimer_add(c->timer, s->tv_header);
+		}
 		llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
 		if (err == HPE_OK) {
-			evbuffer_drain(in, len);
+			evbuffer_drain(c->in, len);
 			continue;
 		}
 		if (err == HPE_PAUSED) {
 			const char *pos = llhttp_get_error_pos(&c->parser);
 			size_t used = pos ? (size_t)(pos - data) : len;
-			evbuffer_drain(in, used);
+			evbuffer_drain(c->in, used);
 			llhttp_resume(&c->parser);
 			struct http_request *r = c->req;
 			s->stats.inflight++;
@@ -947,9 +1030,9 @@ static void conn_process(struct http_conn *c)
 			if (s->draining)
 				r->res.close = 1;
 			s->opts.on_request(r, s->opts.ud);
-			/* on_request may have answered synchronously and even freed c
-			 * (close); the caller must not touch c after this. */
-			return;
+			/* Answered synchronously: state is IDLE again and the loop
+			 * goes on with pipelined input; otherwise we wait. */
+			continue;
 		}
 		/* Protocol error. */
 		int status = c->err_status ? c->err_status : 400;
@@ -960,67 +1043,94 @@ static void conn_process(struct http_conn *c)
 			code = "BAD_REQUEST";
 			msg = "protocol upgrade not supported here";
 		}
-		evbuffer_drain(in, evbuffer_get_length(in));
+		evbuffer_drain(c->in, evbuffer_get_length(c->in));
 		conn_write_error(c, status, code, msg);
+		break;
+	}
+	c->in_process--;
+	if (c->dead) {
+		if (!c->in_process)
+			conn_destroy(c);
 		return;
 	}
+	if (c->in_process)
+		return;
+	if (conn_flush(c) < 0)
+		return;
+	if (c->state == CONN_IDLE && evbuffer_get_length(c->in) == 0) {
+		if (c->eof) {
+			conn_free(c);
+			return;
+		}
+		evtimer_add(c->timer, s->tv_keepalive);
+	}
+	conn_update_read(c);
 }
 
-static void conn_read_cb(struct bufferevent *bev, void *arg)
+static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct http_conn *c = arg;
-	(void)bev;
-	if (c->state == CONN_DISPATCHED || c->state == CONN_CLOSING)
-		return; /* keep buffered until the current response is queued */
-	if (c->state == CONN_IDLE) {
-		/* First bytes of a new request: the header deadline starts. */
-		evtimer_add(c->timer, c->server->tv_header);
+	(void)what;
+	for (int rounds = 0; rounds < 4; rounds++) {
+		struct evbuffer_iovec iov;
+		if (evbuffer_reserve_space(c->in, READ_CHUNK, &iov, 1) < 1) {
+			conn_free(c);
+			return;
+		}
+		ssize_t n = read(fd, iov.iov_base, iov.iov_len);
+		if (n > 0) {
+			iov.iov_len = (size_t)n;
+			evbuffer_commit_space(c->in, &iov, 1);
+			if (c->state == CONN_LINGERING)
+				evbuffer_drain(c->in, evbuffer_get_length(c->in));
+			if ((size_t)n < READ_CHUNK)
+				break;
+			continue;
+		}
+		iov.iov_len = 0;
+		evbuffer_commit_space(c->in, &iov, 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		/* EOF or error. */
+		if (n < 0 || c->state == CONN_LINGERING || c->state == CONN_CLOSING ||
+		    (c->state != CONN_DISPATCHED && evbuffer_get_length(c->in) == 0)) {
+			conn_free(c);
+			return;
+		}
+		/* Half-close after a complete request: still answer it. */
+		c->eof = 1;
+		break;
+	}
+	if (c->state == CONN_LINGERING)
+		return;
+	if (c->state == CONN_DISPATCHED || c->state == CONN_CLOSING) {
+		conn_update_read(c);
+		return;
 	}
 	conn_process(c);
+}
+
+static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	conn_flush(arg);
 }
 
 /* Lingering close: we answered an error while the client may still be
  * sending (a body over the limit, say). Closing now would make the kernel
  * reset the connection and the client could lose our response, so
  * half-close and discard input until EOF or LINGER_MS. */
-static void conn_linger_read_cb(struct bufferevent *bev, void *arg)
-{
-	(void)arg;
-	struct evbuffer *in = bufferevent_get_input(bev);
-	evbuffer_drain(in, evbuffer_get_length(in));
-}
-
 static void conn_start_linger(struct http_conn *c)
 {
 	struct timeval tv = {LINGER_MS / 1000, (LINGER_MS % 1000) * 1000};
 	c->state = CONN_LINGERING;
-	shutdown(bufferevent_getfd(c->bev), SHUT_WR);
-	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
-	bufferevent_setcb(c->bev, conn_linger_read_cb, NULL, conn_event_cb, c);
-	bufferevent_enable(c->bev, EV_READ);
+	shutdown(c->fd, SHUT_WR);
+	evbuffer_drain(c->in, evbuffer_get_length(c->in));
+	conn_update_read(c);
 	evtimer_add(c->timer, &tv);
-}
-
-static void conn_write_cb(struct bufferevent *bev, void *arg)
-{
-	struct http_conn *c = arg;
-	(void)bev;
-	if (c->close_after && c->state == CONN_CLOSING) {
-		if (c->linger)
-			conn_start_linger(c);
-		else
-			conn_free(c);
-	}
-}
-
-static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-	struct http_conn *c = arg;
-	(void)bev;
-	/* EOF or error: a request still being worked on becomes an orphan
-	 * (conn_free), everything else is released now. */
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-		conn_free(c);
 }
 
 static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -1030,7 +1140,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (c->state == CONN_READING && c->req && c->req->hlen > 0 && !c->req->has_body) {
 		/* Slow headers (slowloris): answer 408 and drop. */
-		conn_write_error(c, 408, "REQUEST_TIMEOUT", "request timeout");
+		conn_write_error(c, 408, "REQUEST_TIMEOUT", "request timeout"); /* flushes or frees c */
 		return;
 	}
 	conn_free(c);
@@ -1047,9 +1157,23 @@ static void server_check_drained(struct http_server *s)
 	}
 }
 
+static void conn_destroy(struct http_conn *c)
+{
+	event_free(c->rev);
+	event_free(c->wev);
+	event_free(c->timer);
+	evbuffer_free(c->in);
+	evbuffer_free(c->out);
+	close(c->fd);
+	free(c);
+}
+
 static void conn_free(struct http_conn *c)
 {
 	struct http_server *s = c->server;
+	if (c->dead)
+		return;
+	c->dead = 1;
 	if (c->req) {
 		struct http_request *r = c->req;
 		c->req = NULL;
@@ -1066,11 +1190,12 @@ static void conn_free(struct http_conn *c)
 		s->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
+	event_del(c->rev);
+	event_del(c->wev);
 	evtimer_del(c->timer);
-	event_free(c->timer);
-	bufferevent_free(c->bev);
-	free(c);
 	s->stats.connections--;
+	if (!c->in_process)
+		conn_destroy(c);
 	if (s->opts.on_stats)
 		s->opts.on_stats(s->opts.ud);
 	server_check_drained(s);
@@ -1118,28 +1243,38 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		return;
 	}
 	c->server = s;
+	c->fd = fd;
 	format_peer(sa, c->remote_ip, sizeof(c->remote_ip));
 	if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6) {
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	}
-	c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	evutil_make_socket_nonblocking(fd);
+	c->in = evbuffer_new();
+	c->out = evbuffer_new();
+	c->rev = event_new(s->base, fd, EV_READ | EV_PERSIST, conn_read_cb, c);
+	c->wev = event_new(s->base, fd, EV_WRITE | EV_PERSIST, conn_write_cb, c);
 	c->timer = evtimer_new(s->base, conn_timer_cb, c);
-	if (!c->bev || !c->timer) {
-		if (c->bev)
-			bufferevent_free(c->bev);
-		else
-			close(fd);
+	if (!c->in || !c->out || !c->rev || !c->wev || !c->timer) {
+		if (c->in)
+			evbuffer_free(c->in);
+		if (c->out)
+			evbuffer_free(c->out);
+		if (c->rev)
+			event_free(c->rev);
+		if (c->wev)
+			event_free(c->wev);
 		if (c->timer)
 			event_free(c->timer);
+		close(fd);
 		free(c);
 		return;
 	}
 	llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
 	c->parser.data = c;
 	c->state = CONN_IDLE;
-	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	event_add(c->rev, NULL);
+	c->reading = 1;
 	evtimer_add(c->timer, s->tv_header);
 	c->next = s->conns;
 	if (s->conns)
@@ -1228,8 +1363,7 @@ void http_server_drain(struct http_server *s, void (*on_drained)(void *ud), void
 	struct http_conn *c = s->conns;
 	while (c) {
 		struct http_conn *next = c->next;
-		if (c->state == CONN_IDLE && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0 &&
-		    evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+		if (c->state == CONN_IDLE && evbuffer_get_length(c->in) == 0 && evbuffer_get_length(c->out) == 0)
 			conn_free(c);
 		else
 			c->close_after = 1;

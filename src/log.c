@@ -768,6 +768,78 @@ static void write_line(int fd, const char *p, size_t n)
 	}
 }
 
+/* Batching (opt-in per thread, used by a worker's loop thread): whole lines
+ * are collected and written together, at most PIPE_BUF bytes per write(2)
+ * so that writes to a pipe shared by several processes stay atomic. The
+ * owner is told when a batch starts so that it can schedule log_flush()
+ * at the end of its loop iteration. */
+#define LOG_BATCH_MAX 4096
+struct log_batch {
+	int on;
+	void (*need_flush)(void *ud);
+	void *ud;
+	size_t len[2];
+	char buf[2][LOG_BATCH_MAX];
+};
+static __thread struct log_batch *tl_batch;
+static __thread int tl_urgent; /* warn and error lines bypass the batch */
+
+int log_set_batching(int on, void (*need_flush)(void *ud), void *ud)
+{
+	if (!on) {
+		if (tl_batch) {
+			log_flush();
+			free(tl_batch);
+			tl_batch = NULL;
+		}
+		return 0;
+	}
+	if (!tl_batch) {
+		tl_batch = calloc(1, sizeof(*tl_batch));
+		if (!tl_batch)
+			return -1;
+	}
+	tl_batch->on = 1;
+	tl_batch->need_flush = need_flush;
+	tl_batch->ud = ud;
+	return 0;
+}
+
+static void batch_flush_one(struct log_batch *bt, int i, int fd)
+{
+	if (bt->len[i] && fd >= 0)
+		write_line(fd, bt->buf[i], bt->len[i]);
+	bt->len[i] = 0;
+}
+
+void log_flush(void)
+{
+	struct log_batch *bt = tl_batch;
+	if (!bt)
+		return;
+	batch_flush_one(bt, 0, atomic_load_explicit(&g_fd, memory_order_relaxed));
+	batch_flush_one(bt, 1, atomic_load_explicit(&g_file_fd, memory_order_relaxed));
+}
+
+/* Write or batch one line for output i (0: primary, 1: file). */
+static void emit_line(int i, int fd, const char *p, size_t n)
+{
+	struct log_batch *bt = tl_batch;
+	if (!bt || !bt->on || n > LOG_BATCH_MAX || tl_urgent) {
+		if (bt && bt->len[i])
+			batch_flush_one(bt, i, fd); /* keep lines in order */
+		write_line(fd, p, n);
+		return;
+	}
+	if (bt->len[i] + n > LOG_BATCH_MAX)
+		batch_flush_one(bt, i, fd);
+	int was_empty = bt->len[0] == 0 && bt->len[1] == 0;
+	memcpy(bt->buf[i] + bt->len[i], p, n);
+	bt->len[i] += n;
+	if (was_empty && bt->need_flush)
+		bt->need_flush(bt->ud);
+}
+
 /* Out of memory for a huge line: say so instead of writing a cut line. */
 static void build_oom(struct lbuf *b, int level, const char *ts, unsigned ms)
 {
@@ -787,6 +859,7 @@ void log_emit(int level, const struct log_ctx *ctx, const char *message, const s
 	if (!fields)
 		nfields = 0;
 	int saved_errno = errno; /* callers log right before reporting errno */
+	tl_urgent = level >= LOG_LVL_WARN;
 	char stack[LOG_STACK_BUF];
 	struct lbuf b = {.p = stack, .cap = sizeof(stack)};
 	unsigned ms;
@@ -800,15 +873,15 @@ void log_emit(int level, const struct log_ctx *ctx, const char *message, const s
 		if (b.failed)
 			build_oom(&b, level, ts, ms);
 		if (fd >= 0)
-			write_line(fd, b.p, b.len);
+			emit_line(0, fd, b.p, b.len);
 		if (file_fd >= 0)
-			write_line(file_fd, b.p, b.len);
+			emit_line(1, file_fd, b.p, b.len);
 	} else {
 		if (fd >= 0) {
 			build_pretty(&b, level, ts, ms, ctx, message, fields, nfields);
 			if (b.failed)
 				build_oom(&b, level, ts, ms);
-			write_line(fd, b.p, b.len);
+			emit_line(0, fd, b.p, b.len);
 		}
 		if (file_fd >= 0) {
 			b.len = 0;
@@ -816,7 +889,7 @@ void log_emit(int level, const struct log_ctx *ctx, const char *message, const s
 			build_json(&b, level, ts, ms, ctx, message, fields, nfields);
 			if (b.failed)
 				build_oom(&b, level, ts, ms);
-			write_line(file_fd, b.p, b.len);
+			emit_line(1, file_fd, b.p, b.len);
 		}
 	}
 	if (b.heap)

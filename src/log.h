@@ -56,6 +56,14 @@ void log_set_fd(int fd);
 /* Close the file; the logger keeps writing to the primary stream. */
 void log_shutdown(void);
 
+/* Batching for the calling thread (a worker's loop): lines are collected
+ * and written together (each write at most PIPE_BUF bytes of whole lines).
+ * need_flush(ud) is called when the first line of a batch is queued; the
+ * owner must then call log_flush() soon (end of the loop iteration).
+ * Warn and error lines are written at once. on = 0 flushes and stops. */
+int log_set_batching(int on, void (*need_flush)(void *ud), void *ud);
+void log_flush(void);
+
 /* Emit one event. ctx may be NULL. */
 void log_emit(int level, const struct log_ctx *ctx, const char *message, const struct log_field *fields,
               size_t nfields);

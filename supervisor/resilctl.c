@@ -35,9 +35,8 @@ static const struct {
 	const char *name;
 	double timeout_s; /* default bound of the whole command */
 } cmds[] = {
-	[CMD_STATUS] = {CTL_CMD_STATUS, 10},   [CMD_HEALTH] = {CTL_CMD_HEALTH, 10},
-	[CMD_RESTART] = {CTL_CMD_RESTART, 120}, [CMD_RELOAD] = {CTL_CMD_RELOAD, 120},
-	[CMD_STOP] = {CTL_CMD_STOP, 60},       [CMD_SCALE] = {CTL_CMD_SCALE, 10},
+    [CMD_STATUS] = {CTL_CMD_STATUS, 10},  [CMD_HEALTH] = {CTL_CMD_HEALTH, 10}, [CMD_RESTART] = {CTL_CMD_RESTART, 120},
+    [CMD_RELOAD] = {CTL_CMD_RELOAD, 120}, [CMD_STOP] = {CTL_CMD_STOP, 60},     [CMD_SCALE] = {CTL_CMD_SCALE, 10},
 };
 #define NCMDS (sizeof cmds / sizeof cmds[0])
 
@@ -52,29 +51,33 @@ struct opts {
 
 enum parse_result { PARSE_RUN, PARSE_HELP, PARSE_VERSION, PARSE_USAGE };
 
-static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *hint, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+static void say(const char *hint, const char *fmt, va_list ap)
+{
+	fputs("resilctl: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputs(hint, stderr);
+}
 
+/* One line on stderr: "resilctl: <message>". */
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void fail(const char *fmt, ...)
 {
 	va_list ap;
 
-	fputs("resilctl: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	say("\n", fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
 }
 
+static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void usage_error(const char *fmt, ...)
 {
 	va_list ap;
 
-	fputs("resilctl: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	say("\nTry 'resilctl --help'.\n", fmt, ap);
 	va_end(ap);
-	fputs("\nTry 'resilctl --help'.\n", stderr);
 }
 
 static void print_help(void)
@@ -405,6 +408,8 @@ static int recv_line(int fd, int64_t deadline, char **out, size_t *outlen)
 	return 0;
 }
 
+#define GEN_STR(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
+
 static int build_request(const struct opts *o, char *out, size_t outlen, size_t *len)
 {
 	yajl_gen g = yajl_gen_alloc(NULL);
@@ -414,18 +419,12 @@ static int build_request(const struct opts *o, char *out, size_t outlen, size_t 
 
 	if (!g)
 		return -1;
-	const char *cmd = cmds[o->cmd].name;
-	if (yajl_gen_map_open(g) || yajl_gen_string(g, (const unsigned char *)CTL_KEY_CMD, strlen(CTL_KEY_CMD)) ||
-	    yajl_gen_string(g, (const unsigned char *)cmd, strlen(cmd)))
+	if (yajl_gen_map_open(g) || GEN_STR(g, CTL_KEY_CMD) || GEN_STR(g, cmds[o->cmd].name))
 		goto out;
-	if (o->cmd == CMD_RESTART &&
-	    (yajl_gen_string(g, (const unsigned char *)CTL_KEY_TARGET, strlen(CTL_KEY_TARGET)) ||
-	     (o->target < 0 ? yajl_gen_string(g, (const unsigned char *)CTL_TARGET_ALL, strlen(CTL_TARGET_ALL))
-			    : yajl_gen_integer(g, o->target))))
+	if (o->cmd == CMD_RESTART && (GEN_STR(g, CTL_KEY_TARGET) ||
+	                              (o->target < 0 ? GEN_STR(g, CTL_TARGET_ALL) : yajl_gen_integer(g, o->target))))
 		goto out;
-	if (o->cmd == CMD_SCALE &&
-	    (yajl_gen_string(g, (const unsigned char *)CTL_KEY_WORKERS, strlen(CTL_KEY_WORKERS)) ||
-	     yajl_gen_integer(g, o->workers)))
+	if (o->cmd == CMD_SCALE && (GEN_STR(g, CTL_KEY_WORKERS) || yajl_gen_integer(g, o->workers)))
 		goto out;
 	if (yajl_gen_map_close(g) || yajl_gen_get_buf(g, &buf, &n) || n + 1 > outlen)
 		goto out;
@@ -459,7 +458,8 @@ static int exchange(const struct opts *o, const char *path, int64_t deadline, do
 	int e = errno;
 	close(fd);
 	if (rc == -2) {
-		fail("no answer from resild within %g s (%s)", limit_s, cmds[o->cmd].name);
+		fail("no answer from resild within %g s (%s)%s", limit_s, cmds[o->cmd].name,
+		     o->cmd == CMD_RESTART || o->cmd == CMD_RELOAD ? "; it may still be in progress" : "");
 		return CTL_EXIT_PROTOCOL;
 	}
 	if (rc == -3) {
@@ -525,6 +525,36 @@ static int get_int(yajl_val obj, const char *key, long long *out)
 	return 0;
 }
 
+/* Control characters (C0, DEL, and C1 as UTF-8) become '?' so nothing
+ * resild echoes (a crashed route's path, an error text) can drive the
+ * operator's terminal. */
+static void defang_str(char *s)
+{
+	for (unsigned char *p = (unsigned char *)s; *p; p++) {
+		if (*p < 0x20 || *p == 0x7f)
+			*p = '?';
+		else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+			p[0] = p[1] = '?';
+	}
+}
+
+/* Human output prints nothing nested deeper than a few levels. */
+static void defang(yajl_val v, int depth)
+{
+	if (depth > 8)
+		return;
+	if (YAJL_IS_STRING(v))
+		defang_str(v->u.string);
+	else if (YAJL_IS_ARRAY(v))
+		for (size_t i = 0; i < v->u.array.len; i++)
+			defang(v->u.array.values[i], depth + 1);
+	else if (YAJL_IS_OBJECT(v))
+		for (size_t i = 0; i < v->u.object.len; i++) {
+			defang_str((char *)v->u.object.keys[i]);
+			defang(v->u.object.values[i], depth + 1);
+		}
+}
+
 /* "45s", "7m" (or "7m 36s" when precise), "2h 5m", "3d 4h". */
 static void fmt_uptime(char *b, size_t n, long long s, int precise)
 {
@@ -571,11 +601,16 @@ static const struct {
 	const char *key; /* integer field shown as is; NULL: formatted below */
 	int left;        /* left-aligned (text) instead of right-aligned (numbers) */
 } cols[NCOLS] = {
-	[C_ID] = {"id", "id", 0},           [C_PID] = {"pid", "pid", 0},
-	[C_STATE] = {"state", NULL, 1},     [C_UPTIME] = {"uptime", NULL, 1},
-	[C_RESTARTS] = {"restarts", "restarts", 0}, [C_CPU] = {"cpu", NULL, 0},
-	[C_MEM] = {"memory", NULL, 0},      [C_REQS] = {"requests", "requests", 0},
-	[C_INFLIGHT] = {"inflight", "inflight", 0}, [C_WS] = {"ws", "websockets", 0},
+    [C_ID] = {"id", "id", 0},
+    [C_PID] = {"pid", "pid", 0},
+    [C_STATE] = {"state", NULL, 1},
+    [C_UPTIME] = {"uptime", NULL, 1},
+    [C_RESTARTS] = {"restarts", "restarts", 0},
+    [C_CPU] = {"cpu", NULL, 0},
+    [C_MEM] = {"memory", NULL, 0},
+    [C_REQS] = {"requests", "requests", 0},
+    [C_INFLIGHT] = {"inflight", "inflight", 0},
+    [C_WS] = {"ws", "websockets", 0},
 };
 
 static const char *state_colour(const char *st)
@@ -626,17 +661,13 @@ static void print_row(char cell[NCOLS][CELL], const size_t *width, int colour)
 	putchar('\n');
 }
 
-static int print_status(yajl_val root)
+/* "resild 0.1.0 · pid 123 · up 7m 36s · listen ... · db sqlite (connected) · generation 3" */
+static void print_supervisor(yajl_val sup)
 {
-	yajl_val sup = get(root, CTL_KEY_SUPERVISOR), workers = get(root, "workers");
 	const char *s;
 	long long ll;
 	char buf[64];
 
-	if (!YAJL_IS_OBJECT(sup) || !YAJL_IS_ARRAY(workers)) {
-		fail("invalid answer from resild: status without supervisor and workers");
-		return CTL_EXIT_PROTOCOL;
-	}
 	printf("resild");
 	if ((s = get_str(sup, "version")))
 		printf(" %s", s);
@@ -657,7 +688,11 @@ static int print_status(yajl_val root)
 	if ((s = get_str(sup, "state")) && strcmp(s, "running"))
 		printf(" · %s", s);
 	putchar('\n');
+}
 
+/* One row per worker, columns as wide as their widest cell. */
+static int print_workers(yajl_val workers)
+{
 	size_t n = workers->u.array.len, width[NCOLS];
 	char(*cells)[NCOLS][CELL] = calloc(n + 1, sizeof *cells);
 	if (!cells) {
@@ -678,9 +713,15 @@ static int print_status(yajl_val root)
 	for (size_t i = 0; i <= n; i++)
 		print_row(cells[i], width, colour && i > 0);
 	free(cells);
+	return CTL_EXIT_OK;
+}
 
-	/* Not closed circuits and crash attribution deserve a line each. */
-	for (size_t i = 0; i < n; i++) {
+/* Circuits that are not closed and crash attribution, a line each. */
+static void print_notes(yajl_val workers, yajl_val crashes)
+{
+	long long ll;
+
+	for (size_t i = 0; i < workers->u.array.len; i++) {
 		yajl_val w = workers->u.array.values[i], circ = get(w, "circuits");
 		if (!YAJL_IS_OBJECT(circ))
 			continue;
@@ -690,7 +731,6 @@ static int print_status(yajl_val root)
 				printf("worker %lld: circuit %s %s\n", ll, circ->u.object.keys[k], cs);
 		}
 	}
-	yajl_val crashes = get(root, CTL_KEY_CRASHES);
 	if (YAJL_IS_OBJECT(crashes) && crashes->u.object.len > 0) {
 		printf("crashes by route:");
 		for (size_t k = 0; k < crashes->u.object.len; k++) {
@@ -700,10 +740,22 @@ static int print_status(yajl_val root)
 		}
 		putchar('\n');
 	}
-	return CTL_EXIT_OK;
 }
 
-#define GEN_STR(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
+static int print_status(yajl_val root)
+{
+	yajl_val sup = get(root, CTL_KEY_SUPERVISOR), workers = get(root, "workers");
+
+	if (!YAJL_IS_OBJECT(sup) || !YAJL_IS_ARRAY(workers)) {
+		fail("invalid answer from resild: status without supervisor and workers");
+		return CTL_EXIT_PROTOCOL;
+	}
+	print_supervisor(sup);
+	if (print_workers(workers) != CTL_EXIT_OK)
+		return CTL_EXIT_PROTOCOL;
+	print_notes(workers, get(root, CTL_KEY_CRASHES));
+	return CTL_EXIT_OK;
+}
 
 /* Re-emit a parsed value; numbers keep their original spelling. */
 static int gen_value(yajl_gen g, yajl_val v)
@@ -711,15 +763,11 @@ static int gen_value(yajl_gen g, yajl_val v)
 	size_t i;
 
 	switch (v->type) {
-	case yajl_t_string:
-		return GEN_STR(g, v->u.string) ? -1 : 0;
-	case yajl_t_number:
-		return yajl_gen_number(g, v->u.number.r, strlen(v->u.number.r)) ? -1 : 0;
+	case yajl_t_string: return GEN_STR(g, v->u.string) ? -1 : 0;
+	case yajl_t_number: return yajl_gen_number(g, v->u.number.r, strlen(v->u.number.r)) ? -1 : 0;
 	case yajl_t_true:
-	case yajl_t_false:
-		return yajl_gen_bool(g, v->type == yajl_t_true) ? -1 : 0;
-	case yajl_t_null:
-		return yajl_gen_null(g) ? -1 : 0;
+	case yajl_t_false: return yajl_gen_bool(g, v->type == yajl_t_true) ? -1 : 0;
+	case yajl_t_null: return yajl_gen_null(g) ? -1 : 0;
 	case yajl_t_array:
 		if (yajl_gen_array_open(g))
 			return -1;
@@ -734,8 +782,7 @@ static int gen_value(yajl_gen g, yajl_val v)
 			if (GEN_STR(g, v->u.object.keys[i]) || gen_value(g, v->u.object.values[i]) < 0)
 				return -1;
 		return yajl_gen_map_close(g) ? -1 : 0;
-	default:
-		return -1;
+	default: return -1;
 	}
 }
 
@@ -875,8 +922,7 @@ static int render(const struct opts *o, yajl_val root, int64_t deadline, double 
 	long long n;
 
 	switch (o->cmd) {
-	case CMD_STATUS:
-		return o->json ? print_json(root) : print_status(root);
+	case CMD_STATUS: return o->json ? print_json(root) : print_status(root);
 	case CMD_HEALTH: {
 		int rc = health_exit(root);
 		if (rc == CTL_EXIT_PROTOCOL)
@@ -886,16 +932,14 @@ static int render(const struct opts *o, yajl_val root, int64_t deadline, double 
 		print_health(root);
 		return rc;
 	}
-	case CMD_RESTART:
-		return print_restarted(root);
+	case CMD_RESTART: return print_restarted(root);
 	case CMD_RELOAD:
 		if (get_int(root, CTL_KEY_GENERATION, &n) == 0)
 			printf("reloaded: generation %lld\n", n);
 		else
 			printf("reloaded\n");
 		return CTL_EXIT_OK;
-	case CMD_STOP:
-		return wait_stopped(root, deadline, limit_s);
+	case CMD_STOP: return wait_stopped(root, deadline, limit_s);
 	case CMD_SCALE:
 		if (get_int(root, CTL_KEY_WORKERS, &n) < 0)
 			n = o->workers;
@@ -913,16 +957,12 @@ int main(int argc, char **argv)
 	int rc;
 
 	switch (parse_args(argc, argv, &o)) {
-	case PARSE_HELP:
-		print_help();
-		return fflush(stdout) == 0 ? CTL_EXIT_OK : CTL_EXIT_PROTOCOL;
+	case PARSE_HELP: print_help(); return fflush(stdout) == 0 ? CTL_EXIT_OK : CTL_EXIT_PROTOCOL;
 	case PARSE_VERSION:
 		printf("resilctl %s\n", PACKAGE_VERSION);
 		return fflush(stdout) == 0 ? CTL_EXIT_OK : CTL_EXIT_PROTOCOL;
-	case PARSE_USAGE:
-		return CTL_EXIT_USAGE;
-	case PARSE_RUN:
-		break;
+	case PARSE_USAGE: return CTL_EXIT_USAGE;
+	case PARSE_RUN: break;
 	}
 	if (socket_path(o.socket, path, sizeof path) < 0) {
 		usage_error("control socket path too long (set -s or " CTL_ENV_SOCKET ")");
@@ -934,7 +974,10 @@ int main(int argc, char **argv)
 	if ((rc = exchange(&o, path, deadline, limit_s, &root)) != CTL_EXIT_OK)
 		return rc;
 	yajl_val ok = get(root, CTL_KEY_OK);
+	if (!o.json)
+		defang(root, 0);
 	if (YAJL_IS_FALSE(ok)) {
+		defang(get(root, CTL_KEY_ERROR), 0);
 		const char *err = get_str(root, CTL_KEY_ERROR);
 		fail("%s failed: %s", cmds[o.cmd].name, err ? err : "(no reason given)");
 		rc = CTL_EXIT_FAILED;

@@ -1,5 +1,5 @@
 /*
- * mongo_double — a MongoDB wire-protocol test double for resil's store tests.
+ * mongo_double.c - a MongoDB wire-protocol test double for resil's store tests.
  *
  * A single-threaded poll(2) server that speaks enough of the MongoDB protocol for
  * libmongoc 1.23: the OP_QUERY hello handshake (answered with OP_REPLY) and OP_MSG
@@ -9,10 +9,20 @@
  * dropDatabase). Data lives in memory as plain arrays of BSON documents per
  * database and collection; correctness matters more than speed here.
  *
+ * Query language: equality (an array matches when it contains the value),
+ * $eq $ne $gt $gte $lt $lte (within one BSON type bracket) $in $nin $exists
+ * $size $all $not $elemMatch $regex, $and $or $nor, dotted paths. Updates:
+ * $set $unset $inc $min $max $push $addToSet $pull $currentDate $setOnInsert,
+ * replacement, upsert, multi. Aggregation: $match $sort $skip $limit $project
+ * $count $group (constant or "$field" _id; $sum, $count). Anything else fails
+ * loudly with an error reply rather than matching silently.
+ *
  * A control socket (Unix stream path, or a TCP port when the argument is numeric)
  * takes one command per line so tests can inject faults at run time: delay, drop,
  * drop-next, error, refuse, stop/start, reset, clear, stats. Each gets one reply
- * line starting with "ok" or "err".
+ * line starting with "ok" or "err". drop-next and error count data commands
+ * only (everything but hello/isMaster and endSessions), so the driver's
+ * monitoring traffic never consumes an injected fault.
  *
  * Test support only: never installed, never linked into resil. It exits on
  * SIGTERM/SIGINT, when its parent dies, and after --max-lifetime seconds.
@@ -26,6 +36,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <regex.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -57,7 +68,6 @@ enum { OP_REPLY = 1, OP_QUERY = 2004, OP_COMPRESSED = 2012, OP_MSG = 2013 };
 
 #define MSG_CHECKSUM_PRESENT 0x1u
 #define MSG_MORE_TO_COME 0x2u
-#define MSG_EXHAUST_ALLOWED 0x10000u
 #define REPLY_QUERY_FAILURE 0x2u
 #define REPLY_AWAIT_CAPABLE 0x8u
 
@@ -905,6 +915,43 @@ static bool elem_visit(const bson_value_t *v, void *ctx)
 	return false;
 }
 
+static bool regex_visit(const bson_value_t *v, void *ctx)
+{
+	const regex_t *re = ctx;
+	bson_t d;
+	bson_iter_t it;
+
+	if (v->value_type == BSON_TYPE_UTF8)
+		return regexec(re, v->value.v_utf8.str, 0, NULL, 0) == 0;
+	if (v->value_type != BSON_TYPE_ARRAY || !val_doc(v, &d) || !bson_iter_init(&it, &d))
+		return false;
+	while (bson_iter_next(&it))
+		if (BSON_ITER_HOLDS_UTF8(&it) && regexec(re, bson_iter_utf8(&it, NULL), 0, NULL, 0) == 0)
+			return true;
+	return false;
+}
+
+/* Pattern match on string values, with POSIX extended regular expressions
+ * standing in for PCRE (options i and m are honoured). */
+static int regex_match(const struct vsrc *src, const char *pattern, const char *options, struct mderr *err)
+{
+	int flags = REG_EXTENDED | REG_NOSUB;
+	regex_t re;
+	bool found, hit;
+
+	for (const char *o = options ? options : ""; *o; o++) {
+		if (*o == 'i')
+			flags |= REG_ICASE;
+		else if (*o == 'm')
+			flags |= REG_NEWLINE;
+	}
+	if (regcomp(&re, pattern, flags) != 0)
+		return fail(err, 51091, "Regular expression is invalid: %s", pattern);
+	hit = vsrc_visit(src, regex_visit, &re, &found);
+	regfree(&re);
+	return hit;
+}
+
 static const struct {
 	const char *name;
 	enum mop op;
@@ -938,6 +985,10 @@ static int eval_op(const struct vsrc *src, const char *name, const bson_value_t 
 		return found == val_truthy(arg);
 	}
 	if (strcmp(name, "$not") == 0) {
+		if (arg->value_type == BSON_TYPE_REGEX) {
+			r = regex_match(src, arg->value.v_regex.regex, arg->value.v_regex.options, err);
+			return r < 0 ? r : !r;
+		}
 		if (!is_operator_doc(arg, &sub))
 			return fail(err, E_BAD_VALUE, "$not needs a document of operators");
 		r = eval_ops(src, &sub, err);
@@ -960,14 +1011,31 @@ static int eval_op(const struct vsrc *src, const char *name, const bson_value_t 
 /* 1 if every operator of ops holds for src, 0 if one does not, -1 on error. */
 static int eval_ops(const struct vsrc *src, const bson_t *ops, struct mderr *err)
 {
-	bson_iter_t it;
+	bson_iter_t it, opt;
 
 	if (!bson_iter_init(&it, ops))
 		return fail(err, E_BAD_VALUE, "invalid operator document");
 	while (bson_iter_next(&it)) {
+		const char *name = bson_iter_key(&it);
 		bson_value_t arg = *bson_iter_value(&it);
-		int r = eval_op(src, bson_iter_key(&it), &arg, err);
+		const char *options = NULL;
+		int r;
 
+		if (strcmp(name, "$options") == 0)
+			continue;
+		if (strcmp(name, "$regex") == 0) {
+			if (bson_iter_init_find(&opt, ops, "$options") && BSON_ITER_HOLDS_UTF8(&opt))
+				options = bson_iter_utf8(&opt, NULL);
+			if (arg.value_type == BSON_TYPE_REGEX)
+				r = regex_match(src, arg.value.v_regex.regex,
+						options ? options : arg.value.v_regex.options, err);
+			else if (arg.value_type == BSON_TYPE_UTF8)
+				r = regex_match(src, arg.value.v_utf8.str, options, err);
+			else
+				r = fail(err, E_BAD_VALUE, "$regex has to be a string");
+		} else {
+			r = eval_op(src, name, &arg, err);
+		}
 		if (r <= 0)
 			return r;
 	}
@@ -980,6 +1048,8 @@ static int eval_field(const struct vsrc *src, const bson_value_t *operand, struc
 
 	if (is_operator_doc(operand, &ops))
 		return eval_ops(src, &ops, err);
+	if (operand->value_type == BSON_TYPE_REGEX)
+		return regex_match(src, operand->value.v_regex.regex, operand->value.v_regex.options, err);
 	return leaf_match(src, MOP_EQ, operand);
 }
 
@@ -3471,7 +3541,7 @@ static void conn_read(struct server *s, struct conn *c)
 	if (c->in_len >= 4) {
 		uint32_t mlen = rd32(c->in);
 
-		if (mlen > c->in_len && mlen - c->in_len > want)
+		if (mlen <= MD_MAX_MSG && mlen > c->in_len && mlen - c->in_len > want)
 			want = mlen - c->in_len;
 	}
 	c->in = grow(c->in, &c->in_cap, c->in_len + want, 1);
@@ -3661,9 +3731,10 @@ static void format_stats(const struct server *s, char *out, size_t len)
 
 	for (size_t i = 0; i < s->nconns; i++)
 		nopen += !s->conns[i]->dead;
-	used = (size_t)snprintf(out, len, "ok served=%llu data=%llu accepted=%llu open=%zu cursors=%zu",
+	used = (size_t)snprintf(out, len,
+				"ok served=%llu data=%llu accepted=%llu open=%zu cursors=%zu listening=%d",
 				(unsigned long long)s->served, (unsigned long long)s->data_served,
-				(unsigned long long)s->accepted, nopen, s->ncurs);
+				(unsigned long long)s->accepted, nopen, s->ncurs, !s->stopped);
 	for (size_t i = 0; i <= N_COMMANDS && used + 64 < len; i++) {
 		if (s->cmd_counts[i])
 			used += (size_t)snprintf(out + used, len - used, " %s=%llu",

@@ -18,6 +18,7 @@ struct worker {
 	struct http_server *http;
 	struct app *app;
 	struct scoreboard *sb;
+	struct event *log_flush_ev;
 	int id;
 	unsigned generation;
 	int ready;

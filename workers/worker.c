@@ -72,6 +72,21 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	}
 }
 
+/* Access-log lines of one loop iteration are written together. */
+static void log_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	log_flush();
+}
+
+static void log_need_flush(void *ud)
+{
+	struct worker *w = ud;
+	event_active(w->log_flush_ev, EV_TIMEOUT, 0);
+}
+
 static const int handled_signals[] = {SIGTERM, SIGINT, SIGQUIT, SIGUSR1};
 #define NSIGNALS (sizeof(handled_signals) / sizeof(handled_signals[0]))
 
@@ -111,6 +126,11 @@ int worker_run(const struct worker_opts *opts)
 			w.exit_code = WORKER_EXIT_FATAL;
 			goto out;
 		}
+	}
+	w.log_flush_ev = event_new(w.base, -1, 0, log_flush_cb, &w);
+	if (!w.log_flush_ev || log_set_batching(1, log_need_flush, &w) < 0) {
+		w.exit_code = WORKER_EXIT_FATAL;
+		goto out;
 	}
 	struct mw_config mc = {.cors_origins = w.cfg->cors_origins, .json_max_depth = 64};
 	w.app = app_new();
@@ -157,6 +177,9 @@ int worker_run(const struct worker_opts *opts)
 	event_base_dispatch(w.base);
 	log_info(NULL, "worker exiting");
 out:
+	log_set_batching(0, NULL, NULL);
+	if (w.log_flush_ev)
+		event_free(w.log_flush_ev);
 	routes_stop(&w);
 	http_server_free(w.http);
 	app_free(w.app);

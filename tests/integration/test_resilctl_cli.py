@@ -251,6 +251,20 @@ def test_status_failure_exits_1_with_the_reason():
 
 
 @test
+def test_control_characters_from_resild_never_reach_the_terminal():
+    ans = json.loads(json.dumps(STATUS))
+    ans["crashes_by_route"] = {"GET /\x1b]0;owned\x07x\u009b": 2}
+    p, _ = with_server(ans, ["status"])
+    expect(p, 0)
+    assert out(p).splitlines()[-1] == "crashes by route: GET /?]0;owned?x?? (2)", out(p)
+    p, _ = with_server(ans, ["status", "--json"])
+    assert json.loads(out(p))["crashes_by_route"] == ans["crashes_by_route"], out(p)
+    p, _ = with_server({"ok": False, "error": "bad\x1b[2Jthing"}, ["status", "--json"])
+    expect(p, 1)
+    assert err_lines(p) == ["resilctl: status failed: bad?[2Jthing"], p.stderr
+
+
+@test
 def test_health_exit_status_follows_the_verdict():
     for verdict, code in (("healthy", 0), ("degraded", 1), ("down", 2)):
         ans = json.loads(json.dumps(HEALTH))
