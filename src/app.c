@@ -19,11 +19,17 @@
 
 #define APP_MAX_MW 16
 
+struct route_entry {
+	char pattern[192]; /* "GET /api/posts/:id", for crash reports */
+	app_fn chain[APP_MAX_CHAIN + 1];
+};
+
 struct app {
 	struct router *router;
+	void (*route_hook)(struct http_request *req, const char *route);
 	app_fn mw[APP_MAX_MW];
 	int nmw;
-	app_fn **chains; /* owned copies of route chains */
+	struct route_entry **chains; /* owned route entries */
 	size_t nchains;
 };
 
@@ -51,6 +57,11 @@ void app_free(struct app *a)
 	free(a);
 }
 
+void app_set_route_hook(struct app *a, void (*hook)(struct http_request *req, const char *route))
+{
+	a->route_hook = hook;
+}
+
 void app_use(struct app *a, app_fn mw)
 {
 	if (a->nmw < APP_MAX_MW)
@@ -66,11 +77,17 @@ int app_route(struct app *a, int methods, const char *pattern, const app_fn *cha
 		n++;
 	if (n == 0 || n > APP_MAX_CHAIN)
 		return -1;
-	app_fn *copy = calloc(n + 1, sizeof(*copy));
+	struct route_entry *copy = calloc(1, sizeof(*copy));
 	if (!copy)
 		return -1;
-	memcpy(copy, chain, n * sizeof(*copy));
-	app_fn **nc = realloc(a->chains, (a->nchains + 1) * sizeof(*nc));
+	memcpy(copy->chain, chain, n * sizeof(*chain));
+	char allow[96];
+	router_allow_string(methods, allow, sizeof(allow));
+	char *sp = strchr(allow, ',');
+	if (sp)
+		*sp = '\0';
+	snprintf(copy->pattern, sizeof(copy->pattern), "%s %s", allow, pattern);
+	struct route_entry **nc = realloc(a->chains, (a->nchains + 1) * sizeof(*nc));
 	if (!nc) {
 		free(copy);
 		return -1;
@@ -132,9 +149,13 @@ static void run(struct http_request *req)
 					app_fail(req, 405, "METHOD_NOT_ALLOWED", "method not allowed");
 					return;
 				}
+				struct route_entry *re = route;
 				ctx->phase = 1;
 				ctx->pos = 0;
-				ctx->chain = route;
+				ctx->chain = re->chain;
+				ctx->route = re->pattern;
+				if (a->route_hook)
+					a->route_hook(req, re->pattern);
 				continue;
 			}
 		} else {

@@ -36,6 +36,7 @@ struct app_ctx {
 	int phase;           /* 0: app middleware, 1: route chain */
 	int pos;
 	const app_fn *chain; /* route chain, NULL-terminated */
+	const char *route;   /* matched pattern, e.g. "GET /api/posts/:id" */
 	struct route_params params;
 	struct json_value *body; /* parsed JSON or urlencoded body (owned) */
 	struct json_value *query; /* parsed query string (owned), lazily */
@@ -52,6 +53,8 @@ struct app_ctx {
 struct app *app_new(void);
 void app_free(struct app *app);
 void app_use(struct app *app, app_fn mw);
+/* Called when a request matched a route (crash attribution). */
+void app_set_route_hook(struct app *app, void (*hook)(struct http_request *req, const char *route));
 /* Register a route: chain is NULL-terminated, last entry the handler.
  * Returns 0 or -1 (bad pattern, too long a chain). */
 int app_route(struct app *app, int methods, const char *pattern, const app_fn *chain);

@@ -526,6 +526,11 @@ int log_init(int level, int json, const char *file, int worker)
 	return 0;
 }
 
+int log_file_fd(void)
+{
+	return atomic_load(&g_file_fd);
+}
+
 void log_set_worker(int worker)
 {
 	atomic_store(&g_worker, worker);

@@ -47,6 +47,8 @@ struct log_ctx {
  * Returns 0, or -1 if the file cannot be opened (errno set). */
 int log_init(int level, int json, const char *file, int worker);
 void log_set_worker(int worker);
+/* The log file's descriptor (-1: none); kept open across fork. */
+int log_file_fd(void);
 void log_set_level(int level);
 int log_enabled(int level);
 /* Reopen the log file (SIGUSR1 / logrotate). Returns 0 or -1. */

@@ -651,9 +651,10 @@ static enum store_err run(struct store *st, void *conn, struct store_op *op)
 			err = STORE_TIMEOUT;
 			break;
 		}
+		call.no_retry = false;
 		err = st->be->exec(st->bctx, conn, op, &call);
 		op->priv.attempts = call.attempt;
-		if (err != STORE_UNAVAILABLE)
+		if (err != STORE_UNAVAILABLE || call.no_retry)
 			break;
 		delay = retry_backoff_ms(&pol, call.attempt - 1, NULL, NULL);
 		if (atomic_load(&op->job.abandoned) ||

@@ -17,6 +17,8 @@ struct store_call {
 	uint64_t deadline_ms; /* the op's absolute deadline (jobs_now_ms clock), 0 = none */
 	int64_t now_ms;       /* wall clock, ms since the epoch: the value of updatedAt */
 	unsigned attempt;     /* 1 for the first try */
+	bool no_retry;        /* set by exec(): this UNAVAILABLE already waited its full
+	                       * timeout (e.g. server selection); do not repeat it */
 };
 
 struct store_backend {
@@ -35,7 +37,7 @@ struct store_backend {
 	 * op->result already holds the complete document to store). On
 	 * STORE_DUPLICATE_KEY op->dup_field is set. The caller frees partial
 	 * results on failure. */
-	enum store_err (*exec)(void *ctx, void *conn, struct store_op *op, const struct store_call *call);
+	enum store_err (*exec)(void *ctx, void *conn, struct store_op *op, struct store_call *call);
 };
 
 extern const struct store_backend store_sqlite_backend;

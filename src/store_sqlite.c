@@ -33,6 +33,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1136,7 +1137,7 @@ static enum store_err do_ping(struct sq_conn *c)
 	return map_rc(c, rc, "ping");
 }
 
-static enum store_err sq_exec(void *vctx, void *vconn, struct store_op *op, const struct store_call *call)
+static enum store_err sq_exec(void *vctx, void *vconn, struct store_op *op, struct store_call *call)
 {
 	struct sq_conn *c = vconn;
 	enum store_err err;

@@ -88,7 +88,8 @@ static void print_help(void)
 	       "  status [--json]    supervisor and workers (pid, state, uptime, memory, ...)\n"
 	       "  health [--json]    aggregated health; exit 0 healthy, 1 degraded, 2 down\n"
 	       "  restart [all|ID]   rolling restart of all workers (default) or worker ID\n"
-	       "  reload             re-read the configuration, replace workers, report the outcome\n"
+	       "  reload             re-read the configuration and replace the workers, waiting\n"
+	       "                     for the outcome\n"
 	       "  stop               graceful shutdown; returns once resild has exited\n"
 	       "  scale N            set the number of workers (%d-%d)\n"
 	       "\n"
@@ -237,9 +238,7 @@ static enum parse_result parse_args(int argc, char **argv, struct opts *o)
 		usage_error("scale: worker count must be %d-%d, got '%s'", CTL_SCALE_MIN, CTL_SCALE_MAX, pos[1]);
 		return PARSE_USAGE;
 	}
-	if (o->socket == NULL)
-		return PARSE_RUN;
-	if (strlen(o->socket) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+	if (o->socket && strlen(o->socket) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
 		usage_error("socket path too long: %s", o->socket);
 		return PARSE_USAGE;
 	}

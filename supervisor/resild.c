@@ -1,19 +1,47 @@
-/* resild.c - main(): configuration, the listening socket, then either the
- * supervisor (forking workers) or, with --workers 1 --foreground and no
- * supervisor, a single in-process worker. */
+/* resild.c - main(): configuration, the listening socket (bound once,
+ * before any fork), optional daemonisation, then the supervisor. */
 #include "autoconfig.h"
 
 #include "config.h"
 #include "listen.h"
 #include "log.h"
-#include "worker.h"
+#include "proctitle.h"
+#include "supervisor.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* Classic double fork; the parent exits 0 once the child is detached. */
+static int daemonize(void)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid > 0)
+		_exit(0);
+	if (setsid() < 0)
+		return -1;
+	pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid > 0)
+		_exit(0);
+	int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (fd >= 0) {
+		dup2(fd, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		if (fd > 2)
+			close(fd);
+	}
+	return 0;
+}
 
 int main(int argc, char **argv)
 {
@@ -21,6 +49,8 @@ int main(int argc, char **argv)
 	char err[CONFIG_ERR_MAX];
 	enum config_action action = CONFIG_RUN;
 
+	proctitle_init(argc, argv);
+	signal(SIGPIPE, SIG_IGN);
 	if (sodium_init() < 0) {
 		fprintf(stderr, "resild: libsodium initialisation failed\n");
 		return 1;
@@ -38,8 +68,8 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (cfg.check_config) {
-		printf("resild: configuration %s%s ok\n", cfg.config_file[0] ? cfg.config_file : "(defaults)",
-		       "");
+		config_print_effective(&cfg, stdout);
+		fprintf(stderr, "resild: configuration %s is ok\n", cfg.config_file[0] ? cfg.config_file : "(no file)");
 		return 0;
 	}
 	if (log_init(cfg.log_level, cfg.log_format == CONFIG_LOG_JSON, cfg.log_file[0] ? cfg.log_file : NULL, -1) < 0) {
@@ -47,20 +77,24 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (cfg.jwt_secret_generated)
-		log_warn(NULL, "RESIL_JWT_SECRET is not set: using a random secret for this run (tokens will not survive "
-		               "a restart)",
+		log_warn(NULL,
+		         "RESIL_JWT_SECRET is not set: using a random secret for this run (tokens will not survive a "
+		         "restart)",
 		         LF_STR("env", "development"));
-	int fd = listen_open(cfg.listen, 1024, err, sizeof(err));
+	int fd = listen_open(cfg.listen, 4096, err, sizeof(err));
 	if (fd < 0) {
 		log_error(NULL, err, LF_STR("listen", cfg.listen));
+		fprintf(stderr, "resild: %s\n", err);
 		return 1;
 	}
-	char where[600];
-	if (listen_describe(fd, where, sizeof(where)) == 0)
-		log_info(NULL, "listening", LF_STR("address", where));
-	struct worker_opts wo = {.cfg = &cfg, .listen_fd = fd, .id = 0, .generation = 1, .sb = NULL, .ready_fd = -1};
-	int rc = worker_run(&wo);
+	if (!cfg.foreground && daemonize() < 0) {
+		fprintf(stderr, "resild: cannot daemonize\n");
+		return 1;
+	}
+	int rc = supervisor_run(&cfg, argc, argv, fd);
 	close(fd);
+	if (strncmp(cfg.listen, "unix:", 5) == 0)
+		unlink(cfg.listen + 5);
 	log_shutdown();
-	return rc == WORKER_EXIT_FATAL ? 1 : rc;
+	return rc;
 }

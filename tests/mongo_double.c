@@ -17,7 +17,8 @@
  * $count $group (constant or "$field" _id; $sum, $count). Anything else fails
  * loudly with an error reply rather than matching silently.
  *
- * A control socket (Unix stream path, or a TCP port when the argument is numeric)
+ * A control socket (Unix stream path, "@name" for the abstract namespace, or a
+ * 127.0.0.1 TCP port when the argument is numeric)
  * takes one command per line so tests can inject faults at run time: delay, drop,
  * drop-next, error, refuse, stop/start, reset, clear, stats. Each gets one reply
  * line starting with "ok" or "err". drop-next and error count data commands
@@ -39,6 +40,7 @@
 #include <regex.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -3629,25 +3631,39 @@ static int listen_tcp(int port, int *bound)
 	return fd;
 }
 
+/* Fills a Unix socket address; a leading '@' names the Linux abstract
+ * namespace, which leaves nothing behind on disk. Returns its length or 0. */
+static socklen_t unix_addr(struct sockaddr_un *sa, const char *path)
+{
+	size_t len = strlen(path);
+
+	memset(sa, 0, sizeof *sa);
+	sa->sun_family = AF_UNIX;
+	if (len < 2 || len >= sizeof sa->sun_path)
+		return 0;
+	memcpy(sa->sun_path, path, len);
+	if (path[0] == '@')
+		sa->sun_path[0] = '\0';
+	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + (path[0] != '@'));
+}
+
 static int listen_unix(const char *path)
 {
 	struct sockaddr_un sa;
+	socklen_t sl = unix_addr(&sa, path);
 	struct stat st;
 	int fd;
 
-	memset(&sa, 0, sizeof sa);
-	sa.sun_family = AF_UNIX;
-	if (strlen(path) >= sizeof sa.sun_path) {
+	if (sl == 0) {
 		errno = ENAMETOOLONG;
 		return -1;
 	}
-	strcpy(sa.sun_path, path);
-	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+	if (path[0] != '@' && lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
 		unlink(path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 16) < 0) {
+	if (bind(fd, (struct sockaddr *)&sa, sl) < 0 || listen(fd, 16) < 0) {
 		close(fd);
 		return -1;
 	}
@@ -3954,10 +3970,11 @@ static int write_port_file(const char *path, int port, int ctl_port)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: mongo_double [--port N] [--port-file FILE] [--control PATH|PORT]\n"
-		   "                    [--max-lifetime SECONDS] [--verbose]\n"
+	fprintf(f, "usage: mongo_double [--port N] [--port-file FILE] [--control PATH|@NAME|PORT]\n"
+		   "                    [--max-lifetime SECONDS (default 600)] [--verbose]\n"
 		   "A MongoDB wire-protocol test double bound to 127.0.0.1. The port file gets the\n"
 		   "bound port (and the control port on a second line when --control is numeric).\n"
+		   "The control socket is a Unix stream socket (@NAME: abstract namespace).\n"
 		   "Control lines: delay MS | drop | drop-next [N] | error CODE [N] | refuse on|off |\n"
 		   "               stop | start | reset | clear | stats | ping\n");
 }
@@ -4067,7 +4084,7 @@ int main(int argc, char **argv)
 		close(s.lfd);
 	if (s.ctl_lfd >= 0)
 		close(s.ctl_lfd);
-	if (s.ctl_path)
+	if (s.ctl_path && s.ctl_path[0] != '@')
 		unlink(s.ctl_path);
 	return rc;
 

@@ -12,7 +12,8 @@
  * hello/isMaster and endSessions), so driver monitoring never consumes them.
  * The binary is found through $MONGO_DOUBLE, ./tests/mongo_double, next to
  * the running test executable (or its parent when run from .libs/), or
- * ./mongo_double. The double dies with the process that started it.
+ * ./mongo_double. The double dies with the thread that started it
+ * (PR_SET_PDEATHSIG), so start it from the test's main thread.
  */
 #ifndef RESIL_TESTS_MONGO_DOUBLE_H
 #define RESIL_TESTS_MONGO_DOUBLE_H
@@ -24,8 +25,8 @@ struct mdouble {
 	pid_t pid;          /* the double's process, 0 when not running */
 	int port;           /* its MongoDB port on 127.0.0.1 */
 	char uri[128];      /* mongodb://127.0.0.1:PORT/resil_test?serverSelectionTimeoutMS=1000 */
-	char dir[64];       /* private temp directory (port file, control socket) */
-	char control[128];  /* control socket path inside dir */
+	char dir[64];       /* temp directory for the port file, empty once started */
+	char control[128];  /* control socket, "@name" in the abstract namespace */
 };
 
 /* Starts a double (default --max-lifetime 600 s) and waits until it listens.
@@ -46,8 +47,8 @@ int mdouble_query(struct mdouble *md, const char *line, char *out, size_t outlen
  * returns its value, 0 if absent, or -1 if the double did not answer. */
 long long mdouble_stat(struct mdouble *md, const char *name);
 
-/* Terminates the double (SIGTERM, then SIGKILL after 5 s), reaps it and
- * removes its temp directory. Safe to call twice or after a failed start. */
+/* Terminates the double (SIGTERM, then SIGKILL after 5 s) and reaps it.
+ * Safe to call twice or after a failed start. */
 void mdouble_stop(struct mdouble *md);
 
 #endif

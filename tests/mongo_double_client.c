@@ -1,7 +1,8 @@
 /* mongo_double_client.c - test-side helpers for the MongoDB test double.
  *
- * Forks and execs tests/mongo_double in a private temp directory, waits for
- * its port file, and talks to its control socket one line at a time (see
+ * Forks and execs tests/mongo_double, waits for the port file it writes into a
+ * private temp directory (removed as soon as it has been read), and talks to
+ * its abstract-namespace control socket one line at a time (see
  * mongo_double.h). Linked into tests only.
  */
 #define _GNU_SOURCE
@@ -11,6 +12,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +75,21 @@ static int find_binary(char *out, size_t len)
 	return try_binary(out, len, ".", "mongo_double");
 }
 
+/* Removes the start-up directory and its port file once they are no longer needed. */
+static void remove_dir(struct mdouble *md)
+{
+	char path[96];
+
+	if (!md->dir[0])
+		return;
+	snprintf(path, sizeof path, "%s/port", md->dir);
+	unlink(path);
+	snprintf(path, sizeof path, "%s/port.tmp", md->dir);
+	unlink(path);
+	rmdir(md->dir);
+	md->dir[0] = '\0';
+}
+
 static int read_port(const char *path)
 {
 	FILE *f = fopen(path, "re");
@@ -102,7 +119,8 @@ int mdouble_start_lifetime(struct mdouble *md, int max_lifetime_s)
 		return -1;
 	}
 	snprintf(port_file, sizeof port_file, "%s/port", md->dir);
-	snprintf(md->control, sizeof md->control, "%s/control.sock", md->dir);
+	/* Abstract socket: nothing to clean up on disk, even if the test crashes. */
+	snprintf(md->control, sizeof md->control, "@%s.%ld", md->dir + 5, (long)parent);
 	snprintf(lifetime, sizeof lifetime, "%d", max_lifetime_s);
 	argv[argc++] = bin;
 	argv[argc++] = "--port";
@@ -144,6 +162,7 @@ int mdouble_start_lifetime(struct mdouble *md, int max_lifetime_s)
 			md->port = port;
 			snprintf(md->uri, sizeof md->uri,
 				 "mongodb://127.0.0.1:%d/resil_test?serverSelectionTimeoutMS=1000", port);
+			remove_dir(md);
 			return 0;
 		}
 		if (waitpid(pid, NULL, WNOHANG) == pid) {
@@ -179,6 +198,7 @@ static int send_all(int fd, const char *p, size_t len)
 int mdouble_query(struct mdouble *md, const char *line, char *out, size_t outlen)
 {
 	struct sockaddr_un sa;
+	size_t clen = strlen(md->control);
 	struct timeval tv = { 5, 0 };
 	char buf[1024];
 	size_t got = 0;
@@ -187,18 +207,22 @@ int mdouble_query(struct mdouble *md, const char *line, char *out, size_t outlen
 
 	if (out && outlen)
 		out[0] = '\0';
-	if (md->pid <= 0 || strchr(line, '\n') || strlen(md->control) >= sizeof sa.sun_path)
+	if (md->pid <= 0 || strchr(line, '\n') || clen < 2 || clen >= sizeof sa.sun_path)
 		return -1;
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
 	memset(&sa, 0, sizeof sa);
 	sa.sun_family = AF_UNIX;
-	strcpy(sa.sun_path, md->control);
+	memcpy(sa.sun_path, md->control, clen);
+	if (md->control[0] == '@')
+		sa.sun_path[0] = '\0';
 	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0 ||
-	    connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || send_all(fd, line, strlen(line)) != 0 ||
-	    send_all(fd, "\n", 1) != 0) {
+	    connect(fd, (struct sockaddr *)&sa,
+		    (socklen_t)(offsetof(struct sockaddr_un, sun_path) + clen + (md->control[0] != '@'))) !=
+		0 ||
+	    send_all(fd, line, strlen(line)) != 0 || send_all(fd, "\n", 1) != 0) {
 		close(fd);
 		return -1;
 	}
@@ -243,8 +267,6 @@ long long mdouble_stat(struct mdouble *md, const char *name)
 
 void mdouble_stop(struct mdouble *md)
 {
-	char path[96];
-
 	if (md->pid > 0) {
 		int status;
 
@@ -264,13 +286,5 @@ void mdouble_stop(struct mdouble *md)
 		}
 		md->pid = 0;
 	}
-	if (md->dir[0]) {
-		snprintf(path, sizeof path, "%s/port", md->dir);
-		unlink(path);
-		snprintf(path, sizeof path, "%s/port.tmp", md->dir);
-		unlink(path);
-		unlink(md->control);
-		rmdir(md->dir);
-		md->dir[0] = '\0';
-	}
+	remove_dir(md);
 }

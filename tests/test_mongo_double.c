@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <mongoc/mongoc.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -563,6 +564,51 @@ START_TEST(test_drop_and_clear_remove_data)
 }
 END_TEST
 
+struct inserter {
+	int id;
+	int inserted;
+};
+
+static void *insert_many(void *arg)
+{
+	struct inserter *ins = arg;
+	mongoc_client_t *c = mongoc_client_pool_pop(pool);
+	mongoc_collection_t *msgs = mongoc_client_get_collection(c, DB, "messages");
+
+	for (int i = 0; i < 50; i++) {
+		bson_t *d = BCON_NEW("thread", BCON_INT32(ins->id), "i", BCON_INT32(i));
+
+		if (mongoc_collection_insert_one(msgs, d, NULL, NULL, NULL))
+			ins->inserted++;
+		bson_destroy(d);
+	}
+	mongoc_collection_destroy(msgs);
+	mongoc_client_pool_push(pool, c);
+	return NULL;
+}
+
+START_TEST(test_concurrent_pooled_clients_are_all_served)
+{
+	mongoc_collection_t *msgs = coll("messages");
+	struct inserter ins[8];
+	pthread_t threads[8];
+
+	for (int t = 0; t < 8; t++) {
+		ins[t].id = t;
+		ins[t].inserted = 0;
+		ck_assert_int_eq(pthread_create(&threads[t], NULL, insert_many, &ins[t]), 0);
+	}
+	for (int t = 0; t < 8; t++) {
+		ck_assert_int_eq(pthread_join(threads[t], NULL), 0);
+		ck_assert_int_eq(ins[t].inserted, 50);
+	}
+	ck_assert_int_eq(count_json(msgs, "{}"), 400);
+	ck_assert_int_eq(count_json(msgs, "{\"thread\": 7}"), 50);
+	ck_assert_int_ge(mdouble_stat(&md, "accepted"), 3);
+	mongoc_collection_destroy(msgs);
+}
+END_TEST
+
 /* ------------------------------------------------------------ faults */
 
 START_TEST(test_stop_fails_commands_and_start_recovers)
@@ -934,6 +980,7 @@ int main(void)
 	add(s, "projection_regex", test_projection_and_regex_shape_find_results);
 	add(s, "find_and_modify", test_find_and_modify_returns_updated_document);
 	add(s, "drop_and_clear", test_drop_and_clear_remove_data);
+	add(s, "concurrency", test_concurrent_pooled_clients_are_all_served);
 	add(s, "fault_stop_start", test_stop_fails_commands_and_start_recovers);
 	add(s, "fault_delay", test_delay_holds_every_reply);
 	add(s, "fault_error", test_error_fault_fails_next_command_with_code);

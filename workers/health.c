@@ -5,6 +5,7 @@
 
 #include "handlers.h"
 #include "routes.h"
+#include "scoreboard.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -35,6 +36,13 @@ static int health(struct http_request *req)
 	iso_now(ts, sizeof(ts));
 	int healthy = w->ready && !w->draining;
 	int total = 1, ready = healthy;
+	if (w->sb) {
+		/* Aggregate over every worker of this resild. */
+		total = atomic_load(&w->sb->hdr.workers_target);
+		ready = sb_count_ready(w->sb);
+		if (ready > total)
+			ready = total; /* old and new generation both up mid-reload */
+	}
 	yajl_gen_map_open(g);
 	GS(g, "status");
 	GS(g, healthy ? "healthy" : "degraded");

@@ -11,6 +11,7 @@
 struct event_base;
 struct http_server;
 struct scoreboard;
+struct sb_entry;
 
 struct worker {
 	const struct resil_config *cfg;
@@ -18,7 +19,9 @@ struct worker {
 	struct http_server *http;
 	struct app *app;
 	struct scoreboard *sb;
+	struct sb_entry *sbe;  /* own scoreboard entry, NULL without supervisor */
 	struct event *log_flush_ev;
+	struct event *heartbeat_ev;
 	int id;
 	unsigned generation;
 	int ready;

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "middleware.h"
 #include "routes.h"
+#include "scoreboard.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -46,6 +47,8 @@ void worker_drain(struct worker *w)
 	if (w->draining)
 		return;
 	w->draining = 1;
+	if (w->sbe)
+		sb_set_state(w->sbe, SB_DRAINING);
 	log_info(NULL, "worker draining", LF_INT("connections", http_server_stats(w->http)->connections));
 	http_server_drain(w->http, on_drained, w);
 }
@@ -87,6 +90,38 @@ static void log_need_flush(void *ud)
 	event_active(w->log_flush_ev, EV_TIMEOUT, 0);
 }
 
+/* The heartbeat proves that this loop turns (the supervisor kills a
+ * worker whose heartbeat is older than RESIL_WORKER_TIMEOUT). */
+static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	(void)fd;
+	(void)what;
+	if (w->sbe)
+		sb_heartbeat(w->sbe);
+}
+
+/* Counters for the scoreboard (cheap relaxed stores). */
+static void http_stats_cb(void *ud)
+{
+	struct worker *w = worker_current();
+	(void)ud;
+	if (!w || !w->sbe || !w->http)
+		return;
+	const struct http_stats *st = http_server_stats(w->http);
+	atomic_store_explicit(&w->sbe->requests, st->requests, memory_order_relaxed);
+	atomic_store_explicit(&w->sbe->inflight, st->inflight, memory_order_relaxed);
+	atomic_store_explicit(&w->sbe->connections, st->connections, memory_order_relaxed);
+}
+
+static void route_hook(struct http_request *req, const char *route)
+{
+	struct worker *w = worker_current();
+	(void)req;
+	if (w && w->sbe)
+		sb_set_route(w->sbe, route);
+}
+
 static const int handled_signals[] = {SIGTERM, SIGINT, SIGQUIT, SIGUSR1};
 #define NSIGNALS (sizeof(handled_signals) / sizeof(handled_signals[0]))
 
@@ -100,6 +135,8 @@ int worker_run(const struct worker_opts *opts)
 	w.sb = opts->sb;
 	w.exit_code = WORKER_EXIT_OK;
 	w.started = time(NULL);
+	if (opts->sb && opts->sb_index >= 0)
+		w.sbe = &opts->sb->entries[opts->sb_index];
 	current = &w;
 	log_set_worker(opts->id + 1);
 
@@ -138,6 +175,7 @@ int worker_run(const struct worker_opts *opts)
 		w.exit_code = WORKER_EXIT_FATAL;
 		goto out;
 	}
+	app_set_route_hook(w.app, route_hook);
 	if (routes_register(w.app, &w) < 0) {
 		log_error(NULL, "cannot register routes", LF_INT("worker", opts->id));
 		w.exit_code = WORKER_EXIT_FATAL;
@@ -152,6 +190,7 @@ int worker_run(const struct worker_opts *opts)
 		.on_request = app_handle,
 		.on_complete = mw_access_log,
 		.fixed_headers = mw_security_headers(),
+		.on_stats = http_stats_cb,
 		.ud = w.app,
 	};
 	w.http = http_server_new(w.base, opts->listen_fd, &ho);
@@ -163,6 +202,16 @@ int worker_run(const struct worker_opts *opts)
 	if (routes_start(&w) < 0) {
 		w.exit_code = WORKER_EXIT_FATAL;
 		goto out;
+	}
+	w.heartbeat_ev = event_new(w.base, -1, EV_PERSIST, heartbeat_cb, &w);
+	struct timeval hb = {1, 0};
+	if (!w.heartbeat_ev || event_add(w.heartbeat_ev, &hb) < 0) {
+		w.exit_code = WORKER_EXIT_FATAL;
+		goto out;
+	}
+	if (w.sbe) {
+		sb_heartbeat(w.sbe);
+		sb_set_state(w.sbe, SB_READY);
 	}
 	w.ready = 1;
 	log_info(NULL, "worker ready", LF_INT("generation", opts->generation));
@@ -178,6 +227,10 @@ int worker_run(const struct worker_opts *opts)
 	log_info(NULL, "worker exiting");
 out:
 	log_set_batching(0, NULL, NULL);
+	if (w.sbe)
+		sb_set_state(w.sbe, SB_STOPPED);
+	if (w.heartbeat_ev)
+		event_free(w.heartbeat_ev);
 	if (w.log_flush_ev)
 		event_free(w.log_flush_ev);
 	routes_stop(&w);

@@ -19,6 +19,7 @@ struct worker_opts {
 	int id;               /* slot number, 0-based */
 	unsigned generation;
 	struct scoreboard *sb; /* NULL when running without a supervisor */
+	int sb_index;         /* this process's scoreboard entry */
 	int ready_fd;         /* write one byte when serving; -1: none */
 };
 

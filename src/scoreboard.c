@@ -1,0 +1,139 @@
+/* scoreboard.c - the shared-memory worker table (see scoreboard.h). */
+#include "scoreboard.h"
+
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#define SB_MAGIC 0x52534c42u /* "RSLB" */
+
+struct scoreboard *sb_create(void)
+{
+	void *p = mmap(NULL, sizeof(struct scoreboard), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	struct scoreboard *sb = p;
+	sb->hdr.magic = SB_MAGIC;
+	return sb;
+}
+
+void sb_destroy(struct scoreboard *sb)
+{
+	if (sb)
+		munmap(sb, sizeof(*sb));
+}
+
+uint64_t sb_now_mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+uint64_t sb_now_real_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+int sb_claim(struct scoreboard *sb, int worker_id, unsigned generation)
+{
+	for (int i = 0; i < SB_MAX_ENTRIES; i++) {
+		struct sb_entry *e = &sb->entries[i];
+		if (atomic_load(&e->state) != SB_FREE)
+			continue;
+		memset(e->route, 0, sizeof(e->route));
+		atomic_store(&e->pid, 0);
+		atomic_store(&e->worker_id, worker_id);
+		atomic_store(&e->generation, generation);
+		atomic_store(&e->started_ms, sb_now_real_ms());
+		atomic_store(&e->heartbeat_ms, sb_now_mono_ms());
+		atomic_store(&e->requests, 0);
+		atomic_store(&e->inflight, 0);
+		atomic_store(&e->connections, 0);
+		atomic_store(&e->websockets, 0);
+		atomic_store(&e->db_state, SB_DB_UNKNOWN);
+		atomic_store(&e->ncircuits, 0);
+		atomic_store(&e->route_seq, 0);
+		atomic_store(&e->state, SB_STARTING);
+		return i;
+	}
+	return -1;
+}
+
+void sb_release(struct scoreboard *sb, int idx)
+{
+	if (idx >= 0 && idx < SB_MAX_ENTRIES)
+		atomic_store(&sb->entries[idx].state, SB_FREE);
+}
+
+void sb_set_state(struct sb_entry *e, int state)
+{
+	atomic_store_explicit(&e->state, state, memory_order_release);
+}
+
+void sb_heartbeat(struct sb_entry *e)
+{
+	atomic_store_explicit(&e->heartbeat_ms, sb_now_mono_ms(), memory_order_relaxed);
+}
+
+void sb_set_route(struct sb_entry *e, const char *route)
+{
+	unsigned seq = atomic_load_explicit(&e->route_seq, memory_order_relaxed);
+	atomic_store_explicit(&e->route_seq, seq + 1, memory_order_release);
+	size_t n = strlen(route);
+	if (n >= SB_ROUTE_LEN)
+		n = SB_ROUTE_LEN - 1;
+	memcpy(e->route, route, n);
+	e->route[n] = '\0';
+	atomic_store_explicit(&e->route_seq, seq + 2, memory_order_release);
+}
+
+void sb_get_route(const struct sb_entry *e, char *out, size_t outlen)
+{
+	/* The writer may be dead mid-write (that is when we read it): take what
+	 * is there, bounded and NUL-terminated. */
+	size_t n = 0;
+	while (n + 1 < outlen && n < SB_ROUTE_LEN && e->route[n])
+		n++;
+	memcpy(out, e->route, n);
+	out[n] = '\0';
+}
+
+void sb_set_circuit(struct sb_entry *e, const char *name, int state)
+{
+	int n = atomic_load_explicit(&e->ncircuits, memory_order_relaxed);
+	for (int i = 0; i < n; i++) {
+		if (strncmp(e->circuits[i].name, name, sizeof(e->circuits[i].name)) == 0) {
+			atomic_store_explicit(&e->circuits[i].state, state, memory_order_relaxed);
+			return;
+		}
+	}
+	if (n >= SB_MAX_CIRCUITS)
+		return;
+	strncpy(e->circuits[n].name, name, sizeof(e->circuits[n].name) - 1);
+	atomic_store_explicit(&e->circuits[n].state, state, memory_order_relaxed);
+	atomic_store_explicit(&e->ncircuits, n + 1, memory_order_release);
+}
+
+int sb_count_ready(const struct scoreboard *sb)
+{
+	int n = 0;
+	for (int i = 0; i < SB_MAX_ENTRIES; i++)
+		if (atomic_load_explicit(&sb->entries[i].state, memory_order_relaxed) == SB_READY)
+			n++;
+	return n;
+}
+
+const char *sb_state_name(int state)
+{
+	switch (state) {
+	case SB_STARTING: return "starting";
+	case SB_READY: return "ready";
+	case SB_DRAINING: return "draining";
+	case SB_STOPPED: return "stopped";
+	case SB_ERRORED: return "errored";
+	default: return "free";
+	}
+}
