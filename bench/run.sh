@@ -85,15 +85,16 @@ for v in DURATION WORKERS ROUNDS CONNECTIONS THREADS; do
     is_uint "${!v}" || die "--${v,,} needs a positive integer, got '${!v}'"
 done
 ((${#TARGET_PATHS[@]})) || { TARGET_PATHS=("/health"); TARGET_SCRIPTS=(""); }
-IFS=, read -r -a SERVERS <<<"$ONLY"
-((${#SERVERS[@]})) || die "--only needs at least one server"
+IFS=, read -r -a LIST <<<"$ONLY"
 declare -A WANT=()
-for s in "${SERVERS[@]}"; do
+SERVERS=()
+for s in "${LIST[@]}"; do
     case $s in
-        resil|nginx|express) WANT[$s]=1 ;;
+        resil|nginx|express) [[ -n ${WANT[$s]:-} ]] || SERVERS+=("$s"); WANT[$s]=1 ;;
         *) die "--only: unknown server '$s' (resil, nginx, express)" ;;
     esac
 done
+((${#SERVERS[@]})) || die "--only needs at least one server"
 
 # ------------------------------------------------------ temp dir and cleanup
 
@@ -180,7 +181,10 @@ ensure_packages() {
         command -v node >/dev/null || missing+=(nodejs)
         command -v npm >/dev/null || missing+=(npm)
     fi
-    if [[ -n ${WANT[resil]:-} && -z ${RESIL_BIN:-} ]]; then
+    if [[ -n ${WANT[resil]:-} && -z ${RESIL_BIN:-} && -f $ROOT/scripts/install-deps.sh ]]; then
+        # the project's own list of build dependencies
+        sh "$ROOT/scripts/install-deps.sh" || die "scripts/install-deps.sh failed"
+    elif [[ -n ${WANT[resil]:-} && -z ${RESIL_BIN:-} ]]; then
         command -v autoreconf >/dev/null || missing+=(autoconf automake libtool)
         command -v make >/dev/null && command -v cc >/dev/null || missing+=(build-essential)
         command -v pkg-config >/dev/null || missing+=(pkg-config)
@@ -214,27 +218,44 @@ build_resil() {
         return
     fi
     [[ -f $ROOT/configure.ac ]] || die "no configure.ac in $ROOT"
-    if [[ -f $ROOT/config.status ]]; then
-        die "$ROOT is configured in-tree, which blocks the out-of-tree release build in bench/.build: run 'make distclean' there, or set RESIL_BIN=/path/to/resild"
-    fi
     if [[ ! -x $ROOT/configure ]]; then
         echo "bench: autoreconf -fi" >&2
         (cd "$ROOT" && autoreconf -fi >"$TMP/autoreconf.log" 2>&1) ||
             { tail -n 30 "$TMP/autoreconf.log" >&2; die "autoreconf failed"; }
     fi
+    # Out of tree in bench/.build.  A source tree configured in place blocks
+    # that (and its config.h would leak into the build), so then build in a
+    # copy of the sources, bench/.build/src, leaving the developer's build alone.
+    local dir=$BUILD_DIR configure=../../configure log=$BUILD_DIR/build.log
     mkdir -p "$BUILD_DIR"
-    local log="$BUILD_DIR/build.log"
-    echo "bench: building resild (-O2 -g -DNDEBUG) in bench/.build, log in $log" >&2
+    if [[ -f $ROOT/config.status ]]; then
+        dir=$BUILD_DIR/src configure=./configure
+        echo "bench: $ROOT is configured in place; building from a copy in $dir" >&2
+        mkdir -p "$dir"
+        # what configure generated in place (Makefile, the config header) stays out
+        local generated=() f
+        # shellcheck disable=SC2013  # the lists are space-separated words
+        for f in $(sed -n 's/^config_\(files\|headers\)="\(.*\)"$/\2/p' "$ROOT/config.status"); do
+            generated+=("--exclude=./${f%%:*}")
+        done
+        tar -C "$ROOT" -cf - "${generated[@]}" --exclude-vcs --exclude=./bench/.build --exclude=node_modules \
+            --exclude=./data --exclude=autom4te.cache --exclude=.deps --exclude=.libs \
+            --exclude=.dirstamp --exclude='*.o' --exclude='*.lo' --exclude='*.la' --exclude='*.a' \
+            --exclude='*.log' --exclude='*.trs' --exclude=Makefile --exclude=./config.status \
+            --exclude=./config.h --exclude=./stamp-h1 --exclude=./libtool . |
+            tar -C "$dir" -xf - || die "cannot copy the sources to $dir"
+    fi
+    echo "bench: building resild (-O2 -g -DNDEBUG) in $dir, log in $log" >&2
     {
-        if [[ ! -f $BUILD_DIR/Makefile ]]; then
-            (cd "$BUILD_DIR" && ../../configure CFLAGS="-O2 -g -DNDEBUG")
+        if [[ ! -f $dir/Makefile ]]; then
+            (cd "$dir" && "$configure" CFLAGS="-O2 -g -DNDEBUG")
         fi &&
-        (cd "$BUILD_DIR" && timeout 1800 make -j2)
+        (cd "$dir" && timeout 1800 make -j2)
     } >"$log" 2>&1 || { tail -n 40 "$log" >&2; die "building resild failed (log: $log)"; }
-    RESILD=$BUILD_DIR/resild
+    RESILD=$dir/resild
     if [[ ! -x $RESILD ]]; then
-        RESILD=$(find "$BUILD_DIR" -name resild -type f -perm -u+x -print -quit)
-        [[ -n $RESILD ]] || die "the build produced no resild binary under $BUILD_DIR"
+        RESILD=$(find "$dir" -name resild -type f -perm -u+x -print -quit)
+        [[ -n $RESILD ]] || die "the build produced no resild binary under $dir"
     fi
 }
 

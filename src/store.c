@@ -477,10 +477,9 @@ static bool doc_valid(const bson_t *doc)
 {
 	size_t off;
 
-	return bson_validate(doc,
-			     BSON_VALIDATE_UTF8 | BSON_VALIDATE_DOLLAR_KEYS | BSON_VALIDATE_DOT_KEYS |
-				     BSON_VALIDATE_EMPTY_KEYS,
-			     &off);
+	return bson_validate(
+	    doc, BSON_VALIDATE_UTF8 | BSON_VALIDATE_DOLLAR_KEYS | BSON_VALIDATE_DOT_KEYS | BSON_VALIDATE_EMPTY_KEYS,
+	    &off);
 }
 
 /* ---- op lifecycle ------------------------------------------------------- */
@@ -638,8 +637,8 @@ static enum store_err run(struct store *st, void *conn, struct store_op *op)
 	}
 	if ((op->kind == STORE_OP_INSERT && !doc_valid(op->doc)) ||
 	    (op->kind == STORE_OP_UPDATE_BY_ID && op->doc && !doc_valid(op->doc))) {
-		log_error(NULL, "store: document with invalid keys or UTF-8 refused", LF_STR("collection",
-											  store_coll_name(op->coll)));
+		log_error(NULL, "store: document with invalid keys or UTF-8 refused",
+		          LF_STR("collection", store_coll_name(op->coll)));
 		err = STORE_INTERNAL;
 	} else if (op->kind == STORE_OP_INSERT) {
 		err = build_insert(op, call.now_ms);
@@ -866,10 +865,10 @@ static void log_breaker(void *ud, const char *name, int from, int to)
 	(void)ud;
 	if (to == BREAKER_OPEN)
 		log_warn(NULL, "circuit breaker opened", LF_STR("breaker", name),
-			 LF_STR("from", breaker_state_name(from)));
+		         LF_STR("from", breaker_state_name(from)));
 	else
 		log_info(NULL, "circuit breaker state changed", LF_STR("breaker", name),
-			 LF_STR("from", breaker_state_name(from)), LF_STR("to", breaker_state_name(to)));
+		         LF_STR("from", breaker_state_name(from)), LF_STR("to", breaker_state_name(to)));
 }
 
 static int thread_init(void *ud, unsigned idx)
@@ -1001,7 +1000,7 @@ struct store *store_open(const char *uri, struct event_base *base, const struct 
 		/* Start degraded; the health ping retries the set-up. */
 		atomic_store(&st->db_state, 0);
 		log_warn(NULL, "database unreachable at start; continuing disconnected",
-			 LF_STR("backend", st->be->name), LF_STR("error", msg));
+		         LF_STR("backend", st->be->name), LF_STR("error", msg));
 	} else {
 		goto fail;
 	}

@@ -78,15 +78,15 @@ struct store_value {
 };
 
 enum store_cond_op {
-	STORE_EQ = 1, /* field == value (a missing field never matches) */
-	STORE_NE,     /* field != value (a missing field matches, as in MongoDB) */
-	STORE_IN,     /* field equals one of the values */
+	STORE_EQ = 1,  /* field == value (a missing field never matches) */
+	STORE_NE,      /* field != value (a missing field matches, as in MongoDB) */
+	STORE_IN,      /* field equals one of the values */
 	STORE_CONTAINS /* the array field has an element equal to value */
 };
 
-#define STORE_FILTER_MAX 8  /* AND-ed conditions per filter */
-#define STORE_FIELD_MAX 32  /* field name bytes including the NUL */
-#define STORE_IN_MAX 256    /* values per IN condition */
+#define STORE_FILTER_MAX 8 /* AND-ed conditions per filter */
+#define STORE_FIELD_MAX 32 /* field name bytes including the NUL */
+#define STORE_IN_MAX 256   /* values per IN condition */
 
 struct store_cond {
 	char field[STORE_FIELD_MAX];
@@ -136,15 +136,20 @@ struct store_op {
 	struct job job; /* private: the job-pool work item */
 
 	/* request */
-	int kind;          /* enum store_kind */
-	int coll;          /* enum store_coll */
-	bson_oid_t id;     /* *_BY_ID */
-	bson_t *doc;       /* INSERT: the fields; UPDATE: fields to $set (may be NULL); owned */
-	struct store_filter filter;    /* FIND, FIND_ONE, COUNT */
+	int kind;                         /* enum store_kind */
+	int coll;                         /* enum store_coll */
+	bson_oid_t id;                    /* *_BY_ID */
+	bson_t *doc;                      /* INSERT: the fields; UPDATE: fields to $set (may be NULL); owned */
+	struct store_filter filter;       /* FIND, FIND_ONE, COUNT */
 	char push_field[STORE_FIELD_MAX]; /* UPDATE: add_to_set field ("" = none) */
 	struct store_value push_value;    /* UPDATE: value added to that array if absent */
-	uint64_t deadline_ms; /* absolute, jobs_now_ms() clock; 0 = none */
-	store_done_fn done;   /* loop thread, exactly once per accepted submit */
+	/* Absolute, jobs_now_ms() clock; 0 = none. An op still queued at its
+	 * deadline never runs; retries stop before it; a result arriving after
+	 * it is discarded and reported as STORE_TIMEOUT. done() runs when the
+	 * database call returns, so a caller that must answer at the deadline
+	 * arms its own timer and calls store_op_abandon(). */
+	uint64_t deadline_ms;
+	store_done_fn done; /* loop thread, exactly once per accepted submit */
 	void *user;
 
 	/* results (owned by the op) */
@@ -185,9 +190,9 @@ bool store_op_abandoned(const struct store_op *op);
 
 /* Options; every zero field takes the default named beside it. */
 struct store_opts {
-	unsigned pool_size;   /* MongoDB maxPoolSize (connections): 4 */
-	unsigned job_threads; /* pool threads (one SQLite connection each): pool_size */
-	unsigned max_inflight; /* ops submitted and not yet done before STORE_BUSY: 1024 */
+	unsigned pool_size;                   /* MongoDB maxPoolSize (connections): 4 */
+	unsigned job_threads;                 /* pool threads (one SQLite connection each): pool_size */
+	unsigned max_inflight;                /* ops submitted and not yet done before STORE_BUSY: 1024 */
 	uint32_t server_selection_timeout_ms; /* MongoDB; a value in the URI wins: 5000 */
 	uint32_t socket_timeout_ms;           /* MongoDB; a value in the URI wins: 30000 */
 	uint32_t busy_timeout_ms;             /* SQLite lock wait: 5000 */
@@ -196,7 +201,8 @@ struct store_opts {
 	uint64_t breaker_reset_ms;            /* open -> half-open: 30000 */
 	unsigned breaker_volume;              /* calls in the window before it may open: 5 */
 	uint32_t ping_interval_ms;            /* health ping period: 2000 */
-	/* Breaker transitions (any thread). NULL: the store logs them itself. */
+	/* Breaker transitions (usually the loop thread; store_exec() callers'
+	 * threads too). NULL: the store logs them (warn on open, else info). */
 	void (*on_breaker_change)(void *ud, const char *name, int from, int to);
 	void *ud;
 };

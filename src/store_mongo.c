@@ -38,8 +38,20 @@ struct mg_ctx {
 static pthread_once_t mg_once = PTHREAD_ONCE_INIT;
 static atomic_bool mg_inited;
 
+/* libmongoc's own diagnostics into our log: errors and warnings only (its
+ * messages name hosts and operations, never document contents). */
+static void mg_log(mongoc_log_level_t level, const char *domain, const char *message, void *ud)
+{
+	(void)ud;
+	if (level <= MONGOC_LOG_LEVEL_ERROR)
+		log_error(NULL, "libmongoc", LF_STR("domain", domain), LF_STR("error", message));
+	else if (level == MONGOC_LOG_LEVEL_WARNING)
+		log_warn(NULL, "libmongoc", LF_STR("domain", domain), LF_STR("error", message));
+}
+
 static void mg_init_once(void)
 {
+	mongoc_log_set_handler(mg_log, NULL);
 	mongoc_init();
 	atomic_store(&mg_inited, true);
 }
@@ -82,7 +94,8 @@ static int mg_open(const char *uristr, const struct store_opts *o, void **ctxp, 
 	ok = set_default_i32(uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, (int32_t)o->server_selection_timeout_ms) &&
 	     set_default_i32(uri, MONGOC_URI_SOCKETTIMEOUTMS, (int32_t)o->socket_timeout_ms) &&
 	     set_default_i32(uri, MONGOC_URI_MAXPOOLSIZE, (int32_t)o->pool_size) &&
-	     set_default_bool(uri, MONGOC_URI_RETRYWRITES, true) && set_default_bool(uri, MONGOC_URI_RETRYREADS, true) &&
+	     set_default_bool(uri, MONGOC_URI_RETRYWRITES, true) &&
+	     set_default_bool(uri, MONGOC_URI_RETRYREADS, true) &&
 	     (mongoc_uri_get_appname(uri) || mongoc_uri_set_appname(uri, o->appname));
 	db = mongoc_uri_get_database(uri);
 	if (!db || !*db)
@@ -152,8 +165,8 @@ static void index_field(const char *name, size_t len, char *out)
 		snprintf(out, STORE_FIELD_MAX, "_id");
 		return;
 	}
-	while (n < len && n < STORE_FIELD_MAX - 1 && !(name[n] == '_' && n + 1 < len &&
-						       (name[n + 1] == '1' || name[n + 1] == '-')))
+	while (n < len && n < STORE_FIELD_MAX - 1 &&
+	       !(name[n] == '_' && n + 1 < len && (name[n + 1] == '1' || name[n + 1] == '-')))
 		n++;
 	memcpy(out, name, n);
 	out[n] = '\0';
@@ -193,14 +206,13 @@ static bool code_unavailable(uint32_t code)
 	case 11600: /* InterruptedAtShutdown */
 	case 11602: /* InterruptedDueToReplStateChange */
 	case 13435: /* NotPrimaryNoSecondaryOk */
-	case 13436: /* NotPrimaryOrSecondary */
-		return true;
+	case 13436: /* NotPrimaryOrSecondary */ return true;
 	default: return false;
 	}
 }
 
-static enum store_err map_err(const struct mg_ctx *ctx, const bson_error_t *e, const bson_t *reply,
-			      struct store_op *op, struct store_call *call, uint64_t started_ms, const char *what)
+static enum store_err map_err(const struct mg_ctx *ctx, const bson_error_t *e, const bson_t *reply, struct store_op *op,
+                              struct store_call *call, uint64_t started_ms, const char *what)
 {
 	uint64_t took = jobs_now_ms() - started_ms;
 
@@ -235,11 +247,11 @@ static enum store_err map_err(const struct mg_ctx *ctx, const bson_error_t *e, c
 		if (call && (e->domain == MONGOC_ERROR_SERVER_SELECTION || e->domain == MONGOC_ERROR_CLIENT))
 			call->no_retry = true;
 		log_warn(NULL, "mongodb: unavailable", LF_STR("during", what), LF_INT("domain", e->domain),
-			 LF_INT("code", e->code), LF_STR("error", e->message));
+		         LF_INT("code", e->code), LF_STR("error", e->message));
 		return STORE_UNAVAILABLE;
 	default:
 		log_error(NULL, "mongodb: driver error", LF_STR("during", what), LF_INT("domain", e->domain),
-			  LF_INT("code", e->code), LF_STR("error", e->message));
+		          LF_INT("code", e->code), LF_STR("error", e->message));
 		return STORE_INTERNAL;
 	}
 }
@@ -257,19 +269,18 @@ struct mg_index {
 };
 
 static const struct mg_index mg_indexes[] = {
-	{STORE_USERS, "email_1", "email", 1, NULL, 0, true},
-	{STORE_USERS, "username_1", "username", 1, NULL, 0, true},
-	{STORE_POSTS, "createdAt_-1", "createdAt", -1, NULL, 0, false},
-	{STORE_POSTS, "category_1_createdAt_-1", "category", 1, "createdAt", -1, false},
-	{STORE_POSTS, "author_1_createdAt_-1", "author", 1, "createdAt", -1, false},
-	{STORE_PATIENTS, "status_1", "status", 1, NULL, 0, false},
-	{STORE_ROOMS, "members_1", "members", 1, NULL, 0, false},
-	{STORE_MESSAGES, "room_1_createdAt_1", "room", 1, "createdAt", 1, false},
+    {STORE_USERS, "email_1", "email", 1, NULL, 0, true},
+    {STORE_USERS, "username_1", "username", 1, NULL, 0, true},
+    {STORE_POSTS, "createdAt_-1", "createdAt", -1, NULL, 0, false},
+    {STORE_POSTS, "category_1_createdAt_-1", "category", 1, "createdAt", -1, false},
+    {STORE_POSTS, "author_1_createdAt_-1", "author", 1, "createdAt", -1, false},
+    {STORE_PATIENTS, "status_1", "status", 1, NULL, 0, false},
+    {STORE_ROOMS, "members_1", "members", 1, NULL, 0, false},
+    {STORE_MESSAGES, "room_1_createdAt_1", "room", 1, "createdAt", 1, false},
 };
 
 /* createIndexes for one collection. */
-static enum store_err create_indexes(struct mg_ctx *ctx, mongoc_client_t *client, int coll, char *err,
-				     size_t errlen)
+static enum store_err create_indexes(struct mg_ctx *ctx, mongoc_client_t *client, int coll, char *err, size_t errlen)
 {
 	bson_t cmd = BSON_INITIALIZER, arr, ix, key, reply;
 	bson_error_t e;
@@ -304,7 +315,7 @@ static enum store_err create_indexes(struct mg_ctx *ctx, mongoc_client_t *client
 		memset(&scratch, 0, sizeof scratch);
 		serr = map_err(ctx, &e, &reply, &scratch, NULL, t0, "createIndexes");
 		snprintf(err, errlen, "mongodb: cannot create indexes on %s: %s", store_coll_name(coll),
-			 e.domain == MONGOC_ERROR_SERVER ? "server error" : e.message);
+		         e.domain == MONGOC_ERROR_SERVER ? "server error" : e.message);
 		if (serr == STORE_DUPLICATE_KEY)
 			serr = STORE_INTERNAL; /* existing data violates a unique index */
 	}
@@ -356,8 +367,8 @@ static bool build_filter(const struct store_filter *f, bson_t *q)
 		case STORE_EQ:
 		case STORE_CONTAINS: ok = ok && store_value_append(dst, c->field, &c->v); break;
 		case STORE_NE:
-			ok = ok && BSON_APPEND_DOCUMENT_BEGIN(dst, c->field, &sub) && store_value_append(&sub, "$ne", &c->v) &&
-			     bson_append_document_end(dst, &sub);
+			ok = ok && BSON_APPEND_DOCUMENT_BEGIN(dst, c->field, &sub) &&
+			     store_value_append(&sub, "$ne", &c->v) && bson_append_document_end(dst, &sub);
 			break;
 		case STORE_IN:
 			ok = ok && BSON_APPEND_DOCUMENT_BEGIN(dst, c->field, &sub) &&
@@ -389,7 +400,7 @@ static int64_t time_left(const struct store_call *call)
 }
 
 static enum store_err do_insert(struct mg_ctx *ctx, mongoc_collection_t *coll, struct store_op *op,
-				struct store_call *call)
+                                struct store_call *call)
 {
 	bson_t reply;
 	bson_error_t e;
@@ -403,7 +414,7 @@ static enum store_err do_insert(struct mg_ctx *ctx, mongoc_collection_t *coll, s
 }
 
 static enum store_err do_find(struct mg_ctx *ctx, mongoc_collection_t *coll, struct store_op *op,
-			      struct store_call *call)
+                              struct store_call *call)
 {
 	const struct store_filter *f = &op->filter;
 	bson_t q = BSON_INITIALIZER, opts = BSON_INITIALIZER, sort;
@@ -427,7 +438,8 @@ static enum store_err do_find(struct mg_ctx *ctx, mongoc_collection_t *coll, str
 		     BSON_APPEND_INT32(&sort, "_id", dir) && bson_append_document_end(&opts, &sort) &&
 		     (f->skip <= 0 || BSON_APPEND_INT64(&opts, "skip", f->skip));
 	ok = ok && (limit <= 0 || BSON_APPEND_INT64(&opts, "limit", limit)) &&
-	     (!one || BSON_APPEND_BOOL(&opts, "singleBatch", true)) && (!left || BSON_APPEND_INT64(&opts, "maxTimeMS", left));
+	     (!one || BSON_APPEND_BOOL(&opts, "singleBatch", true)) &&
+	     (!left || BSON_APPEND_INT64(&opts, "maxTimeMS", left));
 	if (!ok) {
 		err = STORE_INTERNAL;
 		goto out;
@@ -473,7 +485,7 @@ out:
 }
 
 static enum store_err do_count(struct mg_ctx *ctx, mongoc_collection_t *coll, struct store_op *op,
-			       struct store_call *call)
+                               struct store_call *call)
 {
 	bson_t q = BSON_INITIALIZER, opts = BSON_INITIALIZER, reply;
 	bson_error_t e;
@@ -516,7 +528,7 @@ static bool build_update(const struct store_op *op, int64_t now_ms, bson_t *u)
 }
 
 static enum store_err do_update(struct mg_ctx *ctx, mongoc_collection_t *coll, struct store_op *op,
-				struct store_call *call)
+                                struct store_call *call)
 {
 	bson_t q = BSON_INITIALIZER, u = BSON_INITIALIZER, reply;
 	bson_error_t e;
@@ -530,7 +542,8 @@ static enum store_err do_update(struct mg_ctx *ctx, mongoc_collection_t *coll, s
 	ok = fam && BSON_APPEND_OID(&q, "_id", &op->id) && build_update(op, call->now_ms, &u) &&
 	     mongoc_find_and_modify_opts_set_update(fam, &u) &&
 	     mongoc_find_and_modify_opts_set_flags(fam, MONGOC_FIND_AND_MODIFY_RETURN_NEW) &&
-	     (!left || mongoc_find_and_modify_opts_set_max_time_ms(fam, (uint32_t)(left > UINT32_MAX ? UINT32_MAX : left)));
+	     (!left ||
+	      mongoc_find_and_modify_opts_set_max_time_ms(fam, (uint32_t)(left > UINT32_MAX ? UINT32_MAX : left)));
 	if (!ok) {
 		err = STORE_INTERNAL;
 	} else if (!mongoc_collection_find_and_modify_with_opts(coll, &q, fam, &reply, &e)) {
@@ -557,7 +570,7 @@ static enum store_err do_update(struct mg_ctx *ctx, mongoc_collection_t *coll, s
 }
 
 static enum store_err do_delete(struct mg_ctx *ctx, mongoc_collection_t *coll, struct store_op *op,
-				struct store_call *call)
+                                struct store_call *call)
 {
 	bson_t q = BSON_INITIALIZER, reply;
 	bson_error_t e;
@@ -578,8 +591,7 @@ static enum store_err do_delete(struct mg_ctx *ctx, mongoc_collection_t *coll, s
 	return err;
 }
 
-static enum store_err do_ping(struct mg_ctx *ctx, mongoc_client_t *client, struct store_op *op,
-			      struct store_call *call)
+static enum store_err do_ping(struct mg_ctx *ctx, mongoc_client_t *client, struct store_op *op, struct store_call *call)
 {
 	bson_t cmd = BSON_INITIALIZER, reply;
 	bson_error_t e;
@@ -622,11 +634,11 @@ static enum store_err mg_exec(void *vctx, void *conn, struct store_op *op, struc
 }
 
 const struct store_backend store_mongo_backend = {
-	.name = "mongodb",
-	.open = mg_open,
-	.close = mg_close,
-	.conn_open = mg_conn_open,
-	.conn_close = mg_conn_close,
-	.setup = mg_setup,
-	.exec = mg_exec,
+    .name = "mongodb",
+    .open = mg_open,
+    .close = mg_close,
+    .conn_open = mg_conn_open,
+    .conn_close = mg_conn_close,
+    .setup = mg_setup,
+    .exec = mg_exec,
 };

@@ -33,6 +33,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -47,8 +48,8 @@
 #include "log.h"
 #include "store_internal.h"
 
-#define SQ_CACHE 32          /* prepared statements kept per connection */
-#define SQ_SQL_MAX 8192      /* longest generated statement */
+#define SQ_CACHE 32     /* prepared statements kept per connection */
+#define SQ_SQL_MAX 8192 /* longest generated statement */
 #define SQ_SETUP_WAIT_MS 30000
 #define SQ_PROGRESS_OPS 4000 /* VM steps between deadline checks */
 
@@ -67,39 +68,36 @@ struct sq_coll {
 };
 
 static const struct sq_col users_cols[] = {{"createdAt", "created_at"}, {"email", "email"}, {"username", "username"}};
-static const struct sq_col posts_cols[] = {
-	{"createdAt", "created_at"}, {"category", "category"}, {"author", "author"}};
+static const struct sq_col posts_cols[] = {{"createdAt", "created_at"}, {"category", "category"}, {"author", "author"}};
 static const struct sq_col patients_cols[] = {{"createdAt", "created_at"}, {"status", "status"}};
 static const struct sq_col rooms_cols[] = {{"createdAt", "created_at"}, {"owner", "owner"}};
 static const struct sq_col messages_cols[] = {{"createdAt", "created_at"}, {"room", "room"}};
 
 #define COLS(a) a, sizeof(a) / sizeof(a[0])
 static const struct sq_coll colls[STORE_NCOLL] = {
-	[STORE_USERS] = {"users", COLS(users_cols), false},
-	[STORE_POSTS] = {"posts", COLS(posts_cols), false},
-	[STORE_PATIENTS] = {"patients", COLS(patients_cols), false},
-	[STORE_ROOMS] = {"rooms", COLS(rooms_cols), true},
-	[STORE_MESSAGES] = {"messages", COLS(messages_cols), false},
+    [STORE_USERS] = {"users", COLS(users_cols), false},          [STORE_POSTS] = {"posts", COLS(posts_cols), false},
+    [STORE_PATIENTS] = {"patients", COLS(patients_cols), false}, [STORE_ROOMS] = {"rooms", COLS(rooms_cols), true},
+    [STORE_MESSAGES] = {"messages", COLS(messages_cols), false},
 };
 
 /* Forward-only migrations; step i brings user_version from i to i + 1.
  * Never edit a shipped step: append a new one. */
 static const char *const migrations[] = {
-	"CREATE TABLE users (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at,"
-	"  email UNIQUE, username UNIQUE);"
-	"CREATE TABLE posts (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, category, author);"
-	"CREATE INDEX posts_created ON posts (created_at, id);"
-	"CREATE INDEX posts_category ON posts (category, created_at, id);"
-	"CREATE INDEX posts_author ON posts (author, created_at, id);"
-	"CREATE TABLE patients (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, status);"
-	"CREATE INDEX patients_status ON patients (status, created_at, id);"
-	"CREATE TABLE rooms (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, owner);"
-	"CREATE INDEX rooms_owner ON rooms (owner);"
-	"CREATE TABLE room_members (member NOT NULL, room_id TEXT NOT NULL, PRIMARY KEY (member, room_id))"
-	"  WITHOUT ROWID;"
-	"CREATE INDEX room_members_room ON room_members (room_id);"
-	"CREATE TABLE messages (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, room);"
-	"CREATE INDEX messages_room ON messages (room, created_at, id);",
+    "CREATE TABLE users (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at,"
+    "  email UNIQUE, username UNIQUE);"
+    "CREATE TABLE posts (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, category, author);"
+    "CREATE INDEX posts_created ON posts (created_at, id);"
+    "CREATE INDEX posts_category ON posts (category, created_at, id);"
+    "CREATE INDEX posts_author ON posts (author, created_at, id);"
+    "CREATE TABLE patients (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, status);"
+    "CREATE INDEX patients_status ON patients (status, created_at, id);"
+    "CREATE TABLE rooms (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, owner);"
+    "CREATE INDEX rooms_owner ON rooms (owner);"
+    "CREATE TABLE room_members (member NOT NULL, room_id TEXT NOT NULL, PRIMARY KEY (member, room_id))"
+    "  WITHOUT ROWID;"
+    "CREATE INDEX room_members_room ON room_members (room_id);"
+    "CREATE TABLE messages (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, room);"
+    "CREATE INDEX messages_room ON messages (room, created_at, id);",
 };
 #define SQ_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -108,6 +106,10 @@ static const char *const migrations[] = {
 struct sq_ctx {
 	char *path;
 	uint32_t busy_ms;
+	/* Writers of this process queue here rather than polling SQLite's
+	 * lock in the busy handler; other processes still meet at the file
+	 * lock. Held from BEGIN IMMEDIATE to COMMIT/ROLLBACK. */
+	pthread_mutex_t wlock;
 };
 
 struct sq_stmt {
@@ -120,9 +122,10 @@ struct sq_stmt {
 struct sq_conn {
 	sqlite3 *db;
 	struct sq_ctx *ctx;
-	uint64_t deadline_ms;        /* current op's, 0 = none */
+	uint64_t deadline_ms;         /* current op's, 0 = none */
 	const atomic_bool *abandoned; /* current op's flag, or NULL */
 	uint64_t busy_since;
+	bool wlocked; /* holds ctx->wlock */
 	uint64_t tick;
 	unsigned ncache;
 	struct sq_stmt cache[SQ_CACHE];
@@ -422,12 +425,12 @@ static enum store_err map_rc(struct sq_conn *c, int rc, const char *what)
 	case SQLITE_READONLY:
 	case SQLITE_NOMEM:
 		log_warn(NULL, "sqlite: database unavailable", LF_STR("during", what), LF_INT("code", rc),
-			 LF_STR("error", sqlite3_errmsg(c->db)));
+		         LF_STR("error", sqlite3_errmsg(c->db)));
 		return STORE_UNAVAILABLE;
 	default: break;
 	}
 	log_error(NULL, "sqlite: unexpected error", LF_STR("during", what), LF_INT("code", rc),
-		  LF_STR("error", sqlite3_errmsg(c->db)));
+	          LF_STR("error", sqlite3_errmsg(c->db)));
 	return STORE_INTERNAL;
 }
 
@@ -447,7 +450,7 @@ static int exec_simple(struct sq_conn *c, const char *sql)
 static void rollback(struct sq_conn *c)
 {
 	if (sqlite3_get_autocommit(c->db))
-		return; /* SQLite already rolled back (e.g. after an I/O error) */
+		return;     /* SQLite already rolled back (e.g. after an I/O error) */
 	c->deadline_ms = 0; /* never interrupt the rollback itself */
 	c->abandoned = NULL;
 	if (exec_simple(c, "ROLLBACK") != SQLITE_OK)
@@ -529,6 +532,12 @@ static int sq_open(const char *uri, const struct store_opts *o, void **ctxp, cha
 		return -1;
 	}
 	ctx->busy_ms = o->busy_timeout_ms;
+	if (pthread_mutex_init(&ctx->wlock, NULL) != 0) {
+		snprintf(err, errlen, "store: mutex initialisation failed");
+		free(ctx->path);
+		free(ctx);
+		return -1;
+	}
 	*ctxp = ctx;
 	return 0;
 }
@@ -537,6 +546,7 @@ static void sq_close(void *vctx)
 {
 	struct sq_ctx *ctx = vctx;
 
+	pthread_mutex_destroy(&ctx->wlock);
 	free(ctx->path);
 	free(ctx);
 }
@@ -570,8 +580,8 @@ static int sq_conn_open(void *vctx, void **connp, char *err, size_t errlen)
 	}
 	c->ctx = ctx;
 	rc = sqlite3_open_v2(ctx->path, &c->db,
-			     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
-			     NULL);
+	                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+	                     NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_busy_handler(c->db, on_busy, c);
 	if (rc == SQLITE_OK)
@@ -582,7 +592,7 @@ static int sq_conn_open(void *vctx, void **connp, char *err, size_t errlen)
 		rc = sqlite3_create_function(c->db, "resil_contains", 3, fn, NULL, fn_contains, NULL, NULL);
 	if (rc != SQLITE_OK) {
 		snprintf(err, errlen, "cannot open database %s: %s", ctx->path,
-			 c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+		         c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
 		sqlite3_close(c->db);
 		free(c);
 		return -1;
@@ -620,7 +630,7 @@ static int migrate(struct sq_conn *c, char *err, size_t errlen)
 	rc = user_version(c, &v);
 	if (rc == SQLITE_OK && v > SQ_SCHEMA_VERSION) {
 		snprintf(err, errlen, "database %s has schema version %d, newer than this resild supports (%d)",
-			 c->ctx->path, v, SQ_SCHEMA_VERSION);
+		         c->ctx->path, v, SQ_SCHEMA_VERSION);
 		rollback(c);
 		return SQLITE_ERROR;
 	}
@@ -634,7 +644,7 @@ static int migrate(struct sq_conn *c, char *err, size_t errlen)
 		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
 	if (rc != SQLITE_OK) {
 		snprintf(err, errlen, "database %s: migration to version %d failed: %s", c->ctx->path,
-			 SQ_SCHEMA_VERSION, sqlite3_errmsg(c->db));
+		         SQ_SCHEMA_VERSION, sqlite3_errmsg(c->db));
 		rollback(c);
 	} else if (v < SQ_SCHEMA_VERSION) {
 		log_info(NULL, "sqlite: schema migrated", LF_INT("from", v), LF_INT("to", SQ_SCHEMA_VERSION));
@@ -700,8 +710,7 @@ static bson_t *row_doc(sqlite3_stmt *st, int col)
 }
 
 /* INSERT or UPDATE one row: id, doc, then the mirrored columns. */
-static int write_row(struct sq_conn *c, const struct sq_coll *co, const bson_oid_t *id, const bson_t *doc,
-		     bool update)
+static int write_row(struct sq_conn *c, const struct sq_coll *co, const bson_oid_t *id, const bson_t *doc, bool update)
 {
 	char sql[512];
 	size_t n = 0;
@@ -781,6 +790,50 @@ static int sync_members(struct sq_conn *c, const bson_oid_t *id, const bson_t *d
 	return rc;
 }
 
+/* Take this process's writer turn (bounded like the busy handler), then
+ * the database write lock. */
+static int begin_write(struct sq_conn *c)
+{
+	uint64_t wait = c->ctx->busy_ms, now = jobs_now_ms();
+	bool by_deadline = false;
+	struct timespec ts;
+	int rc;
+
+	if (c->deadline_ms && (c->deadline_ms <= now || c->deadline_ms - now < wait)) {
+		wait = c->deadline_ms > now ? c->deadline_ms - now : 0;
+		by_deadline = true;
+	}
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += (time_t)(wait / 1000);
+	ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	rc = pthread_mutex_timedlock(&c->ctx->wlock, &ts);
+	if (rc == ETIMEDOUT)
+		return by_deadline ? SQLITE_INTERRUPT : SQLITE_BUSY;
+	if (rc != 0)
+		abort(); /* a default mutex fails only when corrupt */
+	c->wlocked = true;
+	rc = exec_simple(c, "BEGIN IMMEDIATE");
+	if (rc != SQLITE_OK) {
+		c->wlocked = false;
+		pthread_mutex_unlock(&c->ctx->wlock);
+	}
+	return rc;
+}
+
+/* Leave the writer turn, rolling back whatever is still open. */
+static void end_turn(struct sq_conn *c)
+{
+	if (!c->wlocked)
+		return;
+	rollback(c);
+	c->wlocked = false;
+	pthread_mutex_unlock(&c->ctx->wlock);
+}
+
 /* Commit, or roll back and map rc. dup_field is filled for unique errors. */
 static enum store_err end_write(struct sq_conn *c, struct store_op *op, int rc, const char *what)
 {
@@ -788,23 +841,25 @@ static enum store_err end_write(struct sq_conn *c, struct store_op *op, int rc, 
 
 	if (rc == SQLITE_OK)
 		rc = exec_simple(c, "COMMIT");
-	if (rc == SQLITE_OK)
+	if (rc == SQLITE_OK) {
+		end_turn(c);
 		return STORE_OK;
+	}
 	if (rc == SQLITE_NOTFOUND) {
-		rollback(c);
+		end_turn(c);
 		return STORE_NOT_FOUND;
 	}
 	err = map_rc(c, rc, what);
 	if (err == STORE_DUPLICATE_KEY)
 		dup_field_of(&colls[op->coll], sqlite3_errmsg(c->db), op->dup_field);
-	rollback(c);
+	end_turn(c);
 	return err;
 }
 
 static enum store_err do_insert(struct sq_conn *c, struct store_op *op)
 {
 	const struct sq_coll *co = &colls[op->coll];
-	int rc = exec_simple(c, "BEGIN IMMEDIATE");
+	int rc = begin_write(c);
 
 	if (rc != SQLITE_OK)
 		return map_rc(c, rc, "begin");
@@ -857,7 +912,7 @@ static enum store_err do_update(struct sq_conn *c, struct store_op *op, const st
 {
 	const struct sq_coll *co = &colls[op->coll];
 	bson_t *old, updated;
-	int rc = exec_simple(c, "BEGIN IMMEDIATE");
+	int rc = begin_write(c);
 
 	if (rc != SQLITE_OK)
 		return map_rc(c, rc, "begin");
@@ -867,9 +922,9 @@ static enum store_err do_update(struct sq_conn *c, struct store_op *op, const st
 	if (store_doc_apply_update(old, op, call->now_ms, &updated) != STORE_OK) {
 		bson_destroy(old);
 		bson_destroy(&updated);
-		rollback(c);
-		log_error(NULL, "store: add-to-set on a field that is not an array",
-			  LF_STR("collection", co->table), LF_STR("field", op->push_field));
+		end_turn(c);
+		log_error(NULL, "store: add-to-set on a field that is not an array", LF_STR("collection", co->table),
+		          LF_STR("field", op->push_field));
 		return STORE_INTERNAL;
 	}
 	bson_destroy(old);
@@ -890,7 +945,7 @@ static enum store_err do_delete(struct sq_conn *c, struct store_op *op)
 	const struct sq_coll *co = &colls[op->coll];
 	char sql[128];
 	sqlite3_stmt *st;
-	int rc = exec_simple(c, "BEGIN IMMEDIATE");
+	int rc = begin_write(c);
 
 	if (rc != SQLITE_OK)
 		return map_rc(c, rc, "begin");
@@ -1156,17 +1211,18 @@ static enum store_err sq_exec(void *vctx, void *vconn, struct store_op *op, stru
 	case STORE_OP_PING: err = do_ping(c); break;
 	default: err = STORE_INTERNAL; break;
 	}
+	end_turn(c); /* no path leaves a write open, but never hold the turn */
 	c->deadline_ms = 0;
 	c->abandoned = NULL;
 	return err;
 }
 
 const struct store_backend store_sqlite_backend = {
-	.name = "sqlite",
-	.open = sq_open,
-	.close = sq_close,
-	.conn_open = sq_conn_open,
-	.conn_close = sq_conn_close,
-	.setup = sq_setup,
-	.exec = sq_exec,
+    .name = "sqlite",
+    .open = sq_open,
+    .close = sq_close,
+    .conn_open = sq_conn_open,
+    .conn_close = sq_conn_close,
+    .setup = sq_setup,
+    .exec = sq_exec,
 };

@@ -32,6 +32,7 @@ struct ctl_client {
 	int replied;
 	int deferred;
 	int closing;
+	int denied; /* another user: refused once its request has been read */
 };
 
 struct control {
@@ -171,6 +172,11 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
 		ctl_reply_error(c, "request too long");
 		return;
 	}
+	if (c->denied) {
+		free(line);
+		ctl_reply_error(c, "permission denied");
+		return;
+	}
 	dispatch(c, line);
 	free(line);
 }
@@ -179,8 +185,8 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct ctl_client *c = arg;
 	(void)bev;
-	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
-		return;
+	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)))
+		return; /* only refused clients have a (read) timeout */
 	if (c->deferred && !c->replied) {
 		/* The supervisor still holds c: keep it, without a socket. */
 		bufferevent_free(c->bev);
@@ -196,23 +202,22 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	(void)l;
 	(void)sa;
 	(void)salen;
-	struct ucred cred;
+	struct ucred cred = {.pid = -1, .uid = (uid_t)-1, .gid = (gid_t)-1};
 	socklen_t cl = sizeof(cred);
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || (cred.uid != 0 && cred.uid != geteuid())) {
-		static const char denied[] = "{\"ok\":false,\"error\":\"permission denied\"}\n";
-		ssize_t w = send(fd, denied, sizeof(denied) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-		(void)w;
+	int denied = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || (cred.uid != 0 && cred.uid != geteuid());
+	if (denied)
 		log_warn(NULL, "control socket: refused a client of another user", LF_INT("uid", cl ? (int)cred.uid : -1),
 		         LF_INT("peerPid", cl ? (int)cred.pid : -1));
-		close(fd);
-		return;
-	}
+	/* A refused client still gets its answer after its request is read:
+	 * closing with the request unread would reset the connection, and the
+	 * client would see a broken pipe instead of "permission denied". */
 	struct ctl_client *c = calloc(1, sizeof(*c));
 	if (!c) {
 		close(fd);
 		return;
 	}
 	c->ctl = ctl;
+	c->denied = denied;
 	c->bev = bufferevent_socket_new(ctl->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (!c->bev) {
 		close(fd);
@@ -222,6 +227,10 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	c->next = ctl->clients;
 	ctl->clients = c;
 	bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
+	if (denied) {
+		struct timeval tv = {2, 0}; /* a refused client may not linger */
+		bufferevent_set_timeouts(c->bev, &tv, NULL);
+	}
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 

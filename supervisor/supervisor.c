@@ -132,6 +132,23 @@ static uint64_t mono_ms(void)
 	return sb_now_mono_ms();
 }
 
+/* First restart delay. RESIL_TEST_BACKOFF_MS lowers it (1..100 ms) so the
+ * crash-loop test runs in seconds; honoured only where the test hook routes
+ * are (RESIL_TEST_HOOKS=1 outside production, see workers/testhooks.c). The
+ * doubling, the cap and the crash window stay as in production. */
+static uint64_t backoff_base_ms(const struct resil_config *cfg)
+{
+	const char *on = getenv("RESIL_TEST_HOOKS");
+	const char *v = getenv("RESIL_TEST_BACKOFF_MS");
+	if (!v || !on || strcmp(on, "1") != 0 || cfg->env == CONFIG_ENV_PRODUCTION)
+		return BACKOFF_MIN_MS;
+	char *end;
+	unsigned long ms = strtoul(v, &end, 10);
+	if (*end || ms < 1 || ms > BACKOFF_MIN_MS)
+		return BACKOFF_MIN_MS;
+	return ms;
+}
+
 static void describe_status(int status, char *out, size_t len)
 {
 	if (WIFEXITED(status))
@@ -228,6 +245,15 @@ static void child_main(struct supervisor *s, int idx, int ready_wr)
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
+	/* Drop the supervisor's loop (its epoll fd, signal pipe and libevent's
+	 * process-wide signal owner): otherwise the worker's own signal events
+	 * make libevent print a non-JSON warning on stderr. */
+	/* event_reinit() first: it gives the child its own epoll instance and
+	 * signal pipe, so that freeing the base cannot remove the supervisor's
+	 * descriptors from the epoll instance both processes share. */
+	event_reinit(s->base);
+	event_base_free(s->base);
+	s->base = NULL;
 	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 	int keep[3] = {s->listen_fd, ready_wr, log_file_fd()};
 	close_fds_except(keep, 3);
@@ -524,7 +550,7 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	if (WIFSIGNALED(status) && !hung)
 		record_route_crash(s, route);
 	if (up >= BACKOFF_RESET_UP_MS || sl->backoff_ms == 0)
-		sl->backoff_ms = BACKOFF_MIN_MS;
+		sl->backoff_ms = backoff_base_ms(s->cfg);
 	uint64_t delay = sl->backoff_ms;
 	sl->backoff_ms = sl->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : sl->backoff_ms * 2;
 	if (recent > CRASH_LIMIT) {
@@ -1285,6 +1311,9 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 	}
 	log_info(NULL, "supervisor started", LF_STR("listen", s->listen_desc), LF_INT("workers", cfg->workers),
 	         LF_STR("db", db_kind(cfg)), LF_STR("control", cfg->control));
+	if (backoff_base_ms(cfg) != BACKOFF_MIN_MS)
+		log_warn(NULL, "test hook: first restart delay lowered by RESIL_TEST_BACKOFF_MS",
+		         LF_INT("backoffMs", backoff_base_ms(cfg)));
 	scale_to(s, cfg->workers);
 	event_base_dispatch(s->base);
 

@@ -59,11 +59,11 @@ static void on_change(void *ud, const char *name, int from, int to)
 static void open_store(uint64_t reset_ms, unsigned max_inflight)
 {
 	struct store_opts o = {.pool_size = 4,
-			       .breaker_reset_ms = reset_ms,
-			       .max_inflight = max_inflight,
-			       .socket_timeout_ms = 10000,
-			       .ping_interval_ms = 60000,
-			       .on_breaker_change = on_change};
+	                       .breaker_reset_ms = reset_ms,
+	                       .max_inflight = max_inflight,
+	                       .socket_timeout_ms = 10000,
+	                       .ping_interval_ms = 60000,
+	                       .on_breaker_change = on_change};
 	char err[256] = "";
 
 	T.st = store_open(T.uri, T.base, &o, err, sizeof err);
@@ -167,7 +167,7 @@ static void break_circuit(void)
 {
 	struct store_op ops[4];
 	struct waiter w[4];
-	int rounds = 0;
+	int rounds = 0, unavailable = 0;
 
 	cmd("stop");
 	while (store_breaker_state(T.st) != BREAKER_OPEN && rounds++ < 5) {
@@ -178,13 +178,15 @@ static void break_circuit(void)
 		ck_assert(loop_until_all(w, 4, 20000));
 		for (int i = 0; i < 4; i++) {
 			ck_assert_msg(w[i].err == STORE_UNAVAILABLE || w[i].err == STORE_CIRCUIT_OPEN, "got %s",
-				      store_err_name(w[i].err));
+			              store_err_name(w[i].err));
+			unavailable += w[i].err == STORE_UNAVAILABLE;
 			/* Server selection fails once, in its timeout, not once per retry. */
 			ck_assert_uint_le(w[i].done_ms - w[i].submitted_ms, SST_MS + 1500);
 			store_op_clear(&ops[i]);
 		}
 	}
 	ck_assert_int_eq(store_breaker_state(T.st), BREAKER_OPEN);
+	ck_assert_int_ge(unavailable, 5); /* the breaker's volume threshold */
 }
 
 START_TEST(test_faults_server_down_gives_unavailable_then_circuit_open_fast)
@@ -352,15 +354,16 @@ static void abandon_cb(evutil_socket_t fd, short what, void *arg)
 
 START_TEST(test_faults_deadline_shorter_than_delay_times_out_safely)
 {
-	struct store_op op;
-	struct waiter w, later;
+	struct store_op op, fill[2], queued;
+	struct waiter w, wf[2], wq;
 	struct store_op *gone = malloc(sizeof *gone);
 	int gone_calls = 0;
 	struct timeval tv = {0, 100000};
 	struct event *ev;
+	uint64_t until;
 
 	ck_assert_ptr_nonnull(gone);
-	open_store(60000, 0);
+	open_store(60000, 0); /* 4 pool threads */
 	cmd("delay 1500");
 
 	/* A result after the deadline is discarded and reported as TIMEOUT. */
@@ -376,29 +379,40 @@ START_TEST(test_faults_deadline_shorter_than_delay_times_out_safely)
 	ev = event_new(T.base, -1, 0, abandon_cb, gone);
 	ck_assert_int_eq(event_add(ev, &tv), 0);
 
+	/* Two more slow calls fill the pool; an insert queued behind them
+	 * expires before a thread is free and never reaches the server. */
+	for (int i = 0; i < 2; i++) {
+		store_op_init(&fill[i], STORE_OP_PING, STORE_USERS);
+		submit(&fill[i], &wf[i], 10000);
+	}
+	post_op(&queued, 777);
+	submit(&queued, &wq, 200);
+
 	ck_assert(loop_until_all(&w, 1, 15000));
 	ck_assert_int_eq(w.err, STORE_TIMEOUT);
 	ck_assert_ptr_null(op.docs);
 	ck_assert_uint_eq(op.ndocs, 0);
 	ck_assert_uint_ge(w.done_ms - w.submitted_ms, 300);
 	store_op_clear(&op);
-
-	/* Queued behind a slow server past its deadline: never runs. */
-	cmd("delay 0");
-	store_op_init(&op, STORE_OP_PING, STORE_USERS);
-	submit(&op, &later, 5000);
-	ck_assert(loop_until_all(&later, 1, 15000));
-	ck_assert_int_eq(later.err, STORE_OK);
-	store_op_clear(&op);
-	{
-		struct waiter tmp = {0};
-		uint64_t until = jobs_now_ms() + 15000;
-
-		while (gone_calls == 0 && jobs_now_ms() < until)
-			loop_until_all(&tmp, 1, 50);
-	}
+	ck_assert(loop_until_all(&wq, 1, 15000));
+	ck_assert_int_eq(wq.err, STORE_TIMEOUT);
+	store_op_clear(&queued);
+	ck_assert(loop_until_all(wf, 2, 15000));
+	ck_assert_int_eq(wf[0].err, STORE_OK);
+	store_op_clear(&fill[0]);
+	store_op_clear(&fill[1]);
+	until = jobs_now_ms() + 15000;
+	while (gone_calls == 0 && jobs_now_ms() < until)
+		sleep_loop(50);
 	ck_assert_int_eq(gone_calls, 1);
 	event_free(ev);
+
+	cmd("delay 0");
+	store_op_init(&op, STORE_OP_COUNT, STORE_POSTS);
+	ck_assert_int_eq(store_filter_int(&op.filter, "seq", STORE_EQ, 777), 0);
+	ck_assert_int_eq(run(&op, 10000), STORE_OK);
+	ck_assert_int_eq(op.count, 0);
+	store_op_clear(&op);
 }
 END_TEST
 
@@ -459,13 +473,13 @@ static Suite *faults_suite(void)
 		const char *name;
 		const TTest *t;
 	} cases[] = {
-		{"server_down", test_faults_server_down_gives_unavailable_then_circuit_open_fast},
-		{"recovery", test_faults_breaker_half_opens_and_closes_when_server_returns},
-		{"no_lost_writes", test_faults_acknowledged_writes_are_never_lost},
-		{"slow_server", test_faults_loop_keeps_time_while_server_is_slow},
-		{"deadline", test_faults_deadline_shorter_than_delay_times_out_safely},
-		{"busy", test_faults_full_queue_answers_busy_without_waiting},
-		{"open_disconnected", test_faults_store_opens_disconnected_and_recovers},
+	    {"server_down", test_faults_server_down_gives_unavailable_then_circuit_open_fast},
+	    {"recovery", test_faults_breaker_half_opens_and_closes_when_server_returns},
+	    {"no_lost_writes", test_faults_acknowledged_writes_are_never_lost},
+	    {"slow_server", test_faults_loop_keeps_time_while_server_is_slow},
+	    {"deadline", test_faults_deadline_shorter_than_delay_times_out_safely},
+	    {"busy", test_faults_full_queue_answers_busy_without_waiting},
+	    {"open_disconnected", test_faults_store_opens_disconnected_and_recovers},
 	};
 
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

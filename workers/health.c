@@ -3,6 +3,7 @@
  * scoreboard when a supervisor runs this worker. */
 #include "autoconfig.h"
 
+#include "api.h"
 #include "handlers.h"
 #include "routes.h"
 #include "scoreboard.h"
@@ -34,7 +35,9 @@ static int health(struct http_request *req)
 		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 	char ts[40];
 	iso_now(ts, sizeof(ts));
-	int healthy = w->ready && !w->draining;
+	struct store *st = api_store();
+	int db_ok = st && store_db_state(st);
+	int healthy = w->ready && !w->draining && db_ok;
 	int total = 1, ready = healthy;
 	if (w->sb) {
 		/* Aggregate over every worker of this resild. */
@@ -54,6 +57,8 @@ static int health(struct http_request *req)
 	GS(g, PACKAGE_VERSION);
 	GS(g, "checks");
 	yajl_gen_map_open(g);
+	GS(g, "database");
+	GS(g, db_ok ? "connected" : "disconnected");
 	GS(g, "workers");
 	yajl_gen_map_open(g);
 	GS(g, "total");
@@ -63,6 +68,12 @@ static int health(struct http_request *req)
 	yajl_gen_map_close(g);
 	GS(g, "circuits");
 	yajl_gen_map_open(g);
+	if (st) {
+		static const char *names[] = {"closed", "open", "half-open"};
+		int bs = store_breaker_state(st);
+		GS(g, store_backend_name(st));
+		GS(g, names[bs >= 0 && bs <= 2 ? bs : 0]);
+	}
 	yajl_gen_map_close(g);
 	yajl_gen_map_close(g);
 	yajl_gen_map_close(g);
@@ -88,7 +99,8 @@ static int live(struct http_request *req)
 static int ready(struct http_request *req)
 {
 	struct worker *w = worker_current();
-	int ok = w->ready && !w->draining;
+	struct store *st = api_store();
+	int ok = w->ready && !w->draining && st && store_db_state(st);
 	if (ok)
 		evbuffer_add(http_body(req), "{\"status\":\"ready\"}", 18);
 	else

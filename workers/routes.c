@@ -4,7 +4,9 @@
 
 #include "routes.h"
 
+#include "api.h"
 #include "handlers.h"
+#include "log.h"
 #include "middleware.h"
 
 int routes_register(struct app *app, struct worker *w)
@@ -22,11 +24,16 @@ int routes_register(struct app *app, struct worker *w)
 
 int routes_start(struct worker *w)
 {
-	(void)w;
+	char err[512];
+	if (api_open_store(w->base, w->cfg, err, sizeof(err)) < 0) {
+		log_error(NULL, "cannot open the database", LF_STR("error", err));
+		return -1;
+	}
 	return 0;
 }
 
 void routes_stop(struct worker *w)
 {
 	(void)w;
+	api_close_store();
 }

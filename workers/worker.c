@@ -12,6 +12,7 @@
 
 #include "worker.h"
 
+#include "api.h"
 #include "app.h"
 #include "http.h"
 #include "log.h"
@@ -97,8 +98,15 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	struct worker *w = arg;
 	(void)fd;
 	(void)what;
-	if (w->sbe)
-		sb_heartbeat(w->sbe);
+	if (!w->sbe)
+		return;
+	sb_heartbeat(w->sbe);
+	struct store *st = api_store();
+	if (st) {
+		atomic_store_explicit(&w->sbe->db_state, store_db_state(st) ? SB_DB_CONNECTED : SB_DB_DISCONNECTED,
+		                      memory_order_relaxed);
+		sb_set_circuit(w->sbe, store_backend_name(st), store_breaker_state(st));
+	}
 }
 
 /* Counters for the scoreboard (cheap relaxed stores). */
@@ -213,6 +221,7 @@ int worker_run(const struct worker_opts *opts)
 		sb_heartbeat(w.sbe);
 		sb_set_state(w.sbe, SB_READY);
 	}
+	heartbeat_cb(-1, 0, &w);
 	w.ready = 1;
 	log_info(NULL, "worker ready", LF_INT("generation", opts->generation));
 	if (opts->ready_fd >= 0) {

@@ -1,0 +1,455 @@
+/* auth.c - argon2id password hashes and HS256 JWTs with libsodium (SPEC §6).
+ *
+ * Tokens are signed with HMAC-SHA256 over "b64url(header).b64url(payload)".
+ * jwt_verify trusts nothing before the signature: it checks the shape, then
+ * the header's alg (a fast path compares the header segment with the one we
+ * issue), then the MAC in constant time, and only then parses the claims.
+ * Base64url is libsodium's strict no-padding variant (no '=', no whitespace,
+ * no characters outside the alphabet, no stray bits), so every token has
+ * exactly one spelling.
+ */
+#include "auth.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sodium.h>
+#include <string.h>
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_tree.h>
+
+_Static_assert(AUTH_HASH_MAX == crypto_pwhash_STRBYTES, "AUTH_HASH_MAX must match libsodium");
+
+#define PW_OPS crypto_pwhash_OPSLIMIT_INTERACTIVE
+#define PW_MEM crypto_pwhash_MEMLIMIT_INTERACTIVE
+#define PW_ALG crypto_pwhash_ALG_ARGON2ID13
+#define PREFIX_ID "$argon2id$"
+#define PREFIX_I "$argon2i$"
+
+#define B64URL sodium_base64_VARIANT_URLSAFE_NO_PADDING
+#define MAC_LEN crypto_auth_hmacsha256_BYTES
+#define SIG_B64_LEN 43                /* 32 bytes without padding */
+#define SEG_BUF (JWT_MAX / 4 * 3 + 1) /* any decoded segment, plus a NUL */
+#define HEADER_MEMBERS_MAX 16
+#define PAYLOAD_MEMBERS_MAX 32
+
+/* base64url('{"alg":"HS256","typ":"JWT"}'), the only header we issue. */
+static const char header_b64[] = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
+#define HEADER_B64_LEN (sizeof header_b64 - 1)
+
+int auth_init(void)
+{
+	return sodium_init() < 0 ? -1 : 0;
+}
+
+/* ---- passwords -------------------------------------------------------- */
+
+/* A hash string must end inside AUTH_HASH_MAX bytes. */
+static int hash_terminated(const char *hash)
+{
+	return hash && strnlen(hash, AUTH_HASH_MAX) < AUTH_HASH_MAX;
+}
+
+static int has_prefix(const char *s, const char *prefix)
+{
+	return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+int auth_password_hash(const char *pw, size_t len, char out[AUTH_HASH_MAX])
+{
+	if (!out || (!pw && len))
+		return -1;
+	return crypto_pwhash_str_alg(out, pw ? pw : "", len, PW_OPS, PW_MEM, PW_ALG) == 0 ? 0 : -1;
+}
+
+int auth_password_verify(const char *hash, const char *pw, size_t len)
+{
+	if (!hash_terminated(hash) || (!pw && len))
+		return -1;
+	if (!has_prefix(hash, PREFIX_ID) && !has_prefix(hash, PREFIX_I))
+		return -1;
+	/* libsodium returns -1 for both a mismatch and a failure; only a
+	 * mismatch sets errno to EINVAL. */
+	errno = 0;
+	if (crypto_pwhash_str_verify(hash, pw ? pw : "", len) == 0)
+		return 1;
+	return errno == EINVAL ? 0 : -1;
+}
+
+int auth_password_needs_rehash(const char *hash)
+{
+	int r;
+
+	if (!hash_terminated(hash))
+		return -1;
+	if (has_prefix(hash, PREFIX_ID))
+		r = crypto_pwhash_argon2id_str_needs_rehash(hash, PW_OPS, PW_MEM);
+	else if (has_prefix(hash, PREFIX_I))
+		r = crypto_pwhash_argon2i_str_needs_rehash(hash, PW_OPS, PW_MEM) < 0 ? -1 : 1;
+	else
+		return -1;
+	return r < 0 ? -1 : r > 0;
+}
+
+static pthread_once_t dummy_once = PTHREAD_ONCE_INIT;
+static char dummy_hash[AUTH_HASH_MAX];
+static int dummy_ready;
+
+static void dummy_make(void)
+{
+	unsigned char pw[16];
+
+	randombytes_buf(pw, sizeof pw);
+	dummy_ready = crypto_pwhash_str_alg(dummy_hash, (const char *)pw, sizeof pw, PW_OPS, PW_MEM, PW_ALG) == 0;
+	sodium_memzero(pw, sizeof pw);
+}
+
+void auth_dummy_verify(const char *pw, size_t len)
+{
+	char tmp[AUTH_HASH_MAX];
+	int r;
+
+	if (!pw) {
+		pw = "";
+		len = 0;
+	}
+	if (pthread_once(&dummy_once, dummy_make) == 0 && dummy_ready) {
+		r = crypto_pwhash_str_verify(dummy_hash, pw, len);
+	} else {
+		/* No dummy hash (out of memory when it was made): hashing with the
+		 * same limits costs the same as verifying. */
+		r = crypto_pwhash_str_alg(tmp, pw, len, PW_OPS, PW_MEM, PW_ALG);
+		sodium_memzero(tmp, sizeof tmp);
+	}
+	(void)r;
+}
+
+/* ---- JWT helpers ------------------------------------------------------ */
+
+static int is_hex24(const char *s, size_t n)
+{
+	size_t i;
+
+	if (n != 24)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return 0;
+	return 1;
+}
+
+static int role_ok(const char *s)
+{
+	return strcmp(s, "user") == 0 || strcmp(s, "admin") == 0;
+}
+
+static int hmac(const unsigned char *key, size_t keylen, const char *msg, size_t len, unsigned char mac[MAC_LEN])
+{
+	crypto_auth_hmacsha256_state st;
+	int rc = 0;
+
+	if (crypto_auth_hmacsha256_init(&st, key, keylen) != 0 ||
+	    crypto_auth_hmacsha256_update(&st, (const unsigned char *)msg, len) != 0 ||
+	    crypto_auth_hmacsha256_final(&st, mac) != 0)
+		rc = -1;
+	sodium_memzero(&st, sizeof st);
+	return rc;
+}
+
+/* JSON text that yajl_tree would accept but RFC 8259 does not, or that would
+ * hide bytes behind a NUL: comments (a '/' outside strings) and \u0000. */
+static int json_text_suspicious(const unsigned char *s, size_t n)
+{
+	int in_str = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (!in_str) {
+			if (s[i] == '/')
+				return 1;
+			in_str = s[i] == '"';
+		} else if (s[i] == '\\') {
+			if (i + 5 < n && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0)
+				return 1;
+			i++;
+		} else if (s[i] == '"') {
+			in_str = 0;
+		}
+	}
+	return 0;
+}
+
+static yajl_val member(yajl_val obj, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < obj->u.object.len; i++)
+		if (strcmp(obj->u.object.keys[i], name) == 0)
+			return obj->u.object.values[i];
+	return NULL;
+}
+
+/* Decode a base64url segment holding one JSON object with at most max_members
+ * distinct keys; NULL when it is anything else. Caller frees with yajl_tree_free. */
+static yajl_val parse_segment(const char *s, size_t n, unsigned char buf[SEG_BUF], size_t max_members)
+{
+	yajl_val v;
+	size_t len, i, j;
+
+	if (sodium_base642bin(buf, SEG_BUF - 1, s, n, NULL, &len, NULL, B64URL) != 0)
+		return NULL;
+	if (memchr(buf, '\0', len) || json_text_suspicious(buf, len))
+		return NULL;
+	buf[len] = '\0';
+	v = yajl_tree_parse((const char *)buf, NULL, 0);
+	if (!v)
+		return NULL;
+	if (!YAJL_IS_OBJECT(v) || v->u.object.len > max_members)
+		goto bad;
+	for (i = 1; i < v->u.object.len; i++)
+		for (j = 0; j < i; j++)
+			if (strcmp(v->u.object.keys[i], v->u.object.keys[j]) == 0)
+				goto bad;
+	return v;
+bad:
+	yajl_tree_free(v);
+	return NULL;
+}
+
+static enum jwt_result check_header(const char *s, size_t n, unsigned char buf[SEG_BUF])
+{
+	yajl_val h, alg, typ;
+	enum jwt_result r = JWT_OK;
+
+	if (n == HEADER_B64_LEN && memcmp(s, header_b64, n) == 0)
+		return JWT_OK;
+	h = parse_segment(s, n, buf, HEADER_MEMBERS_MAX);
+	if (!h)
+		return JWT_MALFORMED;
+	alg = member(h, "alg");
+	typ = member(h, "typ");
+	if (!YAJL_IS_STRING(alg) || strcmp(alg->u.string, "HS256") != 0)
+		r = JWT_BAD_ALG;
+	else if (typ && (!YAJL_IS_STRING(typ) || strcmp(typ->u.string, "JWT") != 0))
+		r = JWT_BAD_ALG;
+	else if (member(h, "crit"))
+		r = JWT_BAD_ALG; /* we understand no extensions */
+	yajl_tree_free(h);
+	return r;
+}
+
+static int read_time(yajl_val v, int64_t *out)
+{
+	if (!YAJL_IS_INTEGER(v) || YAJL_GET_INTEGER(v) < 0)
+		return -1;
+	*out = YAJL_GET_INTEGER(v);
+	return 0;
+}
+
+/* Copy and validate the claims; nbf is 0 when absent. */
+static int read_claims(yajl_val p, struct jwt_claims *c, int64_t *nbf)
+{
+	yajl_val sub = member(p, "sub"), email = member(p, "email"), role = member(p, "role");
+	yajl_val v;
+	size_t n;
+
+	if (!YAJL_IS_STRING(sub) || !is_hex24(sub->u.string, strlen(sub->u.string)))
+		return -1;
+	if (!YAJL_IS_STRING(email) || (n = strlen(email->u.string)) >= sizeof c->email)
+		return -1;
+	if (!YAJL_IS_STRING(role) || !role_ok(role->u.string))
+		return -1;
+	if (read_time(member(p, "iat"), &c->iat) || read_time(member(p, "exp"), &c->exp))
+		return -1;
+	*nbf = 0;
+	if ((v = member(p, "nbf")) && read_time(v, nbf))
+		return -1;
+	memcpy(c->sub, sub->u.string, 25);
+	memcpy(c->email, email->u.string, n + 1);
+	memcpy(c->role, role->u.string, strlen(role->u.string) + 1); /* "user" or "admin" */
+	return 0;
+}
+
+static int64_t add_sat(int64_t a, int64_t b)
+{
+	return a > INT64_MAX - b ? INT64_MAX : a + b;
+}
+
+/* ---- JWT -------------------------------------------------------------- */
+
+static int gen_key(yajl_gen g, const char *k)
+{
+	return yajl_gen_string(g, (const unsigned char *)k, strlen(k)) == yajl_gen_status_ok ? 0 : -1;
+}
+
+static int gen_str(yajl_gen g, const char *k, const char *v, size_t vlen)
+{
+	if (gen_key(g, k))
+		return -1;
+	return yajl_gen_string(g, (const unsigned char *)v, vlen) == yajl_gen_status_ok ? 0 : -1;
+}
+
+static int gen_int(yajl_gen g, const char *k, int64_t v)
+{
+	if (gen_key(g, k))
+		return -1;
+	return yajl_gen_integer(g, (long long)v) == yajl_gen_status_ok ? 0 : -1;
+}
+
+int jwt_sign(const unsigned char *key, size_t keylen, const struct jwt_claims *c, char *out, size_t outlen)
+{
+	const unsigned char *json;
+	unsigned char mac[MAC_LEN];
+	size_t elen, jlen, need, pos;
+	yajl_gen g;
+	int rc = -1;
+
+	if (!out || outlen == 0)
+		return -1;
+	out[0] = '\0';
+	if (!key || keylen < JWT_KEY_MIN || !c)
+		return -1;
+	if (strnlen(c->sub, sizeof c->sub) != 24 || !is_hex24(c->sub, 24))
+		return -1;
+	if ((elen = strnlen(c->email, sizeof c->email)) == sizeof c->email)
+		return -1;
+	if (strnlen(c->role, sizeof c->role) == sizeof c->role || !role_ok(c->role))
+		return -1;
+	if (c->iat < 0 || c->exp < 0)
+		return -1;
+	if (!(g = yajl_gen_alloc(NULL)))
+		return -1;
+	if (!yajl_gen_config(g, yajl_gen_validate_utf8, 1) || yajl_gen_map_open(g) != yajl_gen_status_ok ||
+	    gen_str(g, "sub", c->sub, 24) || gen_str(g, "email", c->email, elen) ||
+	    gen_str(g, "role", c->role, strlen(c->role)) || gen_int(g, "iat", c->iat) || gen_int(g, "exp", c->exp) ||
+	    yajl_gen_map_close(g) != yajl_gen_status_ok || yajl_gen_get_buf(g, &json, &jlen) != yajl_gen_status_ok)
+		goto done;
+	/* encoded_len counts the NUL */
+	need = HEADER_B64_LEN + 1 + (sodium_base64_encoded_len(jlen, B64URL) - 1) + 1 + SIG_B64_LEN;
+	if (need > JWT_MAX || need >= outlen)
+		goto done;
+	memcpy(out, header_b64, HEADER_B64_LEN);
+	pos = HEADER_B64_LEN;
+	out[pos++] = '.';
+	sodium_bin2base64(out + pos, outlen - pos, json, jlen, B64URL);
+	pos += strlen(out + pos);
+	if (hmac(key, keylen, out, pos, mac))
+		goto done;
+	out[pos++] = '.';
+	sodium_bin2base64(out + pos, outlen - pos, mac, sizeof mac, B64URL);
+	rc = 0;
+done:
+	yajl_gen_free(g);
+	if (rc)
+		out[0] = '\0';
+	return rc;
+}
+
+enum jwt_result jwt_verify(const unsigned char *key, size_t keylen, const char *token, size_t len, int64_t now_s,
+                           int64_t skew_s, struct jwt_claims *out)
+{
+	unsigned char buf[SEG_BUF], mac[MAC_LEN];
+	const char *d1, *d2, *end;
+	struct jwt_claims c;
+	enum jwt_result r;
+	int64_t nbf;
+	yajl_val p;
+	size_t siglen;
+	int bad;
+
+	if (out)
+		memset(out, 0, sizeof *out);
+	if (!key || keylen < JWT_KEY_MIN)
+		return JWT_BAD_KEY;
+	if (!token || len > JWT_MAX)
+		return JWT_MALFORMED;
+	end = token + len;
+	if (!(d1 = memchr(token, '.', len)) || !(d2 = memchr(d1 + 1, '.', (size_t)(end - d1 - 1))) ||
+	    memchr(d2 + 1, '.', (size_t)(end - d2 - 1)))
+		return JWT_MALFORMED;
+
+	if ((r = check_header(token, (size_t)(d1 - token), buf)) != JWT_OK)
+		return r;
+
+	if (sodium_base642bin(buf, sizeof buf, d2 + 1, (size_t)(end - d2 - 1), NULL, &siglen, NULL, B64URL) != 0)
+		return JWT_MALFORMED;
+	if (siglen != MAC_LEN)
+		return JWT_BAD_SIGNATURE;
+	if (hmac(key, keylen, token, (size_t)(d2 - token), mac))
+		return JWT_BAD_KEY;
+	if (sodium_memcmp(mac, buf, MAC_LEN) != 0)
+		return JWT_BAD_SIGNATURE;
+
+	if (!(p = parse_segment(d1 + 1, (size_t)(d2 - d1 - 1), buf, PAYLOAD_MEMBERS_MAX)))
+		return JWT_MALFORMED;
+	memset(&c, 0, sizeof c);
+	bad = read_claims(p, &c, &nbf);
+	yajl_tree_free(p);
+	if (bad)
+		return JWT_MALFORMED;
+
+	if (skew_s < 0)
+		skew_s = 0;
+	if (now_s > add_sat(c.exp, skew_s))
+		return JWT_EXPIRED;
+	if (c.iat > add_sat(now_s, skew_s) || nbf > add_sat(now_s, skew_s))
+		return JWT_NOT_YET_VALID;
+	if (out)
+		*out = c;
+	return JWT_OK;
+}
+
+const char *jwt_result_str(enum jwt_result r)
+{
+	switch (r) {
+	case JWT_OK: return "ok";
+	case JWT_MALFORMED: return "malformed";
+	case JWT_BAD_ALG: return "bad alg";
+	case JWT_BAD_SIGNATURE: return "bad signature";
+	case JWT_EXPIRED: return "expired";
+	case JWT_NOT_YET_VALID: return "not yet valid";
+	case JWT_BAD_KEY: return "bad key";
+	}
+	return "unknown";
+}
+
+/* ---- Authorization header --------------------------------------------- */
+
+static int is_token68(unsigned char ch)
+{
+	return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+	       ch == '.' || ch == '_' || ch == '~' || ch == '+' || ch == '/';
+}
+
+int auth_bearer_token(const char *v, size_t len, const char **tok, size_t *toklen)
+{
+	static const char scheme[] = "bearer";
+	size_t i = 0, end = len, j, k;
+
+	if (!v || !tok || !toklen)
+		return -1;
+	while (i < end && (v[i] == ' ' || v[i] == '\t'))
+		i++;
+	while (end > i && (v[end - 1] == ' ' || v[end - 1] == '\t'))
+		end--;
+	if (end - i < sizeof scheme + 1) /* scheme, a space, one character */
+		return -1;
+	for (k = 0; k < sizeof scheme - 1; k++)
+		if ((v[i + k] | 0x20) != scheme[k])
+			return -1;
+	i += sizeof scheme - 1;
+	if (v[i] != ' ')
+		return -1;
+	while (i < end && v[i] == ' ')
+		i++;
+	for (j = i; j < end && is_token68((unsigned char)v[j]); j++)
+		;
+	if (j == i)
+		return -1;
+	while (j < end && v[j] == '=')
+		j++;
+	if (j != end)
+		return -1;
+	*tok = v + i;
+	*toklen = end - i;
+	return 0;
+}
