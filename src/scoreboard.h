@@ -52,7 +52,8 @@ struct sb_header {
 	atomic_int supervisor_pid;
 	atomic_uint generation;
 	atomic_uint_least64_t started_ms;
-	atomic_int post_generation; /* bumped on every post write (cache invalidation) */
+	atomic_int post_generation;  /* bumped on every post write (cache invalidation) */
+	atomic_int users_generation; /* bumped on every user write (auth cache) */
 };
 
 struct scoreboard {

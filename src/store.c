@@ -1075,6 +1075,11 @@ void store_breaker_stats(struct store *st, struct breaker_stats *out)
 	breaker_get_stats(&st->breaker, out);
 }
 
+struct job_pool *store_job_pool(struct store *st)
+{
+	return st ? st->pool : NULL;
+}
+
 int store_db_state(const struct store *st)
 {
 	return atomic_load(&st->db_state);

@@ -235,6 +235,10 @@ enum store_err store_exec(struct store *st, struct store_op *op);
  * never from a done(). NULL is a no-op. */
 void store_close(struct store *st);
 
+/* The store's job pool, for other blocking work of the worker (password
+ * hashing): submit jobs marked slow so database calls keep threads. */
+struct job_pool *store_job_pool(struct store *st);
+
 /* Backend and breaker name: "sqlite" or "mongodb". */
 const char *store_backend_name(const struct store *st);
 /* Breaker state (enum breaker_state) and counters. Any thread. */

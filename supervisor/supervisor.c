@@ -20,6 +20,7 @@
 #include "listen.h"
 #include "log.h"
 #include "proctitle.h"
+#include "ratelimit.h"
 #include "scoreboard.h"
 #include "sdnotify.h"
 #include "worker.h"
@@ -104,6 +105,7 @@ struct supervisor {
 	int listen_fd;
 	char listen_desc[600];
 	struct scoreboard *sb;
+	struct ratelimit *rl; /* shared by all workers: created before any fork */
 	struct proc procs[SB_MAX_ENTRIES];
 	struct slot slots[SB_MAX_WORKERS];
 	int target;
@@ -245,15 +247,15 @@ static void child_main(struct supervisor *s, int idx, int ready_wr)
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
-	/* Drop the supervisor's loop (its epoll fd, signal pipe and libevent's
-	 * process-wide signal owner): otherwise the worker's own signal events
-	 * make libevent print a non-JSON warning on stderr. */
-	/* event_reinit() first: it gives the child its own epoll instance and
-	 * signal pipe, so that freeing the base cannot remove the supervisor's
-	 * descriptors from the epoll instance both processes share. */
-	event_reinit(s->base);
-	event_base_free(s->base);
-	s->base = NULL;
+	/* Drop the supervisor's loop: while it exists libevent counts it as the
+	 * owner of signals, and the worker's own signal events make it print a
+	 * non-JSON warning on stderr. event_reinit() first detaches the base
+	 * from the epoll instance and signal pipe shared with the supervisor,
+	 * so freeing it cannot unregister the supervisor's descriptors. */
+	if (event_reinit(s->base) == 0) {
+		event_base_free(s->base);
+		s->base = NULL;
+	}
 	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 	int keep[3] = {s->listen_fd, ready_wr, log_file_fd()};
 	close_fds_except(keep, 3);
@@ -269,6 +271,7 @@ static void child_main(struct supervisor *s, int idx, int ready_wr)
 		.generation = p->generation,
 		.sb = s->sb,
 		.sb_index = idx,
+		.rl = s->rl,
 		.ready_fd = ready_wr,
 	};
 	int rc = worker_run(&wo);
@@ -1277,8 +1280,9 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 		snprintf(s->listen_desc, sizeof(s->listen_desc), "%s", cfg->listen);
 	proctitle_set("resild: supervisor");
 	s->sb = sb_create();
+	s->rl = rl_create(0);
 	s->base = event_base_new();
-	if (!s->sb || !s->base) {
+	if (!s->sb || !s->base || !s->rl) {
 		log_error(NULL, "cannot create the scoreboard or event loop", LF_STR("error", strerror(errno)));
 		return 1;
 	}
@@ -1338,6 +1342,7 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 		event_free(s->watchdog_ev);
 	event_base_free(s->base);
 	sb_destroy(s->sb);
+	rl_destroy(s->rl);
 	int rc = s->exit_code;
 	log_info(NULL, "resild stopped", LF_INT("exitCode", rc));
 	free(s->cfg);

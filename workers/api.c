@@ -138,6 +138,61 @@ int api_call_submit(struct api_call *c)
 	return APP_DONE;
 }
 
+static void work_run(struct job *j)
+{
+	struct api_work *w = (struct api_work *)j;
+	w->work(w);
+}
+
+static void work_done(struct job *j, int status)
+{
+	struct api_work *w = (struct api_work *)j;
+	w->cb(w, status);
+	free(w);
+}
+
+struct api_work *api_work_new(struct http_request *req, size_t payload, api_work_fn work, api_work_cb cb)
+{
+	if (payload > (1u << 20))
+		return NULL;
+	struct api_work *w = calloc(1, sizeof(*w) + payload);
+	if (!w)
+		return NULL;
+	w->req = req;
+	w->work = work;
+	w->cb = cb;
+	w->job.work = work_run;
+	w->job.done = work_done;
+	w->job.slow = true;
+	return w;
+}
+
+int api_work_submit(struct api_work *w)
+{
+	struct http_request *req = w->req;
+	struct job_pool *pool = store_job_pool(g_store);
+	struct worker *wk = worker_current();
+	uint64_t elapsed_ms;
+	{
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		uint64_t now_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+		elapsed_ms = (now_ns - req->start_ns) / 1000000ull;
+	}
+	int64_t left = wk->cfg->request_timeout_ms - (int64_t)elapsed_ms;
+	if (left <= 0) {
+		free(w);
+		return app_fail(req, 504, "TIMEOUT", "request timed out");
+	}
+	w->job.deadline_ms = jobs_now_ms() + (uint64_t)left;
+	if (!pool || jobs_submit(pool, &w->job) < 0) {
+		free(w);
+		http_add_header(req, "Retry-After", "1");
+		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "server busy, try again");
+	}
+	return APP_DONE;
+}
+
 int api_fail_store(struct http_request *req, enum store_err err, const char *dup_field)
 {
 	char msg[96];

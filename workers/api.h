@@ -16,6 +16,7 @@
 #define RESIL_API_H
 
 #include "app.h"
+#include "jobs.h"
 #include "store.h"
 
 struct api_call;
@@ -31,6 +32,25 @@ struct api_call {
 	int64_t n;                /* handler scratch */
 	struct event *timer;
 };
+
+/* Blocking work that is not a database call (argon2id hashing), on the
+ * worker's job pool. Allocate with api_work_new (payload bytes zeroed at
+ * w->payload), fill the payload, api_work_submit. work() runs on a pool
+ * thread and may only touch the payload; cb() runs on the loop with status
+ * JOB_OK (or JOB_EXPIRED / JOB_CANCELLED: work did not run) and w->req set;
+ * w is freed after cb returns. */
+struct api_work;
+typedef void (*api_work_fn)(struct api_work *w);
+typedef void (*api_work_cb)(struct api_work *w, int status);
+struct api_work {
+	struct job job;
+	struct http_request *req;
+	api_work_fn work;
+	api_work_cb cb;
+	unsigned char payload[];
+};
+struct api_work *api_work_new(struct http_request *req, size_t payload, api_work_fn work, api_work_cb cb);
+int api_work_submit(struct api_work *w); /* returns APP_DONE; answers 503 itself on failure */
 
 /* The worker's store (NULL until opened). */
 struct store *api_store(void);

@@ -5,6 +5,7 @@
 #include "routes.h"
 
 #include "api.h"
+#include "authmw.h"
 #include "handlers.h"
 #include "log.h"
 #include "middleware.h"
@@ -13,7 +14,11 @@ int routes_register(struct app *app, struct worker *w)
 {
 	/* Order per SPEC section 5 (request id and security headers are applied
 	 * by the HTTP core to every response, access log on completion). */
+	if (auth_init() < 0)
+		return -1;
+	authmw_init(w->rl, w->cfg);
 	app_use(app, mw_cors);
+	app_use(app, mw_rate_limit);
 	app_use(app, mw_body);
 
 	int rc = 0;

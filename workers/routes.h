@@ -20,6 +20,7 @@ struct worker {
 	struct app *app;
 	struct scoreboard *sb;
 	struct sb_entry *sbe;  /* own scoreboard entry, NULL without supervisor */
+	struct ratelimit *rl;
 	struct event *log_flush_ev;
 	struct event *heartbeat_ev;
 	int id;

@@ -141,6 +141,7 @@ int worker_run(const struct worker_opts *opts)
 	w.id = opts->id;
 	w.generation = opts->generation;
 	w.sb = opts->sb;
+	w.rl = opts->rl;
 	w.exit_code = WORKER_EXIT_OK;
 	w.started = time(NULL);
 	if (opts->sb && opts->sb_index >= 0)

@@ -12,6 +12,7 @@
 #define WORKER_EXIT_FATAL 78 /* EX_CONFIG: cannot start; do not respawn */
 
 struct scoreboard;
+struct ratelimit;
 
 struct worker_opts {
 	const struct resil_config *cfg;
@@ -20,6 +21,7 @@ struct worker_opts {
 	unsigned generation;
 	struct scoreboard *sb; /* NULL when running without a supervisor */
 	int sb_index;         /* this process's scoreboard entry */
+	struct ratelimit *rl; /* shared rate-limit table (NULL: no limiting) */
 	int ready_fd;         /* write one byte when serving; -1: none */
 };
 

@@ -481,8 +481,8 @@ def test_reload_under_load_loses_no_request_and_bad_config_is_rejected():
     try:
         gen0 = status(srv)["supervisor"]["generation"]
         pids0 = all_ready(srv, 2)
-        fresh = Hammer(srv.port, "fresh", max_s=10)
-        keep = Hammer(srv.port, "keepalive", max_s=10)
+        fresh = Hammer(srv.port, "fresh", max_s=10, max_n=40000)
+        keep = Hammer(srv.port, "keepalive", max_s=10, max_n=40000)
         fresh.start()
         keep.start()
         time.sleep(0.5)
@@ -496,6 +496,7 @@ def test_reload_under_load_loses_no_request_and_bad_config_is_rejected():
         pids2 = wait_for(lambda: (lambda r: r if r and not set(r.values()) & set(pids1.values()) else None)(
             all_ready(srv, 2)), 10, "reloaded workers again")
         time.sleep(0.5)
+        assert fresh.is_alive() and keep.is_alive(), "the load stopped before the reloads were done"
         fresh.finish()
         keep.finish()
         assert not fresh.failures, fresh.failures[:5]

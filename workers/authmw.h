@@ -1,0 +1,39 @@
+/* authmw.h - authentication, roles and rate limiting for the reference
+ * API (SPEC sections 5 and 6).
+ *
+ *   app_get(app, "/api/users/me", mw_auth, users_me);
+ *   app_get(app, "/api/users", mw_auth, mw_admin, users_list);
+ *
+ * mw_auth: no token -> 401 UNAUTHORIZED "access token required"; malformed,
+ * bad signature, alg other than HS256, expired -> 403 FORBIDDEN; user since
+ * deleted or deactivated -> 401. On success app_ctx(req) has user_id,
+ * username, email and role (from the database, not from the token).
+ */
+#ifndef RESIL_AUTHMW_H
+#define RESIL_AUTHMW_H
+
+#include "app.h"
+#include "auth.h"
+
+struct ratelimit;
+struct resil_config;
+
+int mw_auth(struct http_request *req);
+int mw_admin(struct http_request *req);
+/* Per-IP limit on /api/ shared by all workers (RateLimit-* headers, 429). */
+int mw_rate_limit(struct http_request *req);
+
+/* Set up (worker start): the shared limiter table and the JWT key. */
+void authmw_init(struct ratelimit *rl, const struct resil_config *cfg);
+/* Sign a token for a user document's fields. 0 or -1. */
+int authmw_issue_token(const char *user_id, const char *email, const char *role, char *out, size_t outlen);
+/* Failed-login limiter per email: 1 if blocked now. */
+int authmw_login_blocked(const char *email, int64_t *retry_after_s);
+void authmw_login_failed(const char *email);
+void authmw_login_succeeded(const char *email);
+/* Invalidate cached user lookups in every worker (after a user write). */
+void authmw_users_changed(void);
+/* The shared limiter (NULL without a supervisor). */
+struct ratelimit *authmw_limiter(void);
+
+#endif
