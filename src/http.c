@@ -19,6 +19,7 @@
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -901,6 +902,51 @@ void http_send(struct http_request *r)
 	conn_process(c);
 }
 
+int http_takeover(struct http_request *r, const char *raw, size_t len, int *fd, struct evbuffer *leftover)
+{
+	struct http_conn *c = r->conn;
+	struct http_server *s = r->server;
+	if (!c || r->sent || c->state != CONN_DISPATCHED || c->in_process)
+		return -1;
+	/* Flush anything still queued (an earlier pipelined response) first. */
+	while (evbuffer_get_length(c->out) > 0) {
+		int n = evbuffer_write(c->out, c->fd);
+		if (n <= 0)
+			return -1;
+	}
+	size_t off = 0;
+	while (off < len) {
+		ssize_t n = send(c->fd, raw + off, len - off, MSG_NOSIGNAL);
+		if (n > 0) {
+			off += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			/* A fresh socket accepts a 101 head; if not, give up cleanly. */
+			struct pollfd pfd = {.fd = c->fd, .events = POLLOUT};
+			if (poll(&pfd, 1, 1000) > 0)
+				continue;
+		}
+		return -1;
+	}
+	if (leftover)
+		evbuffer_add_buffer(leftover, c->in);
+	*fd = c->fd;
+	r->sent = 1;
+	s->stats.requests++;
+	s->stats.inflight--;
+	if (s->opts.on_complete)
+		s->opts.on_complete(r, off, s->opts.ud);
+	c->req = NULL;
+	request_free(r);
+	/* Release the connection without closing the socket. */
+	c->fd = -1;
+	conn_free(c);
+	return 0;
+}
+
 /* A protocol error found before dispatch: answer it and close. */
 static void conn_write_error(struct http_conn *c, int status, const char *code, const char *msg)
 {
@@ -1164,7 +1210,8 @@ static void conn_destroy(struct http_conn *c)
 	event_free(c->timer);
 	evbuffer_free(c->in);
 	evbuffer_free(c->out);
-	close(c->fd);
+	if (c->fd >= 0)
+		close(c->fd);
 	free(c);
 }
 

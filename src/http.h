@@ -152,6 +152,17 @@ void http_send(struct http_request *req);
 /* Convenience: JSON error envelope of SPEC section 5 and send. */
 void http_send_error(struct http_request *req, int status, const char *code, const char *message);
 
+/* Protocol upgrade (WebSocket): take the connection away from the HTTP
+ * server after the handler has validated the request. raw_response (e.g.
+ * the "101 Switching Protocols" head) is written first, best effort, then
+ * the socket is handed over: *fd receives it (now owned by the caller,
+ * non-blocking) and any bytes the client sent after the request are moved
+ * into leftover. The request is released. Returns 0, or -1 if the request
+ * cannot be upgraded (client gone, pipelined data pending in our output):
+ * then nothing changed and the caller must answer normally. */
+int http_takeover(struct http_request *req, const char *raw_response, size_t len, int *fd,
+                  struct evbuffer *leftover);
+
 const char *http_status_text(int status);
 /* Cached "Date: ...\r\n" header line for this second. */
 const char *http_date_header(size_t *len);
