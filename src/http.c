@@ -81,6 +81,7 @@ struct http_server {
 	void *drained_ud;
 	struct event *drain_ev;
 	struct http_request *free_reqs; /* small cache of request structs */
+	size_t fixed_len;               /* strlen(opts.fixed_headers), once */
 	int nfree_reqs;
 };
 
@@ -775,42 +776,81 @@ void http_send_error(struct http_request *req, int status, const char *code, con
 	http_send(req);
 }
 
-/* Append the status line and headers; returns bytes queued. */
+static size_t fmt_u64(char *out, uint64_t v)
+{
+	char tmp[24];
+	int i = sizeof(tmp);
+	do {
+		tmp[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	size_t n = sizeof(tmp) - (size_t)i;
+	memcpy(out, tmp + i, n);
+	return n;
+}
+
+#define PUT(lit)                                    \
+	do {                                        \
+		memcpy(w, lit, sizeof(lit) - 1);    \
+		w += sizeof(lit) - 1;               \
+	} while (0)
+
+/* Append the status line and headers; returns bytes queued. The head is
+ * assembled in one stack buffer (no printf on the hot path) and added with
+ * one copy; the fixed and extra header blocks follow. */
 static size_t write_head(struct http_request *r, struct evbuffer *out, size_t body_len, int gz, int close)
 {
 	struct http_server *s = r->server;
-	char line[256];
+	char head[1024];
+	char *w = head;
 	int st = r->res.status;
-	size_t total = 0;
-	int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", st, http_status_text(st));
-	evbuffer_add(out, line, (size_t)n);
-	total += (size_t)n;
+	if (st < 100 || st > 999)
+		st = 500;
+	PUT("HTTP/1.1 ");
+	*w++ = (char)('0' + st / 100);
+	*w++ = (char)('0' + st / 10 % 10);
+	*w++ = (char)('0' + st % 10);
+	*w++ = ' ';
+	const char *reason = http_status_text(st);
+	size_t rl = strlen(reason);
+	memcpy(w, reason, rl);
+	w += rl;
+	PUT("\r\n");
 	size_t dl;
 	const char *d = http_date_header(&dl);
-	evbuffer_add(out, d, dl);
-	total += dl;
+	memcpy(w, d, dl);
+	w += dl;
 	if (st != 204 && st != 304 && !(st >= 100 && st < 200)) {
-		const char *ct = r->res.content_type ? r->res.content_type : "application/json; charset=utf-8";
-		n = snprintf(line, sizeof(line), "Content-Type: %s\r\nContent-Length: %zu\r\n", ct, body_len);
-		evbuffer_add(out, line, (size_t)n);
-		total += (size_t)n;
+		const char *ct = r->res.content_type;
+		if (ct && strlen(ct) < 200) {
+			PUT("Content-Type: ");
+			size_t cl = strlen(ct);
+			memcpy(w, ct, cl);
+			w += cl;
+			PUT("\r\n");
+		} else {
+			PUT("Content-Type: application/json; charset=utf-8\r\n");
+		}
+		PUT("Content-Length: ");
+		w += fmt_u64(w, body_len);
+		PUT("\r\n");
 	}
-	if (gz) {
-		evbuffer_add(out, "Content-Encoding: gzip\r\n", 24);
-		total += 24;
-	}
-	if (st != 101) {
-		/* Any body could be compressed: caches must key on it. */
-		evbuffer_add(out, "Vary: Accept-Encoding\r\n", 23);
-		total += 23;
-	}
-	n = snprintf(line, sizeof(line), "X-Request-ID: %s\r\n", r->request_id);
-	evbuffer_add(out, line, (size_t)n);
-	total += (size_t)n;
+	if (gz)
+		PUT("Content-Encoding: gzip\r\n");
+	if (st != 101)
+		PUT("Vary: Accept-Encoding\r\n"); /* any body may be compressed */
+	PUT("X-Request-ID: ");
+	size_t il = strnlen(r->request_id, sizeof(r->request_id) - 1);
+	memcpy(w, r->request_id, il);
+	w += il;
+	PUT("\r\n");
+	size_t total = (size_t)(w - head);
+	evbuffer_add(out, head, total);
 	if (s->opts.fixed_headers) {
-		size_t fl = strlen(s->opts.fixed_headers);
-		evbuffer_add(out, s->opts.fixed_headers, fl);
-		total += fl;
+		if (!s->fixed_len)
+			s->fixed_len = strlen(s->opts.fixed_headers);
+		evbuffer_add(out, s->opts.fixed_headers, s->fixed_len);
+		total += s->fixed_len;
 	}
 	if (r->res.headers_len) {
 		evbuffer_add(out, r->res.headers, r->res.headers_len);
@@ -828,6 +868,7 @@ static size_t write_head(struct http_request *r, struct evbuffer *out, size_t bo
 	}
 	return total;
 }
+#undef PUT
 
 void http_send(struct http_request *r)
 {

@@ -428,8 +428,17 @@ int log_key_is_secret(const char *key)
 #undef W
 	char tail[16];
 	size_t t = sizeof(tail); /* tail[t..16) holds the normalized end of key */
-	if (!key)
+	if (!key || !key[0])
 		return 0;
+	/* Quick reject: every word above ends in d, e, n, t or y (any case, and
+	 * a key may end in '-' or '_' only after a word... which we strip). */
+	{
+		size_t kl = strlen(key);
+		unsigned char last = (unsigned char)key[kl - 1] | 0x20;
+		if (last != 'd' && last != 'e' && last != 'n' && last != 't' && last != 'y' && key[kl - 1] != '-' &&
+		    key[kl - 1] != '_')
+			return 0;
+	}
 	for (size_t i = strlen(key); i > 0 && t > 0; i--) {
 		unsigned char c = (unsigned char)key[i - 1];
 		if (c == '-' || c == '_')

@@ -57,6 +57,8 @@ int sb_claim(struct scoreboard *sb, int worker_id, unsigned generation)
 		atomic_store(&e->ncircuits, 0);
 		atomic_store(&e->route_seq, 0);
 		atomic_store(&e->state, SB_STARTING);
+		if (atomic_load(&sb->hdr.entries_hwm) < i + 1)
+			atomic_store(&sb->hdr.entries_hwm, i + 1);
 		return i;
 	}
 	return -1;
@@ -120,7 +122,10 @@ void sb_set_circuit(struct sb_entry *e, const char *name, int state)
 int sb_count_ready(const struct scoreboard *sb)
 {
 	int n = 0;
-	for (int i = 0; i < SB_MAX_ENTRIES; i++)
+	int hwm = atomic_load_explicit(&sb->hdr.entries_hwm, memory_order_relaxed);
+	if (hwm > SB_MAX_ENTRIES)
+		hwm = SB_MAX_ENTRIES;
+	for (int i = 0; i < hwm; i++)
 		if (atomic_load_explicit(&sb->entries[i].state, memory_order_relaxed) == SB_READY)
 			n++;
 	return n;

@@ -54,6 +54,7 @@ struct sb_header {
 	atomic_uint_least64_t started_ms;
 	atomic_int post_generation;  /* bumped on every post write (cache invalidation) */
 	atomic_int users_generation; /* bumped on every user write (auth cache) */
+	atomic_int entries_hwm;      /* 1 + highest entry index ever claimed */
 };
 
 struct scoreboard {

@@ -13,28 +13,91 @@
 #include <sys/time.h>
 #include <time.h>
 #include <event2/buffer.h>
-#include <yajl/yajl_gen.h>
 
-#define GS(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
 
-static void iso_now(char *out, size_t len)
+/* "2026-11-25T10:42:15.123Z": the seconds part is formatted once a second. */
+static size_t iso_now(char *out)
 {
+	static time_t cached_sec = -1;
+	static char cached[24];
 	struct timeval tv;
-	struct tm tm;
 	gettimeofday(&tv, NULL);
-	gmtime_r(&tv.tv_sec, &tm);
-	size_t n = strftime(out, len, "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(out + n, len - n, ".%03dZ", (int)(tv.tv_usec / 1000));
+	if (tv.tv_sec != cached_sec) {
+		struct tm tm;
+		gmtime_r(&tv.tv_sec, &tm);
+		strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
+		cached_sec = tv.tv_sec;
+	}
+	memcpy(out, cached, 19);
+	int ms = (int)(tv.tv_usec / 1000);
+	out[19] = '.';
+	out[20] = (char)('0' + ms / 100);
+	out[21] = (char)('0' + ms / 10 % 10);
+	out[22] = (char)('0' + ms % 10);
+	out[23] = 'Z';
+	return 24;
+}
+
+/* Circuits reported under checks.circuits besides the store's. */
+#define MAX_EXTRA_CIRCUITS 4
+static struct {
+	const char *name;
+	int (*state)(void);
+} extra_circuits[MAX_EXTRA_CIRCUITS];
+static int nextra;
+
+void health_add_circuit(const char *name, int (*state)(void))
+{
+	if (nextra < MAX_EXTRA_CIRCUITS) {
+		extra_circuits[nextra].name = name;
+		extra_circuits[nextra].state = state;
+		nextra++;
+	}
+}
+
+/* The health body is small and fixed in shape: it is written by hand
+ * rather than through yajl (it is the hottest route of all). Every string
+ * in it is ours and needs no escaping. */
+struct hbuf {
+	char b[768];
+	size_t n;
+};
+
+static void hput(struct hbuf *h, const char *s, size_t n)
+{
+	if (h->n + n < sizeof(h->b)) {
+		memcpy(h->b + h->n, s, n);
+		h->n += n;
+	}
+}
+#define HLIT(h, lit) hput(h, lit, sizeof(lit) - 1)
+static void hstr(struct hbuf *h, const char *s)
+{
+	hput(h, s, strlen(s));
+}
+static void hint(struct hbuf *h, long long v)
+{
+	char tmp[24];
+	int i = sizeof(tmp);
+	int neg = v < 0;
+	unsigned long long u = neg ? 0ull - (unsigned long long)v : (unsigned long long)v;
+	do {
+		tmp[--i] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (neg)
+		tmp[--i] = '-';
+	hput(h, tmp + i, sizeof(tmp) - (size_t)i);
+}
+
+static const char *circuit_name(int st)
+{
+	return st == 1 ? "open" : st == 2 ? "half-open" : "closed";
 }
 
 static int health(struct http_request *req)
 {
 	struct worker *w = worker_current();
-	yajl_gen g = yajl_gen_alloc(NULL);
-	if (!g)
-		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
-	char ts[40];
-	iso_now(ts, sizeof(ts));
 	struct store *st = api_store();
 	int db_ok = st && store_db_state(st);
 	int healthy = w->ready && !w->draining && db_ok;
@@ -46,42 +109,43 @@ static int health(struct http_request *req)
 		if (ready > total)
 			ready = total; /* old and new generation both up mid-reload */
 	}
-	yajl_gen_map_open(g);
-	GS(g, "status");
-	GS(g, healthy ? "healthy" : "degraded");
-	GS(g, "uptime");
-	yajl_gen_integer(g, (long long)(time(NULL) - w->started));
-	GS(g, "timestamp");
-	GS(g, ts);
-	GS(g, "version");
-	GS(g, PACKAGE_VERSION);
-	GS(g, "checks");
-	yajl_gen_map_open(g);
-	GS(g, "database");
-	GS(g, db_ok ? "connected" : "disconnected");
-	GS(g, "workers");
-	yajl_gen_map_open(g);
-	GS(g, "total");
-	yajl_gen_integer(g, total);
-	GS(g, "ready");
-	yajl_gen_integer(g, ready);
-	yajl_gen_map_close(g);
-	GS(g, "circuits");
-	yajl_gen_map_open(g);
+	struct hbuf h;
+	h.n = 0;
+	char ts[24];
+	HLIT(&h, "{\"status\":\"");
+	hstr(&h, healthy ? "healthy" : "degraded");
+	HLIT(&h, "\",\"uptime\":");
+	hint(&h, (long long)(time(NULL) - w->started));
+	HLIT(&h, ",\"timestamp\":\"");
+	hput(&h, ts, iso_now(ts));
+	HLIT(&h, "\",\"version\":\"" PACKAGE_VERSION "\",\"checks\":{\"database\":\"");
+	hstr(&h, db_ok ? "connected" : "disconnected");
+	HLIT(&h, "\",\"workers\":{\"total\":");
+	hint(&h, total);
+	HLIT(&h, ",\"ready\":");
+	hint(&h, ready);
+	HLIT(&h, "},\"circuits\":{");
+	int first = 1;
 	if (st) {
-		static const char *names[] = {"closed", "open", "half-open"};
-		int bs = store_breaker_state(st);
-		GS(g, store_backend_name(st));
-		GS(g, names[bs >= 0 && bs <= 2 ? bs : 0]);
+		HLIT(&h, "\"");
+		hstr(&h, store_backend_name(st));
+		HLIT(&h, "\":\"");
+		hstr(&h, circuit_name(store_breaker_state(st)));
+		HLIT(&h, "\"");
+		first = 0;
 	}
-	yajl_gen_map_close(g);
-	yajl_gen_map_close(g);
-	yajl_gen_map_close(g);
-	const unsigned char *buf;
-	size_t len;
-	yajl_gen_get_buf(g, &buf, &len);
-	evbuffer_add(http_body(req), buf, len);
-	yajl_gen_free(g);
+	for (int i = 0; i < nextra; i++) {
+		if (!first)
+			HLIT(&h, ",");
+		HLIT(&h, "\"");
+		hstr(&h, extra_circuits[i].name);
+		HLIT(&h, "\":\"");
+		hstr(&h, circuit_name(extra_circuits[i].state()));
+		HLIT(&h, "\"");
+		first = 0;
+	}
+	HLIT(&h, "}}}");
+	evbuffer_add(http_body(req), h.b, h.n);
 	http_add_header(req, "Cache-Control", "no-store");
 	http_set_status(req, healthy ? 200 : 503);
 	http_send(req);
