@@ -86,7 +86,7 @@ if (!healthTemplate || typeof healthTemplate !== 'object') {
 }
 function refreshed(obj) {
   const out = Object.assign({}, obj);
-  if ('uptime' in out) out.uptime = process.uptime();
+  if ('uptime' in out) out.uptime = Number.isInteger(obj.uptime) ? Math.floor(process.uptime()) : process.uptime();
   if ('timestamp' in out) out.timestamp = new Date().toISOString();
   if (out.data && typeof out.data === 'object' && !Array.isArray(out.data)) out.data = refreshed(out.data);
   return out;
