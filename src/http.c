@@ -57,6 +57,7 @@ struct http_conn {
 	struct http_conn *prev, *next;
 	int state;
 	int close_after;          /* close once output is flushed */
+	int served;               /* requests dispatched on this connection */
 	int linger;               /* after an error: half-close and drain input first */
 	int err_status;           /* protocol error found by a callback */
 	const char *err_code, *err_msg;
@@ -1116,6 +1117,7 @@ static void conn_process(struct http_conn *c)
 				s->opts.on_stats(s->opts.ud);
 			if (s->draining)
 				r->res.close = 1;
+			c->served++;
 			s->opts.on_request(r, s->opts.ud);
 			/* Answered synchronously: state is IDLE again and the loop
 			 * goes on with pipelined input; otherwise we wait. */
@@ -1451,7 +1453,9 @@ void http_server_drain(struct http_server *s, void (*on_drained)(void *ud), void
 	struct http_conn *c = s->conns;
 	while (c) {
 		struct http_conn *next = c->next;
-		if (c->state == CONN_IDLE && evbuffer_get_length(c->in) == 0 && evbuffer_get_length(c->out) == 0)
+		char b;
+		if (c->state == CONN_IDLE && c->served && evbuffer_get_length(c->in) == 0 &&
+		    evbuffer_get_length(c->out) == 0 && recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) < 0)
 			conn_free(c);
 		else
 			c->close_after = 1;

@@ -9,6 +9,10 @@ extern char **environ;
 
 static char *area;
 static size_t area_len;
+/* The copied environment, owned for the life of the process. glibc may
+ * reset environ at exit (__libc_freeres, run by valgrind), so keep our own
+ * reference: the copy is reachable, not leaked. */
+static char **env_copy __attribute__((used));
 
 int proctitle_init(int argc, char **argv)
 {
@@ -36,6 +40,7 @@ int proctitle_init(int argc, char **argv)
 			return -1;
 		}
 	}
+	env_copy = newenv;
 	environ = newenv;
 	/* argv[1..] keep pointing into the area: copy them too. */
 	for (int i = 1; i < argc; i++) {

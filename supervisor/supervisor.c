@@ -24,6 +24,7 @@
 #include "scoreboard.h"
 #include "sdnotify.h"
 #include "worker.h"
+#include "bus.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -106,6 +107,7 @@ struct supervisor {
 	char listen_desc[600];
 	struct scoreboard *sb;
 	struct ratelimit *rl; /* shared by all workers: created before any fork */
+	struct bus_hub *hub;  /* WebSocket broadcast between workers (bus.h); NULL: none */
 	struct proc procs[SB_MAX_ENTRIES];
 	struct slot slots[SB_MAX_WORKERS];
 	int target;
@@ -234,7 +236,7 @@ static int drop_privileges(const struct resil_config *cfg)
 static const int sup_signals[] = {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU, SIGCHLD};
 #define NSUPSIG (sizeof(sup_signals) / sizeof(sup_signals[0]))
 
-static void child_main(struct supervisor *s, int idx, int ready_wr)
+static void child_main(struct supervisor *s, int idx, int ready_wr, int bus_fd)
 {
 	struct proc *p = &s->procs[idx];
 	/* Undo the supervisor's signal handling before anything else: the
@@ -257,8 +259,8 @@ static void child_main(struct supervisor *s, int idx, int ready_wr)
 		s->base = NULL;
 	}
 	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
-	int keep[3] = {s->listen_fd, ready_wr, log_file_fd()};
-	close_fds_except(keep, 3);
+	int keep[4] = {s->listen_fd, ready_wr, log_file_fd(), bus_fd};
+	close_fds_except(keep, 4);
 	if (drop_privileges(s->cfg) < 0)
 		_exit(WORKER_EXIT_FATAL);
 	char title[64];
@@ -273,6 +275,7 @@ static void child_main(struct supervisor *s, int idx, int ready_wr)
 		.sb_index = idx,
 		.rl = s->rl,
 		.ready_fd = ready_wr,
+		.bus_fd = bus_fd,
 	};
 	int rc = worker_run(&wo);
 	log_flush();
@@ -293,6 +296,7 @@ static void proc_clear(struct supervisor *s, int idx)
 	memset(p, 0, sizeof(*p));
 	p->ready_fd = -1;
 	p->slot = -1;
+	bus_hub_detach(s->hub, idx);
 	sb_release(s->sb, idx);
 }
 
@@ -317,21 +321,31 @@ static void spawn(struct supervisor *s, int slot, int replacement)
 	p->generation = s->generation;
 	p->started_ms = mono_ms();
 	p->ready_fd = pfd[0];
+	int bus_fd = -1;
+	if (s->hub && bus_hub_attach(s->hub, idx, &bus_fd) < 0) {
+		log_warn(NULL, "cannot create the broadcast bus: websocket broadcasts stay inside this worker",
+		         LF_STR("error", strerror(errno)), LF_INT("workerId", slot));
+		bus_fd = -1;
+	}
 	log_flush();
 	pid_t pid = fork();
 	if (pid < 0) {
 		log_error(NULL, "fork failed", LF_STR("error", strerror(errno)), LF_INT("workerId", slot));
 		close(pfd[0]);
 		close(pfd[1]);
+		if (bus_fd >= 0)
+			close(bus_fd);
 		p->ready_fd = -1;
 		proc_clear(s, idx);
 		return;
 	}
 	if (pid == 0) {
 		close(pfd[0]);
-		child_main(s, idx, pfd[1]);
+		child_main(s, idx, pfd[1], bus_fd);
 	}
 	close(pfd[1]);
+	if (bus_fd >= 0)
+		close(bus_fd); /* the worker's end */
 	p->pid = pid;
 	atomic_store(&s->sb->entries[idx].pid, pid);
 	p->ready_ev = event_new(s->base, pfd[0], EV_READ, ready_cb, s);
@@ -1286,6 +1300,10 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 		log_error(NULL, "cannot create the scoreboard or event loop", LF_STR("error", strerror(errno)));
 		return 1;
 	}
+	s->hub = bus_hub_new(s->base, SB_MAX_ENTRIES);
+	if (!s->hub)
+		log_warn(NULL, "cannot create the broadcast bus: websocket broadcasts stay inside each worker",
+		         LF_STR("error", strerror(errno)));
 	atomic_store(&s->sb->hdr.supervisor_pid, getpid());
 	atomic_store(&s->sb->hdr.started_ms, sb_now_real_ms());
 	atomic_store(&s->sb->hdr.generation, s->generation);
@@ -1293,6 +1311,7 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 	s->ctl = control_open(s->base, s, cfg->control, err, sizeof(err));
 	if (!s->ctl) {
 		log_error(NULL, err, LF_STR("control", cfg->control));
+		bus_hub_free(s->hub);
 		event_base_free(s->base);
 		sb_destroy(s->sb);
 		return 1;
@@ -1340,6 +1359,7 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 	event_free(s->roll.timeout_ev);
 	if (s->watchdog_ev)
 		event_free(s->watchdog_ev);
+	bus_hub_free(s->hub);
 	event_base_free(s->base);
 	sb_destroy(s->sb);
 	rl_destroy(s->rl);

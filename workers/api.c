@@ -10,6 +10,7 @@
 #include "validate.h"
 
 #include <event2/event.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,6 +149,7 @@ static void work_done(struct job *j, int status)
 {
 	struct api_work *w = (struct api_work *)j;
 	w->cb(w, status);
+	sodium_memzero(w->payload, w->payload_len); /* may hold a password */
 	free(w);
 }
 
@@ -159,6 +161,7 @@ struct api_work *api_work_new(struct http_request *req, size_t payload, api_work
 	if (!w)
 		return NULL;
 	w->req = req;
+	w->payload_len = payload;
 	w->work = work;
 	w->cb = cb;
 	w->job.work = work_run;
@@ -181,11 +184,13 @@ int api_work_submit(struct api_work *w)
 	}
 	int64_t left = wk->cfg->request_timeout_ms - (int64_t)elapsed_ms;
 	if (left <= 0) {
+		sodium_memzero(w->payload, w->payload_len);
 		free(w);
 		return app_fail(req, 504, "TIMEOUT", "request timed out");
 	}
 	w->job.deadline_ms = jobs_now_ms() + (uint64_t)left;
 	if (!pool || jobs_submit(pool, &w->job) < 0) {
+		sodium_memzero(w->payload, w->payload_len);
 		free(w);
 		http_add_header(req, "Retry-After", "1");
 		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "server busy, try again");

@@ -47,6 +47,7 @@ struct api_work {
 	struct http_request *req;
 	api_work_fn work;
 	api_work_cb cb;
+	size_t payload_len;
 	unsigned char payload[];
 };
 struct api_work *api_work_new(struct http_request *req, size_t payload, api_work_fn work, api_work_cb cb);

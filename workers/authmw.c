@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #define JWT_SKEW_S 5
@@ -147,8 +148,21 @@ int mw_auth(struct http_request *req)
 		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
 	const char *tok;
 	size_t tl;
-	if (auth_bearer_token(h, hl, &tok, &tl) < 0)
+	if (auth_bearer_token(h, hl, &tok, &tl) < 0) {
+		/* "Bearer <garbage>" is a malformed token (403); any other scheme
+		 * or an empty value means no token was given (401). */
+		size_t i = 0;
+		while (i < hl && (h[i] == ' ' || h[i] == '\t'))
+			i++;
+		if (hl - i > 7 && strncasecmp(h + i, "bearer ", 7) == 0) {
+			size_t j = i + 7;
+			while (j < hl && (h[j] == ' ' || h[j] == '\t'))
+				j++;
+			if (j < hl)
+				return app_fail(req, 403, "FORBIDDEN", "invalid or expired token");
+		}
 		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
+	}
 	struct jwt_claims cl;
 	enum jwt_result jr =
 		jwt_verify(g_cfg->jwt_secret, g_cfg->jwt_secret_len, tok, tl, (int64_t)time(NULL), JWT_SKEW_S, &cl);

@@ -6,6 +6,37 @@
 #include "app.h"
 
 int health_routes(struct app *app);
+/* POST /api/auth/register and /api/auth/login (auth_routes.c). */
+int auth_routes(struct app *app);
+/* /api/users (users.c). */
+int users_routes(struct app *app);
+/* Hash pw[0..len) with argon2id on the job pool, then call done(req, hash)
+ * on the loop; on failure answers the request itself (503/504) and done is
+ * not called. Returns APP_DONE (auth_routes.c, shared with users.c). */
+int auth_hash_password(struct http_request *req, const char *pw, size_t len,
+                       void (*done)(struct http_request *req, const char *hash));
+/* Report another circuit breaker (name, state 0 closed / 1 open / 2 half-open) in /health. */
+void health_add_circuit(const char *name, int (*state)(void));
+/* Rooms and their message history (rooms.c). */
+int rooms_routes(struct app *app);
+/* /api/posts with the per-worker list cache (posts.c); posts_stop frees the cache. */
+int posts_routes(struct app *app);
+void posts_stop(void);
+/* /api/patients and the external-API sync (patients.c). patients_stop
+ * answers syncs still waiting on the external API (503) and frees the
+ * client; patients_breaker_state is the "external-api" breaker's state. */
+int patients_routes(struct app *app);
+void patients_stop(void);
+int patients_breaker_state(void);
+/* WebSocket chat on GET /ws (chat.c). chat_start (after the store is open)
+ * takes w->bus_fd; chat_drain closes every socket with 1001 and calls
+ * done(ud) once none is left; chat_stop (after the store is closed) frees
+ * everything. */
+struct worker;
+int chat_routes(struct app *app);
+int chat_start(struct worker *w);
+void chat_drain(void (*done)(void *ud), void *ud);
+void chat_stop(void);
 /* Test-only routes; mounted only with RESIL_TEST_HOOKS=1 outside production. */
 struct resil_config;
 int testhooks_routes(struct app *app, const struct resil_config *cfg);

@@ -23,6 +23,12 @@ int routes_register(struct app *app, struct worker *w)
 
 	int rc = 0;
 	rc |= health_routes(app);
+	rc |= auth_routes(app);
+	rc |= users_routes(app);
+	rc |= rooms_routes(app);
+	rc |= posts_routes(app);
+	rc |= patients_routes(app);
+	rc |= chat_routes(app);
 	rc |= testhooks_routes(app, w->cfg);
 	return rc ? -1 : 0;
 }
@@ -34,11 +40,16 @@ int routes_start(struct worker *w)
 		log_error(NULL, "cannot open the database", LF_STR("error", err));
 		return -1;
 	}
+	if (chat_start(w) < 0)
+		return -1;
 	return 0;
 }
 
 void routes_stop(struct worker *w)
 {
 	(void)w;
+	patients_stop(); /* answers syncs waiting on the external API */
+	posts_stop();
 	api_close_store();
+	chat_stop(); /* after the store: its last callbacks may still broadcast */
 }

@@ -23,6 +23,7 @@ struct worker {
 	struct ratelimit *rl;
 	struct event *log_flush_ev;
 	struct event *heartbeat_ev;
+	int bus_fd; /* broadcast bus end until chat_start() takes it; -1: none */
 	int id;
 	unsigned generation;
 	int ready;

@@ -14,6 +14,7 @@
 
 #include "api.h"
 #include "app.h"
+#include "handlers.h"
 #include "http.h"
 #include "log.h"
 #include "middleware.h"
@@ -36,11 +37,17 @@ struct worker *worker_current(void)
 	return current;
 }
 
-static void on_drained(void *ud)
+static void on_ws_closed(void *ud)
 {
 	struct worker *w = ud;
 	log_info(NULL, "worker drained", LF_INT("requests", http_server_stats(w->http)->requests));
 	event_base_loopexit(w->base, NULL);
+}
+
+/* HTTP is done: now close the WebSockets with 1001 (SPEC section 3). */
+static void on_drained(void *ud)
+{
+	chat_drain(on_ws_closed, ud);
 }
 
 void worker_drain(struct worker *w)
@@ -107,6 +114,7 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 		                      memory_order_relaxed);
 		sb_set_circuit(w->sbe, store_backend_name(st), store_breaker_state(st));
 	}
+	sb_set_circuit(w->sbe, "external-api", patients_breaker_state());
 }
 
 /* Counters for the scoreboard (cheap relaxed stores). */
@@ -142,6 +150,7 @@ int worker_run(const struct worker_opts *opts)
 	w.generation = opts->generation;
 	w.sb = opts->sb;
 	w.rl = opts->rl;
+	w.bus_fd = opts->bus_fd > 2 ? opts->bus_fd : -1;
 	w.exit_code = WORKER_EXIT_OK;
 	w.started = time(NULL);
 	if (opts->sb && opts->sb_index >= 0)
@@ -244,6 +253,8 @@ out:
 	if (w.log_flush_ev)
 		event_free(w.log_flush_ev);
 	routes_stop(&w);
+	if (w.bus_fd >= 0)
+		close(w.bus_fd); /* never handed to the chat */
 	http_server_free(w.http);
 	app_free(w.app);
 	mw_shutdown();

@@ -23,6 +23,7 @@ struct worker_opts {
 	int sb_index;         /* this process's scoreboard entry */
 	struct ratelimit *rl; /* shared rate-limit table (NULL: no limiting) */
 	int ready_fd;         /* write one byte when serving; -1: none */
+	int bus_fd;           /* worker end of the broadcast bus (src/bus.h); <= 2: none */
 };
 
 /* Run until drained (SIGTERM) or stopped (SIGQUIT); returns the exit

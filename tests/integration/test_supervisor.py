@@ -30,14 +30,21 @@ sys.path.insert(0, HERE)
 from harness import Server, run_tests  # noqa: E402
 
 RESILCTL = os.environ.get("RESILCTL") or os.path.join(HERE, "..", "..", "resilctl")
+# Under valgrind (make check RESIL_VALGRIND=1) every fork starts ~10x slower:
+# latency bounds are widened by this factor there, and said so.
+VALGRIND = bool(os.environ.get("RESIL_VALGRIND"))
+SLOW = 5.0 if VALGRIND else 1.0
 HOOKS = {"RESIL_TEST_HOOKS": "1"}
 SECRET = "0123456789abcdef0123456789abcdef-test-secret"
 
 
 # ------------------------------------------------------------ helpers
 
-def wait_for(pred, timeout, what, interval=0.01):
-    """Poll pred() until it returns something truthy; bounded."""
+def wait_for(pred, timeout, what, interval=0.01, scale=True):
+    """Poll pred() until it returns something truthy; bounded (timeout
+    widened by SLOW under valgrind unless scale=False)."""
+    if scale:
+        timeout *= SLOW
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -133,8 +140,15 @@ def read_response(sock, buf):
     """Read one HTTP response off a keep-alive socket.
     Returns (status, close_requested, rest_of_buffer, got_any_bytes)."""
     got_any = bool(buf)
+
+    def recv():
+        try:
+            return sock.recv(65536)
+        except ConnectionResetError:
+            raise EOFError(got_any)
+
     while b"\r\n\r\n" not in buf:
-        b = sock.recv(65536)
+        b = recv()
         if not b:
             raise EOFError(got_any)
         got_any = True
@@ -148,7 +162,7 @@ def read_response(sock, buf):
         hdrs[k.strip().lower()] = v.strip().lower()
     n = int(hdrs.get(b"content-length", b"0"))
     while len(rest) < n:
-        b = sock.recv(65536)
+        b = recv()
         if not b:
             raise EOFError(True)
         rest += b
@@ -211,7 +225,7 @@ class Hammer(threading.Thread):
                 sock.sendall(req)
                 st, close, buf, _ = read_response(sock, buf)
             except (EOFError, ConnectionResetError, BrokenPipeError) as e:
-                got_any = isinstance(e, EOFError) and e.args and e.args[0]
+                got_any = isinstance(e, EOFError) and bool(e.args and e.args[0])
                 sock.close()
                 sock = None
                 if reused and not got_any:
@@ -266,8 +280,12 @@ def started(workers_n=2, env=None, args=None):
     e = dict(HOOKS)
     e.update(env or {})
     srv = Server(workers=workers_n, env=e, args=args)
-    srv.start()
-    wait_for(lambda: all_ready(srv, workers_n), 15, "all workers ready")
+    try:
+        srv.start()
+        wait_for(lambda: all_ready(srv, workers_n), 15, "all workers ready")
+    except BaseException:
+        srv.cleanup()  # the caller's try/finally has not begun yet
+        raise
     return srv
 
 
@@ -282,7 +300,7 @@ def test_killed_worker_is_replaced_within_a_second_while_the_other_serves():
         t0 = time.monotonic()
         served = 0
         new = None
-        while time.monotonic() - t0 < 1.0:
+        while time.monotonic() - t0 < 1.0 * SLOW:
             assert get_once(srv.port) == 200  # worker 1 serves alone meanwhile
             served += 1
             w = workers(srv)
@@ -290,7 +308,7 @@ def test_killed_worker_is_replaced_within_a_second_while_the_other_serves():
                 new = w
                 break
         took = time.monotonic() - t0
-        assert new, "no new ready worker 0 within 1 s: %r" % workers(srv)
+        assert new, "no new ready worker 0 within %.0f s: %r" % (SLOW, workers(srv))
         assert gone(victim)
         assert new[0]["restarts"] == 1, new[0]
         assert new[1]["restarts"] == 0 and new[1]["pid"] == before[1], new[1]
@@ -399,18 +417,18 @@ def test_hung_worker_is_killed_after_the_worker_timeout():
             # the other worker keeps serving while one hangs
             for _ in range(20):
                 assert get_once(srv.port) == 200
-            hung = wait_for(lambda: [p for p in before.values() if gone(p)], 4.0, "hung worker killed",
-                            interval=0.02)
+            hung = wait_for(lambda: [p for p in before.values() if gone(p)], 4.0 * SLOW, "hung worker killed",
+                            interval=0.02, scale=False)
             t_kill = time.monotonic() - t0
             new = wait_for(lambda: (lambda r: r if r and hung[0] not in r.values() else None)(all_ready(srv, 2)),
-                           4.0, "replacement ready")
+                           4.0 * SLOW, "replacement ready", scale=False)
             t_ready = time.monotonic() - t0
         finally:
             s.close()
         assert len(hung) == 1, hung
         # heartbeat every 1 s, checked every 250 ms: killed 1..2.25 s after the hang
-        assert 0.9 <= t_kill <= 3.0, t_kill
-        assert t_ready <= 3.5, t_ready
+        assert 0.9 <= t_kill <= 3.0 * SLOW, t_kill
+        assert t_ready <= 3.5 * SLOW, t_ready
         too_old = log_events(srv, "worker heartbeat too old")
         assert len(too_old) == 1 and too_old[0]["level"] == "error", too_old
         assert too_old[0]["workerPid"] == hung[0] and too_old[0]["heartbeatAgeMs"] > 2000, too_old
@@ -443,8 +461,9 @@ def test_sigterm_lets_an_in_flight_slow_request_finish():
         t0 = time.monotonic()
         srv.send_signal(signal.SIGTERM)
         # new connections during the drain are not served by draining workers
-        wait_for(lambda: all(w["state"] in ("draining", "stopped") for w in status(srv)["workers"]), 2,
-                 "workers draining")
+        # the supervisor marks them draining when it signals them; wait until
+        # both workers have acted on it themselves
+        wait_for(lambda: len(log_events(srv, "worker draining")) == 2, 3, "both workers draining")
         late = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
         late.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         try:
@@ -481,8 +500,8 @@ def test_reload_under_load_loses_no_request_and_bad_config_is_rejected():
     try:
         gen0 = status(srv)["supervisor"]["generation"]
         pids0 = all_ready(srv, 2)
-        fresh = Hammer(srv.port, "fresh", max_s=10, max_n=40000)
-        keep = Hammer(srv.port, "keepalive", max_s=10, max_n=40000)
+        fresh = Hammer(srv.port, "fresh", max_s=10 * SLOW, max_n=40000)
+        keep = Hammer(srv.port, "keepalive", max_s=10 * SLOW, max_n=40000)
         fresh.start()
         keep.start()
         time.sleep(0.5)
@@ -845,7 +864,7 @@ def test_fatal_start_exits_1_without_a_respawn_loop():
     try:
         srv.start(wait=False)
         t0 = time.monotonic()
-        rc = srv.proc.wait(10)
+        rc = srv.proc.wait(10 * SLOW)
         took = time.monotonic() - t0
         assert rc == 1, rc
         logs = srv.log_lines()
@@ -861,23 +880,38 @@ def test_fatal_start_exits_1_without_a_respawn_loop():
         srv.cleanup()
 
 
+def comm(pid):
+    with open("/proc/%d/comm" % pid) as f:
+        return f.read().rstrip("\n")
+
+
 def ps_args(pid):
     p = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, timeout=10)
     return p.stdout.strip()
 
 
+def check_title(pid, title):
+    # comm (PR_SET_NAME) keeps the first 15 bytes; the full title is in argv,
+    # which valgrind keeps apart from what ps reads.
+    assert comm(pid) == title[:15], (comm(pid), title)
+    if not VALGRIND:
+        assert ps_args(pid) == title, (ps_args(pid), title)
+
+
 def test_process_titles_show_role_id_and_generation():
+    if VALGRIND:
+        print("  under valgrind ps shows valgrind's command line: checking /proc/PID/comm only")
     srv = started(2)
     try:
-        assert ps_args(srv.proc.pid) == "resild: supervisor", ps_args(srv.proc.pid)
+        check_title(srv.proc.pid, "resild: supervisor")
         pids = all_ready(srv, 2)
         for i, pid in pids.items():
-            assert ps_args(pid) == "resild: worker %d (gen 1)" % i, ps_args(pid)
+            check_title(pid, "resild: worker %d (gen 1)" % i)
         p = resilctl(srv, "reload")
         assert p.returncode == 0, p
         pids = wait_for(lambda: all_ready(srv, 2), 5, "reloaded")
         for i, pid in pids.items():
-            assert ps_args(pid) == "resild: worker %d (gen 2)" % i, ps_args(pid)
+            check_title(pid, "resild: worker %d (gen 2)" % i)
         clean_exit(srv)
     finally:
         srv.cleanup()

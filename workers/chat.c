@@ -1,0 +1,1108 @@
+/* chat.c - the WebSocket chat of SPEC section 7 on GET /ws.
+ *
+ * Upgrade: the JWT (?token= or Authorization: Bearer) is checked before
+ * anything else (401 without an upgrade), then the upgrade headers, then
+ * the user is loaded from the store (401 if gone or inactive); only then
+ * does src/ws.c answer 101 and take the socket.
+ *
+ * Events of one socket are handled strictly in arrival order: while one
+ * waits for the store (join_room, send_message), later ones queue on the
+ * socket (bounded; past a few dozen the socket is no longer read, so a
+ * fast sender is slowed by TCP instead of by our memory). A token bucket
+ * per socket limits the rate: excess messages get an `error` event, and a
+ * sender that keeps going is closed with 1008.
+ *
+ * Rooms: each worker keeps a registry room id -> joined sockets of this
+ * worker. send_message stores the message, then publishes new_message on
+ * the bus (src/bus.h); every worker - this one included - receives the
+ * record from the supervisor in one total order and queues one shared
+ * frame on each of its member sockets. While a join is loading history,
+ * live frames for that socket are held and released after
+ * recent_messages, minus those the history already contained.
+ */
+#include "autoconfig.h"
+
+#include "api.h"
+#include "auth.h"
+#include "bus.h"
+#include "handlers.h"
+#include "json.h"
+#include "log.h"
+#include "routes.h"
+#include "scoreboard.h"
+#include "ws.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <yajl/yajl_gen.h>
+
+#define CHAT_HISTORY 50
+#define CHAT_CONTENT_MAX 2000      /* characters (code points) */
+#define CHAT_ROOMS_PER_SOCKET 64
+#define CHAT_PENDING_PAUSE 32      /* queued events before the socket stops being read */
+#define CHAT_PENDING_MAX 512       /* beyond: the event is refused */
+#define CHAT_RATE_PER_S 50.0       /* messages per second per socket */
+#define CHAT_RATE_BURST 200.0
+#define CHAT_ABUSE_BURST 200.0     /* refused messages (refilled at the rate) before 1008 */
+#define CHAT_JOIN_HOLD 128         /* live frames held while a join loads history */
+#define CHAT_OP_TIMEOUT_MS 10000
+#define CHAT_JSON_DEPTH 16
+#define JWT_SKEW_S 5
+
+/* Bus record: kind, room id, message id (zero: none), excluded socket tag
+ * (zero: none), then the event's JSON text. */
+#define REC_ROOM_EVENT 1
+#define REC_HDR (1 + 12 + 12 + 8)
+
+enum chat_kind { EV_JOIN = 1, EV_LEAVE, EV_SEND, EV_TYPING_START, EV_TYPING_STOP };
+
+struct chat_sock;
+
+struct held {
+	struct ws_frame *f;
+	bson_oid_t mid;
+	int has_mid;
+};
+
+struct join_hold {
+	uint32_t n;
+	struct held e[CHAT_JOIN_HOLD];
+};
+
+struct room_member {
+	struct chat_sock *s;
+	struct join_hold *hold; /* non-NULL while this socket's join loads history */
+};
+
+struct room {
+	bson_oid_t id;
+	struct room *next; /* hash chain */
+	struct room_member *m;
+	uint32_t n, cap;
+};
+
+struct member_ref {
+	struct room *room;
+	uint32_t idx; /* position in room->m */
+};
+
+struct pending {
+	struct pending *next;
+	size_t len;
+	char data[];
+};
+
+/* Per-socket state: the application area of its ws_conn. */
+struct chat_sock {
+	bson_oid_t user;
+	char user_hex[25];
+	char username[32];
+	uint64_t tag; /* unique per socket across workers: pid << 32 | serial */
+	struct member_ref *rooms;
+	uint16_t nrooms, caprooms;
+	double tokens, abuse;
+	uint64_t bucket_ms;
+	int limited; /* an error was sent for the current run of refusals */
+	struct pending *ph, *pt;
+	uint32_t npending;
+	int busy; /* a store call for this socket is in flight */
+};
+
+/* A parsed client event (pure: no state touched). */
+struct chat_cmd {
+	int kind;
+	bson_oid_t room;
+	int room_ok;         /* roomId present and a valid id */
+	const char *content; /* EV_SEND, into doc */
+	size_t content_len;
+	const char *error;   /* message of the `error` event, when parsing failed */
+	struct json_value *doc;
+};
+
+struct chat {
+	struct ws_server *ws;
+	struct bus *bus;
+	struct room **buckets;
+	uint32_t nbuckets, nrooms;
+	yajl_gen gen;
+	uint32_t serial;
+	uint64_t pid_tag;
+	struct sb_entry *sbe;
+	const struct resil_config *cfg;
+};
+
+static struct chat g;
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ------------------------------------------------------------- parsing */
+
+static size_t utf8_chars(const char *s, size_t len)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < len; i++)
+		n += ((unsigned char)s[i] & 0xC0u) != 0x80u;
+	return n;
+}
+
+static void chat_cmd_free(struct chat_cmd *cmd)
+{
+	json_free(cmd->doc);
+	cmd->doc = NULL;
+}
+
+/* Parse one text message into cmd. 0, or -1 with cmd->error set. The
+ * caller frees cmd with chat_cmd_free() either way. */
+static int chat_parse(const char *msg, size_t len, struct chat_cmd *cmd)
+{
+	memset(cmd, 0, sizeof(*cmd));
+	if (json_parse(msg, len, CHAT_JSON_DEPTH, 0, &cmd->doc) != JSON_OK || cmd->doc->type != JSON_OBJECT) {
+		cmd->error = "invalid JSON";
+		return -1;
+	}
+	size_t el;
+	const char *ev = json_get_str(cmd->doc, "event", &el);
+	if (!ev) {
+		cmd->error = "event name required";
+		return -1;
+	}
+	static const struct {
+		const char *name;
+		int kind;
+	} names[] = {{"join_room", EV_JOIN},       {"leave_room", EV_LEAVE},        {"send_message", EV_SEND},
+	             {"typing_start", EV_TYPING_START}, {"typing_stop", EV_TYPING_STOP}};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (strlen(names[i].name) == el && memcmp(names[i].name, ev, el) == 0)
+			cmd->kind = names[i].kind;
+	if (!cmd->kind) {
+		cmd->error = "unknown event";
+		return -1;
+	}
+	const struct json_value *data = json_get(cmd->doc, "data");
+	if (!data || data->type != JSON_OBJECT) {
+		cmd->error = "data must be an object";
+		return -1;
+	}
+	size_t rl;
+	const char *rid = json_get_str(data, "roomId", &rl);
+	cmd->room_ok = rid && store_id_parse(rid, rl, &cmd->room) == 0;
+	if (cmd->kind == EV_SEND) {
+		cmd->content = json_get_str(data, "content", &cmd->content_len);
+		size_t chars = cmd->content ? utf8_chars(cmd->content, cmd->content_len) : 0;
+		if (!cmd->content || chars < 1 || chars > CHAT_CONTENT_MAX) {
+			cmd->error = "content must be 1-2000 characters";
+			return -1;
+		}
+	}
+	if (!cmd->room_ok && cmd->kind != EV_JOIN) {
+		cmd->error = "roomId must be a valid id";
+		return -1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------- output */
+
+#define GS(gn, s) yajl_gen_string(gn, (const unsigned char *)(s), strlen(s))
+
+static yajl_gen gen_begin(const char *event)
+{
+	yajl_gen gn = g.gen;
+	yajl_gen_clear(gn);
+	yajl_gen_reset(gn, NULL);
+	yajl_gen_map_open(gn);
+	GS(gn, "event");
+	GS(gn, event);
+	GS(gn, "data");
+	return gn;
+}
+
+static int gen_end(const char **out, size_t *len)
+{
+	yajl_gen_map_close(g.gen);
+	const unsigned char *buf;
+	if (yajl_gen_get_buf(g.gen, &buf, len) != yajl_gen_status_ok)
+		return -1;
+	*out = (const char *)buf;
+	return 0;
+}
+
+static void gen_oid(yajl_gen gn, const bson_oid_t *id)
+{
+	char hex[25];
+	store_id_format(id, hex);
+	yajl_gen_string(gn, (const unsigned char *)hex, 24);
+}
+
+static void send_gen(struct ws_conn *c)
+{
+	const char *buf;
+	size_t len;
+	if (gen_end(&buf, &len) == 0)
+		ws_send_text(c, buf, len);
+}
+
+static void send_error(struct ws_conn *c, const char *message)
+{
+	yajl_gen gn = gen_begin("error");
+	yajl_gen_map_open(gn);
+	GS(gn, "message");
+	GS(gn, message);
+	yajl_gen_map_close(gn);
+	send_gen(c);
+}
+
+/* {id, roomId, content, sender: {id, username}, createdAt} of a stored
+ * message (the REST history uses the same shape). */
+static void gen_message(yajl_gen gn, const bson_t *m)
+{
+	bson_oid_t oid;
+	bson_iter_t it;
+	const char *s;
+	yajl_gen_map_open(gn);
+	GS(gn, "id");
+	if (api_doc_oid(m, "_id", &oid) == 0)
+		gen_oid(gn, &oid);
+	else
+		yajl_gen_null(gn);
+	GS(gn, "roomId");
+	if (api_doc_oid(m, "room", &oid) == 0)
+		gen_oid(gn, &oid);
+	else
+		yajl_gen_null(gn);
+	GS(gn, "content");
+	if (bson_iter_init_find(&it, m, "content") && BSON_ITER_HOLDS_UTF8(&it)) {
+		uint32_t len;
+		s = bson_iter_utf8(&it, &len);
+		yajl_gen_string(gn, (const unsigned char *)s, len);
+	} else {
+		yajl_gen_null(gn);
+	}
+	GS(gn, "sender");
+	yajl_gen_map_open(gn);
+	GS(gn, "id");
+	if (api_doc_oid(m, "sender", &oid) == 0)
+		gen_oid(gn, &oid);
+	else
+		yajl_gen_null(gn);
+	GS(gn, "username");
+	if ((s = api_doc_str(m, "senderName")))
+		GS(gn, s);
+	else
+		yajl_gen_null(gn);
+	yajl_gen_map_close(gn);
+	GS(gn, "createdAt");
+	if (bson_iter_init_find(&it, m, "createdAt") && BSON_ITER_HOLDS_DATE_TIME(&it))
+		api_gen_iso(gn, bson_iter_date_time(&it));
+	else
+		yajl_gen_null(gn);
+	yajl_gen_map_close(gn);
+}
+
+/* ------------------------------------------------------------ registry */
+
+static uint32_t room_hash(const bson_oid_t *id)
+{
+	uint32_t h = 2166136261u;
+	for (int i = 0; i < 12; i++)
+		h = (h ^ id->bytes[i]) * 16777619u;
+	return h;
+}
+
+static struct room *room_find(const bson_oid_t *id)
+{
+	if (!g.nbuckets)
+		return NULL;
+	for (struct room *r = g.buckets[room_hash(id) & (g.nbuckets - 1)]; r; r = r->next)
+		if (bson_oid_equal(&r->id, id))
+			return r;
+	return NULL;
+}
+
+static int registry_grow(void)
+{
+	uint32_t nb = g.nbuckets ? g.nbuckets * 2 : 64;
+	struct room **b = calloc(nb, sizeof(*b));
+	if (!b)
+		return -1;
+	for (uint32_t i = 0; i < g.nbuckets; i++) {
+		struct room *r = g.buckets[i], *next;
+		for (; r; r = next) {
+			next = r->next;
+			uint32_t k = room_hash(&r->id) & (nb - 1);
+			r->next = b[k];
+			b[k] = r;
+		}
+	}
+	free(g.buckets);
+	g.buckets = b;
+	g.nbuckets = nb;
+	return 0;
+}
+
+static struct room *room_get(const bson_oid_t *id)
+{
+	struct room *r = room_find(id);
+	if (r)
+		return r;
+	if (g.nrooms >= g.nbuckets && registry_grow() < 0)
+		return NULL;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	r->id = *id;
+	uint32_t k = room_hash(id) & (g.nbuckets - 1);
+	r->next = g.buckets[k];
+	g.buckets[k] = r;
+	g.nrooms++;
+	return r;
+}
+
+static void room_release(struct room *r)
+{
+	if (r->n)
+		return;
+	struct room **pp = &g.buckets[room_hash(&r->id) & (g.nbuckets - 1)];
+	while (*pp && *pp != r)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = r->next;
+	g.nrooms--;
+	free(r->m);
+	free(r);
+}
+
+static void hold_free(struct join_hold *h)
+{
+	if (!h)
+		return;
+	for (uint32_t i = 0; i < h->n; i++)
+		ws_frame_unref(h->e[i].f);
+	free(h);
+}
+
+static int member_index(const struct chat_sock *cs, const struct room *r)
+{
+	for (int k = 0; k < cs->nrooms; k++)
+		if (cs->rooms[k].room == r)
+			return k;
+	return -1;
+}
+
+/* Add cs to room id (if not there yet); returns the member entry. */
+static struct room_member *member_add(struct chat_sock *cs, const bson_oid_t *id)
+{
+	struct room *r = room_get(id);
+	if (!r)
+		return NULL;
+	int k = member_index(cs, r);
+	if (k >= 0)
+		return &r->m[cs->rooms[k].idx];
+	if (cs->nrooms >= CHAT_ROOMS_PER_SOCKET)
+		goto fail;
+	if (cs->nrooms == cs->caprooms) {
+		uint16_t nc = cs->caprooms ? (uint16_t)(cs->caprooms * 2) : 2;
+		struct member_ref *nr = realloc(cs->rooms, sizeof(*nr) * nc);
+		if (!nr)
+			goto fail;
+		cs->rooms = nr;
+		cs->caprooms = nc;
+	}
+	if (r->n == r->cap) {
+		uint32_t nc = r->cap ? r->cap * 2 : 4;
+		struct room_member *nm = realloc(r->m, sizeof(*nm) * nc);
+		if (!nm)
+			goto fail;
+		r->m = nm;
+		r->cap = nc;
+	}
+	r->m[r->n] = (struct room_member){.s = cs};
+	cs->rooms[cs->nrooms++] = (struct member_ref){.room = r, .idx = r->n};
+	r->n++;
+	return &r->m[r->n - 1];
+fail:
+	room_release(r);
+	return NULL;
+}
+
+static void member_remove_at(struct chat_sock *cs, int k)
+{
+	struct room *r = cs->rooms[k].room;
+	uint32_t idx = cs->rooms[k].idx;
+	hold_free(r->m[idx].hold);
+	uint32_t last = r->n - 1;
+	if (idx != last) {
+		r->m[idx] = r->m[last];
+		struct chat_sock *moved = r->m[idx].s;
+		int mk = member_index(moved, r);
+		if (mk >= 0)
+			moved->rooms[mk].idx = idx;
+	}
+	r->n--;
+	cs->rooms[k] = cs->rooms[cs->nrooms - 1];
+	cs->nrooms--;
+	if (!cs->nrooms) {
+		free(cs->rooms);
+		cs->rooms = NULL;
+		cs->caprooms = 0;
+	}
+	room_release(r);
+}
+
+static struct room_member *member_get(struct chat_sock *cs, const bson_oid_t *id)
+{
+	struct room *r = room_find(id);
+	int k = r ? member_index(cs, r) : -1;
+	return k < 0 ? NULL : &r->m[cs->rooms[k].idx];
+}
+
+/* ------------------------------------------------------------ broadcast */
+
+static int publish(const bson_oid_t *room, const bson_oid_t *mid, uint64_t exclude, const char *json, size_t len)
+{
+	unsigned char rec[REC_HDR + 16384];
+	unsigned char *p = rec;
+	unsigned char *heap = NULL;
+	if (len > sizeof(rec) - REC_HDR) {
+		if (len > BUS_MAX_MSG - REC_HDR)
+			return -1;
+		heap = malloc(REC_HDR + len);
+		if (!heap)
+			return -1;
+		p = heap;
+	}
+	p[0] = REC_ROOM_EVENT;
+	memcpy(p + 1, room->bytes, 12);
+	if (mid)
+		memcpy(p + 13, mid->bytes, 12);
+	else
+		memset(p + 13, 0, 12);
+	for (int i = 0; i < 8; i++)
+		p[25 + i] = (unsigned char)(exclude >> (8 * i));
+	memcpy(p + REC_HDR, json, len);
+	int rc = bus_publish(g.bus, p, REC_HDR + len);
+	free(heap);
+	if (rc < 0)
+		log_warn(NULL, "chat broadcast dropped: bus queue full", LF_INT("bytes", (int64_t)len));
+	return rc;
+}
+
+static void hold_frame(struct join_hold *h, struct ws_frame *f, const bson_oid_t *mid)
+{
+	if (h->n >= CHAT_JOIN_HOLD)
+		return; /* bounded: the socket is catching up through its history */
+	struct held *e = &h->e[h->n++];
+	e->f = f;
+	f->refs++;
+	e->has_mid = mid != NULL;
+	if (mid)
+		e->mid = *mid;
+}
+
+/* A bus record: queue one shared frame on every local member socket. */
+static void chat_deliver(const unsigned char *rec, size_t len, void *ud)
+{
+	(void)ud;
+	if (len < REC_HDR || rec[0] != REC_ROOM_EVENT)
+		return;
+	bson_oid_t room, mid;
+	memcpy(room.bytes, rec + 1, 12);
+	memcpy(mid.bytes, rec + 13, 12);
+	static const unsigned char zero[12];
+	int has_mid = memcmp(mid.bytes, zero, 12) != 0;
+	uint64_t exclude = 0;
+	for (int i = 0; i < 8; i++)
+		exclude |= (uint64_t)rec[25 + i] << (8 * i);
+	struct room *r = room_find(&room);
+	if (!r || !r->n)
+		return;
+	struct ws_frame *f = ws_frame_text((const char *)rec + REC_HDR, len - REC_HDR);
+	if (!f)
+		return;
+	/* Sending never changes membership (a socket closed for its backlog
+	 * leaves its rooms later, from ws.c's close path). */
+	for (uint32_t i = 0; i < r->n; i++) {
+		struct room_member *m = &r->m[i];
+		if (exclude && m->s->tag == exclude)
+			continue;
+		if (m->hold)
+			hold_frame(m->hold, f, has_mid ? &mid : NULL);
+		else
+			ws_send_frame(ws_conn_from_app(m->s), f);
+	}
+	ws_frame_unref(f);
+}
+
+/* ------------------------------------------------------- store calls */
+
+struct chat_op;
+typedef void (*chat_step)(struct chat_op *o, struct ws_conn *c, enum store_err err);
+
+struct chat_op {
+	struct store_op op;
+	struct ws_conn *c;
+	chat_step step;
+	bson_oid_t room;
+	char room_name[128];
+};
+
+static void process_pending(struct ws_conn *c);
+
+static void op_done(struct store_op *sop, enum store_err err)
+{
+	struct chat_op *o = sop->user;
+	struct ws_conn *c = o->c;
+	struct chat_sock *cs = ws_conn_app(c);
+	cs->busy = 0;
+	o->step(o, c, err); /* may submit the next call (busy again) */
+	store_op_clear(&o->op);
+	free(o);
+	if (!cs->busy)
+		process_pending(c);
+	ws_conn_unref(c);
+}
+
+static struct chat_op *op_new(struct ws_conn *c, int kind, int coll, chat_step step)
+{
+	struct chat_op *o = calloc(1, sizeof(*o));
+	if (!o)
+		return NULL;
+	store_op_init(&o->op, kind, coll);
+	o->c = c;
+	o->step = step;
+	o->op.done = op_done;
+	o->op.user = o;
+	o->op.deadline_ms = jobs_now_ms() + CHAT_OP_TIMEOUT_MS;
+	return o;
+}
+
+/* Submit o; on failure tell the client and free o. 0 or -1. */
+static int op_submit(struct chat_op *o)
+{
+	struct ws_conn *c = o->c;
+	struct chat_sock *cs = ws_conn_app(c);
+	struct store *st = api_store();
+	if (!st || store_submit(st, &o->op) < 0) {
+		store_op_clear(&o->op);
+		free(o);
+		send_error(c, "service unavailable");
+		return -1;
+	}
+	cs->busy = 1;
+	ws_conn_ref(c);
+	return 0;
+}
+
+static const char *store_message(enum store_err err)
+{
+	switch (err) {
+	case STORE_TIMEOUT:
+		return "request timed out";
+	case STORE_BUSY:
+		return "server busy, try again";
+	default:
+		return "service unavailable";
+	}
+}
+
+/* ---- join_room */
+
+static void release_hold(struct chat_sock *cs, const bson_oid_t *room, bson_t **docs, size_t ndocs)
+{
+	struct room_member *m = member_get(cs, room);
+	if (!m || !m->hold)
+		return;
+	struct join_hold *h = m->hold;
+	m->hold = NULL;
+	struct ws_conn *c = ws_conn_from_app(cs);
+	for (uint32_t i = 0; i < h->n; i++) {
+		int dup = 0;
+		bson_oid_t id;
+		for (size_t k = 0; h->e[i].has_mid && k < ndocs && !dup; k++)
+			dup = api_doc_oid(docs[k], "_id", &id) == 0 && bson_oid_equal(&id, &h->e[i].mid);
+		if (!dup)
+			ws_send_frame(c, h->e[i].f);
+	}
+	hold_free(h);
+}
+
+static void history_loaded(struct chat_op *o, struct ws_conn *c, enum store_err err)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	if (ws_conn_closing(c))
+		return;
+	if (err != STORE_OK) {
+		send_error(c, store_message(err));
+		release_hold(cs, &o->room, NULL, 0);
+		return;
+	}
+	/* Fetched newest first (so the limit keeps the latest); sent oldest first. */
+	yajl_gen gn = gen_begin("recent_messages");
+	yajl_gen_array_open(gn);
+	for (size_t i = o->op.ndocs; i-- > 0;)
+		gen_message(gn, o->op.docs[i]);
+	yajl_gen_array_close(gn);
+	send_gen(c);
+	release_hold(cs, &o->room, o->op.docs, o->op.ndocs);
+}
+
+static int room_has_member(const bson_t *room, const bson_oid_t *user)
+{
+	bson_iter_t it, child;
+	if (!bson_iter_init_find(&it, room, "members") || !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &child))
+		return 0;
+	while (bson_iter_next(&child))
+		if (BSON_ITER_HOLDS_OID(&child) && bson_oid_equal(bson_iter_oid(&child), user))
+			return 1;
+	return 0;
+}
+
+static void room_loaded(struct chat_op *o, struct ws_conn *c, enum store_err err)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	if (ws_conn_closing(c))
+		return;
+	if (err == STORE_NOT_FOUND || (err == STORE_OK && !room_has_member(o->op.result, &cs->user))) {
+		send_error(c, "access denied to room");
+		return;
+	}
+	if (err != STORE_OK) {
+		send_error(c, store_message(err));
+		return;
+	}
+	struct room_member *m = member_add(cs, &o->room);
+	if (!m) {
+		send_error(c, cs->nrooms >= CHAT_ROOMS_PER_SOCKET ? "too many rooms joined" : "service unavailable");
+		return;
+	}
+	if (!m->hold)
+		m->hold = calloc(1, sizeof(*m->hold)); /* NULL: no holding, live frames flow at once */
+	const char *name = api_doc_str(o->op.result, "name");
+	yajl_gen gn = gen_begin("room_joined");
+	yajl_gen_map_open(gn);
+	GS(gn, "roomId");
+	gen_oid(gn, &o->room);
+	GS(gn, "roomName");
+	GS(gn, name ? name : "");
+	yajl_gen_map_close(gn);
+	send_gen(c);
+
+	struct chat_op *h = op_new(c, STORE_OP_FIND, STORE_MESSAGES, history_loaded);
+	if (!h) {
+		send_error(c, "service unavailable");
+		release_hold(cs, &o->room, NULL, 0);
+		return;
+	}
+	h->room = o->room;
+	if (store_filter_oid(&h->op.filter, "room", STORE_EQ, &o->room) < 0 ||
+	    store_filter_sort(&h->op.filter, "createdAt", -1) < 0) {
+		store_op_clear(&h->op);
+		free(h);
+		send_error(c, "service unavailable");
+		release_hold(cs, &o->room, NULL, 0);
+		return;
+	}
+	store_filter_page(&h->op.filter, 0, CHAT_HISTORY);
+	if (op_submit(h) < 0)
+		release_hold(cs, &o->room, NULL, 0);
+}
+
+static void do_join(struct ws_conn *c, const struct chat_cmd *cmd)
+{
+	if (!cmd->room_ok) {
+		send_error(c, "access denied to room");
+		return;
+	}
+	struct chat_op *o = op_new(c, STORE_OP_FIND_BY_ID, STORE_ROOMS, room_loaded);
+	if (!o) {
+		send_error(c, "service unavailable");
+		return;
+	}
+	o->room = cmd->room;
+	o->op.id = cmd->room;
+	op_submit(o);
+}
+
+/* ---- send_message */
+
+static void message_stored(struct chat_op *o, struct ws_conn *c, enum store_err err)
+{
+	if (err != STORE_OK) {
+		if (!ws_conn_closing(c))
+			send_error(c, store_message(err));
+		return;
+	}
+	/* Stored: it goes out even if the sender has left meanwhile. */
+	bson_oid_t mid;
+	int has_mid = api_doc_oid(o->op.result, "_id", &mid) == 0;
+	yajl_gen gn = gen_begin("new_message");
+	gen_message(gn, o->op.result);
+	const char *buf;
+	size_t len;
+	if (gen_end(&buf, &len) == 0 && publish(&o->room, has_mid ? &mid : NULL, 0, buf, len) < 0 &&
+	    !ws_conn_closing(c))
+		send_error(c, "message stored but not delivered, server busy");
+}
+
+static void do_send(struct ws_conn *c, const struct chat_cmd *cmd)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	if (!member_get(cs, &cmd->room)) {
+		send_error(c, "join the room first");
+		return;
+	}
+	if (cmd->content_len > INT32_MAX) {
+		send_error(c, "content must be 1-2000 characters");
+		return;
+	}
+	struct chat_op *o = op_new(c, STORE_OP_INSERT, STORE_MESSAGES, message_stored);
+	if (!o) {
+		send_error(c, "service unavailable");
+		return;
+	}
+	o->room = cmd->room;
+	bson_t *doc = bson_new();
+	o->op.doc = doc;
+	if (!doc || !bson_append_oid(doc, "room", 4, &cmd->room) || !bson_append_oid(doc, "sender", 6, &cs->user) ||
+	    !bson_append_utf8(doc, "senderName", 10, cs->username, -1) ||
+	    !bson_append_utf8(doc, "content", 7, cmd->content, (int)cmd->content_len)) {
+		store_op_clear(&o->op);
+		free(o);
+		send_error(c, "service unavailable");
+		return;
+	}
+	op_submit(o);
+}
+
+/* ---- typing */
+
+static void do_typing(struct ws_conn *c, const struct chat_cmd *cmd)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	if (!member_get(cs, &cmd->room)) {
+		send_error(c, "join the room first");
+		return;
+	}
+	int start = cmd->kind == EV_TYPING_START;
+	yajl_gen gn = gen_begin(start ? "user_typing" : "user_stopped_typing");
+	yajl_gen_map_open(gn);
+	GS(gn, "userId");
+	GS(gn, cs->user_hex);
+	if (start) {
+		GS(gn, "username");
+		GS(gn, cs->username);
+	}
+	yajl_gen_map_close(gn);
+	const char *buf;
+	size_t len;
+	if (gen_end(&buf, &len) == 0)
+		publish(&cmd->room, NULL, cs->tag, buf, len);
+}
+
+/* ------------------------------------------------------------- events */
+
+static void handle_event(struct ws_conn *c, const char *msg, size_t len)
+{
+	struct chat_cmd cmd;
+	if (chat_parse(msg, len, &cmd) < 0) {
+		send_error(c, cmd.error);
+		chat_cmd_free(&cmd);
+		return;
+	}
+	struct chat_sock *cs = ws_conn_app(c);
+	switch (cmd.kind) {
+	case EV_JOIN:
+		do_join(c, &cmd);
+		break;
+	case EV_LEAVE: {
+		struct room *r = room_find(&cmd.room);
+		int k = r ? member_index(cs, r) : -1;
+		if (k >= 0)
+			member_remove_at(cs, k);
+		break;
+	}
+	case EV_SEND:
+		do_send(c, &cmd);
+		break;
+	default:
+		do_typing(c, &cmd);
+		break;
+	}
+	chat_cmd_free(&cmd);
+}
+
+static void process_pending(struct ws_conn *c)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	while (!cs->busy && cs->ph && !ws_conn_closing(c)) {
+		struct pending *p = cs->ph;
+		cs->ph = p->next;
+		if (!cs->ph)
+			cs->pt = NULL;
+		cs->npending--;
+		handle_event(c, p->data, p->len);
+		free(p);
+	}
+	if (cs->npending < CHAT_PENDING_PAUSE / 2)
+		ws_conn_pause(c, 0);
+	fprintf(stderr, "DBG pp np=%u busy=%d\n", cs->npending, cs->busy);
+}
+
+/* Token buckets: 1 if the message may be handled. */
+static int rate_allow(struct ws_conn *c, struct chat_sock *cs)
+{
+	uint64_t now = now_ms();
+	double dt = (double)(now - cs->bucket_ms) / 1000.0;
+	cs->bucket_ms = now;
+	cs->tokens += dt * CHAT_RATE_PER_S;
+	if (cs->tokens > CHAT_RATE_BURST)
+		cs->tokens = CHAT_RATE_BURST;
+	cs->abuse += dt * CHAT_RATE_PER_S;
+	if (cs->abuse > CHAT_ABUSE_BURST)
+		cs->abuse = CHAT_ABUSE_BURST;
+	if (cs->tokens >= 1.0) {
+		cs->tokens -= 1.0;
+		cs->limited = 0;
+		return 1;
+	}
+	cs->abuse -= 1.0;
+	if (cs->abuse < 0) {
+		ws_close(c, WS_POLICY_VIOLATION, "rate limit exceeded");
+		return 0;
+	}
+	if (!cs->limited) {
+		cs->limited = 1;
+		send_error(c, "rate limited");
+	}
+	return 0;
+}
+
+static void on_text(struct ws_conn *c, const char *msg, size_t len)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	static unsigned long dbg_n; if ((++dbg_n % 1000) == 0 || dbg_n < 5) fprintf(stderr, "DBG on_text %lu busy=%d np=%u tokens=%.1f abuse=%.1f\n", dbg_n, cs->busy, cs->npending, cs->tokens, cs->abuse);
+	if (!rate_allow(c, cs))
+		return;
+	if (!cs->busy && !cs->ph) {
+		handle_event(c, msg, len);
+		return;
+	}
+	if (cs->npending >= CHAT_PENDING_MAX) {
+		send_error(c, "server busy, try again");
+		return;
+	}
+	struct pending *p = malloc(sizeof(*p) + len);
+	if (!p) {
+		send_error(c, "server busy, try again");
+		return;
+	}
+	p->next = NULL;
+	p->len = len;
+	memcpy(p->data, msg, len);
+	if (cs->pt)
+		cs->pt->next = p;
+	else
+		cs->ph = p;
+	cs->pt = p;
+	if (++cs->npending >= CHAT_PENDING_PAUSE)
+		ws_conn_pause(c, 1);
+}
+
+static void on_close(struct ws_conn *c)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	while (cs->nrooms)
+		member_remove_at(cs, cs->nrooms - 1);
+	struct pending *p = cs->ph, *next;
+	for (; p; p = next) {
+		next = p->next;
+		free(p);
+	}
+	cs->ph = cs->pt = NULL;
+	cs->npending = 0;
+}
+
+static void on_count(size_t open, void *ud)
+{
+	(void)ud;
+	if (g.sbe)
+		atomic_store_explicit(&g.sbe->websockets, (int64_t)open, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------- upgrade */
+
+struct upgrade {
+	char accept[WS_ACCEPT_LEN + 1];
+	bson_oid_t user;
+	const char *username;
+};
+
+static void sock_init(struct ws_conn *c, void *arg)
+{
+	struct upgrade *u = arg;
+	struct chat_sock *cs = ws_conn_app(c);
+	cs->user = u->user;
+	store_id_format(&u->user, cs->user_hex);
+	snprintf(cs->username, sizeof(cs->username), "%s", u->username ? u->username : "");
+	cs->tag = g.pid_tag | ++g.serial;
+	cs->tokens = CHAT_RATE_BURST;
+	cs->abuse = CHAT_ABUSE_BURST;
+	cs->bucket_ms = now_ms();
+}
+
+static int refuse_draining(struct http_request *req)
+{
+	return app_fail(req, 503, "SHUTTING_DOWN", "server is shutting down");
+}
+
+static void ws_user_loaded(struct api_call *c, enum store_err err)
+{
+	struct http_request *req = c->req;
+	struct upgrade *u = c->data;
+	if (err == STORE_NOT_FOUND || (err == STORE_OK && !api_doc_bool(c->op.result, "isActive", 1))) {
+		app_fail(req, 401, "UNAUTHORIZED", "user no longer exists or is inactive");
+		return;
+	}
+	if (err != STORE_OK) {
+		api_fail_store(req, err, NULL);
+		return;
+	}
+	struct worker *w = worker_current();
+	if (!g.ws || (w && w->draining) || ws_server_draining(g.ws)) {
+		refuse_draining(req);
+		return;
+	}
+	u->user = c->op.id;
+	u->username = api_doc_str(c->op.result, "username");
+	struct app_ctx *ctx = app_ctx(req);
+	store_id_format(&u->user, ctx->user_id);
+	ctx->authenticated = 1;
+	if (ws_upgrade(g.ws, req, u->accept, sizeof(struct chat_sock), sock_init, u) < 0)
+		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+}
+
+static int ws_route(struct http_request *req)
+{
+	struct worker *w = worker_current();
+	if (!g.ws || !w || w->draining || ws_server_draining(g.ws))
+		return refuse_draining(req);
+	/* The token: ?token= first, else Authorization: Bearer. */
+	const char *tok = NULL;
+	size_t tl = 0;
+	const struct json_value *q = req->query_len ? app_query(req) : NULL;
+	if (q)
+		tok = json_get_str(q, "token", &tl);
+	if (!tok || !tl) {
+		size_t hl;
+		const char *h = http_header_get(req, "authorization", &hl);
+		if (!h || auth_bearer_token(h, hl, &tok, &tl) < 0)
+			tok = NULL;
+	}
+	if (!tok || !tl)
+		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
+	struct jwt_claims cl;
+	enum jwt_result jr =
+		jwt_verify(g.cfg->jwt_secret, g.cfg->jwt_secret_len, tok, tl, (int64_t)time(NULL), JWT_SKEW_S, &cl);
+	if (jr != JWT_OK) {
+		log_info(&(struct log_ctx){.request_id = req->request_id}, "websocket token rejected",
+		         LF_STR("reason", jwt_result_str(jr)));
+		return app_fail(req, 401, "UNAUTHORIZED", "invalid or expired token");
+	}
+	struct upgrade *u = http_alloc(req, sizeof(*u));
+	if (!u)
+		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+	memset(u, 0, sizeof(*u));
+	const char *why = NULL;
+	int st = ws_check_upgrade(req, u->accept, &why);
+	if (st)
+		return app_fail(req, st, st == 426 ? "UPGRADE_REQUIRED" : st == 400 ? "BAD_REQUEST" : "INTERNAL", why);
+	struct api_call *c = api_call_new(req, STORE_OP_FIND_BY_ID, STORE_USERS, ws_user_loaded);
+	if (!c)
+		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+	if (store_id_parse(cl.sub, strlen(cl.sub), &c->op.id) < 0) {
+		free(c);
+		return app_fail(req, 401, "UNAUTHORIZED", "invalid or expired token");
+	}
+	c->data = u;
+	return api_call_submit(c);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+/* Test hooks (RESIL_TEST_HOOKS=1 outside production) shorten the
+ * keep-alive timers so the integration tests run in seconds. */
+static uint32_t test_ms(const char *name)
+{
+	const char *on = getenv("RESIL_TEST_HOOKS");
+	const char *v = getenv(name);
+	if (!on || strcmp(on, "1") != 0 || !v || g.cfg->env == CONFIG_ENV_PRODUCTION)
+		return 0;
+	char *end;
+	unsigned long ms = strtoul(v, &end, 10);
+	return *end || ms < 10 || ms > 3600000 ? 0 : (uint32_t)ms;
+}
+
+int chat_routes(struct app *app)
+{
+	return app_get(app, "/ws", ws_route);
+}
+
+int chat_start(struct worker *w)
+{
+	memset(&g, 0, sizeof(g));
+	g.cfg = w->cfg;
+	g.sbe = w->sbe;
+	g.pid_tag = (uint64_t)(uint32_t)getpid() << 32;
+	g.gen = yajl_gen_alloc(NULL);
+	struct ws_limits lim = {
+		.ping_idle_ms = test_ms("RESIL_TEST_WS_PING_MS"),
+		.idle_timeout_ms = test_ms("RESIL_TEST_WS_IDLE_MS"),
+	};
+	struct ws_handlers h = {.on_text = on_text, .on_close = on_close, .on_count = on_count};
+	int fd = w->bus_fd;
+	w->bus_fd = -1; /* ours now: the bus closes it, also on failure */
+	g.ws = g.gen ? ws_server_new(w->base, &lim, &h) : NULL;
+	if (g.ws)
+		g.bus = bus_open(w->base, fd, chat_deliver, NULL);
+	else if (fd >= 0)
+		close(fd);
+	if (!g.bus) {
+		log_error(NULL, "cannot start the websocket chat", LF_STR("error", strerror(errno)));
+		chat_stop();
+		return -1;
+	}
+	on_count(0, NULL);
+	return 0;
+}
+
+void chat_drain(void (*done)(void *ud), void *ud)
+{
+	if (!g.ws) {
+		done(ud);
+		return;
+	}
+	ws_server_drain(g.ws, done, ud);
+}
+
+void chat_stop(void)
+{
+	ws_server_free(g.ws); /* closes every socket: on_close empties the registry */
+	g.ws = NULL;
+	bus_close(g.bus);
+	g.bus = NULL;
+	free(g.buckets);
+	g.buckets = NULL;
+	g.nbuckets = g.nrooms = 0;
+	if (g.gen)
+		yajl_gen_free(g.gen);
+	g.gen = NULL;
+}
