@@ -49,6 +49,7 @@
 #define WS_QUEUE_MAX 4096 /* frames queued on one socket */
 #define WS_IOV_MAX 64
 #define WS_PARK_AFTER_MS 2000
+#define WS_AFTER_CLOSE_MAX 65536 /* bytes a client may send after our close before we hang up */
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 enum { C_OPEN = 0, C_CLOSING, C_DEAD };
@@ -83,6 +84,7 @@ struct ws_conn {
 	uint32_t qhead, qcount, qcap, qoff;
 	size_t qbytes;        /* unsent bytes in the ring */
 	struct ws_track trk;
+	uint32_t after_close; /* bytes received since our close frame went out */
 	uint64_t last_rx_ms, last_tx_ms, last_ping_ms, close_deadline_ms;
 	alignas(max_align_t) unsigned char app[];
 };
@@ -505,6 +507,14 @@ static void conn_read(struct ws_conn *c)
 			return;
 		}
 		c->last_rx_ms = now_ms();
+		if (c->close_queued && !c->qcount) {
+			/* A client that keeps sending after our close ignores it. */
+			c->after_close += (uint32_t)n;
+			if (c->after_close > WS_AFTER_CLOSE_MAX) {
+				conn_finish(c);
+				return;
+			}
+		}
 		conn_feed(c, s->rbuf, (size_t)n);
 		if ((size_t)n < sizeof(s->rbuf))
 			return;
@@ -676,7 +686,6 @@ int ws_send_text(struct ws_conn *c, const char *payload, size_t len)
 
 void ws_close(struct ws_conn *c, uint16_t code, const char *reason)
 {
-	fprintf(stderr, "DBG ws_close %u %s state=%d qbytes=%zu qcount=%u\n", code, reason, c->state, c->qbytes, c->qcount);
 	if (c->state != C_OPEN || c->close_queued) {
 		start_closing(c);
 		return;

@@ -330,6 +330,9 @@ START_TEST(test_faults_loop_keeps_time_while_server_is_slow)
 	ck_assert_uint_ge(w.done_ms - w.submitted_ms, 1900); /* really was slow */
 	ck_assert_int_ge(t.fired, 20);
 	ck_assert_msg(t.max_late < 250, "timer was %llu ms late", (unsigned long long)t.max_late);
+	/* The figure for bench/RESULTS.md (a measurement, not the assertion). */
+	printf("timer lateness with a 2 s database call in flight: max %llu ms over %d ticks of 50 ms\n",
+	       (unsigned long long)t.max_late, t.fired);
 	store_op_clear(&op);
 }
 END_TEST

@@ -33,7 +33,6 @@
 #include "ws.h"
 
 #include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -854,7 +853,6 @@ static void process_pending(struct ws_conn *c)
 	}
 	if (cs->npending < CHAT_PENDING_PAUSE / 2)
 		ws_conn_pause(c, 0);
-	fprintf(stderr, "DBG pp np=%u busy=%d\n", cs->npending, cs->busy);
 }
 
 /* Token buckets: 1 if the message may be handled. */
@@ -889,7 +887,6 @@ static int rate_allow(struct ws_conn *c, struct chat_sock *cs)
 static void on_text(struct ws_conn *c, const char *msg, size_t len)
 {
 	struct chat_sock *cs = ws_conn_app(c);
-	static unsigned long dbg_n; if ((++dbg_n % 1000) == 0 || dbg_n < 5) fprintf(stderr, "DBG on_text %lu busy=%d np=%u tokens=%.1f abuse=%.1f\n", dbg_n, cs->busy, cs->npending, cs->tokens, cs->abuse);
 	if (!rate_allow(c, cs))
 		return;
 	if (!cs->busy && !cs->ph) {
