@@ -161,6 +161,11 @@ class Env:
     def room(self, name, token=None):
         st, _, doc = call(self.srv, "POST", "/api/rooms", {"name": name}, token or self.alice)
         assert st == 201, (st, doc)
+        # "Newest first" orders by createdAt (ms); two rooms created in the
+        # same millisecond by different workers tie, and the ObjectId
+        # tie-break is not creation order across processes. Tests that
+        # assert an order create rooms at least a millisecond apart.
+        time.sleep(0.003)
         return doc["data"]
 
     def close(self):
