@@ -2,11 +2,15 @@
 # bench/run.sh - load benchmark of resild against the reference servers of
 # SPEC §11: nginx answering GET /health from a `return 200` location and
 # Express 4 with the enterprise middleware chain in node cluster mode, all with
-# the same number of workers, measured with wrk over loopback.  Prints req/s,
+# the same number of workers, measured with wrk over loopback.  Suites:
+# `health` (GET /health against nginx and Express), `api` (GET /api/users/me,
+# a POST /api/posts that fails validation, GET /api/posts on SQLite, against
+# Express with jsonwebtoken) and `chaos` (runs bench/chaos.sh).  Prints req/s,
 # p50/p99 latency, server CPU time per request, worker RSS and errors, then the
 # same as markdown for bench/RESULTS.md.  Never decides pass/fail on a timing:
 # it exits non-zero only when something cannot be installed or built, a server
-# does not start (or dies), or wrk fails.  See bench/README.md.
+# does not start (or dies), answers a target with the wrong status, or wrk
+# fails.  See bench/README.md.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,11 +28,22 @@ WORKERS=2
 ROUNDS=2
 THREADS=2
 CONNECTIONS=64
-ONLY=resil,nginx,express
+ONLY=
+SUITE=health
+DURATION_SET=0
 START_TIMEOUT=${BENCH_START_TIMEOUT:-30}
-RATE_LIMIT=${BENCH_RATE_LIMIT:-100000000/15m}
+# resil clamps a limit to 1048575 per window (RL_LIMIT_MAX), so a long window
+# would trip during the api suite; one second at a million is never reached.
+RATE_LIMIT=${BENCH_RATE_LIMIT:-1000000/1s}
 TARGET_PATHS=()
 TARGET_SCRIPTS=()
+# Loads of the api suite (one entry per target; see api_targets).
+T_LABEL=() T_PATH=() T_SCRIPT=() T_EXPECT=() T_METHOD=() T_BODY=() T_AUTH=()
+API_SCRIPT=$BENCH_DIR/wrk/api.lua
+CHECK_WARMUP=0
+# Content of each benchmark post (the same text as Express's generated posts).
+POST_CONTENT='This post was created by bench/run.sh to give GET /api/posts a realistic page of content: a few sentences of plain text, long enough that serialising the list costs something, short enough to stay a typical blog teaser. '
+API_POSTS=30
 
 # A /health body of resil's shape, used when resil is not part of the run.
 PLACEHOLDER_BODY='{"status":"healthy","uptime":12.345678901,"timestamp":"2026-01-01T00:00:00.000Z","version":"0.1.0","checks":{"database":"connected","workers":{"total":2,"ready":2},"circuits":{}}}'
@@ -36,11 +51,17 @@ PLACEHOLDER_BODY='{"status":"healthy","uptime":12.345678901,"timestamp":"2026-01
 usage() {
     cat <<EOF
 usage: bench/run.sh [options]
-  --duration S        seconds per measured wrk run (default \$DURATION or 10)
+  --suite NAME        health (default): GET /health against nginx and Express;
+                      api: GET /api/users/me, POST /api/posts failing validation
+                      (400) and GET /api/posts (SQLite, $API_POSTS posts) against Express;
+                      chaos: bench/chaos.sh (kill -9 and reload under load)
+  --duration S        seconds per measured wrk run (default \$DURATION or 10;
+                      for chaos, passed on to chaos.sh only when given)
   --workers N         worker processes for every server (default 2)
   --rounds R          rounds; servers alternate within a round (default 2)
-  --only LIST         comma-separated subset of resil,nginx,express (default all)
-  --path P            URL path to load (repeatable; default /health)
+  --only LIST         comma-separated subset of resil,nginx,express (default: all
+                      of the suite's: health resil,nginx,express; api resil,express)
+  --path P            URL path to load (repeatable; default /health; health suite)
   --script FILE       wrk Lua script for the preceding --path (POST bodies, headers)
   --connections C     wrk connections (default 64)
   --threads T         wrk threads (default 2)
@@ -63,7 +84,8 @@ is_uint() {
 
 while (($#)); do
     case $1 in
-        --duration) DURATION=${2:-}; shift 2 ;;
+        --suite) SUITE=${2:-}; shift 2 ;;
+        --duration) DURATION=${2:-}; DURATION_SET=1; shift 2 ;;
         --workers) WORKERS=${2:-}; shift 2 ;;
         --rounds) ROUNDS=${2:-}; shift 2 ;;
         --only) ONLY=${2:-}; shift 2 ;;
@@ -84,7 +106,19 @@ done
 for v in DURATION WORKERS ROUNDS CONNECTIONS THREADS; do
     is_uint "${!v}" || die "--${v,,} needs a positive integer, got '${!v}'"
 done
-((${#TARGET_PATHS[@]})) || { TARGET_PATHS=("/health"); TARGET_SCRIPTS=(""); }
+case $SUITE in
+    health)
+        [[ -n $ONLY ]] || ONLY=resil,nginx,express
+        ((${#TARGET_PATHS[@]})) || { TARGET_PATHS=("/health"); TARGET_SCRIPTS=(""); } ;;
+    api|chaos)
+        ((${#TARGET_PATHS[@]} == 0)) || die "--path and --script belong to the health suite"
+        if [[ $SUITE == chaos ]]; then
+            [[ -z $ONLY || $ONLY == resil ]] || die "the chaos suite runs resil only"
+            ONLY=resil
+        fi
+        [[ -n $ONLY ]] || ONLY=resil,express ;;
+    *) die "--suite: unknown suite '$SUITE' (health, api, chaos)" ;;
+esac
 IFS=, read -r -a LIST <<<"$ONLY"
 declare -A WANT=()
 SERVERS=()
@@ -95,11 +129,14 @@ for s in "${LIST[@]}"; do
     esac
 done
 ((${#SERVERS[@]})) || die "--only needs at least one server"
+[[ $SUITE != api || -z ${WANT[nginx]:-} ]] || die "nginx is not part of the api suite (resil, express)"
 
 # ------------------------------------------------------ temp dir and cleanup
 
-declare -A PID_OF=() PORT_OF=()
+declare -A PID_OF=() PORT_OF=() TOKEN_OF=()
 STARTED=()
+# HS256 key of resil and, for the api suite, of Express: 64 hex characters.
+JWT_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 WRK_PID=
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/resil-bench.XXXXXX")
 
@@ -304,17 +341,16 @@ fetch_reference() {  # NAME: save the /health head and body of a running server
 }
 
 start_resil() {
-    local port secret dir="$TMP/resil" out v unset=()
+    local port dir="$TMP/resil" out v unset=()
     port=$(free_port)
     mkdir -p "$dir"
-    secret=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
     for v in $(compgen -e); do
         [[ $v == RESIL_* ]] && unset+=(-u "$v")
     done
     local run=(env "${unset[@]}"
-        RESIL_ENV=production RESIL_JWT_SECRET="$secret" RESIL_LOG_LEVEL=info
+        RESIL_ENV=production RESIL_JWT_SECRET="$JWT_SECRET" RESIL_LOG_LEVEL=info
         RESIL_LOG_FORMAT=json RESIL_CONTROL="$dir/control.sock"
-        RESIL_RATE_LIMIT="$RATE_LIMIT" RESIL_SHUTDOWN_TIMEOUT=5s
+        RESIL_RATE_LIMIT="$RATE_LIMIT" RESIL_SHUTDOWN_TIMEOUT=5s RESIL_DB="sqlite://$dir/bench.db"
         "$RESILD" --listen "127.0.0.1:$port" --workers "$WORKERS"
         --db "sqlite://$dir/bench.db" --foreground)
     if ! out=$(timeout 10 "${run[@]}" --check-config 2>&1); then
@@ -328,12 +364,15 @@ start_resil() {
     fetch_reference resil
 }
 
+# Express's key, and (when resil set them up) resil's user and posts to serve.
+EXPRESS_ENV=(BENCH_JWT_SECRET="$JWT_SECRET")
+
 start_express() {
     local port body
     port=$(free_port)
     if [[ -f $TMP/resil.body ]]; then body=$(<"$TMP/resil.body"); else body=$PLACEHOLDER_BODY; fi
     PORT_OF[express]=$port
-    start_bg express "$(log_for express)" env NODE_ENV=production PORT="$port" \
+    start_bg express "$(log_for express)" env "${EXPRESS_ENV[@]}" NODE_ENV=production PORT="$port" \
         BENCH_WORKERS="$WORKERS" BENCH_HEALTH_BODY="$body" BENCH_RATE_LIMIT="$RATE_LIMIT" \
         node "$BENCH_DIR/express/server.js"
     wait_health express "http://127.0.0.1:$port/health" ||
@@ -367,6 +406,102 @@ start_nginx() {
     fetch_reference nginx
 }
 
+# ---------------------------------------------------------------- api suite
+
+# The three loads; the wrk script wrk/api.lua reads BENCH_METHOD, BENCH_BODY
+# and BENCH_TOKEN (sent as `Authorization: Bearer`) from its environment.
+api_targets() {
+    T_LABEL=("GET /api/users/me" "POST /api/posts (invalid body: 400)" "GET /api/posts ($API_POSTS posts, resil on SQLite)")
+    T_PATH=(/api/users/me /api/posts /api/posts)
+    T_SCRIPT=("$API_SCRIPT" "$API_SCRIPT" "$API_SCRIPT")
+    T_EXPECT=(2xx 400 2xx)
+    T_METHOD=(GET POST GET)
+    T_BODY=("" '{"title": "", "content": 5}' "")
+    T_AUTH=(1 1 0)
+}
+
+# api_call SERVER METHOD PATH BODY TOKEN OUTFILE -> prints the HTTP status
+api_call() {
+    local args=(-s --max-time 30 -o "$6" -w '%{http_code}' -X "$2")
+    [[ -n $4 ]] && args+=(-H 'Content-Type: application/json' --data-binary "$4")
+    [[ -n $5 ]] && args+=(-H "Authorization: Bearer $5")
+    curl "${args[@]}" "http://127.0.0.1:${PORT_OF[$1]}$3" || true
+}
+
+json_get() {  # FILE DOTTED.PATH -> the value (strings raw, others as JSON)
+    python3 "$LIB" json-get "$1" "$2"
+}
+
+# Register the benchmark user on resil (the first user: an admin), keep its
+# token, create the posts, and save the user and the list for Express.
+setup_resil_api() {
+    local dir="$TMP/api" code password i body
+    mkdir -p "$dir"
+    password=$(od -An -tx1 -N12 /dev/urandom | tr -d ' \n')
+    code=$(api_call resil POST /api/auth/register \
+        "{\"username\":\"benchuser\",\"email\":\"bench@example.com\",\"password\":\"$password\"}" "" "$dir/register.json")
+    [[ $code == 201 ]] || { cat "$dir/register.json" >&2; echo >&2; die "resil: POST /api/auth/register answered $code, not 201"; }
+    TOKEN_OF[resil]=$(json_get "$dir/register.json" data.token) || die "resil: no token in the register answer"
+    json_get "$dir/register.json" data.user >"$dir/user.json" || die "resil: no user in the register answer"
+    for ((i = 1; i <= API_POSTS; i++)); do
+        body="{\"title\":\"Benchmark post $i\",\"content\":\"$POST_CONTENT$i\",\"category\":\"bench\"}"
+        code=$(api_call resil POST /api/posts "$body" "${TOKEN_OF[resil]}" "$dir/post.json")
+        [[ $code == 201 ]] || { cat "$dir/post.json" >&2; echo >&2; die "resil: POST /api/posts answered $code, not 201"; }
+    done
+    code=$(api_call resil GET "/api/posts?limit=100" "" "" "$dir/list.json")
+    [[ $code == 200 ]] || die "resil: GET /api/posts answered $code, not 200"
+    json_get "$dir/list.json" data >"$dir/posts.json" || die "resil: no data in the GET /api/posts answer"
+    EXPRESS_ENV+=(BENCH_USER_FILE="$dir/user.json" BENCH_POSTS_FILE="$dir/posts.json")
+}
+
+# Express's user lives in its Map: sign a token for it with the same key.
+setup_express_api() {
+    TOKEN_OF[express]=$(env "${EXPRESS_ENV[@]}" node "$BENCH_DIR/express/server.js" --print-token) ||
+        die "express: cannot sign a token (node server.js --print-token)"
+}
+
+# Each target once on each server with curl: the status must be the expected
+# one (400 VALIDATION_ERROR for the invalid post); records the body sizes.
+check_api_targets() {
+    local i s code token out want
+    API_BODIES=
+    for i in "${!T_LABEL[@]}"; do
+        [[ -n $API_BODIES ]] && API_BODIES+="; "
+        API_BODIES+="${T_LABEL[$i]}"
+        for s in "${SERVERS[@]}"; do
+            token=
+            [[ ${T_AUTH[$i]} == 1 ]] && token=${TOKEN_OF[$s]}
+            out="$TMP/check.$s.$i.json"
+            code=$(api_call "$s" "${T_METHOD[$i]}" "${T_PATH[$i]}" "${T_BODY[$i]}" "$token" "$out")
+            want=${T_EXPECT[$i]}
+            if [[ $want == 2xx ]]; then want=200; fi
+            if [[ $code != "$want" ]] || { [[ $want == 400 ]] && ! grep -q '"code":"VALIDATION_ERROR"' "$out"; }; then
+                head -c 600 "$out" >&2; echo >&2
+                die "$s answered ${T_LABEL[$i]} with $code, expected $want"
+            fi
+            API_BODIES+=" $s $(wc -c <"$out")"
+        done
+    done
+    echo "bench: response bytes: $API_BODIES" >&2
+}
+
+# ------------------------------------------------------------------ chaos
+
+run_chaos() {
+    local args=(--resild "$RESILD" --workers "$WORKERS") rc=0 pid
+    [[ -x $(dirname "$RESILD")/resilctl ]] || die "chaos.sh needs resilctl next to $RESILD"
+    ((DURATION_SET)) && args+=(--duration "$DURATION")
+    echo "bench: bash bench/chaos.sh ${args[*]}" >&2
+    bash "$BENCH_DIR/chaos.sh" "${args[@]}" &
+    pid=$!
+    STARTED+=("$pid")
+    wait "$pid" || rc=$?
+    local kept=() p
+    for p in "${STARTED[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
+    STARTED=("${kept[@]}")  # reaped: never signal that pid again
+    ((rc == 0)) || die "bench/chaos.sh exited with status $rc"
+}
+
 # -------------------------------------------------------------------- load
 
 RESULTS_TSV=$TMP/results.tsv
@@ -391,16 +526,37 @@ children_cpu() {  # user+sys seconds of this shell's reaped children (wrk, via t
         printf "%.3f", t }' "$TMP/times"
 }
 
-# bench_target SERVER TARGET URL [wrk args...]: warm-up, then one measured run
-# with the server tree's CPU time around it and its workers' RSS after it.
-# New loads (paths, POST bodies via `-s script.lua`, headers via `-H`) only
-# need another call of this.
+# warmup_check SERVER TARGET EXPECT FILE: the status tally wrk/api.lua printed
+# for the warm-up; anything but the expected status is reported (stderr and
+# the markdown), since the measured run only counts non-2xx responses.
+warmup_check() {
+    local server=$1 target=$2 expect=$3 file=$4 bad
+    bad=$(awk -v e="$expect" '$1 == "bench-status" {
+        ok = (e == "2xx") ? ($2 >= 200 && $2 < 300) : ($2 == e)
+        if (!ok) printf "%s%s x %s", (n++ ? ", " : ""), $3, $2 }' "$file")
+    grep -q '^bench-status ' "$file" || bad="no status tally from wrk/api.lua"
+    if [[ -n $bad ]]; then
+        echo "bench: warning: $server, $target, warm-up: unexpected responses: $bad" >&2
+        printf '%s\t%s\t%s\n' "$target" "$server" "round $ROUND warm-up: $bad" >>"$TMP/warmup.tsv"
+    fi
+}
+
+# bench_target SERVER TARGET EXPECT URL [wrk args...]: warm-up, then one
+# measured run with the server tree's CPU time around it and its workers' RSS
+# after it.  EXPECT is 2xx, or a status (400) whose responses are counted as
+# expected rather than as errors.  New loads (paths, POST bodies via
+# `-s script.lua`, headers via `-H`) only need another call of this.
 bench_target() {
-    local server=$1 target=$2 url=$3
-    shift 3
+    local server=$1 target=$2 expect=$3 url=$4
+    shift 4
     local pid=${PID_OF[$server]} out="$TMP/wrk.$server.$ROUND.${#STARTED[@]}.$RANDOM"
     local cpu0 cpu1 mach0 mach1 wrk0 wrk1 other parsed rss state rps p50 p99 reqs non2xx sockerr
-    run_wrk "$WARMUP" "$out.warmup" "$url" "$@"
+    if ((CHECK_WARMUP)); then
+        BENCH_CHECK=1 run_wrk "$WARMUP" "$out.warmup" "$url" "$@"
+        warmup_check "$server" "$target" "$expect" "$out.warmup"
+    else
+        run_wrk "$WARMUP" "$out.warmup" "$url" "$@"
+    fi
     cpu0=$(python3 "$LIB" cpu "$pid")
     mach0=$(python3 "$LIB" machine)
     wrk0=$(children_cpu)
@@ -419,15 +575,21 @@ bench_target() {
     rss=$(python3 "$LIB" rss "$pid")
     parsed=$(python3 "$LIB" wrk "$out") || die "cannot read wrk's output for $server"
     read -r rps p50 p99 reqs non2xx sockerr <<<"$parsed"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$server" "$ROUND" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$server" "$ROUND" \
         "$rps" "$p50" "$p99" "$reqs" "$non2xx" "$sockerr" \
         "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')" \
-        "${rss%% *}" "${rss#* }" "$other" >>"$RESULTS_TSV"
+        "${rss%% *}" "${rss#* }" "$other" "$expect" >>"$RESULTS_TSV"
+    # with an expected 4xx, wrk's non-2xx count is the expected answers and
+    # what is left of the requests (2xx/3xx) is wrong
+    local errors=$((non2xx + sockerr)) expected=""
+    if [[ $expect != 2xx ]]; then
+        errors=$((reqs - non2xx + sockerr)) expected=", $non2xx expected ${expect}s"
+    fi
     awk -v r="$ROUND" -v n="$ROUNDS" -v s="$server" -v t="$target" -v rps="$rps" \
         -v p50="$p50" -v p99="$p99" -v q="$reqs" -v c0="$cpu0" -v c1="$cpu1" \
-        -v rss="${rss%% *}" -v e=$((non2xx + sockerr)) -v o="$other" 'BEGIN {
-        printf "bench: round %d/%d %-7s %s: %.0f req/s, p50 %.3f ms, p99 %.3f ms, %.1f us CPU/req, RSS %.1f MiB, %d errors, other load %s%%\n",
-            r, n, s, t, rps, p50, p99, (c1 - c0) * 1e6 / (q ? q : 1), rss / 1024, e, o }' >&2
+        -v rss="${rss%% *}" -v e="$errors" -v x="$expected" -v o="$other" 'BEGIN {
+        printf "bench: round %d/%d %-7s %s: %.0f req/s, p50 %.3f ms, p99 %.3f ms, %.1f us CPU/req, RSS %.1f MiB, %d errors%s, other load %s%%\n",
+            r, n, s, t, rps, p50, p99, (c1 - c0) * 1e6 / (q ? q : 1), rss / 1024, e, x, o }' >&2
 }
 
 versions() {
@@ -440,6 +602,9 @@ versions() {
     if [[ -n ${WANT[nginx]:-} ]]; then x=$("$(find_nginx)" -v 2>&1 || true); v+=("${x#nginx version: }"); fi
     if [[ -n ${WANT[express]:-} ]]; then
         x=$(node -p "require('$BENCH_DIR/express/node_modules/express/package.json').version" 2>/dev/null || echo '?')
+        if [[ $SUITE == api ]]; then
+            x+=" + jsonwebtoken $(node -p "require('$BENCH_DIR/express/node_modules/jsonwebtoken/package.json').version" 2>/dev/null || echo '?')"
+        fi
         v+=("node $(node --version) + express $x")
     fi
     x=$(wrk -v 2>&1 | head -n 1 || true)
@@ -455,29 +620,64 @@ ensure_packages
 [[ -n ${WANT[express]:-} ]] && ensure_express_modules
 [[ -n ${WANT[resil]:-} ]] && build_resil
 
-# resil first: nginx and Express copy its /health body (and nginx its headers).
+if [[ $SUITE == chaos ]]; then
+    run_chaos
+    exit 0
+fi
+
+if [[ $SUITE == api ]]; then
+    api_targets
+    CHECK_WARMUP=1
+else
+    for i in "${!TARGET_PATHS[@]}"; do
+        if [[ -n ${TARGET_SCRIPTS[$i]} ]]; then
+            T_LABEL+=("${TARGET_PATHS[$i]} (wrk -s $(basename "${TARGET_SCRIPTS[$i]}"))")
+        else
+            T_LABEL+=("GET ${TARGET_PATHS[$i]}")
+        fi
+        T_PATH+=("${TARGET_PATHS[$i]}") T_SCRIPT+=("${TARGET_SCRIPTS[$i]}") T_EXPECT+=(2xx)
+        T_METHOD+=("") T_BODY+=("") T_AUTH+=(0)
+    done
+fi
+
+# resil first: nginx and Express copy its /health body (and nginx its headers),
+# and in the api suite Express serves the user and posts made on resil.
 [[ -n ${WANT[resil]:-} ]] && start_resil
+[[ $SUITE == api && -n ${WANT[resil]:-} ]] && setup_resil_api
 [[ -n ${WANT[express]:-} ]] && start_express
+[[ $SUITE == api && -n ${WANT[express]:-} ]] && setup_express_api
 [[ -n ${WANT[nginx]:-} ]] && start_nginx
 for s in "${SERVERS[@]}"; do
     printf 'bench: %-7s pid %s on 127.0.0.1:%s, GET /health %s bytes\n' "$s" "${PID_OF[$s]}" \
         "${PORT_OF[$s]}" "$(wc -c <"$TMP/$s.body")" >&2
 done
+API_BODIES=
+[[ $SUITE == api ]] && check_api_targets
 
 : >"$RESULTS_TSV"
+: >"$TMP/warmup.tsv"
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
-    for i in "${!TARGET_PATHS[@]}"; do
+    for i in "${!T_LABEL[@]}"; do
         for s in "${SERVERS[@]}"; do
             args=()
-            [[ -n ${TARGET_SCRIPTS[$i]} ]] && args=(-s "${TARGET_SCRIPTS[$i]}")
-            bench_target "$s" "${TARGET_PATHS[$i]}" "http://127.0.0.1:${PORT_OF[$s]}${TARGET_PATHS[$i]}" "${args[@]}"
+            [[ -n ${T_SCRIPT[$i]} ]] && args=(-s "${T_SCRIPT[$i]}")
+            token=
+            [[ ${T_AUTH[$i]} == 1 ]] && token=${TOKEN_OF[$s]}
+            BENCH_METHOD=${T_METHOD[$i]} BENCH_BODY=${T_BODY[$i]} BENCH_TOKEN=$token \
+                bench_target "$s" "${T_LABEL[$i]}" "${T_EXPECT[$i]}" \
+                "http://127.0.0.1:${PORT_OF[$s]}${T_PATH[$i]}" "${args[@]}"
         done
     done
 done
 
-python3 -c 'import json, sys; print(json.dumps(dict(a.split("=", 1) for a in sys.argv[1:])))' \
-    "date=$(date -u '+%Y-%m-%d %H:%M UTC')" "uname=$(uname -srm)" \
-    "cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)" "nproc=$(nproc)" \
-    "command=$COMMAND_LINE" "versions=$(versions)" "duration=$DURATION" "rounds=$ROUNDS" \
-    "workers=$WORKERS" "threads=$THREADS" "connections=$CONNECTIONS" >"$TMP/meta.json"
-python3 "$LIB" report "$RESULTS_TSV" "$TMP/meta.json"
+meta=("date=$(date -u '+%Y-%m-%d %H:%M UTC')" "uname=$(uname -srm)"
+    "cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)" "nproc=$(nproc)"
+    "command=$COMMAND_LINE" "versions=$(versions)" "duration=$DURATION" "rounds=$ROUNDS"
+    "workers=$WORKERS" "threads=$THREADS" "connections=$CONNECTIONS" "suite=$SUITE"
+    "rate_limit=$RATE_LIMIT" "posts=$API_POSTS" "bodies=$API_BODIES")
+if [[ $SUITE == api ]]; then
+    meta+=("ratio:${T_LABEL[0]}=target >= 10" "ratio:${T_LABEL[1]}=target >= 10"
+        "ratio:${T_LABEL[2]}=whole stack, not like for like: Express lists an in-memory array")
+fi
+python3 "$LIB" meta "${meta[@]}" >"$TMP/meta.json"
+python3 "$LIB" report "$RESULTS_TSV" "$TMP/meta.json" "$TMP/warmup.tsv"
