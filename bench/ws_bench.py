@@ -344,6 +344,8 @@ def room_worker(port, tokens, rid, duration, flood, q):
                         waiting = False
                 elif op == 1:
                     errors += 1
+                    if errors <= 2:
+                        sys.stderr.write("event: %s\n" % p[:120].decode(errors="replace"))
     for s, _ in socks:
         s.close()
     q.put({"delivered": delivered, "errors": errors, "sent": sent, "closes": closes})

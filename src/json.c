@@ -56,6 +56,8 @@ struct parser {
 
 int json_utf8_valid(const char *str, size_t len)
 {
+	if (len == 0)
+		return 1; /* also for str == NULL (no pointer arithmetic on NULL) */
 	const unsigned char *s = (const unsigned char *)str;
 	const unsigned char *end = s + len;
 

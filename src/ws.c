@@ -48,7 +48,7 @@
 #define WS_READS_PER_EVENT 4
 #define WS_QUEUE_MAX 4096 /* frames queued on one socket */
 #define WS_IOV_MAX 64
-#define WS_PARK_AFTER_MS 2000
+#define WS_PARK_AFTER_MS 2000 /* an idle socket's empty send ring is released after this */
 #define WS_AFTER_CLOSE_MAX 65536 /* bytes a client may send after our close before we hang up */
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -295,6 +295,7 @@ static int track_idle(const struct ws_track *t)
 
 static void conn_finish(struct ws_conn *c);
 static void conn_update_events(struct ws_conn *c);
+static void close_flushed(struct ws_conn *c);
 
 void ws_conn_ref(struct ws_conn *c)
 {
@@ -379,21 +380,34 @@ static void start_closing(struct ws_conn *c)
 	c->close_deadline_ms = now_ms() + c->srv->lim.close_timeout_ms;
 }
 
+/* Out of memory or an event error where the caller may be iterating over
+ * connections: never finish here; cut the socket and let the next sweep
+ * finish it (on_close then runs from the loop, not under the caller). */
+static void conn_doom(struct ws_conn *c)
+{
+	start_closing(c);
+	c->close_deadline_ms = 0;
+	if (c->fd >= 0)
+		shutdown(c->fd, SHUT_RDWR);
+}
+
 static void cb_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg, void *ud)
 {
 	struct ws_conn *c = ud;
 	(void)ctx;
+	/* wslay hands an empty message over as NULL. */
+	const char *msg = arg->msg_length ? (const char *)arg->msg : "";
 	switch (arg->opcode) {
 	case WSLAY_TEXT_FRAME:
 		if (c->state != C_OPEN)
 			return;
 		/* wslay checks UTF-8 as the frames arrive; this keeps the promise
 		 * of ws.h whatever the library version does. */
-		if (!json_utf8_valid((const char *)arg->msg, arg->msg_length)) {
+		if (!json_utf8_valid(msg, arg->msg_length)) {
 			ws_close(c, WS_INVALID_PAYLOAD, "invalid utf-8");
 			return;
 		}
-		c->srv->h.on_text(c, (const char *)arg->msg, arg->msg_length);
+		c->srv->h.on_text(c, msg, arg->msg_length);
 		return;
 	case WSLAY_BINARY_FRAME:
 		ws_close(c, WS_UNSUPPORTED_DATA, "binary messages are not supported");
@@ -484,8 +498,17 @@ static void conn_feed(struct ws_conn *c, const unsigned char *p, size_t n)
 		start_closing(c);
 	}
 	check_backlog(c);
+	if (c->state == C_OPEN && track_idle(&c->trk)) {
+		/* Between messages wslay holds nothing we need: release its ~9 KiB
+		 * now (the next byte rebuilds it), so memory follows the sockets
+		 * that are mid-message, not the open ones. */
+		wslay_event_context_free(c->wslay);
+		c->wslay = NULL;
+	}
 	if (c->qcount)
 		mark_dirty(c);
+	else if (c->state == C_CLOSING && c->close_queued)
+		close_flushed(c); /* our close is out and the client's just came in */
 }
 
 static void conn_read(struct ws_conn *c)
@@ -608,7 +631,7 @@ static void conn_update_events(struct ws_conn *c)
 	    event_add(&c->ev, NULL) == 0)
 		c->ev_flags = (uint8_t)want;
 	else
-		conn_finish(c);
+		conn_doom(c);
 }
 
 static void conn_finish(struct ws_conn *c)
@@ -661,7 +684,9 @@ int ws_send_frame(struct ws_conn *c, struct ws_frame *f)
 	struct ws_server *s = c->srv;
 	if (c->state != C_OPEN)
 		return -1;
-	if (c->qcount && (c->qbytes + f->len > s->lim.max_backlog || c->qcount >= WS_QUEUE_MAX)) {
+	/* The bound applies to what is already waiting, so one large frame
+	 * (a full recent_messages) never trips it on a healthy socket. */
+	if (c->qcount && (c->qbytes > s->lim.max_backlog || c->qcount >= WS_QUEUE_MAX)) {
 		s->stats.closed_backlog++;
 		ws_close(c, WS_TRY_AGAIN_LATER, "backlog too large");
 		return -1;
@@ -704,7 +729,7 @@ void ws_close(struct ws_conn *c, uint16_t code, const char *reason)
 	struct ws_frame *f = frame_build(0x8, body, rl + 2);
 	if (!f || queue_push(c, f) < 0) {
 		ws_frame_unref(f);
-		conn_finish(c);
+		conn_doom(c);
 		return;
 	}
 	ws_frame_unref(f);
@@ -928,11 +953,6 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 		if (quiet >= s->lim.ping_idle_ms && now - c->last_ping_ms >= s->lim.ping_idle_ms) {
 			c->last_ping_ms = now;
 			send_ping(c);
-		}
-		if (c->wslay && quiet >= WS_PARK_AFTER_MS && track_idle(&c->trk) && !c->paused &&
-		    !wslay_event_want_write(c->wslay)) {
-			wslay_event_context_free(c->wslay);
-			c->wslay = NULL;
 		}
 		if (c->q && !c->qcount && now - c->last_tx_ms >= WS_PARK_AFTER_MS) {
 			free(c->q);

@@ -9,8 +9,9 @@
  * which is what makes a room broadcast cheap. wslay's own control frames
  * (pong, close) are written into the same ordered queue.
  *
- * Every queue is bounded: a socket whose unsent backlog passes
- * ws_limits.max_backlog is closed with 1013 (its backlog dropped); idle
+ * Every queue is bounded: a socket whose unsent backlog already exceeds
+ * ws_limits.max_backlog when another frame comes is closed with 1013 (its
+ * backlog dropped), so a socket holds at most the bound plus one frame; idle
  * sockets are pinged; silent ones closed; a connection that does not finish
  * its close handshake is dropped after close_timeout_ms. An idle socket
  * keeps no wslay context (it is rebuilt on the next byte), so an idle
@@ -130,8 +131,9 @@ void ws_conn_pause(struct ws_conn *c, int pause);
 /* Build a text frame for payload (copied). refs = 1. NULL on failure. */
 struct ws_frame *ws_frame_text(const char *payload, size_t len);
 void ws_frame_unref(struct ws_frame *f);
-/* Queue f on c (takes its own reference). Past the backlog bound the
- * socket is closed with 1013 and -1 returned; -1 also when closing. */
+/* Queue f on c (takes its own reference). When the unsent backlog already
+ * exceeds the bound the socket is closed with 1013 and -1 returned; -1
+ * also when closing. */
 int ws_send_frame(struct ws_conn *c, struct ws_frame *f);
 /* Convenience: frame payload and queue it. 0 or -1. */
 int ws_send_text(struct ws_conn *c, const char *payload, size_t len);

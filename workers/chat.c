@@ -741,15 +741,23 @@ static void message_stored(struct chat_op *o, struct ws_conn *c, enum store_err 
 		return;
 	}
 	/* Stored: it goes out even if the sender has left meanwhile. */
-	bson_oid_t mid;
-	int has_mid = api_doc_oid(o->op.result, "_id", &mid) == 0;
+	if (chat_publish_message(o->op.result) < 0 && !ws_conn_closing(c))
+		send_error(c, "message stored but not delivered, server busy");
+}
+
+int chat_publish_message(const bson_t *msg)
+{
+	bson_oid_t room, mid;
+	if (!g.bus || api_doc_oid(msg, "room", &room) < 0)
+		return -1;
+	int has_mid = api_doc_oid(msg, "_id", &mid) == 0;
 	yajl_gen gn = gen_begin("new_message");
-	gen_message(gn, o->op.result);
+	gen_message(gn, msg);
 	const char *buf;
 	size_t len;
-	if (gen_end(&buf, &len) == 0 && publish(&o->room, has_mid ? &mid : NULL, 0, buf, len) < 0 &&
-	    !ws_conn_closing(c))
-		send_error(c, "message stored but not delivered, server busy");
+	if (gen_end(&buf, &len) < 0)
+		return -1;
+	return publish(&room, has_mid ? &mid : NULL, 0, buf, len);
 }
 
 static void do_send(struct ws_conn *c, const struct chat_cmd *cmd)

@@ -5,6 +5,8 @@
 
 #include "app.h"
 
+#include <bson/bson.h>
+
 int health_routes(struct app *app);
 /* POST /api/auth/register and /api/auth/login (auth_routes.c). */
 int auth_routes(struct app *app);
@@ -37,6 +39,11 @@ int chat_routes(struct app *app);
 int chat_start(struct worker *w);
 void chat_drain(void (*done)(void *ud), void *ud);
 void chat_stop(void);
+/* Broadcast a stored message document (messages collection, as returned
+ * by the store) as new_message to every member socket in every worker, as
+ * the WebSocket send_message does; for other writers such as POST
+ * /api/rooms/:id/messages. 0, or -1 when the chat is down or the bus full. */
+int chat_publish_message(const bson_t *msg);
 /* Test-only routes; mounted only with RESIL_TEST_HOOKS=1 outside production. */
 struct resil_config;
 int testhooks_routes(struct app *app, const struct resil_config *cfg);

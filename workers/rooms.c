@@ -473,6 +473,9 @@ static void message_stored(struct api_call *c, enum store_err err)
 		return;
 	}
 	gen_message(g, c->op.result);
+	/* Stored first, then broadcast: WebSocket members see REST-posted
+	 * messages too (best effort: a full bus is logged by the chat). */
+	chat_publish_message(c->op.result);
 	app_send_gen(req, 201);
 }
 

@@ -1,0 +1,109 @@
+/* fuzz_ws.c - libFuzzer target for the WebSocket input path: bytes from a
+ * client through src/ws.c (frame tracker, wslay, close handling, queues)
+ * into the chat's event handling (workers/chat.c), and the chat's message
+ * parser on its own.
+ *
+ *   make fuzz && ./tests/fuzz_ws -max_total_time=20
+ *
+ * The first input byte picks the mode: even - the rest is one chat message
+ * for chat_parse(); odd - the rest is the byte stream a client sends after
+ * the handshake, written into one end of a socketpair whose other end a
+ * real ws_server serves with the chat's handlers. The socket is already a
+ * member of a room, so typing events travel the (loopback) bus and come
+ * back as broadcast frames; store calls fail fast (there is no store) and
+ * answer with error events. Built with clang -fsanitize=fuzzer,address.
+ */
+#include "../workers/chat.c" /* the chat's static parser and handlers */
+
+#include <event2/event.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+static struct event_base *fz_base;
+static const bson_oid_t fz_room = {{0x65, 0x00, 0x00, 0x01, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x00, 0x00, 0x01}};
+
+static void fz_init(void)
+{
+	log_set_level(LOG_LVL_ERROR);
+	fz_base = event_base_new();
+	g.gen = yajl_gen_alloc(NULL);
+	struct ws_limits lim = {.max_backlog = 64 * 1024, .close_timeout_ms = 100};
+	struct ws_handlers h = {.on_text = on_text, .on_close = on_close, .on_count = on_count};
+	g.ws = ws_server_new(fz_base, &lim, &h);
+	g.bus = bus_open(fz_base, -1, chat_deliver, NULL);
+	g.pid_tag = (uint64_t)1 << 32;
+	if (!fz_base || !g.gen || !g.ws || !g.bus)
+		abort();
+}
+
+static void fz_drain_client(int fd)
+{
+	char buf[65536];
+	while (read(fd, buf, sizeof(buf)) > 0)
+		;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (!fz_base)
+		fz_init();
+	if (size < 1)
+		return 0;
+	const char *p = (const char *)data + 1;
+	size_t n = size - 1;
+	if (!(data[0] & 1)) {
+		struct chat_cmd cmd;
+		chat_parse(p, n, &cmd);
+		chat_cmd_free(&cmd);
+		return 0;
+	}
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0)
+		return 0;
+	struct ws_conn *c = ws_conn_new(g.ws, sv[0], sizeof(struct chat_sock));
+	if (!c) {
+		close(sv[1]);
+		return 0;
+	}
+	struct upgrade u = {.username = "fuzzer"};
+	u.user.bytes[11] = 1;
+	sock_init(c, &u);
+	struct room_member *m = member_add(ws_conn_app(c), &fz_room);
+	if (m) {
+		struct room_member *again = member_add(ws_conn_app(c), &fz_room);
+		if (again != m)
+			abort(); /* joining twice must not add a second entry */
+	}
+	ws_conn_start(c, NULL, 0);
+	size_t off = 0;
+	for (int turn = 0; turn < 2000 && ws_server_count(g.ws) > 0; turn++) {
+		if (off < n) {
+			ssize_t w = write(sv[1], p + off, n - off);
+			if (w > 0)
+				off += (size_t)w;
+			if (off == n)
+				shutdown(sv[1], SHUT_WR); /* end of stream: the client is done */
+		}
+		fz_drain_client(sv[1]);
+		event_base_loop(fz_base, EVLOOP_NONBLOCK);
+	}
+	if (off < n || n == 0)
+		shutdown(sv[1], SHUT_WR);
+	close(sv[1]);
+	/* Whatever is left (a close handshake in progress): end it now. */
+	for (int turn = 0; turn < 100 && ws_server_count(g.ws) > 0; turn++)
+		event_base_loop(fz_base, EVLOOP_NONBLOCK);
+	if (ws_server_count(g.ws) > 0 || g.nrooms) {
+		ws_server_free(g.ws);
+		struct ws_limits lim = {.max_backlog = 64 * 1024, .close_timeout_ms = 100};
+		struct ws_handlers h = {.on_text = on_text, .on_close = on_close, .on_count = on_count};
+		g.ws = ws_server_new(fz_base, &lim, &h);
+		if (!g.ws || g.nrooms)
+			abort(); /* every socket left its rooms when it closed */
+	}
+	/* Deliver what the loopback bus still holds (no member is left). */
+	event_base_loop(fz_base, EVLOOP_NONBLOCK);
+	return 0;
+}
