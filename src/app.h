@@ -47,6 +47,7 @@ struct app_ctx {
 	char email[256];
 	char role[16];
 	int authenticated;
+	const void *auth_doc; /* authenticated user's document (authmw.c) */
 	void *user_data;     /* free-form slot for handlers */
 };
 

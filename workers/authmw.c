@@ -43,8 +43,22 @@ struct cached_user {
 	int active;
 	uint64_t at_ms;
 	int generation;
+	bson_t *doc; /* the stored user document (owned), for GET /api/users/me */
 };
 static struct cached_user user_cache[USER_CACHE_SIZE];
+
+static void cache_clear(void)
+{
+	for (int i = 0; i < USER_CACHE_SIZE; i++)
+		if (user_cache[i].doc)
+			bson_destroy(user_cache[i].doc);
+	memset(user_cache, 0, sizeof(user_cache));
+}
+
+void authmw_shutdown(void)
+{
+	cache_clear();
+}
 
 static struct scoreboard *sb(void)
 {
@@ -63,7 +77,7 @@ void authmw_users_changed(void)
 	struct scoreboard *s = sb();
 	if (s)
 		atomic_fetch_add_explicit(&s->hdr.users_generation, 1, memory_order_acq_rel);
-	memset(user_cache, 0, sizeof(user_cache));
+	cache_clear();
 }
 
 void authmw_init(struct ratelimit *rl, const struct resil_config *cfg)
@@ -104,6 +118,7 @@ static unsigned cache_slot(const char *id)
 
 static void set_ctx(struct app_ctx *ctx, const struct cached_user *u)
 {
+	ctx->auth_doc = u->doc; /* valid until the chain next yields (see authmw.h) */
 	snprintf(ctx->user_id, sizeof(ctx->user_id), "%s", u->id);
 	snprintf(ctx->username, sizeof(ctx->username), "%s", u->username);
 	snprintf(ctx->email, sizeof(ctx->email), "%s", u->email);
@@ -135,8 +150,12 @@ static void user_loaded(struct api_call *c, enum store_err err)
 	u.active = 1;
 	u.at_ms = now_ms();
 	u.generation = (int)c->n;
-	user_cache[cache_slot(u.id)] = u;
-	set_ctx(app_ctx(req), &u);
+	u.doc = bson_copy(c->op.result);
+	struct cached_user *slot = &user_cache[cache_slot(u.id)];
+	if (slot->doc)
+		bson_destroy(slot->doc);
+	*slot = u;
+	set_ctx(app_ctx(req), slot);
 	app_next(req);
 }
 
@@ -186,6 +205,12 @@ int mw_auth(struct http_request *req)
 	}
 	c->n = gen;
 	return api_call_submit(c);
+}
+
+const bson_t *authmw_user_doc(struct http_request *req)
+{
+	struct app_ctx *ctx = app_ctx(req);
+	return ctx->authenticated ? ctx->auth_doc : NULL;
 }
 
 int mw_admin(struct http_request *req)

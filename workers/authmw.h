@@ -15,6 +15,8 @@
 #include "app.h"
 #include "auth.h"
 
+#include <bson/bson.h>
+
 struct ratelimit;
 struct resil_config;
 
@@ -33,6 +35,13 @@ void authmw_login_failed(const char *email);
 void authmw_login_succeeded(const char *email);
 /* Invalidate cached user lookups in every worker (after a user write). */
 void authmw_users_changed(void);
+/* The authenticated user's stored document as mw_auth found it (a cache
+ * entry at most a few seconds old, dropped on any user write), or NULL.
+ * Valid only synchronously in the handler that directly follows mw_auth:
+ * the cache entry may be replaced once the loop runs other requests. */
+const bson_t *authmw_user_doc(struct http_request *req);
+/* Free the user cache (worker exit). */
+void authmw_shutdown(void);
 /* The shared limiter (NULL without a supervisor). */
 struct ratelimit *authmw_limiter(void);
 

@@ -51,5 +51,6 @@ void routes_stop(struct worker *w)
 	patients_stop(); /* answers syncs waiting on the external API */
 	posts_stop();
 	api_close_store();
+	authmw_shutdown();
 	chat_stop(); /* after the store: its last callbacks may still broadcast */
 }
