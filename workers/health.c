@@ -100,8 +100,12 @@ static int health(struct http_request *req)
 	struct worker *w = worker_current();
 	struct store *st = api_store();
 	int db_ok = st && store_db_state(st);
-	int healthy = w->ready && !w->draining && db_ok;
-	int total = 1, ready = healthy;
+	/* /health describes the service, not this process: a worker that is
+	 * draining (reload, scale down) still answers "healthy" while the
+	 * database is up and workers serve; /health/ready is the per-process
+	 * readiness probe and turns 503 while draining. */
+	int serving = w->ready && !w->draining;
+	int total = 1, ready = serving;
 	if (w->sb) {
 		/* Aggregate over every worker of this resild. */
 		total = atomic_load(&w->sb->hdr.workers_target);
@@ -109,6 +113,7 @@ static int health(struct http_request *req)
 		if (ready > total)
 			ready = total; /* old and new generation both up mid-reload */
 	}
+	int healthy = db_ok && (ready > 0 || serving);
 	struct hbuf h;
 	h.n = 0;
 	char ts[24];
