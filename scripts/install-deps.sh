@@ -9,7 +9,7 @@ libsqlite3-dev zlib1g-dev libwslay-dev node-llhttp nettle-dev
 python3 curl procps"
 # Extra tools for the test suite (valgrind step, WebSocket client).
 if [ "${1:-}" = "--test" ]; then
-	PKGS="$PKGS valgrind python3-websockets"
+	PKGS="$PKGS valgrind python3-websockets clang libclang-rt-14-dev wrk"
 fi
 
 missing=""
