@@ -281,7 +281,10 @@ int config_parse_rate(const char *s, int64_t *max, int64_t *window_ms)
 	const char *e;
 	int64_t n, w;
 
-	if (parse_uint(s, &e, &n) || n < 1 || *e != '/' || config_parse_duration_ms(e + 1, &w))
+	/* Bounds of the shared limiter's table entries (src/ratelimit.h:
+	 * RL_LIMIT_MAX, RL_WINDOW_MAX_MS): larger values would be clamped there. */
+	if (parse_uint(s, &e, &n) || n < 1 || n > 1048575 || *e != '/' || config_parse_duration_ms(e + 1, &w) ||
+	    w > 4294967295LL)
 		return -1;
 	*max = n;
 	*window_ms = w;
@@ -525,7 +528,7 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 		return 0;
 	case KT_RATE:
 		if (config_parse_rate(v, &n, &w))
-			return errf(err, errlen, "%s: invalid rate \"%s\" (expected N/WINDOW with N >= 1, e.g. 100/15m)",
+			return errf(err, errlen, "%s: invalid rate \"%s\" (expected N/WINDOW with 1 <= N <= 1048575 and WINDOW up to 49d, e.g. 100/15m)",
 				    who, show(v, &q));
 		c->rate_limit_max = n;
 		c->rate_limit_window_ms = w;

@@ -608,6 +608,8 @@ START_TEST(test_rate_parser_requires_count_and_window)
 	ck_assert_int_eq(config_parse_rate("100/0s", &n, &w), -1);
 	ck_assert_int_eq(config_parse_rate("100 / 15m", &n, &w), -1);
 	ck_assert_int_eq(config_parse_rate("99999999999999999999/1s", &n, &w), -1);
+	ck_assert_int_eq(config_parse_rate("1048576/1s", &n, &w), -1); /* above the limiter's maximum */
+	ck_assert_int_eq(config_parse_rate("100/50d", &n, &w), -1);     /* window over ~49.7 days */
 	ck_assert_int_eq(config_parse_rate("1/9223372036854775807s", &n, &w), -1);
 	ck_assert_int_eq(n, 3);
 	ck_assert_int_eq(w, 3);
