@@ -115,6 +115,9 @@ def new_patient(srv, token, **fields):
     body = {k: v for k, v in body.items() if v is not None}
     st, _, doc = call(srv, "POST", "/api/patients", body, token)
     assert st == 201, (st, doc)
+    # Newest first orders by createdAt (ms): patients made in the same
+    # millisecond by different workers tie (see README "API notes").
+    time.sleep(0.003)
     return doc["data"]
 
 

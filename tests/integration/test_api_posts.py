@@ -164,6 +164,9 @@ class Env:
             body["category"] = category
         st, _, doc = call(self.srv, "POST", "/api/posts", body, token)
         assert st == 201, (st, doc)
+        # Newest first orders by createdAt (ms): posts made in the same
+        # millisecond by different workers tie (see README "API notes").
+        time.sleep(0.003)
         return doc["data"]
 
     def close(self):
