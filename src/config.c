@@ -51,7 +51,7 @@ enum key_type {
 enum key_id {
 	K_LISTEN, K_WORKERS, K_DB, K_CONTROL, K_ENV, K_JWT_SECRET, K_JWT_EXPIRE, K_LOG_LEVEL,
 	K_LOG_FORMAT, K_LOG_FILE, K_CORS_ORIGINS, K_RATE_LIMIT, K_BODY_LIMIT, K_SHUTDOWN_TIMEOUT,
-	K_WORKER_TIMEOUT, K_MAX_MEMORY, K_EXT_URL, K_EXT_KEY, K_EXT_TIMEOUT, K_MAX_CONNECTIONS,
+	K_WORKER_TIMEOUT, K_MAX_MEMORY, K_EXT_URL, K_EXT_KEY, K_EXT_TIMEOUT, K_MAX_CONNECTIONS, K_WS_MESSAGE_RATE,
 	K_KEEPALIVE_TIMEOUT, K_HEADER_TIMEOUT, K_REQUEST_TIMEOUT, K_LISTEN_TIMEOUT, K_DB_POOL_SIZE,
 	K_JOB_THREADS, K_USER, K_GROUP, K_COUNT
 };
@@ -122,6 +122,10 @@ static const struct key_def keys[K_COUNT] = {
 	[K_MAX_CONNECTIONS] = {"max_connections", "RESIL_MAX_CONNECTIONS", KT_INT, FIELD(max_connections),
 			       .min = 1, .max = 1000000, .def = "10000",
 			       .help = "open connections per worker; beyond it new ones get 503"},
+	[K_WS_MESSAGE_RATE] = {"ws_message_rate", "RESIL_WS_MESSAGE_RATE", KT_INT, FIELD(ws_message_rate),
+			       .min = 1, .max = 1000000, .def = "50",
+			       .help = "chat events per second one WebSocket may send (bursts of 4 s worth); "
+				       "beyond: an error event, then close 1008"},
 	[K_KEEPALIVE_TIMEOUT] = {"keepalive_timeout", "RESIL_KEEPALIVE_TIMEOUT", KT_DURATION,
 				 FIELD(keepalive_timeout_ms), .def = "5s",
 				 .help = "idle time after which a keep-alive connection is closed"},

@@ -48,6 +48,7 @@ struct resil_config {
 	int64_t external_api_timeout_ms;
 	/* Not in the SPEC table; documented in resild.conf(5). */
 	int64_t max_connections;      /* per worker, beyond: 503 */
+	int64_t ws_message_rate;      /* chat events/s per WebSocket */
 	int64_t keepalive_timeout_ms; /* idle keep-alive connection */
 	int64_t header_timeout_ms;    /* slowloris: 10 s */
 	int64_t request_timeout_ms;   /* request deadline: 30 s */

@@ -32,6 +32,8 @@ static void fz_init(void)
 	g.ws = ws_server_new(fz_base, &lim, &h);
 	g.bus = bus_open(fz_base, -1, chat_deliver, NULL);
 	g.pid_tag = (uint64_t)1 << 32;
+	g.rate = 50.0; /* the default ws_message_rate */
+	g.burst = g.rate * CHAT_BURST_S;
 	if (!fz_base || !g.gen || !g.ws || !g.bus)
 		abort();
 }

@@ -381,6 +381,8 @@ START_TEST(test_every_value_kind_is_validated)
 		{"external_api_key = \"a b\"", "external_api_key"},
 		{"external_api_timeout = 5x", "external_api_timeout"},
 		{"max_connections = 0", "max_connections"},
+		{"ws_message_rate = 0", "ws_message_rate"},
+		{"ws_message_rate = 1000001", "ws_message_rate"},
 		{"keepalive_timeout = -5s", "keepalive_timeout"},
 		{"header_timeout = 1.5s", "header_timeout"},
 		{"request_timeout = 99999999999999999999", "request_timeout"},
@@ -730,7 +732,7 @@ static const char *const env_names[] = {
 	"RESIL_JWT_EXPIRE", "RESIL_LOG_LEVEL", "RESIL_LOG_FORMAT", "RESIL_LOG_FILE", "RESIL_CORS_ORIGINS",
 	"RESIL_RATE_LIMIT", "RESIL_BODY_LIMIT", "RESIL_SHUTDOWN_TIMEOUT", "RESIL_WORKER_TIMEOUT",
 	"RESIL_MAX_MEMORY", "RESIL_EXTERNAL_API_URL", "RESIL_EXTERNAL_API_KEY", "RESIL_EXTERNAL_API_TIMEOUT",
-	"RESIL_MAX_CONNECTIONS", "RESIL_KEEPALIVE_TIMEOUT", "RESIL_HEADER_TIMEOUT", "RESIL_REQUEST_TIMEOUT",
+	"RESIL_MAX_CONNECTIONS", "RESIL_WS_MESSAGE_RATE", "RESIL_KEEPALIVE_TIMEOUT", "RESIL_HEADER_TIMEOUT", "RESIL_REQUEST_TIMEOUT",
 	"RESIL_LISTEN_TIMEOUT", "RESIL_DB_POOL_SIZE", "RESIL_JOB_THREADS", "RESIL_USER", "RESIL_GROUP",
 };
 #define NKEYS (sizeof env_names / sizeof env_names[0])

@@ -44,9 +44,8 @@
 #define CHAT_ROOMS_PER_SOCKET 64
 #define CHAT_PENDING_PAUSE 32      /* queued events before the socket stops being read */
 #define CHAT_PENDING_MAX 512       /* beyond: the event is refused */
-#define CHAT_RATE_PER_S 50.0       /* messages per second per socket */
-#define CHAT_RATE_BURST 200.0
-#define CHAT_ABUSE_BURST 200.0     /* refused messages (refilled at the rate) before 1008 */
+#define CHAT_BURST_S 4.0           /* token bucket: ws_message_rate events/s, 4 s worth of burst; */
+				   /* as many refused events (refilled at the rate) before 1008 */
 #define CHAT_JOIN_HOLD 128         /* live frames held while a join loads history */
 #define CHAT_OP_TIMEOUT_MS 10000
 #define CHAT_JSON_DEPTH 16
@@ -132,6 +131,7 @@ struct chat {
 	uint64_t pid_tag;
 	struct sb_entry *sbe;
 	const struct resil_config *cfg;
+	double rate, burst; /* ws_message_rate, CHAT_BURST_S of it */
 };
 
 static struct chat g;
@@ -869,12 +869,12 @@ static int rate_allow(struct ws_conn *c, struct chat_sock *cs)
 	uint64_t now = now_ms();
 	double dt = (double)(now - cs->bucket_ms) / 1000.0;
 	cs->bucket_ms = now;
-	cs->tokens += dt * CHAT_RATE_PER_S;
-	if (cs->tokens > CHAT_RATE_BURST)
-		cs->tokens = CHAT_RATE_BURST;
-	cs->abuse += dt * CHAT_RATE_PER_S;
-	if (cs->abuse > CHAT_ABUSE_BURST)
-		cs->abuse = CHAT_ABUSE_BURST;
+	cs->tokens += dt * g.rate;
+	if (cs->tokens > g.burst)
+		cs->tokens = g.burst;
+	cs->abuse += dt * g.rate;
+	if (cs->abuse > g.burst)
+		cs->abuse = g.burst;
 	if (cs->tokens >= 1.0) {
 		cs->tokens -= 1.0;
 		cs->limited = 0;
@@ -959,8 +959,8 @@ static void sock_init(struct ws_conn *c, void *arg)
 	store_id_format(&u->user, cs->user_hex);
 	snprintf(cs->username, sizeof(cs->username), "%s", u->username ? u->username : "");
 	cs->tag = g.pid_tag | ++g.serial;
-	cs->tokens = CHAT_RATE_BURST;
-	cs->abuse = CHAT_ABUSE_BURST;
+	cs->tokens = g.burst;
+	cs->abuse = g.burst;
 	cs->bucket_ms = now_ms();
 }
 
@@ -1065,6 +1065,8 @@ int chat_start(struct worker *w)
 {
 	memset(&g, 0, sizeof(g));
 	g.cfg = w->cfg;
+	g.rate = (double)w->cfg->ws_message_rate;
+	g.burst = g.rate * CHAT_BURST_S;
 	g.sbe = w->sbe;
 	g.pid_tag = (uint64_t)(uint32_t)getpid() << 32;
 	g.gen = yajl_gen_alloc(NULL);

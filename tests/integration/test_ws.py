@@ -485,6 +485,40 @@ def test_bad_input_gets_error_events_and_the_socket_stays_open():
     asyncio.run(run())
 
 
+def test_message_rate_is_configurable_error_then_1008():
+    # ws_message_rate = 2: a bucket of 8 events (4 s worth), then an error
+    # event, then 8 more refused events close the socket with 1008.
+    srv = Server(workers=1, env={"RESIL_WS_MESSAGE_RATE": "2"})
+    srv.start()
+    try:
+        u = Api(srv).user("r")
+
+        async def run():
+            async with websockets.connect(ws_url(srv, u), max_size=2 ** 20) as ws:
+                for _ in range(8):
+                    await ws.send("{}")
+                    e = await recv_event(ws)
+                    assert e["data"]["message"] == "event name required", e
+                await ws.send("{}")
+                e = await recv_event(ws)
+                assert e == {"event": "error", "data": {"message": "rate limited"}}, e
+                try:
+                    for _ in range(20):
+                        await ws.send("{}")
+                    await asyncio.wait_for(ws.recv(), 5)
+                    raise AssertionError("still open")
+                except ConnectionClosed as e:
+                    assert close_code(e) == 1008, e
+
+        asyncio.run(run())
+    finally:
+        logs = srv.logs()
+        srv.stop()
+        srv.cleanup()
+    for m in SAN_MARKERS:
+        assert m not in logs, logs[-3000:]
+
+
 def test_message_over_64_kib_closes_with_1009():
     srv = server()
 
@@ -891,6 +925,7 @@ if __name__ == "__main__":
             test_bad_or_missing_token_is_401_without_upgrade,
             test_upgrade_headers_are_checked_after_the_token,
             test_bad_input_gets_error_events_and_the_socket_stays_open,
+            test_message_rate_is_configurable_error_then_1008,
             test_message_over_64_kib_closes_with_1009,
             test_protocol_violations_close_with_their_codes,
             test_client_ping_gets_pong,
