@@ -55,7 +55,7 @@ class Resild:
         env.update({"RESIL_LISTEN": "127.0.0.1:%d" % self.port, "RESIL_WORKERS": str(workers),
                     "RESIL_DB": "sqlite:%s/bench.db" % self.dir, "RESIL_CONTROL": self.dir + "/ctl.sock",
                     "RESIL_LOG_LEVEL": "warn", "RESIL_LOG_FORMAT": "json", "RESIL_RATE_LIMIT": "1000000/1s",
-                    "RESIL_MAX_CONNECTIONS": "20000"})
+                    "RESIL_MAX_CONNECTIONS": "20000", "RESIL_WS_MESSAGE_RATE": "1000000"})
         self.log = open(self.dir + "/stderr.log", "wb")
         self.proc = subprocess.Popen([self.bin, "--foreground"], env=env, cwd=self.dir, stdout=self.log,
                                      stderr=self.log, stdin=subprocess.DEVNULL)

@@ -451,13 +451,13 @@ enum store_err store_doc_apply_update(const bson_t *old, const struct store_op *
 }
 
 /* The stored form of an insert: _id, the caller's fields, timestamps. */
-static enum store_err build_insert(struct store_op *op, int64_t now_ms)
+static bson_t *stored_form(const bson_oid_t *id, const bson_t *fields, int64_t now_ms)
 {
 	bson_iter_t it;
 	bson_t *d = bson_new();
-	bool ok = bson_append_oid(d, "_id", -1, &op->id);
+	bool ok = bson_append_oid(d, "_id", -1, id);
 
-	if (ok && bson_iter_init(&it, op->doc))
+	if (ok && bson_iter_init(&it, fields))
 		while (ok && bson_iter_next(&it))
 			if (!store_key_protected(bson_iter_key(&it)))
 				ok = bson_append_iter(d, bson_iter_key(&it), -1, &it);
@@ -465,9 +465,31 @@ static enum store_err build_insert(struct store_op *op, int64_t now_ms)
 	     bson_append_date_time(d, "updatedAt", -1, now_ms);
 	if (!ok) {
 		bson_destroy(d);
-		return STORE_INTERNAL;
+		return NULL;
 	}
-	op->result = d;
+	return d;
+}
+
+static enum store_err build_insert(struct store_op *op, int64_t now_ms)
+{
+	op->result = stored_form(&op->id, op->doc, now_ms);
+	return op->result ? STORE_OK : STORE_INTERNAL;
+}
+
+/* INSERT_MANY: docs[i] is the stored form of batch[i]; count = how many of
+ * them the backend has stored so far (it resumes there on a retry). */
+static enum store_err build_insert_many(struct store_op *op, int64_t now_ms)
+{
+	op->docs = calloc(op->nbatch, sizeof *op->docs);
+	if (!op->docs)
+		return STORE_INTERNAL;
+	for (size_t i = 0; i < op->nbatch; i++) {
+		op->docs[i] = stored_form(&op->batch_ids[i], op->batch[i], now_ms);
+		if (!op->docs[i])
+			return STORE_INTERNAL;
+		op->ndocs = i + 1;
+	}
+	op->count = 0;
 	return STORE_OK;
 }
 
@@ -480,6 +502,14 @@ static bool doc_valid(const bson_t *doc)
 	return bson_validate(
 	    doc, BSON_VALIDATE_UTF8 | BSON_VALIDATE_DOLLAR_KEYS | BSON_VALIDATE_DOT_KEYS | BSON_VALIDATE_EMPTY_KEYS,
 	    &off);
+}
+
+static bool batch_valid(const struct store_op *op)
+{
+	for (size_t i = 0; i < op->nbatch; i++)
+		if (!doc_valid(op->batch[i]))
+			return false;
+	return true;
 }
 
 /* ---- op lifecycle ------------------------------------------------------- */
@@ -551,6 +581,13 @@ void store_op_clear(struct store_op *op)
 	if (op->doc)
 		bson_destroy(op->doc);
 	op->doc = NULL;
+	for (size_t i = 0; i < op->nbatch; i++)
+		bson_destroy(op->batch[i]);
+	free(op->batch);
+	op->batch = NULL;
+	op->nbatch = 0;
+	free(op->batch_ids);
+	op->batch_ids = NULL;
 	store_filter_clear(&op->filter);
 	value_free(&op->push_value);
 	op->push_field[0] = '\0';
@@ -578,6 +615,13 @@ static bool op_valid(const struct store_op *op)
 		return false;
 	switch (op->kind) {
 	case STORE_OP_INSERT: return op->doc != NULL;
+	case STORE_OP_INSERT_MANY:
+		if (!op->batch || !op->nbatch || op->nbatch > STORE_BATCH_MAX)
+			return false;
+		for (size_t i = 0; i < op->nbatch; i++)
+			if (!op->batch[i])
+				return false;
+		return true;
 	case STORE_OP_UPDATE_BY_ID:
 		if (op->push_field[0] &&
 		    (!field_ok(op->push_field) || op->push_value.type < STORE_V_STR ||
@@ -636,12 +680,15 @@ static enum store_err run(struct store *st, void *conn, struct store_op *op)
 		}
 	}
 	if ((op->kind == STORE_OP_INSERT && !doc_valid(op->doc)) ||
-	    (op->kind == STORE_OP_UPDATE_BY_ID && op->doc && !doc_valid(op->doc))) {
+	    (op->kind == STORE_OP_UPDATE_BY_ID && op->doc && !doc_valid(op->doc)) ||
+	    (op->kind == STORE_OP_INSERT_MANY && !batch_valid(op))) {
 		log_error(NULL, "store: document with invalid keys or UTF-8 refused",
 		          LF_STR("collection", store_coll_name(op->coll)));
 		err = STORE_INTERNAL;
 	} else if (op->kind == STORE_OP_INSERT) {
 		err = build_insert(op, call.now_ms);
+	} else if (op->kind == STORE_OP_INSERT_MANY) {
+		err = build_insert_many(op, call.now_ms);
 	}
 	for (call.attempt = 1; err == STORE_OK; call.attempt++) {
 		uint64_t delay;
@@ -672,7 +719,14 @@ static enum store_err run(struct store *st, void *conn, struct store_op *op)
 	}
 	if (err == STORE_OK && op->deadline_ms && jobs_now_ms() >= op->deadline_ms)
 		err = STORE_TIMEOUT; /* too late: the caller has given up */
-	if (err != STORE_OK) {
+	if (err != STORE_OK && op->kind == STORE_OP_INSERT_MANY) {
+		/* Keep what was stored; the caller reports err for the rest. */
+		size_t kept = (size_t)op->count;
+
+		for (size_t i = kept; i < op->ndocs; i++)
+			bson_destroy(op->docs[i]);
+		op->ndocs = kept;
+	} else if (err != STORE_OK) {
 		char keep[STORE_FIELD_MAX];
 
 		memcpy(keep, op->dup_field, sizeof keep);
@@ -750,6 +804,20 @@ static void answer_later(struct store *st, struct store_op *op, enum store_err e
 	event_active(st->imm_ev, EV_TIMEOUT, 0);
 }
 
+/* One ObjectId per batch document, made on the loop thread with the
+ * store's context, so ids keep their order within and across batches. */
+static int assign_batch_ids(struct store *st, struct store_op *op)
+{
+	bson_oid_t *ids = realloc(op->batch_ids, op->nbatch * sizeof *ids);
+
+	if (!ids)
+		return -1;
+	op->batch_ids = ids;
+	for (size_t i = 0; i < op->nbatch; i++)
+		bson_oid_init(&ids[i], st->oidctx);
+	return 0;
+}
+
 int store_submit(struct store *st, struct store_op *op)
 {
 	if (!st || !op || op->priv.busy || !op->done || !op_valid(op)) {
@@ -760,6 +828,8 @@ int store_submit(struct store *st, struct store_op *op)
 		errno = ESHUTDOWN;
 		return -1;
 	}
+	if (op->kind == STORE_OP_INSERT_MANY && assign_batch_ids(st, op) < 0)
+		return -1;
 	results_free(op);
 	op->err = STORE_OK;
 	op->priv.st = st;
@@ -813,6 +883,8 @@ enum store_err store_exec(struct store *st, struct store_op *op)
 	atomic_store(&op->job.abandoned, false);
 	if (op->kind == STORE_OP_INSERT)
 		bson_oid_init(&op->id, st->oidctx);
+	else if (op->kind == STORE_OP_INSERT_MANY && assign_batch_ids(st, op) < 0)
+		return op->err = STORE_INTERNAL;
 	if (op->deadline_ms && jobs_now_ms() >= op->deadline_ms)
 		return op->err = STORE_TIMEOUT;
 	if (!op->priv.internal) {

@@ -62,6 +62,7 @@ enum store_kind {
 	STORE_OP_UPDATE_BY_ID, /* id, doc ($set) and/or add_to_set -> result (updated), or NOT_FOUND */
 	STORE_OP_DELETE_BY_ID, /* id -> OK, or NOT_FOUND */
 	STORE_OP_PING,         /* round trip to the database */
+	STORE_OP_INSERT_MANY,  /* batch[nbatch] -> docs[ndocs]: the stored documents, in order (group commit) */
 };
 
 enum store_value_type { STORE_V_STR = 1, STORE_V_INT, STORE_V_BOOL, STORE_V_OID };
@@ -87,6 +88,7 @@ enum store_cond_op {
 #define STORE_FILTER_MAX 8 /* AND-ed conditions per filter */
 #define STORE_FIELD_MAX 32 /* field name bytes including the NUL */
 #define STORE_IN_MAX 256   /* values per IN condition */
+#define STORE_BATCH_MAX 1024 /* documents per INSERT_MANY */
 
 struct store_cond {
 	char field[STORE_FIELD_MAX];
@@ -140,6 +142,13 @@ struct store_op {
 	int coll;                         /* enum store_coll */
 	bson_oid_t id;                    /* *_BY_ID */
 	bson_t *doc;                      /* INSERT: the fields; UPDATE: fields to $set (may be NULL); owned */
+	/* INSERT_MANY: documents inserted in order, as one transaction where the
+	 * backend has them (SQLite); owned, freed by store_op_clear(). On an
+	 * error, docs[0..ndocs) are the ones that were stored before it (none on
+	 * SQLite, a prefix on MongoDB) and err tells why the rest were not. */
+	bson_t **batch;
+	size_t nbatch;
+	bson_oid_t *batch_ids; /* private: one id per batch document, set at submit */
 	struct store_filter filter;       /* FIND, FIND_ONE, COUNT */
 	char push_field[STORE_FIELD_MAX]; /* UPDATE: add_to_set field ("" = none) */
 	struct store_value push_value;    /* UPDATE: value added to that array if absent */

@@ -413,6 +413,34 @@ static enum store_err do_insert(struct mg_ctx *ctx, mongoc_collection_t *coll, s
 	return err;
 }
 
+/* Documents one by one from op->count (where an earlier attempt stopped),
+ * each a retryable write. A duplicate _id on the first document of a
+ * repeated attempt is that document's earlier write having landed. */
+static enum store_err do_insert_many(struct mg_ctx *ctx, mongoc_collection_t *coll, struct store_op *op,
+                                     struct store_call *call)
+{
+	size_t first = (size_t)op->count;
+
+	for (size_t i = first; i < op->ndocs; i++) {
+		bson_t reply;
+		bson_error_t e;
+		uint64_t t0 = jobs_now_ms();
+		enum store_err err = STORE_OK;
+
+		if (!mongoc_collection_insert_one(coll, op->docs[i], NULL, &reply, &e))
+			err = map_err(ctx, &e, &reply, op, call, t0, "insert");
+		bson_destroy(&reply);
+		if (err == STORE_DUPLICATE_KEY && i == first && call->attempt > 1 && strcmp(op->dup_field, "_id") == 0) {
+			op->dup_field[0] = '\0';
+			err = STORE_OK;
+		}
+		if (err != STORE_OK)
+			return err;
+		op->count = (int64_t)(i + 1);
+	}
+	return STORE_OK;
+}
+
 static enum store_err do_find(struct mg_ctx *ctx, mongoc_collection_t *coll, struct store_op *op,
                               struct store_call *call)
 {
@@ -618,6 +646,7 @@ static enum store_err mg_exec(void *vctx, void *conn, struct store_op *op, struc
 		coll = mongoc_client_get_collection(client, ctx->db, store_coll_name(op->coll));
 	switch (op->kind) {
 	case STORE_OP_INSERT: err = do_insert(ctx, coll, op, call); break;
+	case STORE_OP_INSERT_MANY: err = do_insert_many(ctx, coll, op, call); break;
 	case STORE_OP_FIND_BY_ID:
 	case STORE_OP_FIND_ONE:
 	case STORE_OP_FIND: err = do_find(ctx, coll, op, call); break;

@@ -869,6 +869,27 @@ static enum store_err do_insert(struct sq_conn *c, struct store_op *op)
 	return end_write(c, op, rc, "insert");
 }
 
+/* Group commit: every document of the batch in one transaction, so the
+ * commit (WAL append, locks, page-cache revalidation) is paid once. */
+static enum store_err do_insert_many(struct sq_conn *c, struct store_op *op)
+{
+	const struct sq_coll *co = &colls[op->coll];
+	int rc = begin_write(c);
+	enum store_err err;
+
+	if (rc != SQLITE_OK)
+		return map_rc(c, rc, "begin");
+	for (size_t i = 0; rc == SQLITE_OK && i < op->ndocs; i++) {
+		rc = write_row(c, co, &op->batch_ids[i], op->docs[i], false);
+		if (rc == SQLITE_OK && co->members)
+			rc = sync_members(c, &op->batch_ids[i], op->docs[i]);
+	}
+	err = end_write(c, op, rc, "insert");
+	if (err == STORE_OK)
+		op->count = (int64_t)op->ndocs;
+	return err;
+}
+
 /* The document with op->id, or NULL with *rc set (SQLITE_NOTFOUND if none). */
 static bson_t *load(struct sq_conn *c, const struct store_op *op, int *rc)
 {
@@ -1202,6 +1223,7 @@ static enum store_err sq_exec(void *vctx, void *vconn, struct store_op *op, stru
 	c->abandoned = &op->job.abandoned;
 	switch (op->kind) {
 	case STORE_OP_INSERT: err = do_insert(c, op); break;
+	case STORE_OP_INSERT_MANY: err = do_insert_many(c, op); break;
 	case STORE_OP_FIND_BY_ID: err = do_find_by_id(c, op); break;
 	case STORE_OP_FIND_ONE:
 	case STORE_OP_FIND: err = do_find(c, op); break;

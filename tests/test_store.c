@@ -368,6 +368,102 @@ START_TEST(test_store_insert_returns_document_with_hex_id_and_timestamps)
 }
 END_TEST
 
+static int64_t count_where(int coll, const char *field, const bson_oid_t *oid)
+{
+	struct store_op op;
+	int64_t n;
+
+	store_op_init(&op, STORE_OP_COUNT, coll);
+	if (field)
+		ck_assert_int_eq(store_filter_oid(&op.filter, field, STORE_EQ, oid), 0);
+	ck_assert_int_eq(run_op(&op), STORE_OK);
+	n = op.count;
+	store_op_clear(&op);
+	return n;
+}
+
+/* Group commit: a batch is stored in order with one createdAt, reads back
+ * oldest first, and a failing batch reports exactly what was stored. */
+START_TEST(test_store_insert_many_stores_in_order_and_reports_the_stored_prefix)
+{
+	struct store_op op;
+	bson_oid_t room;
+	char want[32];
+	bson_iter_t it;
+
+	BK_SETUP();
+	bson_oid_init_from_string(&room, "650000000000000000000042");
+	store_op_init(&op, STORE_OP_INSERT_MANY, STORE_MESSAGES);
+	op.nbatch = 5;
+	op.batch = calloc(op.nbatch, sizeof *op.batch);
+	ck_assert_ptr_nonnull(op.batch);
+	for (size_t i = 0; i < op.nbatch; i++) {
+		op.batch[i] = bson_new();
+		snprintf(want, sizeof want, "m%zu", i);
+		BSON_APPEND_OID(op.batch[i], "room", &room);
+		BSON_APPEND_UTF8(op.batch[i], "content", want);
+	}
+	ck_assert_int_eq(run_op(&op), STORE_OK);
+	ck_assert_uint_eq(op.ndocs, 5);
+	ck_assert_int_eq(op.count, 5);
+	for (size_t i = 0; i < op.ndocs; i++) {
+		snprintf(want, sizeof want, "m%zu", i);
+		ck_assert_str_eq(str_field(op.docs[i], "content"), want);
+		ck_assert_int_eq(date_field(op.docs[i], "createdAt"), date_field(op.docs[0], "createdAt"));
+		ck_assert(bson_iter_init_find(&it, op.docs[i], "_id") && BSON_ITER_HOLDS_OID(&it));
+		if (i) {
+			bson_iter_t prev;
+
+			ck_assert(bson_iter_init_find(&prev, op.docs[i - 1], "_id"));
+			ck_assert_int_lt(bson_oid_compare(bson_iter_oid(&prev), bson_iter_oid(&it)), 0);
+		}
+	}
+	store_op_clear(&op);
+	ck_assert_int_eq(count_where(STORE_MESSAGES, "room", &room), 5);
+
+	/* Read back oldest first (createdAt ties break on _id). */
+	store_op_init(&op, STORE_OP_FIND, STORE_MESSAGES);
+	ck_assert_int_eq(store_filter_oid(&op.filter, "room", STORE_EQ, &room), 0);
+	ck_assert_int_eq(store_filter_sort(&op.filter, "createdAt", 1), 0);
+	ck_assert_int_eq(run_op(&op), STORE_OK);
+	ck_assert_uint_eq(op.ndocs, 5);
+	for (size_t i = 0; i < op.ndocs; i++) {
+		snprintf(want, sizeof want, "m%zu", i);
+		ck_assert_str_eq(str_field(op.docs[i], "content"), want);
+	}
+	store_op_clear(&op);
+
+	/* A unique clash in the third document: SQLite stores none of the
+	 * batch (one transaction), MongoDB the two before it. */
+	ck_assert_int_eq(insert(STORE_USERS, user_doc("taken", "taken@example.com"), NULL), STORE_OK);
+	store_op_init(&op, STORE_OP_INSERT_MANY, STORE_USERS);
+	op.nbatch = 3;
+	op.batch = calloc(op.nbatch, sizeof *op.batch);
+	ck_assert_ptr_nonnull(op.batch);
+	op.batch[0] = user_doc("b1", "b1@example.com");
+	op.batch[1] = user_doc("b2", "b2@example.com");
+	op.batch[2] = user_doc("b3", "taken@example.com");
+	ck_assert_int_eq(run_op(&op), STORE_DUPLICATE_KEY);
+	ck_assert_str_eq(op.dup_field, "email");
+	ck_assert(op.ndocs == 0 || op.ndocs == 2);
+	ck_assert_int_eq(op.count, (int64_t)op.ndocs);
+	ck_assert_int_eq(count_where(STORE_USERS, NULL, NULL), 1 + (int64_t)op.ndocs);
+	store_op_clear(&op);
+
+	/* Empty or holed batches are refused at submit. */
+	store_op_init(&op, STORE_OP_INSERT_MANY, STORE_MESSAGES);
+	op.done = on_done;
+	ck_assert_int_eq(store_submit(T.st, &op), -1);
+	op.nbatch = 2;
+	op.batch = calloc(2, sizeof *op.batch);
+	ck_assert_ptr_nonnull(op.batch);
+	op.batch[0] = bson_new();
+	ck_assert_int_eq(store_submit(T.st, &op), -1);
+	store_op_clear(&op);
+	BK_TEARDOWN();
+}
+END_TEST
+
 START_TEST(test_store_find_by_id_returns_stored_document_or_not_found)
 {
 	bson_oid_t id, missing;
@@ -1200,6 +1296,7 @@ static Suite *store_suite(void)
 	tcase_add_test(tc, test_store_filter_builders_validate_and_own_their_values);
 	suite_add_tcase(s, tc);
 	add_bk(s, "insert", test_store_insert_returns_document_with_hex_id_and_timestamps);
+	add_bk(s, "insert_many", test_store_insert_many_stores_in_order_and_reports_the_stored_prefix);
 	add_bk(s, "find_by_id", test_store_find_by_id_returns_stored_document_or_not_found);
 	add_bk(s, "update", test_store_update_sets_fields_and_bumps_updated_at);
 	add_bk(s, "delete", test_store_delete_removes_document_once);

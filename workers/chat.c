@@ -48,6 +48,7 @@
 				   /* as many refused events (refilled at the rate) before 1008 */
 #define CHAT_JOIN_HOLD 128         /* live frames held while a join loads history */
 #define CHAT_OP_TIMEOUT_MS 10000
+#define CHAT_BATCH_MAX 256         /* messages waiting for the next group commit */
 #define CHAT_JSON_DEPTH 16
 #define JWT_SKEW_S 5
 
@@ -132,6 +133,12 @@ struct chat {
 	struct sb_entry *sbe;
 	const struct resil_config *cfg;
 	double rate, burst; /* ws_message_rate, CHAT_BURST_S of it */
+	struct {
+		struct ws_conn *c;
+		bson_t *doc;
+	} queue[CHAT_BATCH_MAX]; /* messages waiting for the next batch */
+	size_t nqueue;
+	int batch_inflight;
 };
 
 static struct chat g;
@@ -731,18 +738,110 @@ static void do_join(struct ws_conn *c, const struct chat_cmd *cmd)
 	op_submit(o);
 }
 
-/* ---- send_message */
+/* ---- send_message: group commit
+ *
+ * Messages are stored in batches: while one batch is in the database, the
+ * messages that arrive wait in g.queue and go together in the next one
+ * (one transaction on SQLite), so under load the commit is shared instead
+ * of paid per message. Every queued message holds its socket busy (its
+ * later events wait behind it, keeping per-socket order) and a reference
+ * to it; the queue is bounded by CHAT_BATCH_MAX. */
 
-static void message_stored(struct chat_op *o, struct ws_conn *c, enum store_err err)
+struct chat_batch {
+	struct store_op op;
+	size_t n;
+	struct ws_conn *c[];
+};
+
+static void batch_submit(void);
+
+static void batch_release(struct ws_conn *c)
 {
-	if (err != STORE_OK) {
-		if (!ws_conn_closing(c))
+	struct chat_sock *cs = ws_conn_app(c);
+	cs->busy = 0;
+	process_pending(c); /* may queue this socket's next message */
+	ws_conn_unref(c);
+}
+
+static void batch_done(struct store_op *sop, enum store_err err)
+{
+	struct chat_batch *b = sop->user;
+	g.batch_inflight = 0;
+	/* The stored prefix goes out in order; the rest hear why not. */
+	for (size_t i = 0; i < b->n; i++) {
+		struct ws_conn *c = b->c[i];
+		if (i < b->op.ndocs) {
+			if (chat_publish_message(b->op.docs[i]) < 0 && !ws_conn_closing(c))
+				send_error(c, "message stored but not delivered, server busy");
+		} else if (!ws_conn_closing(c)) {
 			send_error(c, store_message(err));
-		return;
+		}
 	}
-	/* Stored: it goes out even if the sender has left meanwhile. */
-	if (chat_publish_message(o->op.result) < 0 && !ws_conn_closing(c))
-		send_error(c, "message stored but not delivered, server busy");
+	g.batch_inflight = 1; /* what the releases queue waits for the next batch */
+	for (size_t i = 0; i < b->n; i++)
+		batch_release(b->c[i]);
+	g.batch_inflight = 0;
+	store_op_clear(&b->op);
+	free(b);
+	batch_submit();
+}
+
+/* Hand what is queued to the store as one batch. 0, or -1 if it could not
+ * be submitted (the entries are then still queued, their documents freed). */
+static int batch_start(void)
+{
+	size_t n = g.nqueue;
+	struct chat_batch *b = malloc(sizeof(*b) + n * sizeof(b->c[0]));
+	bson_t **docs = calloc(n, sizeof(*docs));
+	struct store *st = api_store();
+	if (!b || !docs) {
+		for (size_t i = 0; i < n; i++)
+			bson_destroy(g.queue[i].doc);
+		free(docs);
+		free(b);
+		return -1;
+	}
+	store_op_init(&b->op, STORE_OP_INSERT_MANY, STORE_MESSAGES);
+	b->op.batch = docs;
+	b->op.nbatch = n;
+	b->op.done = batch_done;
+	b->op.user = b;
+	b->op.deadline_ms = jobs_now_ms() + CHAT_OP_TIMEOUT_MS;
+	b->n = n;
+	for (size_t i = 0; i < n; i++) {
+		b->c[i] = g.queue[i].c;
+		docs[i] = g.queue[i].doc;
+	}
+	if (!st || store_submit(st, &b->op) < 0) {
+		store_op_clear(&b->op); /* frees the documents */
+		free(b);
+		return -1;
+	}
+	g.nqueue = 0;
+	g.batch_inflight = 1;
+	return 0;
+}
+
+/* Submit the queue unless a batch is in flight. When the store refuses it,
+ * every sender hears so and is released (its next queued event may queue
+ * again: those are tried in the next round). */
+static void batch_submit(void)
+{
+	while (!g.batch_inflight && g.nqueue) {
+		if (batch_start() == 0)
+			return;
+		size_t n = g.nqueue;
+		g.batch_inflight = 1; /* releases queue behind the failed entries */
+		for (size_t i = 0; i < n; i++) {
+			struct ws_conn *c = g.queue[i].c;
+			if (!ws_conn_closing(c))
+				send_error(c, "service unavailable");
+			batch_release(c);
+		}
+		g.batch_inflight = 0;
+		memmove(g.queue, g.queue + n, (g.nqueue - n) * sizeof(g.queue[0]));
+		g.nqueue -= n;
+	}
 }
 
 int chat_publish_message(const bson_t *msg)
@@ -771,23 +870,25 @@ static void do_send(struct ws_conn *c, const struct chat_cmd *cmd)
 		send_error(c, "content must be 1-2000 characters");
 		return;
 	}
-	struct chat_op *o = op_new(c, STORE_OP_INSERT, STORE_MESSAGES, message_stored);
-	if (!o) {
-		send_error(c, "service unavailable");
+	if (g.nqueue >= CHAT_BATCH_MAX) {
+		send_error(c, "server busy, try again");
 		return;
 	}
-	o->room = cmd->room;
 	bson_t *doc = bson_new();
-	o->op.doc = doc;
 	if (!doc || !bson_append_oid(doc, "room", 4, &cmd->room) || !bson_append_oid(doc, "sender", 6, &cs->user) ||
 	    !bson_append_utf8(doc, "senderName", 10, cs->username, -1) ||
 	    !bson_append_utf8(doc, "content", 7, cmd->content, (int)cmd->content_len)) {
-		store_op_clear(&o->op);
-		free(o);
+		if (doc)
+			bson_destroy(doc);
 		send_error(c, "service unavailable");
 		return;
 	}
-	op_submit(o);
+	g.queue[g.nqueue].c = c;
+	g.queue[g.nqueue].doc = doc;
+	g.nqueue++;
+	cs->busy = 1;
+	ws_conn_ref(c);
+	batch_submit();
 }
 
 /* ---- typing */
