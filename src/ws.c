@@ -79,6 +79,7 @@ struct ws_conn {
 	uint8_t wr_shut;
 	uint8_t rx_dead;      /* protocol error: ignore further input */
 	uint8_t in_recv;      /* inside wslay_event_recv */
+	uint8_t text_ping;    /* keep-alive is the server's text ping, sent on a fixed period */
 	wslay_event_context_ptr wslay; /* NULL while parked */
 	struct ws_frame **q;  /* ring, qcap a power of two */
 	uint32_t qhead, qcount, qcap, qoff;
@@ -97,6 +98,7 @@ struct ws_server {
 	struct ws_conn *dirty;
 	struct event *flush_ev, *sweep_ev, *drained_ev;
 	struct ws_frame *ping;
+	struct ws_frame *text_ping; /* lim.text_ping as a text frame, or NULL */
 	size_t count;
 	int draining;
 	int drained_called;
@@ -671,6 +673,12 @@ static void conn_finish(struct ws_conn *c)
 	ws_conn_unref(c); /* the server's reference */
 }
 
+void ws_conn_use_text_ping(struct ws_conn *c)
+{
+	c->text_ping = 1;
+	c->last_ping_ms = now_ms();
+}
+
 void ws_conn_pause(struct ws_conn *c, int pause)
 {
 	if (c->state == C_DEAD || c->paused == (pause != 0))
@@ -950,7 +958,15 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 			ws_close(c, WS_GOING_AWAY, "idle timeout");
 			continue;
 		}
-		if (quiet >= s->lim.ping_idle_ms && now - c->last_ping_ms >= s->lim.ping_idle_ms) {
+		if (c->text_ping && s->text_ping) {
+			/* Engine.IO style: the client expects the server's ping
+			 * every period whatever the traffic, and answers it. */
+			if (now - c->last_ping_ms >= s->lim.ping_idle_ms) {
+				c->last_ping_ms = now;
+				if (queue_push(c, s->text_ping) == 0)
+					mark_dirty(c);
+			}
+		} else if (quiet >= s->lim.ping_idle_ms && now - c->last_ping_ms >= s->lim.ping_idle_ms) {
 			c->last_ping_ms = now;
 			send_ping(c);
 		}
@@ -1009,7 +1025,10 @@ struct ws_server *ws_server_new(struct event_base *base, const struct ws_limits 
 	s->sweep_ev = event_new(base, -1, EV_PERSIST, sweep_cb, s);
 	s->drained_ev = event_new(base, -1, 0, drained_cb, s);
 	s->ping = frame_build(0x9, NULL, 0);
-	if (!s->flush_ev || !s->sweep_ev || !s->drained_ev || !s->ping || event_add(s->sweep_ev, &tv) < 0) {
+	if (s->lim.text_ping)
+		s->text_ping = ws_frame_text(s->lim.text_ping, strlen(s->lim.text_ping));
+	if (!s->flush_ev || !s->sweep_ev || !s->drained_ev || !s->ping || (s->lim.text_ping && !s->text_ping) ||
+	    event_add(s->sweep_ev, &tv) < 0) {
 		ws_server_free(s);
 		return NULL;
 	}
@@ -1036,6 +1055,7 @@ void ws_server_free(struct ws_server *s)
 	if (s->drained_ev)
 		event_free(s->drained_ev);
 	ws_frame_unref(s->ping);
+	ws_frame_unref(s->text_ping);
 	free(s);
 }
 

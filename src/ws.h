@@ -51,6 +51,9 @@ struct ws_limits {
 	size_t max_message;        /* largest incoming message: 64 KiB (1009 beyond) */
 	size_t max_backlog;        /* unsent bytes per socket before 1013: 256 KiB */
 	int sndbuf;                /* SO_SNDBUF of each socket, 0 = kernel default: 64 KiB */
+	/* Text message sent every ping_idle_ms to sockets that asked for it
+	 * with ws_conn_use_text_ping() (Engine.IO's "2"); NULL: none. */
+	const char *text_ping;
 };
 
 struct ws_handlers {
@@ -126,6 +129,10 @@ int ws_conn_closing(const struct ws_conn *c);
 void ws_conn_ref(struct ws_conn *c);
 void ws_conn_unref(struct ws_conn *c);
 /* Stop (1) or resume (0) reading the socket: inbound backpressure. */
+/* Keep this socket alive with lim.text_ping every ping_idle_ms, whatever
+ * the traffic, instead of control pings after silence (the silence limit
+ * still applies: the client's answers count as traffic). */
+void ws_conn_use_text_ping(struct ws_conn *c);
 void ws_conn_pause(struct ws_conn *c, int pause);
 
 /* Build a text frame for payload (copied). refs = 1. NULL on failure. */

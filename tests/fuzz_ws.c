@@ -11,7 +11,9 @@
  * real ws_server serves with the chat's handlers. The socket is already a
  * member of a room, so typing events travel the (loopback) bus and come
  * back as broadcast frames; store calls fail fast (there is no store) and
- * answer with error events. Built with clang -fsanitize=fuzzer,address.
+ * answer with error events. Bit 1 of the first byte makes the client a
+ * Socket.IO one: Engine.IO packets on the stream, chat_parse_sio() for the
+ * parser mode. Built with clang -fsanitize=fuzzer,address.
  */
 #include "../workers/chat.c" /* the chat's static parser and handlers */
 
@@ -27,9 +29,10 @@ static void fz_init(void)
 	log_set_level(LOG_LVL_ERROR);
 	fz_base = event_base_new();
 	g.gen = yajl_gen_alloc(NULL);
-	struct ws_limits lim = {.max_backlog = 64 * 1024, .close_timeout_ms = 100};
+	struct ws_limits lim = {.max_backlog = 64 * 1024, .close_timeout_ms = 100, .text_ping = "2"};
 	struct ws_handlers h = {.on_text = on_text, .on_close = on_close, .on_count = on_count};
 	g.ws = ws_server_new(fz_base, &lim, &h);
+	g.ping_ms = 25000;
 	g.bus = bus_open(fz_base, -1, chat_deliver, NULL);
 	g.pid_tag = (uint64_t)1 << 32;
 	g.rate = 50.0; /* the default ws_message_rate */
@@ -55,9 +58,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	const char *p = (const char *)data + 1;
 	size_t n = size - 1;
+	int sio = (data[0] & 2) != 0; /* a Socket.IO client (Engine.IO packets) */
 	if (!(data[0] & 1)) {
 		struct chat_cmd cmd;
-		chat_parse(p, n, &cmd);
+		if (sio)
+			chat_parse_sio(p, n, &cmd);
+		else
+			chat_parse(p, n, &cmd);
 		chat_cmd_free(&cmd);
 		return 0;
 	}
@@ -69,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		close(sv[1]);
 		return 0;
 	}
-	struct upgrade u = {.username = "fuzzer"};
+	struct upgrade u = {.username = "fuzzer", .sio = sio};
 	u.user.bytes[11] = 1;
 	sock_init(c, &u);
 	struct room_member *m = member_add(ws_conn_app(c), &fz_room);
@@ -99,7 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		event_base_loop(fz_base, EVLOOP_NONBLOCK);
 	if (ws_server_count(g.ws) > 0 || g.nrooms) {
 		ws_server_free(g.ws);
-		struct ws_limits lim = {.max_backlog = 64 * 1024, .close_timeout_ms = 100};
+		struct ws_limits lim = {.max_backlog = 64 * 1024, .close_timeout_ms = 100, .text_ping = "2"};
 		struct ws_handlers h = {.on_text = on_text, .on_close = on_close, .on_count = on_count};
 		g.ws = ws_server_new(fz_base, &lim, &h);
 		if (!g.ws || g.nrooms)

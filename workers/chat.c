@@ -22,6 +22,8 @@
  */
 #include "autoconfig.h"
 
+#include <sodium.h>
+
 #include "api.h"
 #include "auth.h"
 #include "bus.h"
@@ -33,6 +35,7 @@
 #include "ws.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -109,6 +112,8 @@ struct chat_sock {
 	struct pending *ph, *pt;
 	uint32_t npending;
 	int busy; /* a store call for this socket is in flight */
+	uint8_t sio;    /* Socket.IO v4 client on /socket.io/ (Engine.IO framing) */
+	uint8_t sio_ns; /* its "/" namespace is connected */
 };
 
 /* A parsed client event (pure: no state touched). */
@@ -133,6 +138,8 @@ struct chat {
 	struct sb_entry *sbe;
 	const struct resil_config *cfg;
 	double rate, burst; /* ws_message_rate, CHAT_BURST_S of it */
+	uint32_t ping_ms;   /* keep-alive period (Engine.IO pingInterval) */
+	uint64_t sid_key;   /* masks Socket.IO session ids */
 	struct {
 		struct ws_conn *c;
 		bson_t *doc;
@@ -168,6 +175,8 @@ static void chat_cmd_free(struct chat_cmd *cmd)
 
 /* Parse one text message into cmd. 0, or -1 with cmd->error set. The
  * caller frees cmd with chat_cmd_free() either way. */
+static int chat_parse_event(struct chat_cmd *cmd, const char *ev, size_t el, const struct json_value *data);
+
 static int chat_parse(const char *msg, size_t len, struct chat_cmd *cmd)
 {
 	memset(cmd, 0, sizeof(*cmd));
@@ -181,6 +190,27 @@ static int chat_parse(const char *msg, size_t len, struct chat_cmd *cmd)
 		cmd->error = "event name required";
 		return -1;
 	}
+	return chat_parse_event(cmd, ev, el, json_get(cmd->doc, "data"));
+}
+
+/* A Socket.IO EVENT packet's payload: ["name", data]. */
+static int chat_parse_sio(const char *msg, size_t len, struct chat_cmd *cmd)
+{
+	memset(cmd, 0, sizeof(*cmd));
+	if (json_parse(msg, len, CHAT_JSON_DEPTH, 0, &cmd->doc) != JSON_OK || cmd->doc->type != JSON_ARRAY) {
+		cmd->error = "invalid JSON";
+		return -1;
+	}
+	const struct json_value *a = cmd->doc;
+	if (!a->len || a->items[0]->type != JSON_STRING) {
+		cmd->error = "event name required";
+		return -1;
+	}
+	return chat_parse_event(cmd, a->items[0]->s, a->items[0]->len, a->len > 1 ? a->items[1] : NULL);
+}
+
+static int chat_parse_event(struct chat_cmd *cmd, const char *ev, size_t el, const struct json_value *data)
+{
 	static const struct {
 		const char *name;
 		int kind;
@@ -193,7 +223,6 @@ static int chat_parse(const char *msg, size_t len, struct chat_cmd *cmd)
 		cmd->error = "unknown event";
 		return -1;
 	}
-	const struct json_value *data = json_get(cmd->doc, "data");
 	if (!data || data->type != JSON_OBJECT) {
 		cmd->error = "data must be an object";
 		return -1;
@@ -249,12 +278,57 @@ static void gen_oid(yajl_gen gn, const bson_oid_t *id)
 	yajl_gen_string(gn, (const unsigned char *)hex, 24);
 }
 
+/* An event as generated here, {"event":"NAME","data":DATA}, as a Socket.IO
+ * EVENT packet 42["NAME",DATA] in a new frame (NULL if it is not one). */
+static struct ws_frame *sio_frame(const char *json, size_t len)
+{
+	static const char pre[] = "{\"event\":\"";
+	const size_t pl = sizeof(pre) - 1;
+	if (len < pl + 2 || memcmp(json, pre, pl) != 0 || json[len - 1] != '}')
+		return NULL;
+	const char *name = json + pl;
+	const char *q = memchr(name, '"', len - pl);
+	static const char mid[] = "\",\"data\":";
+	const size_t ml = sizeof(mid) - 1;
+	if (!q || (size_t)(json + len - q) < ml + 1 || memcmp(q, mid, ml) != 0)
+		return NULL;
+	const char *data = q + ml;
+	size_t nl = (size_t)(q - name), dl = (size_t)(json + len - 1 - data);
+	char *out = malloc(4 + nl + 2 + dl + 1);
+	if (!out)
+		return NULL;
+	size_t n = 0;
+	memcpy(out + n, "42[\"", 4), n += 4;
+	memcpy(out + n, name, nl), n += nl;
+	memcpy(out + n, "\",", 2), n += 2;
+	memcpy(out + n, data, dl), n += dl;
+	out[n++] = ']';
+	struct ws_frame *f = ws_frame_text(out, n);
+	free(out);
+	return f;
+}
+
+/* Send a generated event to one socket in its protocol's framing. */
+static void send_event(struct ws_conn *c, const char *buf, size_t len)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	if (!cs->sio) {
+		ws_send_text(c, buf, len);
+		return;
+	}
+	struct ws_frame *f = sio_frame(buf, len);
+	if (f) {
+		ws_send_frame(c, f);
+		ws_frame_unref(f);
+	}
+}
+
 static void send_gen(struct ws_conn *c)
 {
 	const char *buf;
 	size_t len;
 	if (gen_end(&buf, &len) == 0)
-		ws_send_text(c, buf, len);
+		send_event(c, buf, len);
 }
 
 static void send_error(struct ws_conn *c, const char *message)
@@ -531,21 +605,30 @@ static void chat_deliver(const unsigned char *rec, size_t len, void *ud)
 	struct room *r = room_find(&room);
 	if (!r || !r->n)
 		return;
-	struct ws_frame *f = ws_frame_text((const char *)rec + REC_HDR, len - REC_HDR);
+	const char *json = (const char *)rec + REC_HDR;
+	struct ws_frame *f = ws_frame_text(json, len - REC_HDR);
+	struct ws_frame *fs = NULL; /* the Socket.IO variant, made on first use */
 	if (!f)
 		return;
 	/* Sending never changes membership (a socket closed for its backlog
 	 * leaves its rooms later, from ws.c's close path). */
 	for (uint32_t i = 0; i < r->n; i++) {
 		struct room_member *m = &r->m[i];
+		struct ws_frame *mf = f;
 		if (exclude && m->s->tag == exclude)
 			continue;
+		if (m->s->sio) {
+			if (!fs && !(fs = sio_frame(json, len - REC_HDR)))
+				continue;
+			mf = fs;
+		}
 		if (m->hold)
-			hold_frame(m->hold, f, has_mid ? &mid : NULL);
+			hold_frame(m->hold, mf, has_mid ? &mid : NULL);
 		else
-			ws_send_frame(ws_conn_from_app(m->s), f);
+			ws_send_frame(ws_conn_from_app(m->s), mf);
 	}
 	ws_frame_unref(f);
+	ws_frame_unref(fs);
 }
 
 /* ------------------------------------------------------- store calls */
@@ -916,12 +999,108 @@ static void do_typing(struct ws_conn *c, const struct chat_cmd *cmd)
 		publish(&cmd->room, NULL, cs->tag, buf, len);
 }
 
+/* ---------------------------------------------------------- Socket.IO
+ *
+ * Engine.IO v4 over the websocket transport only (no long-polling), the
+ * default namespace, no binary events and no acknowledgements. The token
+ * comes with the upgrade (?token= or Authorization), as on /ws; the auth
+ * object of the CONNECT packet is not read. */
+
+#define SIO_PING_TIMEOUT_MS 20000
+
+/* The socket's tag (unique across workers) masked with a per-worker random
+ * key, so a session id tells nothing about pids or connection counts. */
+static void sio_sid(const struct chat_sock *cs, char sid[17])
+{
+	static const char hex[] = "0123456789abcdef";
+	uint64_t v = cs->tag ^ g.sid_key;
+	for (int i = 0; i < 16; i++)
+		sid[i] = hex[(v >> (60 - 4 * i)) & 15];
+	sid[16] = '\0';
+}
+
+static void sio_open(struct ws_conn *c)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	char sid[17], open[192];
+	sio_sid(cs, sid);
+	int n = snprintf(open, sizeof(open),
+	                 "0{\"sid\":\"%s\",\"upgrades\":[],\"pingInterval\":%u,\"pingTimeout\":%u,\"maxPayload\":%u}",
+	                 sid, g.ping_ms, SIO_PING_TIMEOUT_MS, 64u * 1024u);
+	ws_conn_use_text_ping(c);
+	ws_send_text(c, open, (size_t)n);
+}
+
+/* Engine.IO packet types: 1 close, 2 ping, 3 pong, 4 message; Socket.IO
+ * (inside 4): 0 CONNECT, 1 DISCONNECT, 2 EVENT. 0 with *msg and *len set to
+ * the EVENT's JSON array for the chat; 1 if the packet was handled here. */
+static int sio_packet(struct ws_conn *c, const char **msg, size_t *len)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	const char *p = *msg;
+	size_t n = *len;
+	if (n == 1 && p[0] == '3')
+		return 1; /* pong: the traffic already counted */
+	if (n == 1 && p[0] == '2') {
+		ws_send_text(c, "3", 1);
+		return 1;
+	}
+	if (n == 1 && p[0] == '1') {
+		ws_close(c, WS_NORMAL, "client closed");
+		return 1;
+	}
+	if (n >= 2 && p[0] == '4' && p[1] == '0') {
+		char sid[17], ok[48];
+		if (n > 2 && p[2] == '/' && !(n >= 4 && p[3] == ',')) {
+			/* "40/other,...": only the default namespace exists */
+			const char *comma = memchr(p + 2, ',', n - 2);
+			size_t nl = comma ? (size_t)(comma - (p + 2)) : n - 2;
+			char err[160];
+			int k = snprintf(err, sizeof(err), "44%.*s,{\"message\":\"Invalid namespace\"}",
+			                 (int)(nl > 64 ? 64 : nl), p + 2);
+			ws_send_text(c, err, (size_t)k);
+			return 1;
+		}
+		sio_sid(cs, sid);
+		int k = snprintf(ok, sizeof(ok), "40{\"sid\":\"%s\"}", sid);
+		cs->sio_ns = 1;
+		ws_send_text(c, ok, (size_t)k);
+		return 1;
+	}
+	if (n >= 2 && p[0] == '4' && p[1] == '1') {
+		cs->sio_ns = 0;
+		ws_close(c, WS_NORMAL, "client namespace disconnect");
+		return 1;
+	}
+	if (n >= 2 && p[0] == '4' && p[1] == '2' && cs->sio_ns) {
+		size_t i = 2;
+		if (i < n && p[i] == '/') { /* "42/,": the default namespace spelled out */
+			if (n < 4 || p[3] != ',')
+				goto unsupported;
+			i = 4;
+		}
+		while (i < n && p[i] >= '0' && p[i] <= '9')
+			i++; /* an acknowledgement id: acks are not supported, the event is */
+		*msg = p + i;
+		*len = n - i;
+		return 0;
+	}
+unsupported:
+	send_error(c, cs->sio_ns ? "unsupported packet" : "connect to the namespace first");
+	return 1;
+}
+
 /* ------------------------------------------------------------- events */
+
+static int sio_packet(struct ws_conn *c, const char **msg, size_t *len);
 
 static void handle_event(struct ws_conn *c, const char *msg, size_t len)
 {
 	struct chat_cmd cmd;
-	if (chat_parse(msg, len, &cmd) < 0) {
+	struct chat_sock *cs0 = ws_conn_app(c);
+	if (cs0->sio && sio_packet(c, &msg, &len) != 0)
+		return; /* an Engine.IO / Socket.IO control packet, handled */
+	if ((cs0->sio ? chat_parse_sio(msg, len, &cmd) : chat_parse(msg, len, &cmd)) < 0) {
 		send_error(c, cmd.error);
 		chat_cmd_free(&cmd);
 		return;
@@ -1050,6 +1229,7 @@ struct upgrade {
 	char accept[WS_ACCEPT_LEN + 1];
 	bson_oid_t user;
 	const char *username;
+	int sio;
 };
 
 static void sock_init(struct ws_conn *c, void *arg)
@@ -1063,6 +1243,9 @@ static void sock_init(struct ws_conn *c, void *arg)
 	cs->tokens = g.burst;
 	cs->abuse = g.burst;
 	cs->bucket_ms = now_ms();
+	cs->sio = (uint8_t)u->sio;
+	if (cs->sio)
+		sio_open(c);
 }
 
 static int refuse_draining(struct http_request *req)
@@ -1096,7 +1279,7 @@ static void ws_user_loaded(struct api_call *c, enum store_err err)
 		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 }
 
-static int ws_route(struct http_request *req)
+static int ws_route_proto(struct http_request *req, int sio)
 {
 	struct worker *w = worker_current();
 	if (!g.ws || !w || w->draining || ws_server_draining(g.ws))
@@ -1127,6 +1310,7 @@ static int ws_route(struct http_request *req)
 	if (!u)
 		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 	memset(u, 0, sizeof(*u));
+	u->sio = sio;
 	const char *why = NULL;
 	int st = ws_check_upgrade(req, u->accept, &why);
 	if (st)
@@ -1157,9 +1341,30 @@ static uint32_t test_ms(const char *name)
 	return *end || ms < 10 || ms > 3600000 ? 0 : (uint32_t)ms;
 }
 
+static int ws_route(struct http_request *req)
+{
+	return ws_route_proto(req, 0);
+}
+
+/* GET /socket.io/?EIO=4&transport=websocket: Engine.IO v4, websocket only. */
+static int sio_route(struct http_request *req)
+{
+	const struct json_value *q = req->query_len ? app_query(req) : NULL;
+	size_t el = 0, tl = 0;
+	const char *eio = q ? json_get_str(q, "EIO", &el) : NULL;
+	const char *tr = q ? json_get_str(q, "transport", &tl) : NULL;
+	if (!eio || el != 1 || eio[0] != '4')
+		return app_fail(req, 400, "BAD_REQUEST", "unsupported protocol version: EIO=4 is required");
+	if (!tr || tl != 9 || memcmp(tr, "websocket", 9) != 0)
+		return app_fail(req, 400, "BAD_REQUEST", "only the websocket transport is supported");
+	return ws_route_proto(req, 1);
+}
+
 int chat_routes(struct app *app)
 {
-	return app_get(app, "/ws", ws_route);
+	if (app_get(app, "/ws", ws_route) < 0)
+		return -1;
+	return app_get(app, "/socket.io", sio_route);
 }
 
 int chat_start(struct worker *w)
@@ -1175,6 +1380,9 @@ int chat_start(struct worker *w)
 		.ping_idle_ms = test_ms("RESIL_TEST_WS_PING_MS"),
 		.idle_timeout_ms = test_ms("RESIL_TEST_WS_IDLE_MS"),
 	};
+	lim.text_ping = "2"; /* Engine.IO ping, for /socket.io/ sockets */
+	g.ping_ms = lim.ping_idle_ms ? lim.ping_idle_ms : 25000;
+	randombytes_buf(&g.sid_key, sizeof(g.sid_key));
 	struct ws_handlers h = {.on_text = on_text, .on_close = on_close, .on_count = on_count};
 	int fd = w->bus_fd;
 	w->bus_fd = -1; /* ours now: the bus closes it, also on failure */

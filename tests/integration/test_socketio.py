@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Socket.IO v4 compatibility on /socket.io/ (SPEC section 7, optional part):
+Engine.IO v4 over the websocket transport, spoken here packet by packet with
+python3-websockets, and once with the npm socket.io-client when node can
+load it (installed into bench/ws/ by `npm install`; the test says why when
+it cannot run)."""
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import TOP, Server, run_tests  # noqa: E402
+from test_ws import SAN_MARKERS, Api, close_code, ev, join, recv_event, ws_url, worker_of  # noqa: E402
+
+import websockets  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+
+S = None
+API = None
+
+
+def server():
+    global S, API
+    if S is None:
+        S = Server(workers=2, env={"RESIL_TEST_HOOKS": "1"})
+        S.start()
+        API = Api(S)
+    return S
+
+
+def sio_url(srv, user=None, eio="4", transport="websocket"):
+    q = "EIO=%s&transport=%s" % (eio, transport)
+    if user:
+        q += "&token=" + user["token"]
+    return "ws://127.0.0.1:%d/socket.io/?%s" % (srv.port, q)
+
+
+async def sio_recv(ws, timeout=10):
+    """The next Socket.IO EVENT as (name, data); Engine.IO pings answered."""
+    while True:
+        p = await asyncio.wait_for(ws.recv(), timeout)
+        if p == "2":
+            await ws.send("3")
+            continue
+        assert p.startswith("42["), p
+        arr = json.loads(p[2:])
+        return arr[0], arr[1] if len(arr) > 1 else None
+
+
+async def sio_connect(srv, user):
+    ws = await websockets.connect(sio_url(srv, user), max_size=2 ** 20)
+    opened = await asyncio.wait_for(ws.recv(), 10)
+    assert opened.startswith("0{"), opened
+    await ws.send("40")
+    ok = await asyncio.wait_for(ws.recv(), 10)
+    assert ok.startswith("40{"), ok
+    return ws, json.loads(opened[1:]), json.loads(ok[2:])
+
+
+async def sio_join(ws, rid):
+    await ws.send("42" + json.dumps(["join_room", {"roomId": rid}]))
+    name, data = await sio_recv(ws)
+    assert (name, data["roomId"]) == ("room_joined", rid), (name, data)
+    name, recent = await sio_recv(ws)
+    assert name == "recent_messages", name
+    return recent
+
+
+def test_handshake_connect_and_chat_events():
+    srv = server()
+
+    async def run():
+        a, b = API.user("sa"), API.user("sb")
+        rid = API.room(a, [b])
+        ws, opened, ok = await sio_connect(srv, a)
+        assert set(opened) == {"sid", "upgrades", "pingInterval", "pingTimeout", "maxPayload"}, opened
+        assert opened["upgrades"] == [] and opened["pingInterval"] == 25000
+        assert opened["pingTimeout"] == 20000 and opened["maxPayload"] == 65536
+        assert len(opened["sid"]) == 16 and ok["sid"] == opened["sid"]
+        assert await sio_join(ws, rid) == []
+        # An acknowledgement id is accepted (acks themselves are not sent).
+        await ws.send("427" + json.dumps(["send_message", {"roomId": rid, "content": "hi ✓"}]))
+        name, m = await sio_recv(ws)
+        assert name == "new_message" and m["content"] == "hi ✓" and m["roomId"] == rid, (name, m)
+        assert m["sender"] == {"id": a["id"], "username": a["name"]}
+        assert set(m) == {"id", "roomId", "content", "sender", "createdAt"}
+        # A second socket of another member: typing reaches the others only.
+        wb, _, _ = await sio_connect(srv, b)
+        recent = await sio_join(wb, rid)
+        assert [x["id"] for x in recent] == [m["id"]]
+        await ws.send("42" + json.dumps(["typing_start", {"roomId": rid}]))
+        assert await sio_recv(wb) == ("user_typing", {"userId": a["id"], "username": a["name"]})
+        await ws.send("42" + json.dumps(["typing_stop", {"roomId": rid}]))
+        assert await sio_recv(wb) == ("user_stopped_typing", {"userId": a["id"]})
+        # "41" leaves the namespace: the server closes normally.
+        await wb.send("41")
+        try:
+            await asyncio.wait_for(wb.recv(), 5)
+            raise AssertionError("still open after 41")
+        except ConnectionClosed as e:
+            assert close_code(e) == 1000, e
+        await ws.close()
+
+    asyncio.run(run())
+
+
+def test_socketio_and_plain_websocket_clients_share_rooms_across_workers():
+    srv = server()
+
+    async def run():
+        users = [API.user("m") for _ in range(3)]
+        rid = API.room(users[0], users[1:])
+        plain, sio = [], []
+        pids = set()
+        for i in range(6):
+            u = users[i % 3]
+            w = await websockets.connect(ws_url(srv, u), max_size=2 ** 20)
+            pids.add(worker_of(srv, w.response_headers["X-Request-ID"]))
+            await join(w, rid)
+            plain.append(w)
+            s, _, _ = await sio_connect(srv, u)
+            pids.add(worker_of(srv, s.response_headers["X-Request-ID"]))
+            await sio_join(s, rid)
+            sio.append(s)
+        await sio[0].send("42" + json.dumps(["send_message", {"roomId": rid, "content": "from socket.io"}]))
+        await plain[0].send(ev("send_message", roomId=rid, content="from /ws"))
+        orders = []
+        for w in plain:
+            got = []
+            while len(got) < 2:
+                e = await recv_event(w)
+                if e["event"] == "new_message":
+                    got.append((e["data"]["id"], e["data"]["content"]))
+            orders.append(got)
+        for s in sio:
+            got = []
+            while len(got) < 2:
+                name, d = await sio_recv(s)
+                if name == "new_message":
+                    got.append((d["id"], d["content"]))
+            orders.append(got)
+        assert all(o == orders[0] for o in orders), orders
+        assert sorted(c for _, c in orders[0]) == ["from /ws", "from socket.io"]
+        for w in plain + sio:
+            await w.close()
+        return len(pids)
+
+    workers = asyncio.run(run())
+    print("sockets spread over %d worker(s)" % workers)
+
+
+def test_refusals_and_bad_packets():
+    srv = server()
+    u = API.user("r")
+    for q, want in (("EIO=3&transport=websocket", "EIO=4"), ("EIO=4&transport=polling", "websocket transport"),
+                    ("transport=websocket", "EIO=4")):
+        st, _, doc = srv.json("GET", "/socket.io/?%s&token=%s" % (q, u["token"]))
+        assert st == 400 and want in doc["error"] and doc["code"] == "BAD_REQUEST", (q, st, doc)
+
+    async def run():
+        try:
+            await websockets.connect(sio_url(srv, None))
+            raise AssertionError("upgraded without a token")
+        except websockets.exceptions.InvalidStatusCode as e:
+            assert e.status_code == 401
+        ws = await websockets.connect(sio_url(srv, u))
+        assert (await recv_raw(ws)).startswith("0{")
+        await ws.send("42" + json.dumps(["join_room", {"roomId": "x"}]))
+        assert await sio_recv(ws) == ("error", {"message": "connect to the namespace first"})
+        await ws.send("40/admin,")
+        assert await recv_raw(ws) == '44/admin,{"message":"Invalid namespace"}'
+        await ws.send("40")
+        assert (await recv_raw(ws)).startswith("40{")
+        for bad, want in (("42{nope", "invalid JSON"), ("42[]", "event name required"), ("42[7]", "event name required"),
+                          ('42["dance",{}]', "unknown event"), ('42["join_room"]', "data must be an object"),
+                          ("45-[]", "unsupported packet"), ("42/x,[]", "unsupported packet")):
+            await ws.send(bad)
+            assert await sio_recv(ws) == ("error", {"message": want}), bad
+        await ws.send("2")  # a client ping gets a pong
+        assert await recv_raw(ws) == "3"
+        await ws.send("1")  # Engine.IO close
+        try:
+            await asyncio.wait_for(ws.recv(), 5)
+            raise AssertionError("still open after 1")
+        except ConnectionClosed as e:
+            assert close_code(e) == 1000
+
+    asyncio.run(run())
+
+
+async def recv_raw(ws, timeout=10):
+    return await asyncio.wait_for(ws.recv(), timeout)
+
+
+def test_engineio_pings_keep_an_answering_client_and_drop_a_silent_one():
+    srv = Server(workers=1, env={"RESIL_TEST_HOOKS": "1", "RESIL_TEST_WS_PING_MS": "300",
+                                 "RESIL_TEST_WS_IDLE_MS": "1500"})
+    srv.start()
+    try:
+        u = Api(srv).user("p")
+
+        async def run():
+            ws = await websockets.connect(sio_url(srv, u), ping_interval=None)
+            opened = json.loads((await recv_raw(ws))[1:])
+            assert opened["pingInterval"] == 300
+            await ws.send("40")
+            assert (await recv_raw(ws)).startswith("40{")
+            # Keep sending events: the server's "2" comes on its period
+            # whatever the traffic; answering "3" keeps the socket open.
+            pings = 0
+            t0 = time.time()
+            while time.time() - t0 < 2.5:
+                await ws.send('42["dance",{}]')
+                p = await recv_raw(ws, 2)
+                if p == "2":
+                    pings += 1
+                    await ws.send("3")
+                await asyncio.sleep(0.05)
+            assert pings >= 4, pings
+            await ws.close()
+            # One that never answers is closed after the silence limit.
+            silent = await websockets.connect(sio_url(srv, u), ping_interval=None)
+            t0 = time.time()
+            try:
+                while True:
+                    await recv_raw(silent, 5)
+            except ConnectionClosed as e:
+                assert close_code(e) == 1001, e
+            assert 1.0 < time.time() - t0 < 4.0
+
+        asyncio.run(run())
+    finally:
+        logs = srv.logs()
+        srv.stop()
+        srv.cleanup()
+    for m in SAN_MARKERS:
+        assert m not in logs, logs[-3000:]
+
+
+def node_client_dir():
+    """bench/ws has socket.io-client in its package.json; install it there
+    when node and npm exist and it is missing. Returns (dir, why_not)."""
+    d = os.path.join(TOP, "bench", "ws")
+    if not shutil.which("node"):
+        return None, "node is not installed"
+    if not os.path.isdir(os.path.join(d, "node_modules", "socket.io-client")):
+        if not os.access(d, os.W_OK):
+            return None, "bench/ws is read-only here (make distcheck) and has no node_modules"
+        if not shutil.which("npm"):
+            return None, "npm is not installed"
+        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=d,
+                           capture_output=True, timeout=600)
+        if r.returncode != 0:
+            return None, "npm install in bench/ws failed: %s" % r.stderr.decode(errors="replace")[-300:]
+    return d, None
+
+
+def test_npm_socketio_client_connects_with_the_websocket_transport():
+    d, why = node_client_dir()
+    if not d:
+        print("SKIP test_npm_socketio_client_connects_with_the_websocket_transport: %s" % why)
+        return
+    srv = server()
+    a, b = API.user("n"), API.user("n")
+    rid = API.room(a, [b])
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sio_client.js")
+    r = subprocess.run(["node", script, str(srv.port), rid, a["token"], b["token"]], cwd=d,
+                       capture_output=True, timeout=60)
+    out = r.stdout.decode()
+    assert r.returncode == 0, (out, r.stderr.decode()[-2000:])
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["received"]["content"] == "hello from socket.io-client", res
+    assert res["received"]["sender"]["id"] == a["id"]
+    assert res["typing"] == {"userId": a["id"], "username": a["name"]}
+    assert res["error"] == {"message": "content must be 1-2000 characters"}
+    assert res["bad_token"] == "connect_error"
+
+
+if __name__ == "__main__":
+    try:
+        run_tests([
+            test_handshake_connect_and_chat_events,
+            test_socketio_and_plain_websocket_clients_share_rooms_across_workers,
+            test_refusals_and_bad_packets,
+            test_engineio_pings_keep_an_answering_client_and_drop_a_silent_one,
+            test_npm_socketio_client_connects_with_the_websocket_transport,
+        ])
+    finally:
+        if S is not None:
+            logs = S.logs()
+            S.stop()
+            S.cleanup()
+            for m in SAN_MARKERS:
+                assert m not in logs, logs[-3000:]
