@@ -214,6 +214,8 @@ long app_url_decode(const char *src, size_t len, char *dst, size_t dstlen, int p
 			i += 2;
 		} else if (ch == '+' && plus_space) {
 			ch = ' ';
+		} else if (ch == '\0') {
+			return -1; /* a raw NUL, like %00 */
 		}
 		if (w + 1 >= dstlen)
 			return -1;
@@ -284,7 +286,9 @@ static struct json_value *parse_form(struct http_request *req, const char *s, si
 			 * for a scalar. */
 			struct json_value *arr = prev;
 			if (prev->type != JSON_ARRAY) {
-				arr = calloc(1, sizeof(*arr));
+				/* the spare pointer keeps arr + 1 inside arr, so json_free()
+				 * never takes the separate items for inline ones */
+				arr = calloc(1, sizeof(*arr) + sizeof(void *));
 				struct json_value *copy = json_new_string(prev->s, prev->len);
 				struct json_value **items = calloc(2, sizeof(*items));
 				if (!arr || !copy || !items) {
@@ -300,8 +304,7 @@ static struct json_value *parse_form(struct http_request *req, const char *s, si
 				arr->items[0] = copy;
 				arr->len = 1;
 				if (json_object_set(obj, k, (size_t)dk, arr) < 0) {
-					json_free(arr);
-					json_free(sv);
+					json_free(sv); /* arr was freed by json_object_set() */
 					goto fail;
 				}
 			}
@@ -313,8 +316,7 @@ static struct json_value *parse_form(struct http_request *req, const char *s, si
 			arr->items = ni;
 			arr->items[arr->len++] = sv;
 		} else if (json_object_set(obj, k, (size_t)dk, sv) < 0) {
-			json_free(sv);
-			goto fail;
+			goto fail; /* it freed sv */
 		}
 	}
 	return obj;

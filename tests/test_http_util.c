@@ -91,6 +91,7 @@ START_TEST(test_url_decoding_rejects_bad_escapes)
 	ck_assert_int_eq(app_url_decode("%2", 2, out, sizeof(out), 1), -1);
 	ck_assert_int_eq(app_url_decode("%", 1, out, sizeof(out), 1), -1);
 	ck_assert_int_eq(app_url_decode("a%00", 4, out, sizeof(out), 1), -1);
+	ck_assert_int_eq(app_url_decode("a\0b", 3, out, sizeof(out), 1), -1); /* a raw NUL too */
 	ck_assert_int_eq(app_url_decode("%C3%A9", 6, out, sizeof(out), 1), 2);
 	ck_assert_int_eq(app_url_decode("abcdef", 6, out, 4, 1), -1);
 }

@@ -224,6 +224,19 @@ def test_urlencoded_body_is_parsed():
     assert doc["data"]["body"] == {"name": "Jörg X", "n": "2"}
 
 
+def test_form_key_with_a_raw_nul_is_400_and_the_worker_lives():
+    # Found by tests/fuzz_http.c: this body used to free a value twice.
+    srv = server()
+    body = b"a\0b=1&c=2&c=3"
+    data = srv.raw(b"POST /__test/echo HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                   b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body, timeout=3)
+    rs = parse_responses(data)
+    assert len(rs) == 1 and rs[0][0] == 400, data[:300]
+    for _ in range(4):
+        st, _, _ = srv.json("GET", "/health/live")
+        assert st == 200
+
+
 def test_query_string_repeated_keys_become_arrays():
     st, _, doc = server().json("GET", "/__test/echo?a=1&b=x%20y&a=2")
     assert st == 200
