@@ -1270,12 +1270,18 @@ static void ws_user_loaded(struct api_call *c, enum store_err err)
 		refuse_draining(req);
 		return;
 	}
-	u->user = c->op.id;
-	u->username = api_doc_str(c->op.result, "username");
+	/* ws_upgrade() frees the request (and u, in its arena) before it
+	 * calls sock_init(): hand it a copy that lives on this stack. */
+	struct upgrade up = *u;
+	const char *uname = api_doc_str(c->op.result, "username");
+	char name[32];
+	snprintf(name, sizeof(name), "%s", uname ? uname : "");
+	up.user = c->op.id;
+	up.username = name;
 	struct app_ctx *ctx = app_ctx(req);
-	store_id_format(&u->user, ctx->user_id);
+	store_id_format(&up.user, ctx->user_id);
 	ctx->authenticated = 1;
-	if (ws_upgrade(g.ws, req, u->accept, sizeof(struct chat_sock), sock_init, u) < 0)
+	if (ws_upgrade(g.ws, req, up.accept, sizeof(struct chat_sock), sock_init, &up) < 0)
 		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 }
 

@@ -395,6 +395,47 @@ def test_typing_goes_to_the_others_and_leave_room_stops_delivery():
     asyncio.run(run())
 
 
+def test_hundreds_of_concurrent_upgrades_all_succeed():
+    # More requests in flight than the HTTP core caches: the upgrade's
+    # request is really freed during the takeover (an ASan build caught the
+    # chat reading its state after that).
+    srv = server()
+    u = API.user("c")
+    rid = API.room(u)
+    n = 300
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+        socks.append(s)
+    key = base64.b64encode(os.urandom(16)).decode()
+    req = ("GET /ws?token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (u["token"], key)).encode()
+    for s in socks:
+        s.sendall(req)
+    ok = 0
+    for s in socks:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            b = s.recv(4096)
+            if not b:
+                break
+            head += b
+        ok += head.startswith(b"HTTP/1.1 101")
+    assert ok == n, ok
+    for s in socks:
+        s.close()
+
+    async def run():
+        async with websockets.connect(ws_url(srv, u)) as ws:
+            await join(ws, rid)
+            await ws.send(ev("send_message", roomId=rid, content="still fine"))
+            e = await recv_event(ws)
+            assert e["event"] == "new_message" and e["data"]["content"] == "still fine", e
+            assert e["data"]["sender"]["username"] == u["name"]
+
+    asyncio.run(run())
+
+
 def test_non_member_is_refused_and_stays_connected():
     srv = server()
 
@@ -921,6 +962,7 @@ if __name__ == "__main__":
             test_broadcast_reaches_every_member_socket_on_both_workers_in_one_order,
             test_recent_messages_are_the_last_50_oldest_first,
             test_typing_goes_to_the_others_and_leave_room_stops_delivery,
+            test_hundreds_of_concurrent_upgrades_all_succeed,
             test_non_member_is_refused_and_stays_connected,
             test_bad_or_missing_token_is_401_without_upgrade,
             test_upgrade_headers_are_checked_after_the_token,
