@@ -585,7 +585,7 @@ static int sq_conn_open(void *vctx, void **connp, char *err, size_t errlen)
 	if (rc == SQLITE_OK)
 		rc = sqlite3_busy_handler(c->db, on_busy, c);
 	if (rc == SQLITE_OK)
-		rc = sqlite3_exec(c->db, "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;", NULL, NULL, NULL);
+		rc = sqlite3_exec(c->db, "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=8000;", NULL, NULL, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_create_function(c->db, "resil_field", 2, fn, NULL, fn_field, NULL, NULL);
 	if (rc == SQLITE_OK)
