@@ -867,6 +867,50 @@ def test_broadcast_on_the_mongodb_backend():
         assert m not in logs, logs[-3000:]
 
 
+def test_database_outage_answers_sends_with_errors_and_keeps_the_socket():
+    # The group-commit path when a batch fails: every queued sender hears
+    # why, is released, and its later events still run.
+    md = MongoDouble()
+    srv = Server(workers=1, env={"RESIL_TEST_HOOKS": "1"}, db=md.uri("resil_it_wsdown_%d" % os.getpid()))
+    try:
+        srv.start()
+        api = Api(srv)
+        a, b = api.user("d"), api.user("d")
+        rid = api.room(a, [b])
+
+        async def run():
+            wa = await websockets.connect(ws_url(srv, a))
+            wb = await websockets.connect(ws_url(srv, b))
+            await join(wa, rid)
+            await join(wb, rid)
+            await wa.send(ev("send_message", roomId=rid, content="before"))
+            for w in (wa, wb):
+                e = await recv_event(w)
+                assert e["event"] == "new_message" and e["data"]["content"] == "before", e
+            md.cmd("stop")
+            for i in range(3):  # queued behind each other: all answered
+                await wa.send(ev("send_message", roomId=rid, content="lost %d" % i))
+            for i in range(3):
+                e = await recv_event(wa, timeout=20)
+                assert e["event"] == "error" and e["data"]["message"] in (
+                    "service unavailable", "request timed out"), e
+            await wa.send(ev("typing_start", roomId=rid))
+            e = await recv_event(wb)
+            assert e["event"] == "user_typing", e
+            await wa.close()
+            await wb.close()
+
+        asyncio.run(run())
+    finally:
+        md.cmd("start")
+        logs = srv.logs()
+        srv.stop()
+        srv.cleanup()
+        md.close()
+    for m in SAN_MARKERS:
+        assert m not in logs, logs[-3000:]
+
+
 def test_reload_closes_websockets_with_1001_and_the_new_generation_chats():
     srv = server()
     u = API.user("v")
@@ -976,6 +1020,7 @@ if __name__ == "__main__":
             test_scoreboard_counts_open_websockets,
             test_unthrottled_flood_keeps_every_worker_alive_with_bounded_memory,
             test_broadcast_on_the_mongodb_backend,
+            test_database_outage_answers_sends_with_errors_and_keeps_the_socket,
             test_reload_closes_websockets_with_1001_and_the_new_generation_chats,
             test_a_killed_worker_does_not_stop_broadcasts_between_the_others,
             test_sigterm_closes_websockets_with_1001,
