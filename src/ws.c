@@ -80,6 +80,7 @@ struct ws_conn {
 	uint8_t rx_dead;      /* protocol error: ignore further input */
 	uint8_t in_recv;      /* inside wslay_event_recv */
 	uint8_t text_ping;    /* keep-alive is the server's text ping, sent on a fixed period */
+	uint16_t deadline_code; /* open: close with this code at close_deadline_ms (0: none) */
 	wslay_event_context_ptr wslay; /* NULL while parked */
 	struct ws_frame **q;  /* ring, qcap a power of two */
 	uint32_t qhead, qcount, qcap, qoff;
@@ -379,6 +380,7 @@ static void start_closing(struct ws_conn *c)
 	if (c->state != C_OPEN)
 		return;
 	c->state = C_CLOSING;
+	c->deadline_code = 0;
 	c->close_deadline_ms = now_ms() + c->srv->lim.close_timeout_ms;
 }
 
@@ -673,6 +675,14 @@ static void conn_finish(struct ws_conn *c)
 	ws_conn_unref(c); /* the server's reference */
 }
 
+void ws_conn_deadline(struct ws_conn *c, uint32_t ms, uint16_t code)
+{
+	if (c->state != C_OPEN)
+		return;
+	c->deadline_code = ms ? code : 0;
+	c->close_deadline_ms = ms ? now_ms() + ms : 0;
+}
+
 void ws_conn_use_text_ping(struct ws_conn *c)
 {
 	c->text_ping = 1;
@@ -951,6 +961,10 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 		if (c->state == C_CLOSING) {
 			if (now >= c->close_deadline_ms)
 				conn_finish(c);
+			continue;
+		}
+		if (c->deadline_code && now >= c->close_deadline_ms) {
+			ws_close(c, c->deadline_code, "deadline passed");
 			continue;
 		}
 		uint64_t quiet = now - c->last_rx_ms;

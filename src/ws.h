@@ -129,6 +129,9 @@ int ws_conn_closing(const struct ws_conn *c);
 void ws_conn_ref(struct ws_conn *c);
 void ws_conn_unref(struct ws_conn *c);
 /* Stop (1) or resume (0) reading the socket: inbound backpressure. */
+/* Close this open socket with code unless ws_conn_deadline(c, 0, 0) is
+ * called within ms (checked by the sweep, so up to a second late). */
+void ws_conn_deadline(struct ws_conn *c, uint32_t ms, uint16_t code);
 /* Keep this socket alive with lim.text_ping every ping_idle_ms, whatever
  * the traffic, instead of control pings after silence (the silence limit
  * still applies: the client's answers count as traffic). */

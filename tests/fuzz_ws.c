@@ -13,7 +13,8 @@
  * back as broadcast frames; store calls fail fast (there is no store) and
  * answer with error events. Bit 1 of the first byte makes the client a
  * Socket.IO one: Engine.IO packets on the stream, chat_parse_sio() for the
- * parser mode. Built with clang -fsanitize=fuzzer,address.
+ * parser mode; with bit 2 as well it came without a token (CONNECT carries
+ * it). Built with clang -fsanitize=fuzzer,address.
  */
 #include "../workers/chat.c" /* the chat's static parser and handlers */
 
@@ -24,9 +25,15 @@
 static struct event_base *fz_base;
 static const bson_oid_t fz_room = {{0x65, 0x00, 0x00, 0x01, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x00, 0x00, 0x01}};
 
+static struct resil_config fz_cfg;
+
 static void fz_init(void)
 {
 	log_set_level(LOG_LVL_ERROR);
+	config_defaults(&fz_cfg);
+	memcpy(fz_cfg.jwt_secret, "fuzz-secret-fuzz-secret-fuzz-sec", 32);
+	fz_cfg.jwt_secret_len = 32;
+	g.cfg = &fz_cfg; /* tokens in Socket.IO CONNECT packets are verified */
 	fz_base = event_base_new();
 	g.gen = yajl_gen_alloc(NULL);
 	struct ws_limits lim = {.max_backlog = 64 * 1024, .close_timeout_ms = 100, .text_ping = "2"};
@@ -76,7 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		close(sv[1]);
 		return 0;
 	}
-	struct upgrade u = {.username = "fuzzer", .sio = sio};
+	struct upgrade u = {.username = "fuzzer", .sio = sio, .authed = !(sio && (data[0] & 4))};
 	u.user.bytes[11] = 1;
 	sock_init(c, &u);
 	struct room_member *m = member_add(ws_conn_app(c), &fz_room);

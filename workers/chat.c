@@ -35,6 +35,7 @@
 #include "ws.h"
 
 #include <errno.h>
+#include <event2/event.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,7 @@ struct chat_sock {
 	int busy; /* a store call for this socket is in flight */
 	uint8_t sio;    /* Socket.IO v4 client on /socket.io/ (Engine.IO framing) */
 	uint8_t sio_ns; /* its "/" namespace is connected */
+	uint8_t authed; /* user known (always, except a Socket.IO socket before CONNECT) */
 };
 
 /* A parsed client event (pure: no state touched). */
@@ -140,6 +142,7 @@ struct chat {
 	double rate, burst; /* ws_message_rate, CHAT_BURST_S of it */
 	uint32_t ping_ms;   /* keep-alive period (Engine.IO pingInterval) */
 	uint64_t sid_key;   /* masks Socket.IO session ids */
+	uint32_t sio_auth_ms; /* a Socket.IO socket without a token must CONNECT with one within this */
 	struct {
 		struct ws_conn *c;
 		bson_t *doc;
@@ -1007,6 +1010,7 @@ static void do_typing(struct ws_conn *c, const struct chat_cmd *cmd)
  * object of the CONNECT packet is not read. */
 
 #define SIO_PING_TIMEOUT_MS 20000
+#define SIO_AUTH_TIMEOUT_MS 10000
 
 /* The socket's tag (unique across workers) masked with a per-worker random
  * key, so a session id tells nothing about pids or connection counts. */
@@ -1029,6 +1033,74 @@ static void sio_open(struct ws_conn *c)
 	                 sid, g.ping_ms, SIO_PING_TIMEOUT_MS, 64u * 1024u);
 	ws_conn_use_text_ping(c);
 	ws_send_text(c, open, (size_t)n);
+}
+
+/* CONNECT_ERROR, then close: the client reports connect_error. */
+static void sio_refuse(struct ws_conn *c, const char *message, uint16_t code)
+{
+	char buf[160];
+	int n = snprintf(buf, sizeof(buf), "44{\"message\":\"%s\"}", message);
+	ws_send_text(c, buf, (size_t)n);
+	ws_close(c, code, message);
+}
+
+static void sio_user_loaded(struct chat_op *o, struct ws_conn *c, enum store_err err)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	if (ws_conn_closing(c))
+		return;
+	if (err == STORE_NOT_FOUND || (err == STORE_OK && !api_doc_bool(o->op.result, "isActive", 1))) {
+		sio_refuse(c, "user no longer exists or is inactive", WS_POLICY_VIOLATION);
+		return;
+	}
+	if (err != STORE_OK) {
+		sio_refuse(c, store_message(err), WS_TRY_AGAIN_LATER);
+		return;
+	}
+	const char *name = api_doc_str(o->op.result, "username");
+	cs->user = o->op.id;
+	store_id_format(&cs->user, cs->user_hex);
+	snprintf(cs->username, sizeof(cs->username), "%s", name ? name : "");
+	cs->authed = 1;
+	cs->sio_ns = 1;
+	ws_conn_deadline(c, 0, 0);
+	char sid[17], ok[48];
+	sio_sid(cs, sid);
+	int k = snprintf(ok, sizeof(ok), "40{\"sid\":\"%s\"}", sid);
+	ws_send_text(c, ok, (size_t)k);
+}
+
+/* "40{...}" from a socket that came without a token: the auth object's
+ * token is checked as on /ws, then the user is loaded from the store. */
+static void sio_authenticate(struct ws_conn *c, const char *payload, size_t len)
+{
+	struct json_value *doc = NULL;
+	const char *tok = NULL;
+	size_t tl = 0;
+	if (len && json_parse(payload, len, CHAT_JSON_DEPTH, 0, &doc) == JSON_OK && doc->type == JSON_OBJECT)
+		tok = json_get_str(doc, "token", &tl);
+	if (!tok || !tl) {
+		json_free(doc);
+		sio_refuse(c, "access token required", WS_POLICY_VIOLATION);
+		return;
+	}
+	struct jwt_claims cl;
+	enum jwt_result jr =
+	    jwt_verify(g.cfg->jwt_secret, g.cfg->jwt_secret_len, tok, tl, (int64_t)time(NULL), JWT_SKEW_S, &cl);
+	json_free(doc);
+	bson_oid_t user;
+	if (jr != JWT_OK || store_id_parse(cl.sub, strlen(cl.sub), &user) < 0) {
+		log_info(NULL, "websocket token rejected", LF_STR("reason", jwt_result_str(jr)));
+		sio_refuse(c, "invalid or expired token", WS_POLICY_VIOLATION);
+		return;
+	}
+	struct chat_op *o = op_new(c, STORE_OP_FIND_BY_ID, STORE_USERS, sio_user_loaded);
+	if (!o) {
+		sio_refuse(c, "service unavailable", WS_TRY_AGAIN_LATER);
+		return;
+	}
+	o->op.id = user;
+	op_submit(o); /* on failure it sends an error event and frees o */
 }
 
 /* Engine.IO packet types: 1 close, 2 ping, 3 pong, 4 message; Socket.IO
@@ -1059,6 +1131,10 @@ static int sio_packet(struct ws_conn *c, const char **msg, size_t *len)
 			int k = snprintf(err, sizeof(err), "44%.*s,{\"message\":\"Invalid namespace\"}",
 			                 (int)(nl > 64 ? 64 : nl), p + 2);
 			ws_send_text(c, err, (size_t)k);
+			return 1;
+		}
+		if (!cs->authed) {
+			sio_authenticate(c, p + 2, n - 2);
 			return 1;
 		}
 		sio_sid(cs, sid);
@@ -1230,6 +1306,7 @@ struct upgrade {
 	bson_oid_t user;
 	const char *username;
 	int sio;
+	int authed;
 };
 
 static void sock_init(struct ws_conn *c, void *arg)
@@ -1244,8 +1321,11 @@ static void sock_init(struct ws_conn *c, void *arg)
 	cs->abuse = g.burst;
 	cs->bucket_ms = now_ms();
 	cs->sio = (uint8_t)u->sio;
+	cs->authed = (uint8_t)u->authed;
 	if (cs->sio)
 		sio_open(c);
+	if (!cs->authed)
+		ws_conn_deadline(c, g.sio_auth_ms, WS_POLICY_VIOLATION);
 }
 
 static int refuse_draining(struct http_request *req)
@@ -1278,11 +1358,60 @@ static void ws_user_loaded(struct api_call *c, enum store_err err)
 	snprintf(name, sizeof(name), "%s", uname ? uname : "");
 	up.user = c->op.id;
 	up.username = name;
+	up.authed = 1;
 	struct app_ctx *ctx = app_ctx(req);
 	store_id_format(&up.user, ctx->user_id);
 	ctx->authenticated = 1;
 	if (ws_upgrade(g.ws, req, up.accept, sizeof(struct chat_sock), sock_init, &up) < 0)
 		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+}
+
+/* /socket.io/ without a token in the URL or headers: the client sends it in
+ * the CONNECT packet's auth object. The takeover cannot happen inside the
+ * handler, so the upgrade runs on the next loop turn (the request stays
+ * ours until answered, even if the client goes away). */
+struct sio_later {
+	struct http_request *req;
+	char accept[WS_ACCEPT_LEN + 1];
+};
+
+static void sio_upgrade_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct sio_later *l = arg;
+	struct http_request *req = l->req;
+	struct upgrade up = {.sio = 1, .authed = 0, .username = ""};
+	memcpy(up.accept, l->accept, sizeof(up.accept));
+	free(l);
+	struct worker *w = worker_current();
+	if (!g.ws || (w && w->draining) || ws_server_draining(g.ws)) {
+		refuse_draining(req);
+		return;
+	}
+	if (ws_upgrade(g.ws, req, up.accept, sizeof(struct chat_sock), sock_init, &up) < 0)
+		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+}
+
+static int sio_upgrade_unauthenticated(struct http_request *req)
+{
+	struct worker *w = worker_current();
+	struct sio_later *l = calloc(1, sizeof(*l));
+	if (!l)
+		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+	const char *why = NULL;
+	int st = ws_check_upgrade(req, l->accept, &why);
+	if (st) {
+		free(l);
+		return app_fail(req, st, st == 426 ? "UPGRADE_REQUIRED" : st == 400 ? "BAD_REQUEST" : "INTERNAL", why);
+	}
+	l->req = req;
+	struct timeval now = {0, 0};
+	if (event_base_once(w->base, -1, EV_TIMEOUT, sio_upgrade_cb, l, &now) < 0) {
+		free(l);
+		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+	}
+	return APP_DONE;
 }
 
 static int ws_route_proto(struct http_request *req, int sio)
@@ -1302,6 +1431,8 @@ static int ws_route_proto(struct http_request *req, int sio)
 		if (!h || auth_bearer_token(h, hl, &tok, &tl) < 0)
 			tok = NULL;
 	}
+	if ((!tok || !tl) && sio)
+		return sio_upgrade_unauthenticated(req);
 	if (!tok || !tl)
 		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
 	struct jwt_claims cl;
@@ -1389,6 +1520,9 @@ int chat_start(struct worker *w)
 	lim.text_ping = "2"; /* Engine.IO ping, for /socket.io/ sockets */
 	g.ping_ms = lim.ping_idle_ms ? lim.ping_idle_ms : 25000;
 	randombytes_buf(&g.sid_key, sizeof(g.sid_key));
+	g.sio_auth_ms = test_ms("RESIL_TEST_SIO_AUTH_MS");
+	if (!g.sio_auth_ms)
+		g.sio_auth_ms = SIO_AUTH_TIMEOUT_MS;
 	struct ws_handlers h = {.on_text = on_text, .on_close = on_close, .on_count = on_count};
 	int fd = w->bus_fd;
 	w->bus_fd = -1; /* ours now: the bus closes it, also on failure */

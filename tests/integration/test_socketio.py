@@ -26,7 +26,7 @@ API = None
 def server():
     global S, API
     if S is None:
-        S = Server(workers=2, env={"RESIL_TEST_HOOKS": "1"})
+        S = Server(workers=2, env={"RESIL_TEST_HOOKS": "1", "RESIL_TEST_SIO_AUTH_MS": "1500"})
         S.start()
         API = Api(S)
     return S
@@ -162,9 +162,10 @@ def test_refusals_and_bad_packets():
         assert st == 400 and want in doc["error"] and doc["code"] == "BAD_REQUEST", (q, st, doc)
 
     async def run():
+        # A bad token in the URL is refused before the upgrade.
         try:
-            await websockets.connect(sio_url(srv, None))
-            raise AssertionError("upgraded without a token")
+            await websockets.connect(sio_url(srv, {"token": "garbage"}))
+            raise AssertionError("upgraded with a bad token")
         except websockets.exceptions.InvalidStatusCode as e:
             assert e.status_code == 401
         ws = await websockets.connect(sio_url(srv, u))
@@ -194,6 +195,61 @@ def test_refusals_and_bad_packets():
 
 async def recv_raw(ws, timeout=10):
     return await asyncio.wait_for(ws.recv(), timeout)
+
+
+async def closed_with(ws, timeout=5):
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    except ConnectionClosed as e:
+        return close_code(e)
+
+
+def test_token_in_the_connect_packets_auth_object():
+    srv = server()
+    a, b = API.user("au"), API.user("au")
+    rid = API.room(a, [b])
+
+    async def run():
+        # No token with the upgrade: the CONNECT packet's auth carries it.
+        ws = await websockets.connect(sio_url(srv, None), max_size=2 ** 20)
+        opened = json.loads((await recv_raw(ws))[1:])
+        await ws.send('42["join_room",{"roomId":"%s"}]' % rid)  # not connected yet
+        assert await sio_recv(ws) == ("error", {"message": "connect to the namespace first"})
+        await ws.send("40" + json.dumps({"token": a["token"]}))
+        ok = json.loads((await recv_raw(ws))[2:])
+        assert ok == {"sid": opened["sid"]}, ok
+        assert await sio_join(ws, rid) == []
+        await ws.send("42" + json.dumps(["send_message", {"roomId": rid, "content": "auth object"}]))
+        name, m = await sio_recv(ws)
+        assert name == "new_message" and m["sender"] == {"id": a["id"], "username": a["name"]}, (name, m)
+        await ws.close()
+        # Events right behind the CONNECT wait for it.
+        wb = await websockets.connect(sio_url(srv, None))
+        await recv_raw(wb)
+        await wb.send("40" + json.dumps({"token": b["token"]}))
+        await wb.send('42["join_room",{"roomId":"%s"}]' % rid)
+        assert (await recv_raw(wb)).startswith("40{")
+        name, _ = await sio_recv(wb)
+        assert name == "room_joined", name
+        await wb.close()
+        # Refusals: CONNECT_ERROR, then a 1008 close.
+        for auth, want in ((None, "access token required"), ({"token": 7}, "access token required"),
+                           ({"token": "garbage"}, "invalid or expired token"),
+                           ({"token": a["token"][:-2] + "xx"}, "invalid or expired token")):
+            w = await websockets.connect(sio_url(srv, None))
+            await recv_raw(w)
+            await w.send("40" + (json.dumps(auth) if auth is not None else ""))
+            assert await recv_raw(w) == '44{"message":"%s"}' % want, auth
+            assert await closed_with(w) == 1008
+        # A socket that never authenticates is closed (test hook: 1.5 s).
+        w = await websockets.connect(sio_url(srv, None), ping_interval=None)
+        await recv_raw(w)
+        t0 = time.time()
+        assert await closed_with(w, 6) == 1008
+        assert 1.0 < time.time() - t0 < 4.0, time.time() - t0
+
+    asyncio.run(run())
 
 
 def test_engineio_pings_keep_an_answering_client_and_drop_a_silent_one():
@@ -278,6 +334,7 @@ def test_npm_socketio_client_connects_with_the_websocket_transport():
     assert res["typing"] == {"userId": a["id"], "username": a["name"]}
     assert res["error"] == {"message": "content must be 1-2000 characters"}
     assert res["bad_token"] == "connect_error"
+    assert res["auth_object"]["content"] == "hello from socket.io-client", res
 
 
 if __name__ == "__main__":
@@ -286,6 +343,7 @@ if __name__ == "__main__":
             test_handshake_connect_and_chat_events,
             test_socketio_and_plain_websocket_clients_share_rooms_across_workers,
             test_refusals_and_bad_packets,
+            test_token_in_the_connect_packets_auth_object,
             test_engineio_pings_keep_an_answering_client_and_drop_a_silent_one,
             test_npm_socketio_client_connects_with_the_websocket_transport,
         ])
