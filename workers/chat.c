@@ -52,7 +52,8 @@
 				   /* as many refused events (refilled at the rate) before 1008 */
 #define CHAT_JOIN_HOLD 128         /* live frames held while a join loads history */
 #define CHAT_OP_TIMEOUT_MS 10000
-#define CHAT_BATCH_MAX 256         /* messages waiting for the next group commit */
+#define CHAT_BATCH_MAX 1024        /* messages waiting for the next group commit (as many as */
+				   /* the store takes in flight: beyond, "server busy") */
 #define CHAT_JSON_DEPTH 16
 #define JWT_SKEW_S 5
 
