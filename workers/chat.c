@@ -249,6 +249,13 @@ static int chat_parse_event(struct chat_cmd *cmd, const char *ev, size_t el, con
 	return 0;
 }
 
+static void sock_set_user(struct chat_sock *cs, const bson_oid_t *id, const char *username)
+{
+	cs->user = *id;
+	store_id_format(id, cs->user_hex);
+	snprintf(cs->username, sizeof(cs->username), "%s", username ? username : "");
+}
+
 /* ------------------------------------------------------------- output */
 
 #define GS(gn, s) yajl_gen_string(gn, (const unsigned char *)(s), strlen(s))
@@ -1036,6 +1043,17 @@ static void sio_open(struct ws_conn *c)
 	ws_send_text(c, open, (size_t)n);
 }
 
+/* The default namespace is connected: CONNECT answered with the sid. */
+static void sio_connected(struct ws_conn *c)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	char sid[17], ok[48];
+	sio_sid(cs, sid);
+	int k = snprintf(ok, sizeof(ok), "40{\"sid\":\"%s\"}", sid);
+	cs->sio_ns = 1;
+	ws_send_text(c, ok, (size_t)k);
+}
+
 /* CONNECT_ERROR, then close: the client reports connect_error. */
 static void sio_refuse(struct ws_conn *c, const char *message, uint16_t code)
 {
@@ -1058,17 +1076,10 @@ static void sio_user_loaded(struct chat_op *o, struct ws_conn *c, enum store_err
 		sio_refuse(c, store_message(err), WS_TRY_AGAIN_LATER);
 		return;
 	}
-	const char *name = api_doc_str(o->op.result, "username");
-	cs->user = o->op.id;
-	store_id_format(&cs->user, cs->user_hex);
-	snprintf(cs->username, sizeof(cs->username), "%s", name ? name : "");
+	sock_set_user(cs, &o->op.id, api_doc_str(o->op.result, "username"));
 	cs->authed = 1;
-	cs->sio_ns = 1;
 	ws_conn_deadline(c, 0, 0);
-	char sid[17], ok[48];
-	sio_sid(cs, sid);
-	int k = snprintf(ok, sizeof(ok), "40{\"sid\":\"%s\"}", sid);
-	ws_send_text(c, ok, (size_t)k);
+	sio_connected(c);
 }
 
 /* "40{...}" from a socket that came without a token: the auth object's
@@ -1123,7 +1134,6 @@ static int sio_packet(struct ws_conn *c, const char **msg, size_t *len)
 		return 1;
 	}
 	if (n >= 2 && p[0] == '4' && p[1] == '0') {
-		char sid[17], ok[48];
 		if (n > 2 && p[2] == '/' && !(n >= 4 && p[3] == ',')) {
 			/* "40/other,...": only the default namespace exists */
 			const char *comma = memchr(p + 2, ',', n - 2);
@@ -1138,10 +1148,7 @@ static int sio_packet(struct ws_conn *c, const char **msg, size_t *len)
 			sio_authenticate(c, p + 2, n - 2);
 			return 1;
 		}
-		sio_sid(cs, sid);
-		int k = snprintf(ok, sizeof(ok), "40{\"sid\":\"%s\"}", sid);
-		cs->sio_ns = 1;
-		ws_send_text(c, ok, (size_t)k);
+		sio_connected(c);
 		return 1;
 	}
 	if (n >= 2 && p[0] == '4' && p[1] == '1') {
@@ -1314,9 +1321,7 @@ static void sock_init(struct ws_conn *c, void *arg)
 {
 	struct upgrade *u = arg;
 	struct chat_sock *cs = ws_conn_app(c);
-	cs->user = u->user;
-	store_id_format(&u->user, cs->user_hex);
-	snprintf(cs->username, sizeof(cs->username), "%s", u->username ? u->username : "");
+	sock_set_user(cs, &u->user, u->username);
 	cs->tag = g.pid_tag | ++g.serial;
 	cs->tokens = g.burst;
 	cs->abuse = g.burst;
@@ -1367,6 +1372,12 @@ static void ws_user_loaded(struct api_call *c, enum store_err err)
 		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 }
 
+/* ws_check_upgrade()'s refusal as an error envelope. */
+static int upgrade_refused(struct http_request *req, int st, const char *why)
+{
+	return app_fail(req, st, st == 426 ? "UPGRADE_REQUIRED" : st == 400 ? "BAD_REQUEST" : "INTERNAL", why);
+}
+
 /* /socket.io/ without a token in the URL or headers: the client sends it in
  * the CONNECT packet's auth object. The takeover cannot happen inside the
  * handler, so the upgrade runs on the next loop turn (the request stays
@@ -1404,7 +1415,7 @@ static int sio_upgrade_unauthenticated(struct http_request *req)
 	int st = ws_check_upgrade(req, l->accept, &why);
 	if (st) {
 		free(l);
-		return app_fail(req, st, st == 426 ? "UPGRADE_REQUIRED" : st == 400 ? "BAD_REQUEST" : "INTERNAL", why);
+		return upgrade_refused(req, st, why);
 	}
 	l->req = req;
 	struct timeval now = {0, 0};
@@ -1452,7 +1463,7 @@ static int ws_route_proto(struct http_request *req, int sio)
 	const char *why = NULL;
 	int st = ws_check_upgrade(req, u->accept, &why);
 	if (st)
-		return app_fail(req, st, st == 426 ? "UPGRADE_REQUIRED" : st == 400 ? "BAD_REQUEST" : "INTERNAL", why);
+		return upgrade_refused(req, st, why);
 	struct api_call *c = api_call_new(req, STORE_OP_FIND_BY_ID, STORE_USERS, ws_user_loaded);
 	if (!c)
 		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");

@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import TOP, Server, run_tests  # noqa: E402
-from test_ws import SAN_MARKERS, Api, close_code, ev, join, recv_event, ws_url, worker_of  # noqa: E402
+from test_ws import Api, assert_sanitizer_clean, stop_server, close_code, ev, join, recv_event, ws_url, worker_of  # noqa: E402
 
 import websockets  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
@@ -290,11 +290,8 @@ def test_engineio_pings_keep_an_answering_client_and_drop_a_silent_one():
 
         asyncio.run(run())
     finally:
-        logs = srv.logs()
-        srv.stop()
-        srv.cleanup()
-    for m in SAN_MARKERS:
-        assert m not in logs, logs[-3000:]
+        logs = stop_server(srv)
+    assert_sanitizer_clean(logs)
 
 
 def node_client_dir():
@@ -349,8 +346,4 @@ if __name__ == "__main__":
         ])
     finally:
         if S is not None:
-            logs = S.logs()
-            S.stop()
-            S.cleanup()
-            for m in SAN_MARKERS:
-                assert m not in logs, logs[-3000:]
+            assert_sanitizer_clean(stop_server(S))

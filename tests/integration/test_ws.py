@@ -47,6 +47,20 @@ SAN_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "Undefined
 # ------------------------------------------------------------------ helpers
 
 
+def stop_server(srv):
+    """Stop and remove a test's own server; its logs."""
+    logs = srv.logs()
+    srv.stop()
+    srv.cleanup()
+    return logs
+
+
+def assert_sanitizer_clean(logs):
+    for m in SAN_MARKERS:
+        assert m not in logs, logs[-3000:]
+
+
+
 class Api:
     """Users, rooms and memberships through the REST API."""
 
@@ -553,11 +567,8 @@ def test_message_rate_is_configurable_error_then_1008():
 
         asyncio.run(run())
     finally:
-        logs = srv.logs()
-        srv.stop()
-        srv.cleanup()
-    for m in SAN_MARKERS:
-        assert m not in logs, logs[-3000:]
+        logs = stop_server(srv)
+    assert_sanitizer_clean(logs)
 
 
 def test_message_over_64_kib_closes_with_1009():
@@ -658,11 +669,8 @@ def test_idle_socket_is_pinged_and_a_silent_one_closed():
 
         asyncio.run(run())
     finally:
-        logs = srv.logs()
-        srv.stop()
-        srv.cleanup()
-    for m in SAN_MARKERS:
-        assert m not in logs, logs[-3000:]
+        logs = stop_server(srv)
+    assert_sanitizer_clean(logs)
 
 
 def test_slow_reader_is_closed_with_1013_while_others_keep_receiving():
@@ -859,12 +867,9 @@ def test_broadcast_on_the_mongodb_backend():
         n, workers = asyncio.run(broadcast_scenario(srv, Api(srv), per_sender=8))
         assert n >= 8 and workers == 2
     finally:
-        logs = srv.logs()
-        srv.stop()
-        srv.cleanup()
+        logs = stop_server(srv)
         md.close()
-    for m in SAN_MARKERS:
-        assert m not in logs, logs[-3000:]
+    assert_sanitizer_clean(logs)
 
 
 def test_database_outage_answers_sends_with_errors_and_keeps_the_socket():
@@ -903,12 +908,9 @@ def test_database_outage_answers_sends_with_errors_and_keeps_the_socket():
         asyncio.run(run())
     finally:
         md.cmd("start")
-        logs = srv.logs()
-        srv.stop()
-        srv.cleanup()
+        logs = stop_server(srv)
         md.close()
-    for m in SAN_MARKERS:
-        assert m not in logs, logs[-3000:]
+    assert_sanitizer_clean(logs)
 
 
 def test_reload_closes_websockets_with_1001_and_the_new_generation_chats():
