@@ -105,7 +105,9 @@ int ws_accept_key(const char *key, size_t keylen, char accept[WS_ACCEPT_LEN + 1]
 /* Answer 101 and take the socket over from the HTTP core (not from inside
  * the synchronous part of a handler: after an asynchronous step). A new
  * connection with app_size zeroed bytes of application state is created;
- * init(c, arg) runs before any byte from the client is processed. Returns
+ * init(c, arg) runs before any byte from the client is processed, after
+ * the request is released: arg must not live in the request's
+ * arena (http_alloc) or anything freed with it. Returns
  * 0 (the request is released), or -1 when the upgrade was impossible
  * (client gone, no memory, server draining): the request is then still
  * owned by the caller, who must answer it. */
