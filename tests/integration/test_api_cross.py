@@ -94,43 +94,51 @@ def test_rate_limit_is_shared_by_both_workers():
         paths = ["/api/rooms", "/api/no-such-route"]
 
         def one(i):
-            r = srv.request("GET", paths[i % 2], headers={"X-Request-ID": "rl-%d" % i})
+            r = srv.request("GET", paths[i % 2], headers={"X-Request-ID": "rl%d-%d" % (attempt, i)})
             with lock:
                 results.append(r)
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n + k)]
-        t0 = time.time()
-        for i in range(0, len(threads), 4):  # bursts of 4 fresh connections
-            batch = threads[i:i + 4]
-            for t in batch:
-                t.start()
-            for t in batch:
-                t.join()
-        assert time.time() - t0 < 4, "burst too slow for a 5 s window"
-        passed = [r for r in results if r[0] != 429]
-        limited = [r for r in results if r[0] == 429]
-        assert len(passed) == n and len(limited) == k, sorted(r[0] for r in results)
-        for st, h, body in results:
-            assert h["ratelimit-limit"] == "20", h
-            assert 0 <= int(h["ratelimit-remaining"]) < n, h
-            assert 1 <= int(h["ratelimit-reset"]) <= 5, h
-        # Every allowed hit was counted exactly once, whichever worker took it.
-        assert sorted(int(h["ratelimit-remaining"]) for _, h, _ in passed) == list(range(n))
-        for st, h, body in limited:
-            doc = json.loads(body)
-            assert doc["success"] is False and doc["code"] == "RATE_LIMITED" and doc["requestId"], doc
-            assert h["ratelimit-remaining"] == "0"
-            assert 1 <= int(h["retry-after"]) <= 5, h
-        # Health checks are never limited and carry no RateLimit headers.
-        for _ in range(3):
-            st, h, _ = srv.request("GET", "/health")
-            assert st == 200 and "ratelimit-limit" not in h, (st, h)
-        st, h, _ = srv.request("GET", "/health/live")
-        assert st == 200
-        # Both workers answered part of the burst (fresh connections).
-        time.sleep(0.3)
-        workers = {l.get("worker") for l in srv.log_lines() if str(l.get("requestId", "")).startswith("rl-")}
-        assert len(workers) == 2, "one worker served the whole burst: %r" % workers
+        for attempt in range(3):
+            del results[:]
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(n + k)]
+            t0 = time.time()
+            for i in range(0, len(threads), 4):  # bursts of 4 fresh connections
+                batch = threads[i:i + 4]
+                for t in batch:
+                    t.start()
+                for t in batch:
+                    t.join()
+            assert time.time() - t0 < 4, "burst too slow for a 5 s window"
+            passed = [r for r in results if r[0] != 429]
+            limited = [r for r in results if r[0] == 429]
+            assert len(passed) == n and len(limited) == k, sorted(r[0] for r in results)
+            for st, h, body in results:
+                assert h["ratelimit-limit"] == "20", h
+                assert 0 <= int(h["ratelimit-remaining"]) < n, h
+                assert 1 <= int(h["ratelimit-reset"]) <= 5, h
+            # Every allowed hit was counted exactly once, whichever worker took it.
+            assert sorted(int(h["ratelimit-remaining"]) for _, h, _ in passed) == list(range(n))
+            for st, h, body in limited:
+                doc = json.loads(body)
+                assert doc["success"] is False and doc["code"] == "RATE_LIMITED" and doc["requestId"], doc
+                assert h["ratelimit-remaining"] == "0"
+                assert 1 <= int(h["retry-after"]) <= 5, h
+            # Health checks are never limited and carry no RateLimit headers.
+            for _ in range(3):
+                st, h, _ = srv.request("GET", "/health")
+                assert st == 200 and "ratelimit-limit" not in h, (st, h)
+            st, h, _ = srv.request("GET", "/health/live")
+            assert st == 200
+            # Both workers answered part of the burst (fresh connections). The
+            # kernel may hand every connection to one worker (it did under
+            # valgrind): then the burst is repeated in a new window.
+            time.sleep(0.3)
+            tag = "rl%d-" % attempt
+            workers = {l.get("worker") for l in srv.log_lines() if str(l.get("requestId", "")).startswith(tag)}
+            if len(workers) == 2:
+                break
+            time.sleep(min(max(int(h["ratelimit-reset"]) for _, h, _ in results), 5) + 0.3)
+        assert len(workers) == 2, "one worker served every burst: %r" % workers
         # A new window after the old one ended.
         wait = max(int(h["ratelimit-reset"]) for _, h, _ in results)
         time.sleep(min(wait, 5) + 0.3)
