@@ -130,7 +130,7 @@ static struct log_ctx req_log(struct http_request *req)
 	return (struct log_ctx){
 		.request_id = req->request_id,
 		.trace_id = req->trace_id[0] ? req->trace_id : NULL,
-		.user_id = ctx && ctx->user_id[0] ? ctx->user_id : NULL,
+		.user_id = ctx ? ctx->principal_id : NULL,
 	};
 }
 

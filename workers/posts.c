@@ -265,11 +265,10 @@ static void author_from_user(struct author *a, const bson_oid_t *id, const bson_
 
 static void author_from_ctx(struct author *a, struct http_request *req)
 {
-	struct app_ctx *ctx = app_ctx(req);
-	if (store_id_parse(ctx->user_id, strlen(ctx->user_id), &a->id) < 0)
-		memset(&a->id, 0, sizeof(a->id));
-	a->username = ctx->username;
-	a->email = ctx->email;
+	const struct principal *me = auth_principal(req);
+	bson_oid_copy(&me->oid, &a->id);
+	a->username = me->username;
+	a->email = me->email;
 }
 
 /* Answer {"success":true,"data":<post>} with the given status. */
@@ -286,7 +285,7 @@ static void send_post(struct http_request *req, int status, const bson_t *post, 
 
 static int is_admin(struct http_request *req)
 {
-	return strcmp(app_ctx(req)->role, "admin") == 0;
+	return auth_is_admin(req);
 }
 
 static int is_author(struct http_request *req, const bson_t *post)
@@ -296,7 +295,8 @@ static int is_author(struct http_request *req, const bson_t *post)
 	if (api_doc_oid(post, "author", &author) < 0)
 		return 0;
 	store_id_format(&author, hex);
-	return strcmp(hex, app_ctx(req)->user_id) == 0;
+	const struct principal *me = auth_principal(req);
+	return me && strcmp(hex, me->id) == 0;
 }
 
 static int fail_nomem(struct http_request *req)
@@ -616,12 +616,8 @@ static int posts_create(struct http_request *req)
 	struct verrors errs;
 	if (validate(body, create_rules, &errs) > 0)
 		return app_fail_validation(req, &errs);
-	struct app_ctx *ctx = app_ctx(req);
-	bson_oid_t me;
-	if (store_id_parse(ctx->user_id, strlen(ctx->user_id), &me) < 0)
-		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
 	bson_t *doc = fields_doc(body);
-	if (!doc || !BSON_APPEND_OID(doc, "author", &me)) {
+	if (!doc || !BSON_APPEND_OID(doc, "author", &auth_principal(req)->oid)) {
 		if (doc)
 			bson_destroy(doc);
 		return fail_nomem(req);

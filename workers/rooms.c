@@ -86,11 +86,7 @@ static struct room_req *room_req_new(struct http_request *req)
 		return NULL;
 	}
 	memset(rr, 0, sizeof(*rr));
-	const char *uid = app_ctx(req)->user_id;
-	if (store_id_parse(uid, strlen(uid), &rr->me) < 0) {
-		app_fail(req, 500, "INTERNAL", "internal server error");
-		return NULL;
-	}
+	bson_oid_copy(&auth_principal(req)->oid, &rr->me);
 	return rr;
 }
 
@@ -488,7 +484,7 @@ static void send_step(struct http_request *req, struct room_req *rr, const bson_
 	struct api_call *c = call_new(req, STORE_OP_INSERT, STORE_MESSAGES, message_stored, rr);
 	if (!c)
 		return;
-	const char *name = app_ctx(req)->username;
+	const char *name = auth_principal(req)->username;
 	bson_t *doc = bson_new();
 	c->op.doc = doc;
 	if (!doc || rr->content_len > INT32_MAX || !bson_append_oid(doc, "room", 4, &rr->room) ||

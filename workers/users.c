@@ -50,14 +50,14 @@ static int fail_unavailable(struct http_request *req)
 
 static int is_admin(struct http_request *req)
 {
-	return strcmp(app_ctx(req)->role, "admin") == 0;
+	return auth_is_admin(req);
 }
 
 static int is_self(struct http_request *req, const bson_oid_t *id)
 {
 	char hex[25];
 	store_id_format(id, hex);
-	return strcmp(app_ctx(req)->user_id, hex) == 0;
+	return strcmp(auth_principal(req)->id, hex) == 0;
 }
 
 static void reply_user(struct http_request *req, int status, const bson_t *doc)
@@ -114,7 +114,7 @@ static int users_me(struct http_request *req)
 		return APP_DONE;
 	}
 	bson_oid_t id;
-	const char *me = app_ctx(req)->user_id;
+	const char *me = auth_principal(req)->id;
 	if (store_id_parse(me, strlen(me), &id) < 0)
 		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
 	return find_user(req, &id);
@@ -210,7 +210,7 @@ static void written(struct api_call *c, enum store_err err)
 	authmw_users_changed();
 	char id[25];
 	store_id_format(&c->op.id, id);
-	struct log_ctx lc = {.request_id = req->request_id, .user_id = app_ctx(req)->user_id};
+	struct log_ctx lc = {.request_id = req->request_id, .user_id = auth_principal(req)->id};
 	if (req->method == HTTP_M_DELETE) {
 		log_info(&lc, "user deactivated", LF_STR("targetUserId", id));
 		app_no_content(req);
