@@ -11,7 +11,6 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -510,56 +509,6 @@ int api_call_submit(struct api_call *c)
 	return APP_DONE;
 }
 
-static void work_run(struct job *j)
-{
-	struct api_work *w = (struct api_work *)j;
-	w->work(w);
-}
-
-static void work_done(struct job *j, int status)
-{
-	struct api_work *w = (struct api_work *)j;
-	w->cb(w, status);
-	sodium_memzero(w->payload, w->payload_len); /* may hold a password */
-	free(w);
-}
-
-struct api_work *api_work_new(struct http_request *req, size_t payload, api_work_fn work, api_work_cb cb)
-{
-	if (payload > (1u << 20))
-		return NULL;
-	struct api_work *w = calloc(1, sizeof(*w) + payload);
-	if (!w)
-		return NULL;
-	w->req = req;
-	w->payload_len = payload;
-	w->work = work;
-	w->cb = cb;
-	w->job.work = work_run;
-	w->job.done = work_done;
-	w->job.slow = true;
-	return w;
-}
-
-int api_work_submit(struct api_work *w)
-{
-	struct http_request *req = w->req;
-	struct job_pool *pool = g_store ? store_job_pool(g_store) : NULL;
-	uint64_t deadline = deadline_arm(req, NULL, NULL);
-	if (!deadline) {
-		sodium_memzero(w->payload, w->payload_len);
-		free(w);
-		return fail_timeout(req);
-	}
-	w->job.deadline_ms = deadline;
-	if (!pool || jobs_submit(pool, &w->job) < 0) {
-		sodium_memzero(w->payload, w->payload_len);
-		free(w);
-		return fail_busy(req);
-	}
-	return APP_DONE;
-}
-
 int api_fail_store(struct http_request *req, enum store_err err, const char *dup_field)
 {
 	char msg[96];
@@ -595,17 +544,30 @@ void api_gen_iso(void *gp, int64_t ms)
 	yajl_gen_string(g, (const unsigned char *)buf, n);
 }
 
-static int omitted(const char *key, const char *const *omit)
+static void gen_value(yajl_gen g, bson_iter_t *it);
+
+/* A sub-document or array, every element rendered (values only: what a
+ * serializer lists at the top level decides what is sent). */
+static void gen_nested(yajl_gen g, bson_iter_t *it, int is_array)
 {
-	for (; omit && *omit; omit++)
-		if (strcmp(key, *omit) == 0)
-			return 1;
-	return 0;
+	if (is_array)
+		yajl_gen_array_open(g);
+	else
+		yajl_gen_map_open(g);
+	while (bson_iter_next(it)) {
+		if (!is_array) {
+			const char *key = bson_iter_key(it);
+			yajl_gen_string(g, (const unsigned char *)key, strlen(key));
+		}
+		gen_value(g, it);
+	}
+	if (is_array)
+		yajl_gen_array_close(g);
+	else
+		yajl_gen_map_close(g);
 }
 
-static void gen_iter(yajl_gen g, bson_iter_t *it, int is_array, const char *const *omit, int top);
-
-static void gen_value(yajl_gen g, bson_iter_t *it, const char *const *omit)
+static void gen_value(yajl_gen g, bson_iter_t *it)
 {
 	switch (bson_iter_type(it)) {
 	case BSON_TYPE_UTF8: {
@@ -628,9 +590,8 @@ static void gen_value(yajl_gen g, bson_iter_t *it, const char *const *omit)
 	case BSON_TYPE_DOCUMENT:
 	case BSON_TYPE_ARRAY: {
 		bson_iter_t child;
-		int arr = bson_iter_type(it) == BSON_TYPE_ARRAY;
 		if (bson_iter_recurse(it, &child))
-			gen_iter(g, &child, arr, omit, 0);
+			gen_nested(g, &child, bson_iter_type(it) == BSON_TYPE_ARRAY);
 		else
 			yajl_gen_null(g);
 		break;
@@ -639,38 +600,48 @@ static void gen_value(yajl_gen g, bson_iter_t *it, const char *const *omit)
 	}
 }
 
-static void gen_iter(yajl_gen g, bson_iter_t *it, int is_array, const char *const *omit, int top)
-{
-	if (is_array)
-		yajl_gen_array_open(g);
-	else
-		yajl_gen_map_open(g);
-	while (bson_iter_next(it)) {
-		const char *key = bson_iter_key(it);
-		if (!is_array) {
-			if (top && omitted(key, omit))
-				continue;
-			if (top && strcmp(key, "_id") == 0)
-				key = "id";
-			yajl_gen_string(g, (const unsigned char *)key, strlen(key));
-		}
-		gen_value(g, it, omit);
-	}
-	if (is_array)
-		yajl_gen_array_close(g);
-	else
-		yajl_gen_map_close(g);
-}
-
-void api_gen_doc(void *gp, const bson_t *doc, const char *const *omit)
+void api_gen_field(void *gp, const bson_t *doc, const char *field)
 {
 	yajl_gen g = gp;
 	bson_iter_t it;
-	if (!doc || !bson_iter_init(&it, doc)) {
+	yajl_gen_string(g, (const unsigned char *)field, strlen(field));
+	if (doc && bson_iter_init_find(&it, doc, field))
+		gen_value(g, &it);
+	else
+		yajl_gen_null(g);
+}
+
+void api_gen_ids(void *gp, const bson_t *doc)
+{
+	yajl_gen g = gp;
+	bson_oid_t id;
+	char hex[25];
+	int have = api_doc_oid(doc, "_id", &id) == 0;
+	if (have)
+		store_id_format(&id, hex);
+	for (int i = 0; i < 2; i++) {
+		const char *key = i ? "_id" : "id";
+		yajl_gen_string(g, (const unsigned char *)key, strlen(key));
+		if (have)
+			yajl_gen_string(g, (const unsigned char *)hex, 24);
+		else
+			yajl_gen_null(g);
+	}
+}
+
+void api_gen_object(void *gp, const bson_t *doc, const char *const *fields)
+{
+	yajl_gen g = gp;
+	if (!doc) {
 		yajl_gen_null(g);
 		return;
 	}
-	gen_iter(g, &it, 0, omit, 1);
+	yajl_gen_map_open(g);
+	api_gen_ids(g, doc);
+	for (; *fields; fields++)
+		if (bson_has_field(doc, *fields)) /* absent stays absent, as in Mongoose's toJSON */
+			api_gen_field(g, doc, *fields);
+	yajl_gen_map_close(g);
 }
 
 int api_param_id(struct http_request *req, const char *name, bson_oid_t *out)

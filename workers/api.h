@@ -125,40 +125,31 @@ struct api_call {
 	int64_t n;                /* handler scratch */
 };
 
-/* Blocking work that is not a database call (argon2id hashing), on the
- * worker's job pool. Allocate with api_work_new (payload bytes zeroed at
- * w->payload), fill the payload, api_work_submit. work() runs on a pool
- * thread and may only touch the payload; cb() runs on the loop with status
- * JOB_OK (or JOB_EXPIRED / JOB_CANCELLED: work did not run) and w->req set;
- * w is freed after cb returns. */
-struct api_work;
-typedef void (*api_work_fn)(struct api_work *w);
-typedef void (*api_work_cb)(struct api_work *w, int status);
-struct api_work {
-	struct job job;
-	struct http_request *req;
-	api_work_fn work;
-	api_work_cb cb;
-	size_t payload_len;
-	unsigned char payload[];
-};
-struct api_work *api_work_new(struct http_request *req, size_t payload, api_work_fn work, api_work_cb cb);
-int api_work_submit(struct api_work *w); /* returns APP_DONE; answers 503 itself on failure */
-
 /* The worker's store (NULL until opened). */
 struct store *api_store(void);
 int api_open_store(struct event_base *base, const struct resil_config *cfg, char *err, size_t errlen);
 void api_close_store(void);
 
+/* A single store call (middleware such as mw_auth, the chat's upgrade):
+ * store_submit under the request's deadline; cb runs on the loop unless the
+ * deadline answered first. The call is freed after cb returns. */
 struct api_call *api_call_new(struct http_request *req, int kind, int coll, api_cb cb);
 /* Submit; on failure answers the request itself. Always returns APP_DONE. */
 int api_call_submit(struct api_call *c);
 /* Answer the request with the error envelope for a store error. */
 int api_fail_store(struct http_request *req, enum store_err err, const char *dup_field);
 
-/* Render a stored document as JSON: _id -> "id", ObjectIds -> hex strings,
- * datetimes -> ISO 8601 strings. omit: NULL-terminated field names left out. */
-void api_gen_doc(void *yajl_gen, const bson_t *doc, const char *const *omit);
+/* Serializers list the fields they emit: a stored field not listed
+ * (password hashes, __v, anything unknown) is never sent (SPEC section 6).
+ * Values: ObjectIds as 24 hex digits, datetimes as ISO 8601, sub-documents
+ * and arrays as they are stored. */
+/* {"id": hex, "_id": hex, field: value...} for the listed fields the
+ * document has (NULL doc: null). */
+void api_gen_object(void *yajl_gen, const bson_t *doc, const char *const *fields);
+/* "id" and "_id" keys with the document's ObjectId. */
+void api_gen_ids(void *yajl_gen, const bson_t *doc);
+/* field: its stored value, or null when absent. */
+void api_gen_field(void *yajl_gen, const bson_t *doc, const char *field);
 void api_gen_iso(void *yajl_gen, int64_t ms_since_epoch);
 /* Parse the :id route parameter; on failure answers 404 and returns -1. */
 int api_param_id(struct http_request *req, const char *name, bson_oid_t *out);

@@ -174,7 +174,7 @@ static void user_loaded(struct api_call *c, enum store_err err)
 	if ((s = api_doc_str(c->op.result, "email")))
 		snprintf(u.email, sizeof(u.email), "%s", s);
 	s = api_doc_str(c->op.result, "role");
-	snprintf(u.role, sizeof(u.role), "%s", s && strcmp(s, "admin") == 0 ? "admin" : "user");
+	snprintf(u.role, sizeof(u.role), "%s", s && (strcmp(s, "admin") == 0 || strcmp(s, "clinician") == 0) ? s : "user");
 	u.active = 1;
 	u.at_ms = now_ms();
 	u.generation = (int)c->n;
@@ -250,6 +250,14 @@ int mw_admin(struct http_request *req)
 {
 	if (!auth_is_admin(req))
 		return app_fail(req, 403, "FORBIDDEN", "admin role required");
+	return APP_NEXT;
+}
+
+int mw_clinician(struct http_request *req)
+{
+	const struct principal *me = auth_principal(req);
+	if (!me || (strcmp(me->role, "clinician") != 0 && strcmp(me->role, "admin") != 0))
+		return app_fail(req, 403, "FORBIDDEN", "clinician or admin role required");
 	return APP_NEXT;
 }
 

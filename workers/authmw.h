@@ -36,6 +36,8 @@ int auth_is_admin(struct http_request *req);
 
 int mw_auth(struct http_request *req);
 int mw_admin(struct http_request *req);
+/* Role clinician or admin (patient records), else 403. */
+int mw_clinician(struct http_request *req);
 /* Per-IP limit on /api/ shared by all workers (RateLimit-* headers, 429). */
 int mw_rate_limit(struct http_request *req);
 
