@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "../src/log.h"
+#include "../workers/schema.h"
 #include "../src/store.h"
 #include "../tests/mongo_double.h"
 
@@ -59,7 +60,7 @@ static void start(struct bench *b, size_t i)
 		b->idle[i] = true;
 		return;
 	}
-	store_op_init(op, b->kind, STORE_POSTS);
+	store_op_init(op, b->kind, COLL_POSTS);
 	if (b->kind == STORE_OP_INSERT) {
 		op->doc = bson_new();
 		BSON_APPEND_UTF8(op->doc, "title", "benchmark post");
@@ -171,6 +172,7 @@ int main(int argc, char **argv)
 	struct mdouble md;
 	int opt, rc = 0;
 
+	store_register_schema(&app_schema);
 	while ((opt = getopt(argc, argv, "n:c:t:")) != -1) {
 		switch (opt) {
 		case 'n': n = strtoul(optarg, NULL, 10); break;

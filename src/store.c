@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -47,6 +48,7 @@ struct thread_slot {
 
 struct store {
 	const struct store_backend *be;
+	const struct store_schema *schema;
 	void *bctx;
 	struct event_base *base;
 	struct job_pool *pool;
@@ -108,11 +110,88 @@ const char *store_err_name(enum store_err err)
 	return "INTERNAL";
 }
 
+/* ---- schema ------------------------------------------------------------ */
+
+static const struct store_schema *registered_schema;
+
+void store_register_schema(const struct store_schema *schema)
+{
+	registered_schema = schema;
+}
+
+const struct store_schema *store_registered_schema(void)
+{
+	return registered_schema;
+}
+
 const char *store_coll_name(int coll)
 {
-	static const char *const names[STORE_NCOLL] = {"users", "posts", "patients", "rooms", "messages"};
+	const struct store_schema *s = registered_schema;
 
-	return coll >= 0 && coll < STORE_NCOLL ? names[coll] : NULL;
+	return s && coll >= 0 && (unsigned)coll < s->ncollections ? s->collections[coll].name : NULL;
+}
+
+/* A name usable unquoted in SQL: [A-Za-z_][A-Za-z0-9_]*, under 64 bytes. */
+static bool ident_ok(const char *s)
+{
+	size_t n = 0;
+
+	if (!s || !((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_'))
+		return false;
+	for (; s[n]; n++)
+		if (!((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') || (s[n] >= '0' && s[n] <= '9') ||
+		      s[n] == '_'))
+			return false;
+	return n < 64;
+}
+
+static bool field_ok(const char *field);
+
+/* Checks a schema before a store uses it; a one-line reason in err. */
+static int schema_check(const struct store_schema *s, char *err, size_t errlen)
+{
+	if (!s || !s->collections || s->ncollections == 0) {
+		snprintf(err, errlen, "store: no schema registered (store_register_schema)");
+		return -1;
+	}
+	if (s->nsqlite_migrations > 0 && !s->sqlite_migrations) {
+		snprintf(err, errlen, "store schema: migrations missing");
+		return -1;
+	}
+	for (unsigned c = 0; c < s->ncollections; c++) {
+		const struct store_collection *co = &s->collections[c];
+		const struct store_array_mirror *m = co->mirror;
+
+		if (!ident_ok(co->name) || co->ncolumns > STORE_COLUMNS_MAX || (co->ncolumns && !co->columns) ||
+		    (co->nindexes && !co->indexes)) {
+			snprintf(err, errlen, "store schema: collection %u: bad name or tables", c);
+			return -1;
+		}
+		for (unsigned i = 0; i < co->ncolumns; i++)
+			if (!field_ok(co->columns[i].field) || !ident_ok(co->columns[i].column)) {
+				snprintf(err, errlen, "store schema: %s: bad column %u", co->name, i);
+				return -1;
+			}
+		if (m && (!field_ok(m->field) || !ident_ok(m->table) || !ident_ok(m->value_column) ||
+		          !ident_ok(m->id_column))) {
+			snprintf(err, errlen, "store schema: %s: bad array mirror", co->name);
+			return -1;
+		}
+		for (unsigned i = 0; i < co->nindexes; i++) {
+			const struct store_index *ix = &co->indexes[i];
+
+			if (!ix->name || !ix->name[0] || !ix->keys[0].field) {
+				snprintf(err, errlen, "store schema: %s: bad index %u", co->name, i);
+				return -1;
+			}
+			for (unsigned k = 0; k < STORE_INDEX_KEYS_MAX && ix->keys[k].field; k++)
+				if (!field_ok(ix->keys[k].field) || (ix->keys[k].dir != 1 && ix->keys[k].dir != -1)) {
+					snprintf(err, errlen, "store schema: %s: index %s: bad key", co->name, ix->name);
+					return -1;
+				}
+		}
+	}
+	return 0;
 }
 
 int store_id_parse(const char *s, size_t len, bson_oid_t *out)
@@ -609,9 +688,9 @@ bool store_op_abandoned(const struct store_op *op)
 }
 
 /* Cheap structural checks done on the loop thread. */
-static bool op_valid(const struct store_op *op)
+static bool op_valid(const struct store *st, const struct store_op *op)
 {
-	if (op->coll < 0 || op->coll >= STORE_NCOLL)
+	if (op->coll < 0 || (unsigned)op->coll >= st->schema->ncollections)
 		return false;
 	switch (op->kind) {
 	case STORE_OP_INSERT: return op->doc != NULL;
@@ -683,7 +762,7 @@ static enum store_err run(struct store *st, void *conn, struct store_op *op)
 	    (op->kind == STORE_OP_UPDATE_BY_ID && op->doc && !doc_valid(op->doc)) ||
 	    (op->kind == STORE_OP_INSERT_MANY && !batch_valid(op))) {
 		log_error(NULL, "store: document with invalid keys or UTF-8 refused",
-		          LF_STR("collection", store_coll_name(op->coll)));
+		          LF_STR("collection", st->schema->collections[op->coll].name));
 		err = STORE_INTERNAL;
 	} else if (op->kind == STORE_OP_INSERT) {
 		err = build_insert(op, call.now_ms);
@@ -820,7 +899,7 @@ static int assign_batch_ids(struct store *st, struct store_op *op)
 
 int store_submit(struct store *st, struct store_op *op)
 {
-	if (!st || !op || op->priv.busy || !op->done || !op_valid(op)) {
+	if (!st || !op || op->priv.busy || !op->done || !op_valid(st, op)) {
 		errno = EINVAL;
 		return -1;
 	}
@@ -875,7 +954,7 @@ enum store_err store_exec(struct store *st, struct store_op *op)
 
 	if (!st || !op)
 		return STORE_INTERNAL;
-	if (op->priv.busy || !op_valid(op))
+	if (op->priv.busy || !op_valid(st, op))
 		return op->err = STORE_INTERNAL;
 	results_free(op);
 	op->priv.st = st;
@@ -1013,6 +1092,10 @@ struct store *store_open(const char *uri, struct event_base *base, const struct 
 		seterr(err, errlen, "store: no database URI");
 		return NULL;
 	}
+	if (schema_check(registered_schema, msg, sizeof msg) != 0) {
+		seterr(err, errlen, msg);
+		return NULL;
+	}
 	if (sodium_init() < 0) {
 		seterr(err, errlen, "store: libsodium initialisation failed");
 		return NULL;
@@ -1032,6 +1115,7 @@ struct store *store_open(const char *uri, struct event_base *base, const struct 
 		return NULL;
 	}
 	resolve_opts(&st->o, opts);
+	st->schema = registered_schema;
 	st->base = base;
 	atomic_init(&st->db_state, 1);
 	atomic_init(&st->setup_done, false);
@@ -1061,7 +1145,7 @@ struct store *store_open(const char *uri, struct event_base *base, const struct 
 		snprintf(msg, sizeof msg, "store: out of memory");
 		goto fail;
 	}
-	if (st->be->open(uri, &st->o, &st->bctx, msg, sizeof msg) != 0)
+	if (st->be->open(uri, &st->o, st->schema, &st->bctx, msg, sizeof msg) != 0)
 		goto fail;
 	if (st->be->conn_open(st->bctx, &st->sync_conn, msg, sizeof msg) != 0)
 		goto fail;
@@ -1088,7 +1172,7 @@ struct store *store_open(const char *uri, struct event_base *base, const struct 
 			}
 		goto fail;
 	}
-	store_op_init(&st->ping, STORE_OP_PING, STORE_USERS);
+	store_op_init(&st->ping, STORE_OP_PING, 0);
 	st->ping.priv.internal = true;
 	st->ping.done = ping_done;
 	tv.tv_sec = st->o.ping_interval_ms / 1000;

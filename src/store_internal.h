@@ -23,8 +23,10 @@ struct store_call {
 
 struct store_backend {
 	const char *name; /* breaker and backend name */
-	/* Parse uri, create the shared handle (*ctx). 0, or -1 with err set. */
-	int (*open)(const char *uri, const struct store_opts *o, void **ctx, char *err, size_t errlen);
+	/* Parse uri, create the shared handle (*ctx) for schema (checked,
+	 * outlives the store). 0, or -1 with err set. */
+	int (*open)(const char *uri, const struct store_opts *o, const struct store_schema *schema, void **ctx,
+	            char *err, size_t errlen);
 	void (*close)(void *ctx);
 	/* A handle for one thread (SQLite connection; MongoDB: none needed,
 	 * clients are popped per op). 0, or -1 with err set. */

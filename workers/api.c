@@ -43,6 +43,7 @@ int api_open_store(struct event_base *base, const struct resil_config *cfg, char
 		.job_threads = (unsigned)(cfg->job_threads ? cfg->job_threads : cfg->db_pool_size),
 		.on_breaker_change = breaker_changed,
 	};
+	store_register_schema(&app_schema);
 	g_store = store_open(cfg->db, base, &so, err, errlen);
 	return g_store ? 0 : -1;
 }
