@@ -281,10 +281,21 @@ void store_op_abandon(struct store_op *op);
 /* True once store_op_abandon() was called for the current submission. */
 bool store_op_abandoned(const struct store_op *op);
 
+/* SQLite durability (RESIL_DB_SYNC). Both run in WAL mode, so a process
+ * crash (even kill -9) never loses an acknowledged write. */
+enum store_sync {
+	STORE_SYNC_FULL = 0, /* synchronous=FULL: the WAL is fsynced at every commit, so no
+	                      * acknowledged write is lost on power loss or OS crash */
+	STORE_SYNC_NORMAL,   /* synchronous=NORMAL: fsync at checkpoints only; power loss
+	                      * may drop the last commits (never corrupts the file) */
+};
+
 /* Options; every zero field takes the default named beside it. */
 struct store_opts {
 	unsigned pool_size;                   /* MongoDB maxPoolSize (connections): 4 */
-	unsigned job_threads;                 /* pool threads (one SQLite connection each): pool_size */
+	unsigned job_threads;                 /* read-lane threads (one SQLite connection each): pool_size */
+	unsigned write_threads;               /* write-lane threads: 1 for SQLite, job_threads/2 for MongoDB */
+	int sync;                             /* enum store_sync (SQLite): STORE_SYNC_FULL */
 	unsigned max_inflight;                /* ops submitted and not yet done before STORE_BUSY: 1024 */
 	uint32_t server_selection_timeout_ms; /* MongoDB; a value in the URI wins: 5000 */
 	uint32_t socket_timeout_ms;           /* MongoDB; a value in the URI wins: 30000 */

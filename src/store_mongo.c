@@ -142,9 +142,10 @@ static void mg_close(void *vctx)
 }
 
 /* Clients are popped per attempt: no per-thread handle. */
-static int mg_conn_open(void *vctx, void **connp, char *err, size_t errlen)
+static int mg_conn_open(void *vctx, bool writer, void **connp, char *err, size_t errlen)
 {
 	(void)vctx;
+	(void)writer;
 	(void)err;
 	(void)errlen;
 	*connp = NULL;

@@ -17,11 +17,24 @@
  * a string), anything else -> NULL. Indexed columns have no declared type
  * (no affinity), so SQL compares them exactly like the functions' results.
  *
- * Durability: WAL with synchronous=NORMAL. A committed transaction is in
- * the WAL file before COMMIT returns, so killing the process (even with
- * kill -9) never loses an acknowledged write; only an operating-system
- * crash or power loss can drop the last transactions (FULL would fsync the
- * WAL on every commit to cover that too, at several times the cost).
+ * Durability (store_opts.sync, RESIL_DB_SYNC): WAL mode. A committed
+ * transaction is in the WAL file before COMMIT returns, so killing the
+ * process (even with kill -9) never loses an acknowledged write. With
+ * synchronous=FULL (the default) the WAL is also fsynced at every commit,
+ * so power loss or an OS crash loses nothing acknowledged either; with
+ * NORMAL they may drop the last commits (the file stays consistent).
+ *
+ * WAL size: every connection checkpoints passively once the WAL passes
+ * SQ_WAL_AUTOCHECKPOINT pages (the size trigger, on the committing writer),
+ * and each health ping (every couple of seconds, on a read-lane thread)
+ * runs a passive checkpoint too, so the writer rarely pays for one; when
+ * the WAL restarts it is truncated to journal_size_limit. Passive
+ * checkpoints never wait for locks, so they do not stall group commits.
+ *
+ * Faults: a write-lane connection that opens read-only is refused; an op
+ * failing with a read-only, permission, I/O, cannot-open or disk-full error
+ * marks its connection broken, and store.c reopens it with backoff, so
+ * writes resume once the file or the disk is fixed.
  *
  * Concurrency: one connection per pool thread, opened in the pool's
  * thread_init; several worker processes share the file. Every write runs in
@@ -54,6 +67,8 @@
 #define SQ_SQL_MAX 8192 /* longest generated statement */
 #define SQ_SETUP_WAIT_MS 30000
 #define SQ_PROGRESS_OPS 4000 /* VM steps between deadline checks */
+#define SQ_WAL_AUTOCHECKPOINT 1000          /* pages (4 KiB): ~4 MiB of WAL */
+#define SQ_WAL_LIMIT_BYTES (4 * 1024 * 1024) /* WAL truncated to this on restart */
 
 /* ---- handles ------------------------------------------------------------ */
 
@@ -61,6 +76,7 @@ struct sq_ctx {
 	const struct store_schema *schema;
 	char *path;
 	uint32_t busy_ms;
+	int sync; /* enum store_sync */
 	/* Writers of this process queue here rather than polling SQLite's
 	 * lock in the busy handler; other processes still meet at the file
 	 * lock. Held from BEGIN IMMEDIATE to COMMIT/ROLLBACK. */
@@ -81,6 +97,8 @@ struct sq_conn {
 	const atomic_bool *abandoned; /* current op's flag, or NULL */
 	uint64_t busy_since;
 	bool wlocked; /* holds ctx->wlock */
+	bool writer;  /* write-lane connection */
+	bool broken;  /* failed in a way only a new connection may fix */
 	uint64_t tick;
 	unsigned ncache;
 	struct sq_stmt cache[SQ_CACHE];
@@ -371,13 +389,16 @@ static enum store_err map_rc(struct sq_conn *c, int rc, const char *what)
 		if (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY)
 			return STORE_DUPLICATE_KEY;
 		break;
-	case SQLITE_BUSY:
-	case SQLITE_LOCKED:
 	case SQLITE_IOERR:
 	case SQLITE_FULL:
 	case SQLITE_CANTOPEN:
-	case SQLITE_PROTOCOL:
 	case SQLITE_READONLY:
+	case SQLITE_PERM:
+		c->broken = true;
+		/* fall through */
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+	case SQLITE_PROTOCOL:
 	case SQLITE_NOMEM:
 		log_warn(NULL, "sqlite: database unavailable", LF_STR("during", what), LF_INT("code", rc),
 		         LF_STR("error", sqlite3_errmsg(c->db)));
@@ -489,6 +510,7 @@ static int sq_open(const char *uri, const struct store_opts *o, const struct sto
 	}
 	ctx->schema = schema;
 	ctx->busy_ms = o->busy_timeout_ms;
+	ctx->sync = o->sync;
 	if (pthread_mutex_init(&ctx->wlock, NULL) != 0) {
 		snprintf(err, errlen, "store: mutex initialisation failed");
 		free(ctx->path);
@@ -524,11 +546,12 @@ static void sq_conn_close(void *vctx, void *vconn)
 	free(c);
 }
 
-static int sq_conn_open(void *vctx, void **connp, char *err, size_t errlen)
+static int sq_conn_open(void *vctx, bool writer, void **connp, char *err, size_t errlen)
 {
 	struct sq_ctx *ctx = vctx;
 	struct sq_conn *c = calloc(1, sizeof *c);
 	const int fn = SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS;
+	char pragmas[256];
 	int rc;
 
 	if (!c) {
@@ -536,20 +559,32 @@ static int sq_conn_open(void *vctx, void **connp, char *err, size_t errlen)
 		return -1;
 	}
 	c->ctx = ctx;
+	c->writer = writer;
+	snprintf(pragmas, sizeof pragmas,
+	         "PRAGMA synchronous=%s; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=%d;"
+	         " PRAGMA journal_size_limit=%d;",
+	         ctx->sync == STORE_SYNC_NORMAL ? "NORMAL" : "FULL", SQ_WAL_AUTOCHECKPOINT, SQ_WAL_LIMIT_BYTES);
 	rc = sqlite3_open_v2(ctx->path, &c->db,
 	                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
 	                     NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_busy_handler(c->db, on_busy, c);
 	if (rc == SQLITE_OK)
-		rc = sqlite3_exec(c->db, "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=8000;", NULL, NULL, NULL);
+		rc = sqlite3_exec(c->db, pragmas, NULL, NULL, NULL);
+	/* SQLite silently falls back to read-only when the file is not
+	 * writable; a writer must not, or every write would fail until a
+	 * restart: report it as a failed open, which store.c retries. */
+	if (rc == SQLITE_OK && writer && sqlite3_db_readonly(c->db, "main") == 1)
+		rc = SQLITE_READONLY;
 	if (rc == SQLITE_OK)
 		rc = sqlite3_create_function(c->db, "resil_field", 2, fn, NULL, fn_field, NULL, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_create_function(c->db, "resil_contains", 3, fn, NULL, fn_contains, NULL, NULL);
 	if (rc != SQLITE_OK) {
 		snprintf(err, errlen, "cannot open database %s: %s", ctx->path,
-		         c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+		         rc == SQLITE_READONLY ? "the file is read-only"
+		         : c->db            ? sqlite3_errmsg(c->db)
+		                            : sqlite3_errstr(rc));
 		sqlite3_close(c->db);
 		free(c);
 		return -1;
@@ -645,7 +680,17 @@ static enum store_err sq_setup(void *vctx, void *vconn, char *err, size_t errlen
 		return STORE_OK;
 	if (!err[0])
 		snprintf(err, errlen, "database %s: set-up failed: %s", c->ctx->path, sqlite3_errmsg(c->db));
-	return (rc & 0xff) == SQLITE_BUSY ? STORE_UNAVAILABLE : STORE_INTERNAL;
+	switch (rc & 0xff) {
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+	case SQLITE_READONLY:
+	case SQLITE_CANTOPEN:
+	case SQLITE_IOERR:
+	case SQLITE_FULL:
+	case SQLITE_PERM:
+	case SQLITE_NOMEM: return STORE_UNAVAILABLE; /* may heal: retried */
+	default: return STORE_INTERNAL;
+	}
 }
 
 /* ---- operations --------------------------------------------------------- */
@@ -1174,10 +1219,18 @@ static enum store_err do_find(struct sq_conn *c, struct store_op *op)
 	return map_rc(c, rc, "find");
 }
 
+/* A round trip, then a passive checkpoint (the periodic one that keeps the
+ * WAL short; it never waits for a lock, so BUSY from it means nothing). */
 static enum store_err do_ping(struct sq_conn *c)
 {
 	int rc = exec_simple(c, "SELECT count(*) FROM sqlite_schema");
 
+	if (rc == SQLITE_OK) {
+		int crc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+
+		if ((crc & 0xff) != SQLITE_OK && (crc & 0xff) != SQLITE_BUSY && (crc & 0xff) != SQLITE_LOCKED)
+			rc = crc;
+	}
 	return map_rc(c, rc, "ping");
 }
 
@@ -1202,6 +1255,7 @@ static enum store_err sq_exec(void *vctx, void *vconn, struct store_op *op, stru
 	default: err = STORE_INTERNAL; break;
 	}
 	end_turn(c); /* no path leaves a write open, but never hold the turn */
+	call->reopen = c->broken;
 	c->deadline_ms = 0;
 	c->abandoned = NULL;
 	return err;
@@ -1215,4 +1269,5 @@ const struct store_backend store_sqlite_backend = {
     .conn_close = sq_conn_close,
     .setup = sq_setup,
     .exec = sq_exec,
+    .setup_first = true,
 };

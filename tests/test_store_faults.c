@@ -60,6 +60,7 @@ static void on_change(void *ud, const char *name, int from, int to)
 static void open_store(uint64_t reset_ms, unsigned max_inflight)
 {
 	struct store_opts o = {.pool_size = 4,
+	                       .write_threads = 1,
 	                       .breaker_reset_ms = reset_ms,
 	                       .max_inflight = max_inflight,
 	                       .socket_timeout_ms = 10000,
@@ -367,7 +368,7 @@ START_TEST(test_faults_deadline_shorter_than_delay_times_out_safely)
 	uint64_t until;
 
 	ck_assert_ptr_nonnull(gone);
-	open_store(60000, 0); /* 4 pool threads */
+	open_store(60000, 0); /* 4 read-lane threads, 1 write-lane thread */
 	cmd("delay 1500");
 
 	/* A result after the deadline is discarded and reported as TIMEOUT. */
@@ -383,8 +384,9 @@ START_TEST(test_faults_deadline_shorter_than_delay_times_out_safely)
 	ev = event_new(T.base, -1, 0, abandon_cb, gone);
 	ck_assert_int_eq(event_add(ev, &tv), 0);
 
-	/* Two more slow calls fill the pool; an insert queued behind them
-	 * expires before a thread is free and never reaches the server. */
+	/* Two more slow calls fill the read lane; an insert queued behind
+	 * the first one on the write lane expires before the writer is free
+	 * and never reaches the server. */
 	for (int i = 0; i < 2; i++) {
 		store_op_init(&fill[i], STORE_OP_PING, COLL_USERS);
 		submit(&fill[i], &wf[i], 10000);
