@@ -567,15 +567,19 @@ static int sq_conn_open(void *vctx, bool writer, void **connp, char *err, size_t
 	rc = sqlite3_open_v2(ctx->path, &c->db,
 	                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
 	                     NULL);
+	/* SQLite silently falls back to read-only when the file is not
+	 * writable. A writer must not, or every write would fail until a
+	 * restart; a reader must not either, because its first read would
+	 * create the -shm file read-only and so keep the database read-only
+	 * for everyone after the file is fixed. So check before anything
+	 * reads the file, and report a failed open, which store.c retries
+	 * with backoff. */
+	if (rc == SQLITE_OK && sqlite3_db_readonly(c->db, "main") == 1)
+		rc = SQLITE_READONLY;
 	if (rc == SQLITE_OK)
 		rc = sqlite3_busy_handler(c->db, on_busy, c);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(c->db, pragmas, NULL, NULL, NULL);
-	/* SQLite silently falls back to read-only when the file is not
-	 * writable; a writer must not, or every write would fail until a
-	 * restart: report it as a failed open, which store.c retries. */
-	if (rc == SQLITE_OK && writer && sqlite3_db_readonly(c->db, "main") == 1)
-		rc = SQLITE_READONLY;
 	if (rc == SQLITE_OK)
 		rc = sqlite3_create_function(c->db, "resil_field", 2, fn, NULL, fn_field, NULL, NULL);
 	if (rc == SQLITE_OK)
@@ -1219,11 +1223,35 @@ static enum store_err do_find(struct sq_conn *c, struct store_op *op)
 	return map_rc(c, rc, "find");
 }
 
+/* Prove a write gets through: rewrite user_version with its own value in
+ * a write transaction (one page, one commit). */
+static int write_probe(struct sq_conn *c)
+{
+	char sql[64];
+	int v = 0, rc = begin_write(c);
+
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = user_version(c, &v);
+	if (rc == SQLITE_OK) {
+		snprintf(sql, sizeof sql, "PRAGMA user_version = %d", v);
+		rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+	}
+	if (rc == SQLITE_OK)
+		rc = exec_simple(c, "COMMIT");
+	if (rc != SQLITE_OK)
+		rc = sqlite3_extended_errcode(c->db) ? sqlite3_extended_errcode(c->db) : rc;
+	end_turn(c);
+	return rc;
+}
+
 /* A round trip, then a passive checkpoint (the periodic one that keeps the
- * WAL short; it never waits for a lock, so BUSY from it means nothing). */
+ * WAL short; it never waits for a lock, so BUSY from it means nothing).
+ * On the write lane (where store.c sends the ping while writes fail) the
+ * round trip is a write, so the ping says whether writes heal. */
 static enum store_err do_ping(struct sq_conn *c)
 {
-	int rc = exec_simple(c, "SELECT count(*) FROM sqlite_schema");
+	int rc = c->writer ? write_probe(c) : exec_simple(c, "SELECT count(*) FROM sqlite_schema");
 
 	if (rc == SQLITE_OK) {
 		int crc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
