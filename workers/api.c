@@ -42,7 +42,9 @@ int api_open_store(struct event_base *base, const struct resil_config *cfg, char
 		.pool_size = (unsigned)cfg->db_pool_size,
 		.job_threads = (unsigned)(cfg->job_threads ? cfg->job_threads : cfg->db_pool_size),
 		.on_breaker_change = breaker_changed,
+		.sync = cfg->db_sync == CONFIG_DB_SYNC_NORMAL ? STORE_SYNC_NORMAL : STORE_SYNC_FULL,
 	};
+	store_register_schema(&app_schema);
 	g_store = store_open(cfg->db, base, &so, err, errlen);
 	return g_store ? 0 : -1;
 }

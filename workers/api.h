@@ -34,6 +34,7 @@
 
 #include "app.h"
 #include "jobs.h"
+#include "schema.h"
 #include "store.h"
 
 struct api_call;
