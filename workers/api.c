@@ -213,6 +213,11 @@ void api_job_slow(struct api_job *j)
 	j->job.slow = true;
 }
 
+void api_job_reads(struct api_job *j)
+{
+	j->job.lane = JOB_LANE_READ;
+}
+
 int api_job_drop(struct api_job *j)
 {
 	struct http_request *req = j->req;

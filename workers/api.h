@@ -63,6 +63,8 @@ struct api_job {
 void *api_job_new(struct http_request *req, size_t size, api_job_fn work, api_job_done_fn done);
 /* Mark the job slow (password hashing): it may not take every thread. */
 void api_job_slow(struct api_job *j);
+/* The job only reads: it runs on the read lane, never behind writes. */
+void api_job_reads(struct api_job *j);
 /* Queue it under the request's deadline. On failure answers the request
  * itself (503 busy, 504 past the deadline) and frees the job (cleanup
  * runs). Always returns APP_DONE. */

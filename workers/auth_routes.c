@@ -165,7 +165,7 @@ static int set_role_user(struct api_job *j, const bson_oid_t *id, bson_t **out)
 	bson_t *fields = BCON_NEW("role", BCON_UTF8("user"));
 	if (!fields)
 		return api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "service unavailable");
-	bson_t *doc = api_update_by_id(j, STORE_USERS, id, fields);
+	bson_t *doc = api_update_by_id(j, COLL_USERS, id, fields);
 	if (!doc)
 		return -1;
 	if (out) {
@@ -184,7 +184,7 @@ static void bootstrap(struct api_job *j, struct cred_job *cj)
 {
 	struct store_op op;
 	bson_oid_t mine, first;
-	store_op_init(&op, STORE_OP_FIND, STORE_USERS);
+	store_op_init(&op, STORE_OP_FIND, COLL_USERS);
 	if (api_doc_oid(cj->user, "_id", &mine) < 0 || store_filter_str(&op.filter, "role", STORE_EQ, "admin") < 0 ||
 	    store_filter_sort(&op.filter, "createdAt", 1) < 0) {
 		api_job_fail(j, 500, "INTERNAL", "internal server error");
@@ -228,7 +228,7 @@ static void register_work(struct api_job *j)
 	if (cj->may_bootstrap) {
 		/* "Is there any user?" just before the insert keeps the first-user
 		 * window short; FIND_ONE without a filter is a LIMIT 1 probe. */
-		store_op_init(&op, STORE_OP_FIND_ONE, STORE_USERS);
+		store_op_init(&op, STORE_OP_FIND_ONE, COLL_USERS);
 		enum store_err err = api_exec(j, &op);
 		store_op_clear(&op);
 		if (err != STORE_OK && err != STORE_NOT_FOUND) {
@@ -238,7 +238,7 @@ static void register_work(struct api_job *j)
 		}
 		admin = err == STORE_NOT_FOUND;
 	}
-	store_op_init(&op, STORE_OP_INSERT, STORE_USERS);
+	store_op_init(&op, STORE_OP_INSERT, COLL_USERS);
 	op.doc = BCON_NEW("username", BCON_UTF8(cj->username), "email", BCON_UTF8(cj->email), "passwordHash",
 	                  BCON_UTF8(hash), "role", BCON_UTF8(admin ? "admin" : "user"), "isActive", BCON_BOOL(true));
 	sodium_memzero(hash, sizeof(hash));
@@ -295,7 +295,7 @@ static void login_work(struct api_job *j)
 	struct cred_job *cj = (struct cred_job *)j;
 	struct store_op op;
 	char rehash[AUTH_HASH_MAX] = "";
-	store_op_init(&op, STORE_OP_FIND_ONE, STORE_USERS);
+	store_op_init(&op, STORE_OP_FIND_ONE, COLL_USERS);
 	if (store_filter_str(&op.filter, "email", STORE_EQ, cj->email) < 0) {
 		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 		goto out;
@@ -321,7 +321,7 @@ static void login_work(struct api_job *j)
 	if (rehash[0] && api_doc_bool(cj->user, "isActive", 1)) {
 		bson_oid_t id;
 		store_op_clear(&op);
-		store_op_init(&op, STORE_OP_UPDATE_BY_ID, STORE_USERS);
+		store_op_init(&op, STORE_OP_UPDATE_BY_ID, COLL_USERS);
 		if (api_doc_oid(cj->user, "_id", &id) == 0 && (op.doc = BCON_NEW("passwordHash", BCON_UTF8(rehash)))) {
 			bson_oid_copy(&id, &op.id);
 			cj->rehash_err = api_exec(j, &op);

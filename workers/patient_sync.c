@@ -258,7 +258,7 @@ static struct sync_job *sync_job_new(struct http_request *req, struct sync *s, a
 static void store_work(struct api_job *j)
 {
 	struct sync_job *sj = (struct sync_job *)j;
-	sj->patient = api_update_by_id(j, STORE_PATIENTS, &sj->id, sj->fields);
+	sj->patient = api_update_by_id(j, COLL_PATIENTS, &sj->id, sj->fields);
 	sj->fields = NULL; /* consumed */
 }
 
@@ -426,7 +426,7 @@ static void attempt(struct sync *s)
 static void load_work(struct api_job *j)
 {
 	struct sync_job *sj = (struct sync_job *)j;
-	sj->patient = api_find_by_id(j, STORE_PATIENTS, &sj->id);
+	sj->patient = api_find_by_id(j, COLL_PATIENTS, &sj->id);
 }
 
 static void load_done(struct api_job *j, struct http_request *req)
@@ -492,6 +492,7 @@ int patient_sync_route(struct http_request *req)
 	struct sync_job *sj = sync_job_new(req, s, load_work, load_done);
 	if (!sj)
 		return fail_nomem(req);
+	api_job_reads(&sj->base);
 	return api_job_submit(&sj->base);
 }
 

@@ -212,7 +212,8 @@ static int patients_list(struct http_request *req)
 	if (!lj)
 		return fail_nomem(req);
 	lj->base.cleanup = list_cleanup;
-	lj->list = (struct api_list){.coll = STORE_PATIENTS, .page = page, .limit = limit};
+	api_job_reads(&lj->base);
+	lj->list = (struct api_list){.coll = COLL_PATIENTS, .page = page, .limit = limit};
 	if ((status && store_filter_str(&lj->list.filter, "status", STORE_EQ, status) < 0) ||
 	    store_filter_sort(&lj->list.filter, "createdAt", -1) < 0)
 		return api_job_drop(&lj->base);
@@ -243,7 +244,7 @@ static void patient_work(struct api_job *j)
 {
 	struct patient_job *pj = (struct patient_job *)j;
 	struct store_op op;
-	store_op_init(&op, pj->kind, STORE_PATIENTS);
+	store_op_init(&op, pj->kind, COLL_PATIENTS);
 	bson_oid_copy(&pj->id, &op.id);
 	op.doc = pj->fields;
 	pj->fields = NULL;
@@ -283,6 +284,8 @@ static int patient_op(struct http_request *req, int kind, bson_t *fields, int st
 	pj->id = id;
 	pj->fields = fields;
 	pj->status = status;
+	if (kind == STORE_OP_FIND_BY_ID)
+		api_job_reads(&pj->base);
 	return api_job_submit(&pj->base);
 }
 

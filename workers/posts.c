@@ -301,8 +301,9 @@ static int posts_list(struct http_request *req)
 	if (!lj)
 		return fail_nomem(req);
 	lj->base.cleanup = list_cleanup;
-	lj->list = (struct api_list){.coll = STORE_POSTS, .page = page, .limit = limit,
-	                             .join_field = "author", .join_coll = STORE_USERS};
+	api_job_reads(&lj->base);
+	lj->list = (struct api_list){.coll = COLL_POSTS, .page = page, .limit = limit,
+	                             .join_field = "author", .join_coll = COLL_USERS};
 	snprintf(lj->category, sizeof(lj->category), "%s", category);
 	lj->generation = post_generation();
 	if ((category[0] && store_filter_str(&lj->list.filter, "category", STORE_EQ, category) < 0) ||
@@ -344,7 +345,7 @@ static void load_author(struct api_job *j, struct post_job *pj)
 	struct store_op op;
 	if (api_doc_oid(pj->post, "author", &aid) < 0)
 		return;
-	store_op_init(&op, STORE_OP_FIND_BY_ID, STORE_USERS);
+	store_op_init(&op, STORE_OP_FIND_BY_ID, COLL_USERS);
 	bson_oid_copy(&aid, &op.id);
 	if (api_exec(j, &op) == STORE_OK) {
 		pj->author = op.result;
@@ -372,7 +373,7 @@ static void post_done(struct api_job *j, struct http_request *req)
 static void get_work(struct api_job *j)
 {
 	struct post_job *pj = (struct post_job *)j;
-	if ((pj->post = api_find_by_id(j, STORE_POSTS, &pj->id)))
+	if ((pj->post = api_find_by_id(j, COLL_POSTS, &pj->id)))
 		load_author(j, pj);
 }
 
@@ -380,7 +381,7 @@ static void create_work(struct api_job *j)
 {
 	struct post_job *pj = (struct post_job *)j;
 	struct store_op op;
-	store_op_init(&op, STORE_OP_INSERT, STORE_POSTS);
+	store_op_init(&op, STORE_OP_INSERT, COLL_POSTS);
 	op.doc = pj->fields;
 	pj->fields = NULL;
 	int rc = api_run(j, &op);
@@ -397,7 +398,7 @@ static void create_work(struct api_job *j)
 static void change_work(struct api_job *j)
 {
 	struct post_job *pj = (struct post_job *)j;
-	bson_t *post = api_find_by_id(j, STORE_POSTS, &pj->id);
+	bson_t *post = api_find_by_id(j, COLL_POSTS, &pj->id);
 	bson_oid_t aid;
 	if (!post)
 		return;
@@ -409,11 +410,11 @@ static void change_work(struct api_job *j)
 	}
 	if (pj->remove) {
 		struct store_op op;
-		store_op_init(&op, STORE_OP_DELETE_BY_ID, STORE_POSTS);
+		store_op_init(&op, STORE_OP_DELETE_BY_ID, COLL_POSTS);
 		bson_oid_copy(&pj->id, &op.id);
 		api_run(j, &op);
 		store_op_clear(&op);
-	} else if ((pj->post = api_update_by_id(j, STORE_POSTS, &pj->id, pj->fields))) {
+	} else if ((pj->post = api_update_by_id(j, COLL_POSTS, &pj->id, pj->fields))) {
 		load_author(j, pj);
 	}
 	pj->fields = NULL; /* consumed by api_update_by_id */
@@ -443,6 +444,7 @@ static int posts_get(struct http_request *req)
 	struct post_job *pj = post_job_new(req, get_work, 200);
 	if (!pj)
 		return fail_nomem(req);
+	api_job_reads(&pj->base);
 	bson_oid_copy(&id, &pj->id);
 	return api_job_submit(&pj->base);
 }

@@ -199,7 +199,7 @@ static struct room_job *room_job_for(struct http_request *req, api_job_fn work, 
 static bson_t *load_room(struct api_job *j, struct room_job *rj, bool member_only)
 {
 	struct store_op op;
-	store_op_init(&op, STORE_OP_FIND_BY_ID, STORE_ROOMS);
+	store_op_init(&op, STORE_OP_FIND_BY_ID, COLL_ROOMS);
 	op.id = rj->room;
 	enum store_err err = api_exec(j, &op);
 	bson_t *room = op.result;
@@ -248,7 +248,7 @@ static void insert_doc(struct api_job *j, struct room_job *rj, int coll)
 
 static void create_work(struct api_job *j)
 {
-	insert_doc(j, (struct room_job *)j, STORE_ROOMS);
+	insert_doc(j, (struct room_job *)j, COLL_ROOMS);
 }
 
 static int rooms_create(struct http_request *req)
@@ -289,7 +289,8 @@ static int rooms_list(struct http_request *req)
 	struct room_job *rj = room_job_new(req, list_work, list_done, 200);
 	if (!rj)
 		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
-	rj->list = (struct api_list){.coll = STORE_ROOMS, .page = page, .limit = limit};
+	api_job_reads(&rj->base);
+	rj->list = (struct api_list){.coll = COLL_ROOMS, .page = page, .limit = limit};
 	if (store_filter_oid(&rj->list.filter, "members", STORE_CONTAINS, &rj->me) < 0 ||
 	    store_filter_sort(&rj->list.filter, "createdAt", -1) < 0)
 		return api_job_drop(&rj->base);
@@ -312,7 +313,7 @@ static void add_member_work(struct api_job *j)
 		return;
 	}
 	struct store_op op;
-	store_op_init(&op, STORE_OP_FIND_BY_ID, STORE_USERS);
+	store_op_init(&op, STORE_OP_FIND_BY_ID, COLL_USERS);
 	op.id = rj->target;
 	enum store_err err = api_exec(j, &op);
 	if (err == STORE_NOT_FOUND || (err == STORE_OK && !api_doc_bool(op.result, "isActive", 1)))
@@ -323,7 +324,7 @@ static void add_member_work(struct api_job *j)
 	if (err != STORE_OK || j->fail_status)
 		return;
 	/* $addToSet: adding a member twice changes nothing. */
-	store_op_init(&op, STORE_OP_UPDATE_BY_ID, STORE_ROOMS);
+	store_op_init(&op, STORE_OP_UPDATE_BY_ID, COLL_ROOMS);
 	op.id = rj->room;
 	if (store_op_add_to_set_oid(&op, "members", &rj->target) < 0) {
 		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "service unavailable");
@@ -363,7 +364,7 @@ static void history_work(struct api_job *j)
 	if (!room)
 		return;
 	bson_destroy(room);
-	store_op_init(&rj->found, STORE_OP_FIND, STORE_MESSAGES);
+	store_op_init(&rj->found, STORE_OP_FIND, COLL_MESSAGES);
 	if (store_filter_oid(&rj->found.filter, "room", STORE_EQ, &rj->room) < 0 ||
 	    store_filter_sort(&rj->found.filter, "createdAt", -1) < 0) {
 		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "service unavailable");
@@ -404,6 +405,7 @@ static int rooms_messages(struct http_request *req)
 	if (!rj)
 		return APP_DONE;
 	rj->limit = limit;
+	api_job_reads(&rj->base);
 	return api_job_submit(&rj->base);
 }
 
@@ -416,7 +418,7 @@ static void send_work(struct api_job *j)
 	if (!room)
 		return;
 	bson_destroy(room);
-	insert_doc(j, rj, STORE_MESSAGES);
+	insert_doc(j, rj, COLL_MESSAGES);
 }
 
 static void send_done(struct api_job *j, struct http_request *req)

@@ -101,7 +101,7 @@ static void user_cleanup(struct api_job *j)
 static void get_work(struct api_job *j)
 {
 	struct user_job *uj = (struct user_job *)j;
-	uj->user = api_find_by_id(j, STORE_USERS, &uj->id);
+	uj->user = api_find_by_id(j, COLL_USERS, &uj->id);
 	/* A soft-deleted user is gone for everyone but admins and themselves. */
 	if (uj->user && !api_doc_bool(uj->user, "isActive", 1) && !uj->privileged)
 		api_job_fail(j, 404, "NOT_FOUND", "not found");
@@ -130,6 +130,7 @@ static int find_user(struct http_request *req, const bson_oid_t *id)
 	struct user_job *uj = user_job_new(req, id, get_work, get_done);
 	if (!uj)
 		return fail_unavailable(req);
+	api_job_reads(&uj->base);
 	return api_job_submit(&uj->base);
 }
 
@@ -184,7 +185,8 @@ static int users_list(struct http_request *req)
 	if (!lj)
 		return fail_unavailable(req);
 	lj->base.cleanup = list_cleanup;
-	lj->list = (struct api_list){.coll = STORE_USERS, .page = page, .limit = limit};
+	api_job_reads(&lj->base);
+	lj->list = (struct api_list){.coll = COLL_USERS, .page = page, .limit = limit};
 	if (store_filter_sort(&lj->list.filter, "createdAt", -1) < 0)
 		return api_job_drop(&lj->base);
 	return api_job_submit(&lj->base);
@@ -206,7 +208,7 @@ static void write_work(struct api_job *j)
 		}
 		sodium_memzero(hash, sizeof(hash));
 	}
-	uj->user = api_update_by_id(j, STORE_USERS, &uj->id, uj->fields);
+	uj->user = api_update_by_id(j, COLL_USERS, &uj->id, uj->fields);
 	uj->fields = NULL; /* consumed */
 }
 
