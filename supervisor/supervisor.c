@@ -305,7 +305,7 @@ static void spawn(struct supervisor *s, int slot, int replacement)
 	struct slot *sl = &s->slots[slot];
 	int idx = sb_claim(s->sb, slot, s->generation);
 	if (idx < 0) {
-		log_error(NULL, "no free scoreboard entry for a new worker", LF_INT("workerId", slot));
+		log_error(NULL, "no free scoreboard entry for a new worker", LF_INT("worker", slot));
 		return;
 	}
 	int pfd[2];
@@ -324,13 +324,13 @@ static void spawn(struct supervisor *s, int slot, int replacement)
 	int bus_fd = -1;
 	if (s->hub && bus_hub_attach(s->hub, idx, &bus_fd) < 0) {
 		log_warn(NULL, "cannot create the broadcast bus: websocket broadcasts stay inside this worker",
-		         LF_STR("error", strerror(errno)), LF_INT("workerId", slot));
+		         LF_STR("error", strerror(errno)), LF_INT("worker", slot));
 		bus_fd = -1;
 	}
 	log_flush();
 	pid_t pid = fork();
 	if (pid < 0) {
-		log_error(NULL, "fork failed", LF_STR("error", strerror(errno)), LF_INT("workerId", slot));
+		log_error(NULL, "fork failed", LF_STR("error", strerror(errno)), LF_INT("worker", slot));
 		close(pfd[0]);
 		close(pfd[1]);
 		if (bus_fd >= 0)
@@ -355,7 +355,7 @@ static void spawn(struct supervisor *s, int slot, int replacement)
 		sl->pending = idx;
 	else
 		sl->proc = idx;
-	log_info(NULL, "worker started", LF_INT("workerId", slot), LF_INT("workerPid", pid),
+	log_info(NULL, "worker started", LF_INT("worker", slot), LF_INT("workerPid", pid),
 	         LF_INT("generation", s->generation), LF_BOOL("replacement", replacement));
 }
 
@@ -382,7 +382,7 @@ static void drain_proc(struct supervisor *s, int idx, const char *why)
 		return;
 	p->state = P_DRAINING;
 	sb_set_state(&s->sb->entries[idx], SB_DRAINING);
-	log_info(NULL, "draining worker", LF_INT("workerId", p->slot), LF_INT("workerPid", p->pid), LF_STR("reason", why));
+	log_info(NULL, "draining worker", LF_INT("worker", p->slot), LF_INT("workerPid", p->pid), LF_STR("reason", why));
 	kill(p->pid, SIGTERM);
 }
 
@@ -425,7 +425,7 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
 	p->state = P_READY;
 	s->ever_ready = 1;
 	struct slot *sl = &s->slots[p->slot];
-	log_info(NULL, "worker ready", LF_INT("workerId", p->slot), LF_INT("workerPid", p->pid),
+	log_info(NULL, "worker ready", LF_INT("worker", p->slot), LF_INT("workerPid", p->pid),
 	         LF_INT("generation", p->generation), LF_INT("startMs", (int64_t)(mono_ms() - p->started_ms)));
 	if (sl->pending == idx) {
 		/* A rolling replacement is up: retire the old process. */
@@ -511,7 +511,7 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	proc_clear(s, idx);
 
 	if (was_state == P_DRAINING) {
-		log_info(NULL, "worker exited", LF_INT("workerId", slot), LF_INT("workerPid", pid), LF_STR("status", how));
+		log_info(NULL, "worker exited", LF_INT("worker", slot), LF_INT("workerPid", pid), LF_STR("status", how));
 		if (sl->proc == idx)
 			sl->proc = -1;
 		maybe_finish_shutdown(s);
@@ -522,7 +522,7 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 		/* A replacement died before it was ready: keep the old one. */
 		sl->pending = -1;
 		log_error(NULL, "replacement worker exited before it was ready; keeping the old one",
-		          LF_INT("workerId", slot), LF_INT("workerPid", pid), LF_STR("status", how));
+		          LF_INT("worker", slot), LF_INT("workerPid", pid), LF_STR("status", how));
 		if (s->roll.active)
 			roll_finish(s, "a new worker exited before it was ready");
 		maybe_finish_shutdown(s);
@@ -531,14 +531,14 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	if (sl->proc == idx)
 		sl->proc = -1;
 	if (s->stopping) {
-		log_info(NULL, "worker exited", LF_INT("workerId", slot), LF_INT("workerPid", pid), LF_STR("status", how));
+		log_info(NULL, "worker exited", LF_INT("worker", slot), LF_INT("workerPid", pid), LF_STR("status", how));
 		maybe_finish_shutdown(s);
 		return;
 	}
 	if (WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_FATAL) {
 		sl->fatal = 1;
 		sl->errored = 1;
-		log_error(NULL, "worker could not start (fatal); not restarting it", LF_INT("workerId", slot),
+		log_error(NULL, "worker could not start (fatal); not restarting it", LF_INT("worker", slot),
 		          LF_INT("workerPid", pid), LF_STR("status", how), LF_INT("generation", gen));
 		if (!s->ever_ready) {
 			int alive = 0;
@@ -573,12 +573,12 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	if (recent > CRASH_LIMIT) {
 		sl->errored = 1;
 		log_error(NULL, "worker crashed more than 10 times in 60 s; marking it errored (resilctl restart to retry)",
-		          LF_INT("workerId", slot), LF_INT("workerPid", pid), LF_STR("status", how),
+		          LF_INT("worker", slot), LF_INT("workerPid", pid), LF_STR("status", how),
 		          LF_INT("restarts", sl->restarts));
 		notify_status(s);
 		return;
 	}
-	log_error(NULL, hung ? "hung worker killed; restarting" : "worker died; restarting", LF_INT("workerId", slot),
+	log_error(NULL, hung ? "hung worker killed; restarting" : "worker died; restarting", LF_INT("worker", slot),
 	          LF_INT("workerPid", pid), LF_STR("status", how), LF_STR("route", route[0] ? route : NULL),
 	          LF_INT("restartInMs", delay), LF_INT("restarts", sl->restarts), LF_INT("uptimeMs", up));
 	schedule_restart(s, slot, delay);
@@ -610,7 +610,7 @@ static void roll_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	if (sl->pending >= 0) {
 		struct proc *p = &s->procs[sl->pending];
 		log_error(NULL, "new worker not ready within the listen timeout; killing it and keeping the old one",
-		          LF_INT("workerId", slot), LF_INT("workerPid", p->pid));
+		          LF_INT("worker", slot), LF_INT("workerPid", p->pid));
 		p->state = P_DRAINING; /* its exit is expected now */
 		kill(p->pid, SIGKILL);
 		sl->pending = -1;
@@ -892,7 +892,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 		uint64_t hb = atomic_load(&s->sb->entries[i].heartbeat_ms);
 		if ((p->state == P_READY || p->state == P_DRAINING) && !p->hung_killed && now > hb &&
 		    (int64_t)(now - hb) > s->cfg->worker_timeout_ms) {
-			log_error(NULL, "worker heartbeat too old; killing it", LF_INT("workerId", p->slot),
+			log_error(NULL, "worker heartbeat too old; killing it", LF_INT("worker", p->slot),
 			          LF_INT("workerPid", p->pid), LF_INT("heartbeatAgeMs", now - hb),
 			          LF_INT("timeoutMs", s->cfg->worker_timeout_ms));
 			p->hung_killed = 1;
@@ -901,7 +901,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 		}
 		if (s->cfg->max_memory > 0 && p->state == P_READY && rss > (uint64_t)s->cfg->max_memory && !s->roll.active &&
 		    s->slots[p->slot].proc == i && s->slots[p->slot].pending < 0) {
-			log_warn(NULL, "worker over the memory limit; recycling it gracefully", LF_INT("workerId", p->slot),
+			log_warn(NULL, "worker over the memory limit; recycling it gracefully", LF_INT("worker", p->slot),
 			         LF_INT("workerPid", p->pid), LF_INT("rssBytes", rss), LF_INT("maxMemory", s->cfg->max_memory));
 			int slot = p->slot;
 			roll_start(s, 0, &slot, 1, NULL);

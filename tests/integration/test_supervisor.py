@@ -378,7 +378,7 @@ def test_crash_loop_marks_the_slot_errored_until_restart():
         delays = [e["restartInMs"] for e in log_events(srv, "worker died; restarting")]
         assert delays == [1 << i for i in range(10)], delays  # doubling from the test base
         err = log_events(srv, "marking it errored")
-        assert len(err) == 1 and err[0]["level"] == "error" and err[0]["workerId"] == 0, err
+        assert len(err) == 1 and err[0]["level"] == "error" and err[0]["worker"] == 0, err
         # visible in status (table and JSON) and health
         p = resilctl(srv, "status")
         assert p.returncode == 0, p
