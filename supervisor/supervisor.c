@@ -40,7 +40,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <yajl/yajl_gen.h>
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 15000
@@ -624,21 +623,12 @@ static void roll_reply(struct supervisor *s, const char *error)
 	s->roll.client = NULL;
 	if (!c)
 		return;
-	if (error) {
+	if (error)
 		ctl_reply_error(c, error);
-		return;
-	}
-	char buf[4096];
-	size_t n;
-	if (s->roll.is_reload) {
-		n = (size_t)snprintf(buf, sizeof(buf), "{\"ok\":true,\"generation\":%u}", s->generation);
-	} else {
-		n = (size_t)snprintf(buf, sizeof(buf), "{\"ok\":true,\"restarted\":[");
-		for (int i = 0; i < s->roll.ndone && n < sizeof(buf) - 16; i++)
-			n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s%d", i ? "," : "", s->roll.done[i]);
-		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "]}");
-	}
-	ctl_reply(c, buf, n);
+	else if (s->roll.is_reload)
+		ctl_reply_reloaded(c, s->generation);
+	else
+		ctl_reply_restarted(c, s->roll.done, s->roll.ndone);
 }
 
 static void roll_finish(struct supervisor *s, const char *error)
@@ -1009,206 +999,64 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 
 /* ------------------------------------------------------------ control */
 
-#define GS(g, str) yajl_gen_string(g, (const unsigned char *)(str), strlen(str))
-
-static void reply_gen(struct ctl_client *c, yajl_gen g)
-{
-	const unsigned char *buf;
-	size_t len;
-	if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok)
-		ctl_reply(c, (const char *)buf, len);
-	else
-		ctl_reply_error(c, "internal error");
-	yajl_gen_free(g);
-}
+/* What the control socket shows (control.c renders it, see supervisor.h). */
 
 static const char *db_kind(const struct resil_config *cfg)
 {
 	return strncmp(cfg->db, "mongodb", 7) == 0 ? "mongodb" : "sqlite";
 }
 
-/* Aggregate database state and circuits over serving workers. */
-static const char *db_state_agg(struct supervisor *s)
+void sup_overview(const struct supervisor *s, struct sup_overview *out)
 {
-	int conn = 0, disc = 0;
-	for (int i = 0; i < SB_MAX_ENTRIES; i++) {
-		if (s->procs[i].state != P_READY)
-			continue;
-		int d = atomic_load(&s->sb->entries[i].db_state);
-		if (d == SB_DB_CONNECTED)
-			conn++;
-		else if (d == SB_DB_DISCONNECTED)
-			disc++;
-	}
-	if (disc)
-		return "disconnected";
-	if (conn)
-		return "connected";
-	return "unknown";
+	out->pid = getpid();
+	out->uptime_s = (mono_ms() - s->started_ms) / 1000;
+	out->listen = s->listen_desc;
+	out->db_kind = db_kind(s->cfg);
+	out->workers_target = s->target;
+	out->generation = s->generation;
+	out->state = s->stopping ? "stopping" : s->roll.active ? "reloading" : "running";
 }
 
-static void gen_circuits(struct supervisor *s, yajl_gen g, int only_idx)
+int sup_worker_row(const struct supervisor *s, int id, struct sup_worker_row *out)
 {
-	static const char *names[] = {"closed", "open", "half-open"};
-	char seen[SB_MAX_CIRCUITS * 4][16];
-	int worst[SB_MAX_CIRCUITS * 4];
+	if (id < 0 || id >= s->target)
+		return -1;
+	const struct slot *sl = &s->slots[id];
+	const struct proc *p = sl->proc >= 0 ? &s->procs[sl->proc] : NULL;
+	memset(out, 0, sizeof(*out));
+	out->id = id;
+	out->restarts = sl->restarts;
+	out->state = sl->errored ? "errored" : !p ? "stopped" : p->state == P_STARTING ? "starting"
+	                                                    : p->state == P_DRAINING   ? "draining"
+	                                                                               : "ready";
+	if (!p)
+		return 0;
+	out->pid = p->pid;
+	out->uptime_s = (mono_ms() - p->started_ms) / 1000;
+	out->cpu_pct = p->cpu_pct;
+	out->rss_bytes = p->rss;
+	out->generation = p->generation;
+	out->sbe = &s->sb->entries[sl->proc];
+	out->ready = p->state == P_READY;
+	return 0;
+}
+
+int sup_serving_entries(const struct supervisor *s, const struct sb_entry **out, int max)
+{
 	int n = 0;
-	for (int i = 0; i < SB_MAX_ENTRIES; i++) {
-		if (only_idx >= 0 && i != only_idx)
-			continue;
-		if (s->procs[i].state != P_READY && only_idx < 0)
-			continue;
-		struct sb_entry *e = &s->sb->entries[i];
-		int nc = atomic_load(&e->ncircuits);
-		for (int k = 0; k < nc && k < SB_MAX_CIRCUITS; k++) {
-			int st = atomic_load(&e->circuits[k].state);
-			if (st < 0 || st > 2)
-				st = 0;
-			int j;
-			for (j = 0; j < n; j++)
-				if (strncmp(seen[j], e->circuits[k].name, 16) == 0)
-					break;
-			if (j == n) {
-				if (n >= (int)(sizeof(worst) / sizeof(worst[0])))
-					continue;
-				memcpy(seen[n], e->circuits[k].name, 16);
-				seen[n][15] = '\0';
-				worst[n++] = st;
-			} else if (st == 1 || (st == 2 && worst[j] == 0)) {
-				worst[j] = st;
-			}
-		}
-	}
-	yajl_gen_map_open(g);
-	for (int j = 0; j < n; j++) {
-		GS(g, seen[j]);
-		GS(g, names[worst[j]]);
-	}
-	yajl_gen_map_close(g);
+	for (int i = 0; i < SB_MAX_ENTRIES && n < max; i++)
+		if (s->procs[i].state == P_READY)
+			out[n++] = &s->sb->entries[i];
+	return n;
 }
 
-void sup_ctl_status(struct supervisor *s, struct ctl_client *c)
+int sup_crash_route(const struct supervisor *s, int i, const char **route, unsigned *count)
 {
-	yajl_gen g = yajl_gen_alloc(NULL);
-	if (!g) {
-		ctl_reply_error(c, "out of memory");
-		return;
-	}
-	uint64_t now = mono_ms();
-	yajl_gen_map_open(g);
-	GS(g, "ok");
-	yajl_gen_bool(g, 1);
-	GS(g, "supervisor");
-	yajl_gen_map_open(g);
-	GS(g, "pid");
-	yajl_gen_integer(g, getpid());
-	GS(g, "uptime_s");
-	yajl_gen_integer(g, (long long)((now - s->started_ms) / 1000));
-	GS(g, "listen");
-	GS(g, s->listen_desc);
-	GS(g, "db");
-	GS(g, db_kind(s->cfg));
-	GS(g, "db_state");
-	GS(g, db_state_agg(s));
-	GS(g, "workers_target");
-	yajl_gen_integer(g, s->target);
-	GS(g, "generation");
-	yajl_gen_integer(g, s->generation);
-	GS(g, "version");
-	GS(g, PACKAGE_VERSION);
-	GS(g, "state");
-	GS(g, s->stopping ? "stopping" : s->roll.active ? "reloading" : "running");
-	yajl_gen_map_close(g);
-	GS(g, "workers");
-	yajl_gen_array_open(g);
-	for (int i = 0; i < s->target; i++) {
-		struct slot *sl = &s->slots[i];
-		int idx = sl->proc;
-		struct proc *p = idx >= 0 ? &s->procs[idx] : NULL;
-		struct sb_entry *e = idx >= 0 ? &s->sb->entries[idx] : NULL;
-		const char *state = sl->errored ? "errored" : !p ? "stopped" : p->state == P_STARTING ? "starting"
-		                                            : p->state == P_DRAINING               ? "draining"
-		                                                                                   : "ready";
-		yajl_gen_map_open(g);
-		GS(g, "id");
-		yajl_gen_integer(g, i);
-		GS(g, "pid");
-		yajl_gen_integer(g, p ? p->pid : 0);
-		GS(g, "state");
-		GS(g, state);
-		GS(g, "uptime_s");
-		yajl_gen_integer(g, p ? (long long)((now - p->started_ms) / 1000) : 0);
-		GS(g, "restarts");
-		yajl_gen_integer(g, sl->restarts);
-		GS(g, "cpu_pct");
-		yajl_gen_double(g, p ? (double)((long long)(p->cpu_pct * 10 + 0.5)) / 10.0 : 0.0);
-		GS(g, "rss_bytes");
-		yajl_gen_integer(g, p ? (long long)p->rss : 0);
-		GS(g, "requests");
-		yajl_gen_integer(g, e ? (long long)atomic_load(&e->requests) : 0);
-		GS(g, "inflight");
-		yajl_gen_integer(g, e ? (long long)atomic_load(&e->inflight) : 0);
-		GS(g, "websockets");
-		yajl_gen_integer(g, e ? (long long)atomic_load(&e->websockets) : 0);
-		GS(g, "generation");
-		yajl_gen_integer(g, p ? p->generation : 0);
-		GS(g, "circuits");
-		if (idx >= 0)
-			gen_circuits(s, g, idx);
-		else {
-			yajl_gen_map_open(g);
-			yajl_gen_map_close(g);
-		}
-		yajl_gen_map_close(g);
-	}
-	yajl_gen_array_close(g);
-	GS(g, "crashes_by_route");
-	yajl_gen_map_open(g);
-	for (int i = 0; i < s->nroutes; i++) {
-		GS(g, s->routes[i].route);
-		yajl_gen_integer(g, s->routes[i].count);
-	}
-	yajl_gen_map_close(g);
-	yajl_gen_map_close(g);
-	reply_gen(c, g);
-}
-
-void sup_ctl_health(struct supervisor *s, struct ctl_client *c)
-{
-	yajl_gen g = yajl_gen_alloc(NULL);
-	if (!g) {
-		ctl_reply_error(c, "out of memory");
-		return;
-	}
-	int ready = 0;
-	for (int i = 0; i < s->target; i++)
-		if (s->slots[i].proc >= 0 && s->procs[s->slots[i].proc].state == P_READY)
-			ready++;
-	const char *db = db_state_agg(s);
-	const char *status = ready == 0 ? CTL_HEALTH_DOWN
-	                     : (ready < s->target || strcmp(db, "disconnected") == 0) ? CTL_HEALTH_DEGRADED
-	                                                                              : CTL_HEALTH_HEALTHY;
-	yajl_gen_map_open(g);
-	GS(g, "ok");
-	yajl_gen_bool(g, 1);
-	GS(g, "status");
-	GS(g, status);
-	GS(g, "checks");
-	yajl_gen_map_open(g);
-	GS(g, "database");
-	GS(g, db);
-	GS(g, "workers");
-	yajl_gen_map_open(g);
-	GS(g, "total");
-	yajl_gen_integer(g, s->target);
-	GS(g, "ready");
-	yajl_gen_integer(g, ready);
-	yajl_gen_map_close(g);
-	GS(g, "circuits");
-	gen_circuits(s, g, -1);
-	yajl_gen_map_close(g);
-	yajl_gen_map_close(g);
-	reply_gen(c, g);
+	if (i < 0 || i >= s->nroutes)
+		return -1;
+	*route = s->routes[i].route;
+	*count = s->routes[i].count;
+	return 0;
 }
 
 void sup_ctl_restart(struct supervisor *s, struct ctl_client *c, int target)
@@ -1243,9 +1091,7 @@ void sup_ctl_reload(struct supervisor *s, struct ctl_client *c)
 
 void sup_ctl_stop(struct supervisor *s, struct ctl_client *c)
 {
-	char buf[64];
-	int n = snprintf(buf, sizeof(buf), "{\"ok\":true,\"pid\":%d}", (int)getpid());
-	ctl_reply(c, buf, (size_t)n);
+	ctl_reply_stopping(c, getpid());
 	begin_shutdown(s, 0);
 }
 
@@ -1260,9 +1106,7 @@ void sup_ctl_scale(struct supervisor *s, struct ctl_client *c, int n)
 		return;
 	}
 	scale_to(s, n);
-	char buf[64];
-	int len = snprintf(buf, sizeof(buf), "{\"ok\":true,\"workers\":%d}", n);
-	ctl_reply(c, buf, (size_t)len);
+	ctl_reply_scaled(c, n);
 }
 
 /* --------------------------------------------------------------- main */
