@@ -713,7 +713,7 @@ static int same_key(const char *k, int ks, const char *o, int os)
 		return k[0] == o[0] && strcmp(k, o) == 0;
 	if (ks && os)
 		return 0; /* "x_2" and "y_3" end in different digits */
-	if (ks) { /* is o == k + "_" + ks ? */
+	if (ks) {         /* is o == k + "_" + ks ? */
 		const char *t = k;
 		int ts = ks;
 		k = o;
@@ -956,7 +956,10 @@ static void emit_line(int i, int fd, const char *p, size_t n)
 /* Out of memory for a huge line: say so instead of writing a cut line. */
 static void build_oom(struct lbuf *b, const struct event *ev)
 {
-	struct event oom = {.level = ev->level, .ts = ev->ts, .ms = ev->ms, .worker = ev->worker,
+	struct event oom = {.level = ev->level,
+	                    .ts = ev->ts,
+	                    .ms = ev->ms,
+	                    .worker = ev->worker,
 	                    .message = "log line dropped: out of memory"};
 	b->len = 0;
 	b->failed = 0;
@@ -971,7 +974,9 @@ void log_emit(int level, const struct log_ctx *ctx, const char *message, const s
 	if (!log_enabled(level))
 		return;
 	int saved_errno = errno; /* callers log right before reporting errno */
-	struct event ev = {.level = clamp_level(level), .message = message ? message : "", .fields = fields,
+	struct event ev = {.level = clamp_level(level),
+	                   .message = message ? message : "",
+	                   .fields = fields,
 	                   .nfields = fields ? nfields : 0};
 	ev.worker = atomic_load_explicit(&g_worker, memory_order_relaxed);
 	ev.nctx = ctx_fields(ctx, ev.cf);

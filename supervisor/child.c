@@ -70,8 +70,8 @@ static int drop_privileges(const struct resil_config *cfg)
 		}
 		gid = gr->gr_gid;
 	}
-	if (setgid(gid) < 0 || (pw && initgroups(pw->pw_name, gid) < 0) || (!pw && setgroups(0, NULL) < 0 && errno != EPERM) ||
-	    setuid(uid) < 0) {
+	if (setgid(gid) < 0 || (pw && initgroups(pw->pw_name, gid) < 0) ||
+	    (!pw && setgroups(0, NULL) < 0 && errno != EPERM) || setuid(uid) < 0) {
 		log_error(NULL, "cannot drop privileges", LF_STR("error", strerror(errno)));
 		return -1;
 	}

@@ -18,6 +18,6 @@ struct worker_opts;
  * with worker_run()'s status, or WORKER_EXIT_FATAL when privileges cannot
  * be dropped. */
 void child_run(struct event_base *sup_base, const int *signals, size_t nsignals, const struct worker_opts *wo)
-	__attribute__((noreturn));
+    __attribute__((noreturn));
 
 #endif

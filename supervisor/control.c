@@ -335,7 +335,7 @@ static void render_health(struct ctl_client *c)
 	for (int i = 0; sup_worker_row(s, i, &w) == 0; i++)
 		ready += w.ready;
 	const char *db = db_state(serving, nserving);
-	const char *status = ready == 0 ? CTL_HEALTH_DOWN
+	const char *status = ready == 0                                                      ? CTL_HEALTH_DOWN
 	                     : (ready < o.workers_target || strcmp(db, "disconnected") == 0) ? CTL_HEALTH_DEGRADED
 	                                                                                     : CTL_HEALTH_HEALTHY;
 	yajl_gen g = answer_open(c);

@@ -86,10 +86,11 @@ void tick_cb(evutil_socket_t fd, short what, void *arg)
 			kill(p->pid, SIGKILL);
 			continue;
 		}
-		if (s->cfg->max_memory > 0 && p->state == P_READY && rss > (uint64_t)s->cfg->max_memory && !s->roll.active &&
-		    s->slots[p->slot].proc == i && s->slots[p->slot].pending < 0) {
-			log_warn(NULL, "worker over the memory limit; recycling it gracefully", LF_INT("worker", p->slot),
-			         LF_INT("workerPid", p->pid), LF_INT("rssBytes", rss), LF_INT("maxMemory", s->cfg->max_memory));
+		if (s->cfg->max_memory > 0 && p->state == P_READY && rss > (uint64_t)s->cfg->max_memory &&
+		    !s->roll.active && s->slots[p->slot].proc == i && s->slots[p->slot].pending < 0) {
+			log_warn(NULL, "worker over the memory limit; recycling it gracefully",
+			         LF_INT("worker", p->slot), LF_INT("workerPid", p->pid), LF_INT("rssBytes", rss),
+			         LF_INT("maxMemory", s->cfg->max_memory));
 			int slot = p->slot;
 			roll_start(s, 0, &slot, 1, NULL);
 		}

@@ -64,8 +64,8 @@ void roll_finish(struct supervisor *s, const char *error)
 	if (error)
 		log_error(NULL, s->roll.is_reload ? "reload failed" : "restart failed", LF_STR("error", error));
 	else
-		log_info(NULL, s->roll.is_reload ? "reload complete" : "restart complete", LF_INT("generation", s->generation),
-		         LF_INT("workers", s->roll.ndone));
+		log_info(NULL, s->roll.is_reload ? "reload complete" : "restart complete",
+		         LF_INT("generation", s->generation), LF_INT("workers", s->roll.ndone));
 	if (s->roll.is_reload && sdn_enabled())
 		sdn_send("READY=1");
 	roll_reply(s, error);
