@@ -7,7 +7,7 @@ exactly the processes it started. No third-party Python modules.
 Every line resild writes is checked when its Server is cleaned up: it must
 be one JSON object with no key repeated at any depth (SPEC section 10), so
 every integration test also tests the log format. Lines from valgrind or a
-sanitizer ("==PID==...") are left to assert_clean_exit.
+sanitizer ("==PID==...", "--PID--...") are left to assert_clean_exit.
 """
 import http.client
 import json
@@ -49,7 +49,7 @@ def parse_log_line(line):
     return doc
 
 
-_TOOL_LINE = re.compile(r"^==\d+==")  # valgrind, AddressSanitizer, LeakSanitizer
+_TOOL_LINE = re.compile(r"^(==\d+==|--\d+--)")  # valgrind (errors, warnings), AddressSanitizer, LeakSanitizer
 
 
 def log_problems(text):

@@ -946,6 +946,13 @@ def test_one_worker_id_in_logs_titles_resilctl_and_health():
             st, _, body = srv.json("GET", "/health/live", headers={"X-Request-ID": rid})
             assert st == 200 and body["status"] == "ok" and body["worker"] in pids, body
             answered[rid] = body["worker"]
+
+        def logged():
+            got = {l.get("requestId") for l in srv.log_lines()}
+            return all(rid in got for rid in answered)
+        # Access lines are written at the end of a loop turn: let them land
+        # before a worker is killed.
+        wait_for(logged, 10, "the access lines of every probe")
         # A crash makes the supervisor log about worker 1 by id.
         os.kill(pids[1], signal.SIGKILL)
         wait_for(lambda: (lambda w: w and w[1] != pids[1] and w)(all_ready(srv, 2)), 10, "worker 1 replaced")
