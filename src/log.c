@@ -404,22 +404,16 @@ static void put_jstring(struct lbuf *b, const char *s, size_t n)
 	lb_putc(b, '"');
 }
 
-/* A key, renamed "<key>_<suffix>" when suffix > 0 (see plan_keys). */
-static void put_key_text(struct lbuf *b, const char *key, int suffix, enum esc_mode mode)
+/* A key of len bytes, renamed "<key>_<suffix>" when suffix > 0 (see
+ * plan_keys). */
+static void put_key_text(struct lbuf *b, const char *key, size_t len, int suffix, enum esc_mode mode)
 {
 	if (key)
-		put_text(b, key, strlen(key), strlen(key), mode, 0);
+		put_text(b, key, len, len, mode, 0);
 	if (suffix > 0) {
 		char s[2] = {'_', (char)('0' + suffix)};
 		lb_put(b, s, sizeof(s));
 	}
-}
-
-static void put_jkey(struct lbuf *b, const char *key, int suffix)
-{
-	lb_lit(b, ",\"");
-	put_key_text(b, key, suffix, ESC_JSON);
-	lb_lit(b, "\":");
 }
 
 /* ---- public helpers ----------------------------------------------------- */
@@ -725,32 +719,107 @@ static int same_key(const char *k, int ks, const char *o, int os)
 	return strncmp(k, o, n) == 0 && k[n] == '_' && k[n + 1] == (char)('0' + os) && k[n + 2] == '\0';
 }
 
-/* Fill suffix[i] for each caller field: 0 keep the key, 2..9 rename it,
- * -1 drop the field. cf/nctx are the request-context fields of the line. */
-static void plan_keys(int has_worker, const struct log_field *cf, size_t nctx, const struct log_field *fields,
-                      size_t nfields, signed char *suffix)
+/* How a field's key is written: its length (computed once per event) and
+ * its rename suffix (0 as is, 2..9 "<key>_<n>", -1 dropped). */
+struct key_plan {
+	uint32_t len;
+	signed char suffix;
+};
+
+/* A 128-bit filter of the keys written so far, indexed by a hash of a
+ * key's first and last bytes and its length as written. Equal keys always
+ * hash alike, so a key whose bit is clear is not on the line yet; only a set
+ * bit (a clash, or now and then two keys sharing a bit) costs comparing it
+ * with every key written so far. */
+struct key_filter {
+	uint64_t w[2];
+};
+
+static unsigned key_hash(unsigned first, unsigned last, size_t len)
+{
+	uint64_t x = (uint64_t)first | (uint64_t)last << 8 | (uint64_t)(len & 0xffff) << 16;
+	return (unsigned)((x * 0x9E3779B97F4A7C15u) >> 57); /* 0..127 */
+}
+
+/* Hash of key (len bytes) as written with suffix. */
+static unsigned key_hash_of(const char *key, size_t len, int suffix)
+{
+	if (suffix > 0)
+		return key_hash(len ? (unsigned char)key[0] : '_', (unsigned)('0' + suffix), len + 2);
+	return key_hash(len ? (unsigned char)key[0] : 0, len ? (unsigned char)key[len - 1] : 0, len);
+}
+
+/* Set bit h; 1 if it was set already. */
+static int filter_test_set(struct key_filter *f, unsigned h)
+{
+	uint64_t bit = (uint64_t)1 << (h & 63);
+	int was = (f->w[h >> 6] & bit) != 0;
+	f->w[h >> 6] |= bit;
+	return was;
+}
+
+/* The base keys' filters, with and without "worker", computed once. */
+static struct key_filter base_filter[2];
+static pthread_once_t base_filter_once = PTHREAD_ONCE_INIT;
+
+static void base_filter_init(void)
+{
+	for (size_t j = 0; j < sizeof(base_keys) / sizeof(base_keys[0]); j++) {
+		unsigned h = key_hash_of(base_keys[j], strlen(base_keys[j]), 0);
+		if (j < BASE_KEYS_NO_WORKER)
+			filter_test_set(&base_filter[0], h);
+		filter_test_set(&base_filter[1], h);
+	}
+}
+
+/* 1 if key renamed with s is already on the line: a base key, a context
+ * key, or one of the first i caller fields as planned. */
+static int key_taken(const char *key, int s, size_t nbase, const struct log_field *cf, size_t nctx,
+                     const struct log_field *fields, size_t i, const struct key_plan *plan)
+{
+	for (size_t j = 0; j < nbase; j++)
+		if (same_key(key, s, base_keys[j], 0))
+			return 1;
+	for (size_t j = 0; j < nctx; j++)
+		if (same_key(key, s, cf[j].key, 0))
+			return 1;
+	for (size_t j = 0; j < i; j++)
+		if (plan[j].suffix >= 0 && same_key(key, s, fields[j].key, plan[j].suffix))
+			return 1;
+	return 0;
+}
+
+/* Plan each caller field's key (see struct key_plan). cf/nctx are the
+ * request-context fields of the line, cplan gets their lengths. On the
+ * hot path (no clash) this is one strlen and one hash per field. */
+static void plan_keys(int has_worker, const struct log_field *cf, size_t nctx, struct key_plan *cplan,
+                      const struct log_field *fields, size_t nfields, struct key_plan *plan)
 {
 	size_t nbase = has_worker ? sizeof(base_keys) / sizeof(base_keys[0]) : BASE_KEYS_NO_WORKER;
+	(void)pthread_once(&base_filter_once, base_filter_init);
+	struct key_filter seen = base_filter[has_worker ? 1 : 0];
+	for (size_t j = 0; j < nctx; j++) {
+		cplan[j].len = (uint32_t)strlen(cf[j].key);
+		cplan[j].suffix = 0;
+		filter_test_set(&seen, key_hash_of(cf[j].key, cplan[j].len, 0));
+	}
 	for (size_t i = 0; i < nfields; i++) {
 		const char *key = fields[i].key;
+		size_t len = key ? strnlen(key, UINT32_MAX) : 0;
 		int s = 0;
-		for (;;) {
-			int taken = 0;
-			for (size_t j = 0; j < nbase && !taken; j++)
-				taken = same_key(key, s, base_keys[j], 0);
-			for (size_t j = 0; j < nctx && !taken; j++)
-				taken = same_key(key, s, cf[j].key, 0);
-			for (size_t j = 0; j < i && !taken; j++)
-				taken = suffix[j] >= 0 && same_key(key, s, fields[j].key, suffix[j]);
-			if (!taken)
-				break;
-			s = s == 0 ? 2 : s + 1;
-			if (s > 9) {
-				s = -1;
-				break;
+		if (filter_test_set(&seen, key_hash_of(key, len, 0))) {
+			while (key_taken(key, s, nbase, cf, nctx, fields, i, plan)) {
+				s = s == 0 ? 2 : s + 1;
+				if (s > 9) {
+					s = -1;
+					break;
+				}
 			}
+			if (s > 0)
+				filter_test_set(&seen, key_hash_of(key, len, s));
 		}
-		suffix[i] = (signed char)s;
+		plan[i].len = (uint32_t)len;
+		plan[i].suffix = (signed char)s;
 	}
 }
 
@@ -762,21 +831,22 @@ struct event {
 	int worker; /* -1: no "worker" key */
 	const char *message;
 	struct log_field cf[3]; /* request context */
+	struct key_plan cplan[3];
 	size_t nctx;
 	const struct log_field *fields;
-	const signed char *suffix; /* plan_keys() for fields */
+	const struct key_plan *plan; /* plan_keys() for fields */
 	size_t nfields;
 };
 
 /* Field i of the line after the base keys: context first, then the
- * caller's; *sfx gets the rename suffix (-1: dropped). */
-static const struct log_field *event_field(const struct event *ev, size_t i, int *sfx)
+ * caller's; *kp says how its key is written. */
+static const struct log_field *event_field(const struct event *ev, size_t i, const struct key_plan **kp)
 {
 	if (i < ev->nctx) {
-		*sfx = 0;
+		*kp = &ev->cplan[i];
 		return &ev->cf[i];
 	}
-	*sfx = ev->suffix[i - ev->nctx];
+	*kp = &ev->plan[i - ev->nctx];
 	return &ev->fields[i - ev->nctx];
 }
 
@@ -796,11 +866,13 @@ static void build_json(struct lbuf *b, const struct event *ev)
 		lb_int(b, ev->worker);
 	}
 	for (size_t i = 0; i < ev->nctx + ev->nfields; i++) {
-		int sfx;
-		const struct log_field *f = event_field(ev, i, &sfx);
-		if (sfx < 0)
+		const struct key_plan *kp;
+		const struct log_field *f = event_field(ev, i, &kp);
+		if (kp->suffix < 0)
 			continue;
-		put_jkey(b, f->key, sfx);
+		lb_lit(b, ",\"");
+		put_key_text(b, f->key, kp->len, kp->suffix, ESC_JSON);
+		lb_lit(b, "\":");
 		if (i >= ev->nctx && log_key_is_secret(f->key))
 			lb_lit(b, "\"" REDACTED "\"");
 		else if ((f->type == LF_T_STR || f->type == LF_T_STRN) && f->s)
@@ -841,12 +913,12 @@ static void build_pretty(struct lbuf *b, const struct event *ev)
 	lb_putc(b, ' ');
 	put_value(b, ev->message, strlen(ev->message), ESC_PRETTY);
 	for (size_t i = 0; i < ev->nctx + ev->nfields; i++) {
-		int sfx;
-		const struct log_field *f = event_field(ev, i, &sfx);
-		if (sfx < 0)
+		const struct key_plan *kp;
+		const struct log_field *f = event_field(ev, i, &kp);
+		if (kp->suffix < 0)
 			continue;
 		lb_lit(b, " " ANSI_DIM);
-		put_key_text(b, f->key, sfx, ESC_PRETTY);
+		put_key_text(b, f->key, kp->len, kp->suffix, ESC_PRETTY);
 		lb_lit(b, "=" ANSI_RESET);
 		if (i >= ev->nctx && log_key_is_secret(f->key))
 			lb_lit(b, REDACTED);
@@ -980,16 +1052,15 @@ void log_emit(int level, const struct log_ctx *ctx, const char *message, const s
 	                   .nfields = fields ? nfields : 0};
 	ev.worker = atomic_load_explicit(&g_worker, memory_order_relaxed);
 	ev.nctx = ctx_fields(ctx, ev.cf);
-	signed char plan_stack[LOG_PLAN_STACK];
-	signed char *plan = plan_stack;
+	struct key_plan plan_stack[LOG_PLAN_STACK];
+	struct key_plan *plan = plan_stack;
 	if (ev.nfields > LOG_PLAN_STACK) {
-		plan = malloc(ev.nfields);
+		plan = malloc(ev.nfields * sizeof(*plan)); /* nfields counts an array in memory: no overflow */
 		if (!plan)
 			ev.nfields = 0; /* build_oom below says the line was dropped */
 	}
-	if (ev.nfields)
-		plan_keys(ev.worker != -1, ev.cf, ev.nctx, ev.fields, ev.nfields, plan);
-	ev.suffix = plan;
+	plan_keys(ev.worker != -1, ev.cf, ev.nctx, ev.cplan, ev.fields, ev.nfields, plan);
+	ev.plan = plan;
 	tl_urgent = ev.level >= LOG_LVL_WARN;
 	char stack[LOG_STACK_BUF];
 	struct lbuf b = {.p = stack, .cap = sizeof(stack)};
