@@ -938,6 +938,10 @@ def test_one_worker_id_in_logs_titles_resilctl_and_health():
         sup_pid = srv.proc.pid
         for i, pid in pids.items():
             check_title(pid, "resild: worker %d (gen 1)" % i)
+        # /health's worker counts are resilctl health's.
+        st, _, h = srv.json("GET", "/health")
+        assert st == 200 and h["checks"]["workers"] == {"total": 2, "ready": 2}, h
+        assert ctl(srv, {"cmd": "health"})["checks"]["workers"] == h["checks"]["workers"]
         # /health/live names the worker that answered; its access line
         # (same request id) comes from that worker's pid with the same id.
         answered = {}
