@@ -2,8 +2,8 @@
  * v4 text codec: every packet type decoded and encoded, and malformed
  * input refused. Pure functions: no loop, no sockets.
  */
-#include "../workers/sio.h"
 #include "../src/json.h"
+#include "../workers/sio.h"
 
 #include <check.h>
 #include <stdlib.h>
@@ -123,20 +123,21 @@ END_TEST
 START_TEST(test_sio_refuses_malformed_packets)
 {
 	static const char *bad[] = {
-		"",            /* empty */
-		"7",           /* no such Engine.IO type */
-		"x",           /* not a digit */
-		"4",           /* message without a Socket.IO type */
-		"47[]",        /* no such Socket.IO type */
-		"4x",          /* not a digit */
-		"1x",          /* close carries nothing */
-		"5x", "6x",    /* nor do upgrade and noop */
-		"43[]",        /* an ack needs its id */
-		"45[]",        /* a binary event needs "<n>-" */
-		"45-[]",       /* ... with a number */
-		"451[]",       /* ... and the dash */
-		"4299999999999999999999[]", /* an ack id past 2^63 */
-		"459999999999-[]",          /* attachments past 32 bits */
+	    "",     /* empty */
+	    "7",    /* no such Engine.IO type */
+	    "x",    /* not a digit */
+	    "4",    /* message without a Socket.IO type */
+	    "47[]", /* no such Socket.IO type */
+	    "4x",   /* not a digit */
+	    "1x",   /* close carries nothing */
+	    "5x",
+	    "6x",                       /* nor do upgrade and noop */
+	    "43[]",                     /* an ack needs its id */
+	    "45[]",                     /* a binary event needs "<n>-" */
+	    "45-[]",                    /* ... with a number */
+	    "451[]",                    /* ... and the dash */
+	    "4299999999999999999999[]", /* an ack id past 2^63 */
+	    "459999999999-[]",          /* attachments past 32 bits */
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		ck_assert_msg(dec(bad[i]) == -1, "accepted \"%s\"", bad[i]);
@@ -162,7 +163,7 @@ START_TEST(test_sio_event_payload_decodes_name_and_argument)
 		const char *in;
 		enum sio_event_status want;
 	} bad[] = {{"{nope", SIO_EVENT_BAD_JSON}, {"{\"a\":1}", SIO_EVENT_BAD_JSON}, {"", SIO_EVENT_BAD_JSON},
-	           {"[]", SIO_EVENT_NO_NAME},     {"[7]", SIO_EVENT_NO_NAME},       {"[[[[1]]]]", SIO_EVENT_BAD_JSON}};
+	           {"[]", SIO_EVENT_NO_NAME},     {"[7]", SIO_EVENT_NO_NAME},        {"[[[[1]]]]", SIO_EVENT_BAD_JSON}};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		enum sio_event_status st = sio_event_decode(bad[i].in, strlen(bad[i].in), 3, &doc, &name, &arg);
 		ck_assert_msg(st == bad[i].want, "%s: %d", bad[i].in, (int)st);
@@ -220,7 +221,7 @@ START_TEST(test_sio_encodes_events_from_json_texts)
 	ck_assert_int_eq(n, 13 + 7 + SIO_EVENT_OVERHEAD);
 	ck_assert_int_eq(memcmp(buf, "42[\"new_message\",{\"a\":1}]", (size_t)n), 0);
 	ck_assert_int_eq(sio_encode_event(buf, 20, "\"new_message\"", 13, "{\"a\":1}", 7), -1);
-	ck_assert_int_eq(sio_encode_event(buf, sizeof(buf), "new", 3, "1", 1), -1); /* not a JSON string */
+	ck_assert_int_eq(sio_encode_event(buf, sizeof(buf), "new", 3, "1", 1), -1);  /* not a JSON string */
 	ck_assert_int_eq(sio_encode_event(buf, sizeof(buf), "\"e\"", 3, "", 0), -1); /* no data */
 	/* Round trip: what is encoded decodes to the same event. */
 	n = sio_encode_event(buf, sizeof(buf), "\"typing\"", 8, "[1,2]", 5);
@@ -252,17 +253,17 @@ static Suite *sio_suite(void)
 		const char *name;
 		const TTest *test;
 	} cases[] = {
-		{"engineio", test_sio_decodes_engineio_packets},
-		{"connect", test_sio_decodes_connect_with_and_without_namespace_and_auth},
-		{"disconnect", test_sio_decodes_disconnect},
-		{"event", test_sio_decodes_events_with_namespace_and_ack_id},
-		{"ack_error_binary", test_sio_decodes_ack_error_and_binary_packets},
-		{"malformed", test_sio_refuses_malformed_packets},
-		{"event_payload", test_sio_event_payload_decodes_name_and_argument},
-		{"encode_open_connect", test_sio_encodes_open_and_connect},
-		{"encode_connect_error", test_sio_encodes_connect_errors_escaped_with_their_namespace},
-		{"encode_event", test_sio_encodes_events_from_json_texts},
-		{"sid", test_sio_formats_session_ids_as_16_hex_digits},
+	    {"engineio", test_sio_decodes_engineio_packets},
+	    {"connect", test_sio_decodes_connect_with_and_without_namespace_and_auth},
+	    {"disconnect", test_sio_decodes_disconnect},
+	    {"event", test_sio_decodes_events_with_namespace_and_ack_id},
+	    {"ack_error_binary", test_sio_decodes_ack_error_and_binary_packets},
+	    {"malformed", test_sio_refuses_malformed_packets},
+	    {"event_payload", test_sio_event_payload_decodes_name_and_argument},
+	    {"encode_open_connect", test_sio_encodes_open_and_connect},
+	    {"encode_connect_error", test_sio_encodes_connect_errors_escaped_with_their_namespace},
+	    {"encode_event", test_sio_encodes_events_from_json_texts},
+	    {"sid", test_sio_formats_session_ids_as_16_hex_digits},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		TCase *tc = tcase_create(cases[i].name);

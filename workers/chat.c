@@ -41,11 +41,11 @@
 #include <unistd.h>
 
 #define CHAT_HISTORY 50
-#define CHAT_CONTENT_MAX 2000  /* characters (code points) */
-#define CHAT_PENDING_PAUSE 32  /* queued events before the socket stops being read */
-#define CHAT_PENDING_MAX 512   /* beyond: the event is refused */
-#define CHAT_BURST_S 4.0       /* token bucket: ws_message_rate events/s, 4 s worth of burst; */
-			       /* as many refused events (refilled at the rate) before 1008 */
+#define CHAT_CONTENT_MAX 2000 /* characters (code points) */
+#define CHAT_PENDING_PAUSE 32 /* queued events before the socket stops being read */
+#define CHAT_PENDING_MAX 512  /* beyond: the event is refused */
+#define CHAT_BURST_S 4.0      /* token bucket: ws_message_rate events/s, 4 s worth of burst; */
+                              /* as many refused events (refilled at the rate) before 1008 */
 #define SIO_PING_TIMEOUT_MS 20000
 #define SIO_AUTH_TIMEOUT_MS 10000 /* a Socket.IO socket without a token must CONNECT with one within this */
 #define SIO_MAX_PAYLOAD (64u * 1024u)
@@ -151,14 +151,9 @@ int chat_parse_sio(const char *msg, size_t len, struct chat_cmd *cmd)
 	memset(cmd, 0, sizeof(*cmd));
 	const struct json_value *name, *arg;
 	switch (sio_event_decode(msg, len, CHAT_JSON_DEPTH, &cmd->doc, &name, &arg)) {
-	case SIO_EVENT_OK:
-		return parse_event(cmd, name->s, name->len, arg);
-	case SIO_EVENT_NO_NAME:
-		cmd->error = "event name required";
-		return -1;
-	default:
-		cmd->error = "invalid JSON";
-		return -1;
+	case SIO_EVENT_OK: return parse_event(cmd, name->s, name->len, arg);
+	case SIO_EVENT_NO_NAME: cmd->error = "event name required"; return -1;
+	default: cmd->error = "invalid JSON"; return -1;
 	}
 }
 
@@ -262,12 +257,9 @@ void chat_send_error(struct ws_conn *c, const char *message)
 const char *chat_store_message(enum store_err err)
 {
 	switch (err) {
-	case STORE_TIMEOUT:
-		return "request timed out";
-	case STORE_BUSY:
-		return "server busy, try again";
-	default:
-		return "service unavailable";
+	case STORE_TIMEOUT: return "request timed out";
+	case STORE_BUSY: return "server busy, try again";
+	default: return "service unavailable";
 	}
 }
 
@@ -355,7 +347,8 @@ static void history_loaded(struct chat_op *o, struct ws_conn *c, enum store_err 
 static int room_has_member(const bson_t *room, const bson_oid_t *user)
 {
 	bson_iter_t it, child;
-	if (!bson_iter_init_find(&it, room, "members") || !BSON_ITER_HOLDS_ARRAY(&it) || !bson_iter_recurse(&it, &child))
+	if (!bson_iter_init_find(&it, room, "members") || !BSON_ITER_HOLDS_ARRAY(&it) ||
+	    !bson_iter_recurse(&it, &child))
 		return 0;
 	while (bson_iter_next(&child))
 		if (BSON_ITER_HOLDS_OID(&child) && bson_oid_equal(bson_iter_oid(&child), user))
@@ -377,7 +370,8 @@ static void room_loaded(struct chat_op *o, struct ws_conn *c, enum store_err err
 		return;
 	}
 	if (chat_rooms_join(cs, &o->room, 1) < 0) {
-		chat_send_error(c, cs->nrooms >= CHAT_ROOMS_PER_SOCKET ? "too many rooms joined" : "service unavailable");
+		chat_send_error(c,
+		                cs->nrooms >= CHAT_ROOMS_PER_SOCKET ? "too many rooms joined" : "service unavailable");
 		return;
 	}
 	const char *name = api_doc_str(o->op.result, "name");
@@ -532,8 +526,7 @@ static int sio_packet(struct ws_conn *c, const char **msg, size_t *len)
 	if (sio_decode(*msg, *len, &pk) < 0)
 		goto unsupported;
 	switch (pk.type) {
-	case SIO_EIO_PONG:
-		return 1; /* the traffic already counted */
+	case SIO_EIO_PONG: return 1; /* the traffic already counted */
 	case SIO_EIO_PING: {
 		char pong[128];
 		if (pk.data_len > sizeof(pong) - 1)
@@ -543,9 +536,7 @@ static int sio_packet(struct ws_conn *c, const char **msg, size_t *len)
 		ws_send_text(c, pong, 1 + pk.data_len);
 		return 1;
 	}
-	case SIO_EIO_CLOSE:
-		ws_close(c, WS_NORMAL, "client closed");
-		return 1;
+	case SIO_EIO_CLOSE: ws_close(c, WS_NORMAL, "client closed"); return 1;
 	case SIO_CONNECT:
 		if (!sio_nsp_default(&pk)) { /* only the default namespace exists */
 			char err[160];
@@ -568,8 +559,7 @@ static int sio_packet(struct ws_conn *c, const char **msg, size_t *len)
 		*msg = pk.data;
 		*len = pk.data_len;
 		return 0;
-	default:
-		break;
+	default: break;
 	}
 unsupported:
 	chat_send_error(c, cs->sio_ns ? "unsupported packet" : "connect to the namespace first");
@@ -590,18 +580,10 @@ static void handle_event(struct ws_conn *c, const char *msg, size_t len)
 		return;
 	}
 	switch (cmd.kind) {
-	case EV_JOIN:
-		do_join(c, &cmd);
-		break;
-	case EV_LEAVE:
-		chat_rooms_leave(cs, &cmd.room);
-		break;
-	case EV_SEND:
-		do_send(c, &cmd);
-		break;
-	default:
-		do_typing(c, &cmd);
-		break;
+	case EV_JOIN: do_join(c, &cmd); break;
+	case EV_LEAVE: chat_rooms_leave(cs, &cmd.room); break;
+	case EV_SEND: do_send(c, &cmd); break;
+	default: do_typing(c, &cmd); break;
 	}
 	chat_cmd_free(&cmd);
 }
@@ -782,9 +764,9 @@ int chat_init(struct event_base *base, const struct resil_config *cfg, const str
 int chat_start(struct worker *w)
 {
 	struct ws_limits lim = {
-		.ping_idle_ms = test_ms(w->cfg, "RESIL_TEST_WS_PING_MS"),
-		.idle_timeout_ms = test_ms(w->cfg, "RESIL_TEST_WS_IDLE_MS"),
-		.text_ping = "2", /* Engine.IO ping, for /socket.io/ sockets */
+	    .ping_idle_ms = test_ms(w->cfg, "RESIL_TEST_WS_PING_MS"),
+	    .idle_timeout_ms = test_ms(w->cfg, "RESIL_TEST_WS_IDLE_MS"),
+	    .text_ping = "2", /* Engine.IO ping, for /socket.io/ sockets */
 	};
 	int fd = w->bus_fd;
 	w->bus_fd = -1; /* ours now: the bus closes it, also on failure */

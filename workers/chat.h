@@ -44,7 +44,7 @@ struct chat_sock {
 	bson_oid_t user;
 	char user_hex[25];
 	char username[32];
-	uint64_t tag; /* unique per socket across workers: pid << 32 | serial */
+	uint64_t tag;                  /* unique per socket across workers: pid << 32 | serial */
 	struct chat_member_ref *rooms; /* the rooms joined (chat_rooms.c) */
 	uint16_t nrooms, caprooms;
 	double tokens, abuse;
@@ -109,7 +109,7 @@ struct chat_cmd {
 	int room_ok;         /* roomId present and a valid id */
 	const char *content; /* EV_SEND, into doc */
 	size_t content_len;
-	const char *error;   /* message of the `error` event, when parsing failed */
+	const char *error; /* message of the `error` event, when parsing failed */
 	struct json_value *doc;
 };
 /* Parse a /ws text message {"event","data"} / a Socket.IO EVENT payload

@@ -8,7 +8,7 @@
 #include "chat.h"
 
 #define CHAT_BATCH_MAX 1024 /* messages waiting for the next group commit (as many as */
-			    /* the store takes in flight: beyond, "server busy") */
+                            /* the store takes in flight: beyond, "server busy") */
 
 /* Store doc (a messages document, taken on success) from the socket c in
  * the next batch, then publish it as new_message. The socket is busy and

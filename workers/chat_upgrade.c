@@ -116,16 +116,11 @@ static int authed(struct upgrade *u, const struct auth_result *r, int now)
 {
 	struct http_request *req = u->req;
 	switch (r->status) {
-	case AUTH_OK:
-		break;
-	case AUTH_GONE:
-		return app_fail(req, 401, "UNAUTHORIZED", "user no longer exists or is inactive");
-	case AUTH_STORE:
-		return api_fail_store(req, r->err, NULL);
-	case AUTH_MISSING:
-		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
-	default:
-		return app_fail(req, 401, "UNAUTHORIZED", "invalid or expired token");
+	case AUTH_OK: break;
+	case AUTH_GONE: return app_fail(req, 401, "UNAUTHORIZED", "user no longer exists or is inactive");
+	case AUTH_STORE: return api_fail_store(req, r->err, NULL);
+	case AUTH_MISSING: return app_fail(req, 401, "UNAUTHORIZED", "access token required");
+	default: return app_fail(req, 401, "UNAUTHORIZED", "invalid or expired token");
 	}
 	if (chat_refusing())
 		return refuse_draining(req);
@@ -215,18 +210,10 @@ static void connect_authed(struct ws_conn *c, const struct auth_result *r)
 		ws_conn_deadline(c, 0, 0);
 		chat_sio_connected(c);
 		return;
-	case AUTH_GONE:
-		chat_sio_refuse(c, "user no longer exists or is inactive", WS_POLICY_VIOLATION);
-		return;
-	case AUTH_STORE:
-		chat_sio_refuse(c, chat_store_message(r->err), WS_TRY_AGAIN_LATER);
-		return;
-	case AUTH_MISSING:
-		chat_sio_refuse(c, "access token required", WS_POLICY_VIOLATION);
-		return;
-	default:
-		chat_sio_refuse(c, "invalid or expired token", WS_POLICY_VIOLATION);
-		return;
+	case AUTH_GONE: chat_sio_refuse(c, "user no longer exists or is inactive", WS_POLICY_VIOLATION); return;
+	case AUTH_STORE: chat_sio_refuse(c, chat_store_message(r->err), WS_TRY_AGAIN_LATER); return;
+	case AUTH_MISSING: chat_sio_refuse(c, "access token required", WS_POLICY_VIOLATION); return;
+	default: chat_sio_refuse(c, "invalid or expired token", WS_POLICY_VIOLATION); return;
 	}
 }
 

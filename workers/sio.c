@@ -76,7 +76,8 @@ static int sid_valid(const char *sid)
 		return 0;
 	for (size_t i = 0; i < n; i++) {
 		char c = sid[i];
-		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == '-'))
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+		      c == '-'))
 			return 0;
 	}
 	return 1;
@@ -143,28 +144,14 @@ int sio_decode(const char *m, size_t n, struct sio_packet *o)
 	o->data = m + 1;
 	o->data_len = n - 1;
 	switch (m[0]) {
-	case '0':
-		o->type = SIO_EIO_OPEN;
-		return 0;
-	case '1':
-		o->type = SIO_EIO_CLOSE;
-		return n == 1 ? 0 : -1;
-	case '2':
-		o->type = SIO_EIO_PING;
-		return 0;
-	case '3':
-		o->type = SIO_EIO_PONG;
-		return 0;
-	case '4':
-		return decode_socketio(m, n, o);
-	case '5':
-		o->type = SIO_EIO_UPGRADE;
-		return n == 1 ? 0 : -1;
-	case '6':
-		o->type = SIO_EIO_NOOP;
-		return n == 1 ? 0 : -1;
-	default:
-		return -1;
+	case '0': o->type = SIO_EIO_OPEN; return 0;
+	case '1': o->type = SIO_EIO_CLOSE; return n == 1 ? 0 : -1;
+	case '2': o->type = SIO_EIO_PING; return 0;
+	case '3': o->type = SIO_EIO_PONG; return 0;
+	case '4': return decode_socketio(m, n, o);
+	case '5': o->type = SIO_EIO_UPGRADE; return n == 1 ? 0 : -1;
+	case '6': o->type = SIO_EIO_NOOP; return n == 1 ? 0 : -1;
+	default: return -1;
 	}
 }
 

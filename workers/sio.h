@@ -22,32 +22,32 @@
 struct json_value;
 
 enum sio_type {
-	SIO_EIO_OPEN,          /* "0{...}" (server to client) */
-	SIO_EIO_CLOSE,         /* "1" */
-	SIO_EIO_PING,          /* "2" [data] */
-	SIO_EIO_PONG,          /* "3" [data] */
-	SIO_EIO_UPGRADE,       /* "5" */
-	SIO_EIO_NOOP,          /* "6" */
+	SIO_EIO_OPEN,    /* "0{...}" (server to client) */
+	SIO_EIO_CLOSE,   /* "1" */
+	SIO_EIO_PING,    /* "2" [data] */
+	SIO_EIO_PONG,    /* "3" [data] */
+	SIO_EIO_UPGRADE, /* "5" */
+	SIO_EIO_NOOP,    /* "6" */
 	/* Socket.IO packets, carried in an Engine.IO message ("4"): */
-	SIO_CONNECT,           /* "40" [/nsp,] [auth object] */
-	SIO_DISCONNECT,        /* "41" [/nsp,] */
-	SIO_EVENT,             /* "42" [/nsp,] [ack id] ["name", args...] */
-	SIO_ACK,               /* "43" [/nsp,] ack id [args...] */
-	SIO_CONNECT_ERROR,     /* "44" [/nsp,] {"message": ...} */
-	SIO_BINARY_EVENT,      /* "45" attachments "-" ... */
-	SIO_BINARY_ACK,        /* "46" attachments "-" ... */
+	SIO_CONNECT,       /* "40" [/nsp,] [auth object] */
+	SIO_DISCONNECT,    /* "41" [/nsp,] */
+	SIO_EVENT,         /* "42" [/nsp,] [ack id] ["name", args...] */
+	SIO_ACK,           /* "43" [/nsp,] ack id [args...] */
+	SIO_CONNECT_ERROR, /* "44" [/nsp,] {"message": ...} */
+	SIO_BINARY_EVENT,  /* "45" attachments "-" ... */
+	SIO_BINARY_ACK,    /* "46" attachments "-" ... */
 };
 
 /* A decoded packet; the pointers point into the decoded text. */
 struct sio_packet {
 	enum sio_type type;
-	const char *nsp;  /* namespace, "/" when the packet names none */
+	const char *nsp; /* namespace, "/" when the packet names none */
 	size_t nsp_len;
-	int has_ack;      /* an ack id was given (SIO_EVENT, SIO_ACK, binary ones) */
+	int has_ack; /* an ack id was given (SIO_EVENT, SIO_ACK, binary ones) */
 	uint64_t ack;
 	uint32_t attachments; /* binary packets */
-	const char *data; /* the rest: JSON text for Socket.IO packets, the
-	                   * ping/pong payload for Engine.IO ones; may be empty */
+	const char *data;     /* the rest: JSON text for Socket.IO packets, the
+	                       * ping/pong payload for Engine.IO ones; may be empty */
 	size_t data_len;
 };
 
