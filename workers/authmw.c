@@ -121,13 +121,13 @@ static unsigned cache_slot(const char *id)
 
 /* ------------------------------------------------- token -> principal */
 
-/* The cached user for a token's subject, if fresh and of this generation.
- * Only with a scoreboard: without one no other worker could tell us that
- * a user changed. */
-static struct cached_user *cache_lookup(const char *sub, int gen)
+/* The cached user with this id (24 lower-case hex digits), if fresh and
+ * of this generation. Only with a scoreboard: without one no other worker
+ * could tell us that a user changed. */
+static struct cached_user *cache_lookup(const char *id, int gen)
 {
-	struct cached_user *u = &user_cache[cache_slot(sub)];
-	if (sb() && u->p.id[0] && strcmp(u->p.id, sub) == 0 && u->generation == gen &&
+	struct cached_user *u = &user_cache[cache_slot(id)];
+	if (sb() && u->p.id[0] && strcmp(u->p.id, id) == 0 && u->generation == gen &&
 	    now_ms() - u->at_ms < USER_CACHE_TTL_MS)
 		return u;
 	return NULL;
@@ -222,7 +222,9 @@ enum auth_status auth_resolve(struct http_request *req, const char *tok, size_t 
 		return now->status = AUTH_INVALID;
 	}
 	int gen = users_generation();
-	struct cached_user *u = cache_lookup(cl.sub, gen);
+	char hex[25]; /* the id as the cache spells it, whatever case the token used */
+	store_id_format(&id, hex);
+	struct cached_user *u = cache_lookup(hex, gen);
 	if (u) {
 		now->who = &u->p;
 		now->doc = u->doc;
