@@ -61,7 +61,6 @@
 #include <yajl/yajl_gen.h>
 
 #define SYNC_MAX_BODY (1u << 20)
-#define GS(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
 
 static int fail_nomem(struct http_request *req)
 {
@@ -176,20 +175,20 @@ static void sync_fallback(struct sync *s)
 		return;
 	}
 	yajl_gen_map_open(g);
-	GS(g, "success");
+	json_gen_cstr(g, "success");
 	yajl_gen_bool(g, 0);
-	GS(g, "error");
-	GS(g, "external api circuit open, try again later");
-	GS(g, "code");
-	GS(g, "CIRCUIT_OPEN");
-	GS(g, "fallback");
+	json_gen_cstr(g, "error");
+	json_gen_cstr(g, "external api circuit open, try again later");
+	json_gen_cstr(g, "code");
+	json_gen_cstr(g, "CIRCUIT_OPEN");
+	json_gen_cstr(g, "fallback");
 	yajl_gen_bool(g, 1);
 	if (bson_init_static(&doc, s->patient.data, s->patient.len)) {
-		GS(g, "data");
+		json_gen_cstr(g, "data");
 		patients_gen(g, &doc, true);
 	}
-	GS(g, "requestId");
-	GS(g, req->request_id);
+	json_gen_cstr(g, "requestId");
+	json_gen_cstr(g, req->request_id);
 	yajl_gen_map_close(g);
 	const unsigned char *buf;
 	size_t len;

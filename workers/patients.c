@@ -45,7 +45,6 @@
 #define PATIENTS_DEFAULT_LIMIT 25
 #define PATIENTS_MAX_LIMIT 100
 
-#define GS(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
 #define STATUSES "active", "inactive", "discharged"
 
 static const struct vrule create_rules[] = {
