@@ -17,6 +17,14 @@
  *   node app.js URI check-password EMAIL PASSWORD
  *                                      print {"match": bool} as the Node app's
  *                                      login would decide (bcryptjs.compare)
+ *   node app.js URI retry-write CONTROL
+ *                                      with tests/mongo_double started with
+ *                                      --replset: have the double lose the reply
+ *                                      to one insert (control line "drop-reply 1"
+ *                                      on its control socket CONTROL, "@name" for
+ *                                      the abstract namespace), let the driver
+ *                                      retry it; print {"copies": N} (1 when the
+ *                                      retry was recognised by its txnNumber)
  *   node app.js sign-token SECRET USERID EMAIL [EXPIRES_IN]
  *                                      print {"token"} as the Node app issues it
  *                                      (jsonwebtoken, HS256, {userId, email})
@@ -24,6 +32,7 @@
  * Exit status 0 on success, 1 with a message on stderr otherwise. The passwords
  * are test fixtures, printed so that the caller can log in with them.
  */
+const net = require('net');
 const mongoose = require('mongoose');
 const bcrypt = require('bcryptjs');
 const jwt = require('jsonwebtoken');
@@ -233,6 +242,34 @@ async function checkPassword(email, password) {
   return { match: Boolean(u) && (await u.comparePassword(password)) };
 }
 
+/* One control line to tests/mongo_double; resolves with its reply line. */
+function doubleControl(path, line) {
+  const address = path.startsWith('@') ? `\0${path.slice(1)}` : path;
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(address);
+    let data = '';
+    sock.setTimeout(5000, () => sock.destroy(new Error('control socket timed out')));
+    sock.on('connect', () => sock.write(`${line}\n`));
+    sock.on('data', (chunk) => {
+      data += chunk;
+      if (data.includes('\n')) {
+        sock.end();
+        resolve(data.trim());
+      }
+    });
+    sock.on('error', reject);
+  });
+}
+
+async function retryWrite(control) {
+  const owner = new mongoose.Types.ObjectId();
+  const name = `retry-${owner}`;
+  const reply = await doubleControl(control, 'drop-reply 1');
+  check(reply.startsWith('ok'), `control drop-reply: ${reply}`);
+  await Room.create({ name, owner, members: [owner] });
+  return { copies: await Room.countDocuments({ name }) };
+}
+
 async function main(argv) {
   if (argv[0] === 'sign-token') {
     const [, secret, userId, email, expiresIn] = argv;
@@ -240,12 +277,15 @@ async function main(argv) {
     return { token: jwt.sign({ userId, email }, secret, { expiresIn: expiresIn || '7d' }) };
   }
   const [uri, mode, ...rest] = argv;
-  if (!uri || !mode) throw new Error('usage: app.js URI write|read-user EMAIL|check-password EMAIL PASSWORD');
+  if (!uri || !mode) {
+    throw new Error('usage: app.js URI write|read-user EMAIL|check-password EMAIL PASSWORD|retry-write CONTROL');
+  }
   await connect(uri);
   try {
     if (mode === 'write') return await write();
     if (mode === 'read-user' && rest.length === 1) return await readUser(rest[0]);
     if (mode === 'check-password' && rest.length === 2) return await checkPassword(rest[0], rest[1]);
+    if (mode === 'retry-write' && rest.length === 1) return await retryWrite(rest[0]);
     throw new Error(`unknown mode or arguments: ${mode}`);
   } finally {
     await mongoose.disconnect();
