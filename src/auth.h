@@ -64,10 +64,10 @@ enum jwt_issuer {
 };
 
 struct jwt_claims {
-	char sub[25];     /* 24 lower-case hex digits (user id: sub, or the Node app's userId) + NUL */
-	char email[256];  /* NUL-terminated, at most 255 bytes of UTF-8 */
-	char role[8];     /* "user" or "admin"; "" in a Node token: take the role from the user record */
-	int64_t iat, exp; /* seconds since the epoch, >= 0 */
+	char sub[25];           /* 24 lower-case hex digits (user id: sub, or the Node app's userId) + NUL */
+	char email[256];        /* NUL-terminated, at most 255 bytes of UTF-8 */
+	char role[8];           /* "user" or "admin"; "" in a Node token: take the role from the user record */
+	int64_t iat, exp;       /* seconds since the epoch, >= 0 */
 	enum jwt_issuer issuer; /* set by jwt_verify; jwt_sign always issues resil's shape */
 };
 

@@ -214,7 +214,6 @@ START_TEST(test_dummy_verify_runs_once_initialised_from_many_threads)
 }
 END_TEST
 
-
 /* ---- passwords: bcrypt from the Node app ------------------------------ */
 
 /* bcryptjs 2.4.3: bcrypt.hashSync("node-password-42", 12), as the Node app's
@@ -813,20 +812,19 @@ START_TEST(test_jwt_result_names_are_lower_case)
 }
 END_TEST
 
-
 /* ---- JWT: tokens issued by the Node app -------------------------------- */
 
 /* npm jsonwebtoken 9: jwt.sign({userId, email, iat, exp}, KEY) with the key
  * above, as the Node app signs {userId, email} (HS256, typ JWT). */
 #define NODE_UID "5f1d7a3b9c2e4d6f8a0b1c2d"
-#define NODE_TOKEN_2100                                                                                    \
-	"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ1c2VySWQiOiI1ZjFkN2EzYjljMmU0ZDZmOGEwYjFjMmQiLCJlbWFpbCI6Im5v" \
-	"ZGUudXNlckBleGFtcGxlLmNvbSIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjo0MTAyNDQ0ODAwfQ.lza4_cSnyE19Ne5_6DTWRBMiZAXy" \
+#define NODE_TOKEN_2100                                                                                                \
+	"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ1c2VySWQiOiI1ZjFkN2EzYjljMmU0ZDZmOGEwYjFjMmQiLCJlbWFpbCI6Im5v"        \
+	"ZGUudXNlckBleGFtcGxlLmNvbSIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjo0MTAyNDQ0ODAwfQ.lza4_cSnyE19Ne5_6DTWRBMiZAXy"      \
 	"EKTk3q3P7x20VsA"
 /* iat 1600000000, exp one day later */
-#define NODE_TOKEN_2020                                                                                    \
-	"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ1c2VySWQiOiI1ZjFkN2EzYjljMmU0ZDZmOGEwYjFjMmQiLCJlbWFpbCI6Im5v" \
-	"ZGUudXNlckBleGFtcGxlLmNvbSIsImlhdCI6MTYwMDAwMDAwMCwiZXhwIjoxNjAwMDg2NDAwfQ.h1LI1QBTkGmdFD8TkTu0KS2C04C_" \
+#define NODE_TOKEN_2020                                                                                                \
+	"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ1c2VySWQiOiI1ZjFkN2EzYjljMmU0ZDZmOGEwYjFjMmQiLCJlbWFpbCI6Im5v"        \
+	"ZGUudXNlckBleGFtcGxlLmNvbSIsImlhdCI6MTYwMDAwMDAwMCwiZXhwIjoxNjAwMDg2NDAwfQ.h1LI1QBTkGmdFD8TkTu0KS2C04C_"      \
 	"pLXJkNQRkWN6fc4"
 
 START_TEST(test_jwt_accepts_a_node_app_token_until_it_expires)
@@ -882,8 +880,9 @@ START_TEST(test_jwt_rejects_ambiguous_or_bad_node_claims)
 	ck_assert_int_eq(verify_forged(HDR, "{\"userId\":\"5F1D7A3B9C2E4D6F8A0B1C2D\",\"email\":\"a@b\",\"iat\":1,"
 	                                    "\"exp\":2000000000}"),
 	                 JWT_MALFORMED);
-	ck_assert_int_eq(verify_forged(HDR, "{\"userId\":{\"$gt\":\"\"},\"email\":\"a@b\",\"iat\":1,\"exp\":2000000000}"),
-	                 JWT_MALFORMED);
+	ck_assert_int_eq(
+	    verify_forged(HDR, "{\"userId\":{\"$gt\":\"\"},\"email\":\"a@b\",\"iat\":1,\"exp\":2000000000}"),
+	    JWT_MALFORMED);
 	ck_assert_int_eq(verify_forged(HDR, "{\"userId\":\"" SUB "\",\"iat\":1,\"exp\":2000000000}"), JWT_MALFORMED);
 	/* jsonwebtoken without expiresIn: no exp, never accepted */
 	ck_assert_int_eq(verify_forged(HDR, "{\"userId\":\"" SUB "\",\"email\":\"a@b\",\"iat\":1}"), JWT_MALFORMED);
