@@ -11,6 +11,7 @@ load balancer. The npm packages are installed at test time from
 tests/mongoose/package-lock.json; without node or npm the test fails with a
 message, it never skips. The double runs under valgrind with RESIL_VALGRIND=1.
 """
+import atexit
 import json
 import os
 import shutil
@@ -129,6 +130,7 @@ def node_dir():
     if not os.path.isdir(os.path.join(d, "node_modules", "mongoose")):
         if not os.access(d, os.W_OK):
             d = tempfile.mkdtemp(prefix="resil-mongoose-")
+            atexit.register(shutil.rmtree, d, True)
             for f in ("package.json", "package-lock.json", "app.js"):
                 shutil.copy(os.path.join(APP_DIR, f), d)
         r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=d,
