@@ -3755,22 +3755,25 @@ static void queue_op_msg_reply(struct server *s, struct conn *c, const char *db,
 	uint8_t prefix[5] = { 0 };
 	struct mderr err = { 0 };
 	int64_t wait_ms = 0;
+	int await = 0;
 
-	if (is_hello(cmd) && reply_ok(reply) && hello_await(s, cmd, &wait_ms, &err) == 1) {
-		if (flags & MSG_EXHAUST_ALLOWED) {
-			stream_end(c);
-			c->stream_cmd = bson_copy(cmd);
-			snprintf(c->stream_db, sizeof c->stream_db, "%s", db);
-			c->stream_every = wait_ms < 100 ? 100 : wait_ms;
-			c->stream_due = now_ms() + wait_ms;
-			c->stream_to = req_id;
-			return;
-		}
-		conn_queue(s, c, req_id, OP_MSG, prefix, sizeof prefix, reply);
-		c->tail->due += wait_ms;
+	if (is_hello(cmd) && reply_ok(reply) && bson_has_field(cmd, "maxAwaitTimeMS"))
+		await = hello_await(s, cmd, &wait_ms, &err); /* ok reply: the fields are valid */
+	if (await >= 0 && bson_has_field(cmd, "maxAwaitTimeMS") && (flags & MSG_EXHAUST_ALLOWED) &&
+	    is_hello(cmd) && reply_ok(reply)) {
+		/* The stream starts at once when the client's topologyVersion is
+		 * stale, after maxAwaitTimeMS when it is current. */
+		stream_end(c);
+		c->stream_cmd = bson_copy(cmd);
+		snprintf(c->stream_db, sizeof c->stream_db, "%s", db);
+		c->stream_every = wait_ms < 100 ? 100 : wait_ms;
+		c->stream_due = await == 1 ? now_ms() + wait_ms : 0;
+		c->stream_to = req_id;
 		return;
 	}
 	conn_queue(s, c, req_id, OP_MSG, prefix, sizeof prefix, reply);
+	if (await == 1)
+		c->tail->due += wait_ms;
 }
 
 /* Handles one OP_MSG; returns false on a protocol error (connection closes). */

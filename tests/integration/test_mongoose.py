@@ -221,20 +221,46 @@ def test_load_balanced_connections_get_a_service_id():
 
 
 def bson_doc(fields):
-    """A minimal BSON encoder: str and int32 values only."""
+    """A minimal BSON encoder: str, int32, ("i64", n), ("oid", 12 bytes) and
+    nested documents given as lists of (key, value)."""
     body = b""
     for k, v in fields:
+        key = k.encode() + b"\0"
         if isinstance(v, int):
-            body += b"\x10" + k.encode() + b"\0" + struct.pack("<i", v)
+            body += b"\x10" + key + struct.pack("<i", v)
+        elif isinstance(v, list):
+            body += b"\x03" + key + bson_doc(v)
+        elif isinstance(v, tuple) and v[0] == "i64":
+            body += b"\x12" + key + struct.pack("<q", v[1])
+        elif isinstance(v, tuple) and v[0] == "oid":
+            body += b"\x07" + key + v[1]
         else:
             s = v.encode() + b"\0"
-            body += b"\x02" + k.encode() + b"\0" + struct.pack("<i", len(s)) + s
+            body += b"\x02" + key + struct.pack("<i", len(s)) + s
     return struct.pack("<i", len(body) + 5) + body + b"\0"
 
 
-def op_msg(req_id, doc, kind=0):
-    payload = struct.pack("<I", 0) + bytes([kind]) + doc
+EXHAUST_ALLOWED = 1 << 16
+MORE_TO_COME = 1 << 1
+
+
+def op_msg(req_id, doc, kind=0, flags=0):
+    payload = struct.pack("<I", flags) + bytes([kind]) + doc
     return struct.pack("<iiii", 16 + len(payload), req_id, 0, 2013) + payload
+
+
+def msg_header(r):
+    """(requestID, responseTo, OP_MSG flags) of a reply."""
+    req, to, _ = struct.unpack("<iii", r[4:16])
+    return req, to, struct.unpack("<I", r[16:20])[0]
+
+
+def topology_version(r):
+    """(processId bytes, counter) of the topologyVersion in a raw reply."""
+    i = r.find(b"\x07processId\0")
+    j = r.find(b"\x12counter\0")
+    assert i > 0 and j > 0, r
+    return r[i + 11:i + 23], struct.unpack("<q", r[j + 9:j + 17])[0]
 
 
 def recv_msg(s):
@@ -285,10 +311,61 @@ def test_unknown_commands_and_bad_sections_get_errors_not_crashes():
         md.close()
 
 
+def awaitable_hello(req_id, pid, counter, wait_ms, exhaust):
+    doc = bson_doc([("hello", 1), ("maxAwaitTimeMS", wait_ms),
+                    ("topologyVersion", [("processId", ("oid", pid)), ("counter", ("i64", counter))]),
+                    ("$db", "admin")])
+    return op_msg(req_id, doc, flags=EXHAUST_ALLOWED if exhaust else 0)
+
+
+def test_awaitable_hello_streams_and_a_state_change_is_pushed():
+    md = MongoDouble()
+    try:
+        a = socket.create_connection(("127.0.0.1", md.port), timeout=20)
+        a.sendall(op_msg(1, bson_doc([("hello", 1), ("$db", "admin")])))
+        r = recv_msg(a)
+        pid, counter = topology_version(r)
+        assert counter == 0 and msg_header(r)[2] & MORE_TO_COME == 0
+        # A stale topologyVersion (another process) with exhaustAllowed: the
+        # stream starts at once, every reply with moreToCome and answering
+        # the previous one.
+        a.sendall(awaitable_hello(2, b"\0" * 12, 0, 100, True))
+        r1 = recv_msg(a)
+        r2 = recv_msg(a)
+        assert r1 and r2, (r1, r2)
+        assert msg_header(r1)[1] == 2 and msg_header(r1)[2] & MORE_TO_COME, msg_header(r1)
+        assert msg_header(r2)[1] == msg_header(r1)[0] and msg_header(r2)[2] & MORE_TO_COME, msg_header(r2)
+        assert topology_version(r2) == (pid, 0)
+        a.close()
+        # The current topologyVersion with a long wait: nothing comes until
+        # the server's state changes; an injected "shutting down" error moves
+        # topologyVersion on, carries it, and pushes a hello onto the stream.
+        a = socket.create_connection(("127.0.0.1", md.port), timeout=20)
+        a.sendall(awaitable_hello(3, pid, 0, 120000, True))
+        md.cmd("error 91 1")
+        b = socket.create_connection(("127.0.0.1", md.port), timeout=20)
+        b.sendall(op_msg(4, bson_doc([("ping", 1), ("$db", "nodeapp")])))
+        e = recv_msg(b)
+        assert b"ShutdownInProgress" in e and topology_version(e) == (pid, 1), e
+        pushed = recv_msg(a)
+        assert pushed and msg_header(pushed)[1] == 3 and msg_header(pushed)[2] & MORE_TO_COME
+        assert topology_version(pushed) == (pid, 1)
+        # Without exhaustAllowed an awaitable hello gets one plain reply.
+        b.sendall(awaitable_hello(5, b"\0" * 12, 0, 100, False))
+        r = recv_msg(b)
+        assert msg_header(r)[1] == 5 and msg_header(r)[2] & MORE_TO_COME == 0
+        a.close()
+        b.close()
+        assert md.stats()["streamed"] >= 3
+    finally:
+        md.close()
+
+
 if __name__ == "__main__":
     run_tests([
         test_mongoose_models_write_and_read_back_on_a_standalone_double,
         test_replica_set_primary_takes_retryable_writes_and_replays_a_lost_reply,
         test_load_balanced_connections_get_a_service_id,
         test_unknown_commands_and_bad_sections_get_errors_not_crashes,
+        test_awaitable_hello_streams_and_a_state_change_is_pushed,
     ])
