@@ -14,7 +14,10 @@ checked the way it can be outside it:
   and SIGTERM ends it with status 0; the workers' /proc status shows the
   restrictions inherited;
 * every system call resild makes in that run (traced with strace) is one
-  the unit's SystemCallFilter allows, so the seccomp filter cannot break it.
+  the unit's SystemCallFilter allows, so the seccomp filter cannot break it,
+  and the files it opens are ones the sandbox leaves (no /proc beyond
+  processes' own entries, only the basic devices, writes only in its
+  working directory or /tmp).
 """
 import json
 import os
@@ -87,9 +90,14 @@ class Sandboxed(Server):
         self.trace = trace
         self.supervisor = None
         self.account = None
+        self.binary = RESILD
         if os.geteuid() == 0:
             self.account = pwd.getpwnam("nobody")
             os.chown(self.dir, self.account.pw_uid, self.account.pw_gid)
+            # The build tree may sit where nobody cannot reach it (/root).
+            self.binary = os.path.join(self.dir, "resild")
+            shutil.copy2(RESILD, self.binary)
+            os.chmod(self.binary, 0o755)
 
     def command(self):
         # LimitNOFILE=65536, or as close as this machine's hard limit allows.
@@ -100,11 +108,12 @@ class Sandboxed(Server):
                     "--bounding-set=-all"]
         cmd.append("--")
         if self.trace:
-            cmd += ["strace", "-f", "-c", "-o", self.trace, "--"]
+            # -C: every call (for the paths) and the summary (for the names).
+            cmd += ["strace", "-f", "-qq", "-C", "-s", "256", "-e", "signal=none", "-o", self.trace, "--"]
         elif os.environ.get("RESIL_VALGRIND"):
             cmd += ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
                     "--trace-children=yes", "--child-silent-after-fork=yes"]
-        return cmd + [RESILD, "--foreground"] + self.args
+        return cmd + [self.binary, "--foreground"] + self.args
 
     def start(self, wait=True):
         self.log = open(self.log_path, "ab")
@@ -233,6 +242,32 @@ def unit_syscall_filter():
     return allowed - denied, denied
 
 
+# What the unit leaves reachable: PrivateDevices keeps these devices and
+# /dev/shm (libmongoc's counters);
+# ProcSubset=pid and ProtectProc=invisible keep only processes' own /proc
+# entries; ProtectSystem=strict leaves the service's directories (here: its
+# working directory) writable, and /tmp private.
+DEVICES = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"}
+PROC_OK = re.compile(r"^/proc/(self|thread-self|\d+)(/|$)")
+OPEN = re.compile(r'\bopen(?:at2?)?\((?:AT_FDCWD|\d+)?,?\s*"([^"]*)",\s*([A-Z_|]+)')
+
+
+def check_paths(trace):
+    bad, seen = set(), 0
+    for m in OPEN.finditer(trace):
+        seen += 1
+        path, flags = m.group(1), m.group(2)
+        writes = any(f in flags for f in ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"))
+        if path.startswith("/proc/") and not PROC_OK.match(path):
+            bad.add("%s (ProcSubset=pid hides it)" % path)
+        elif path.startswith("/dev/") and path not in DEVICES and not path.startswith("/dev/shm/"):
+            bad.add("%s (PrivateDevices hides it)" % path)
+        elif writes and path.startswith("/") and not path.startswith(("/tmp/", "/dev/shm/")):
+            bad.add("%s opened %s (ProtectSystem=strict makes it read-only)" % (path, flags))
+    assert seen > 10, "no open calls found in the trace: is the pattern out of date?"
+    assert not bad, "resild opened paths the unit's sandbox refuses:\n  " + "\n  ".join(sorted(bad))
+
+
 def test_every_syscall_resild_makes_passes_the_units_filter():
     if not shutil.which("strace") or not shutil.which("systemd-analyze"):
         print("  strace or systemd-analyze missing: syscall filter not checked")
@@ -254,12 +289,14 @@ def test_every_syscall_resild_makes_passes_the_units_filter():
         exercise(s, check_procs=False)
         s.stop()
         with open(trace) as f:
-            used = {m.group(1) for m in re.finditer(r"^\s*[0-9.]+\s+[0-9.]+\s+\d+\s+\d+\s+(?:\d+\s+)?(\w+)\s*$",
-                                                     f.read(), re.M)}
-        assert len(used) > 20, "strace summary unreadable:\n" + open(trace).read()[-2000:]
+            text = f.read()
+        used = {m.group(1) for m in re.finditer(r"^\s*[0-9.]+\s+[0-9.]+\s+\d+\s+\d+\s+(?:\d+\s+)?(\w+)\s*$",
+                                                 text, re.M)}
+        assert len(used) > 20, "strace summary unreadable:\n" + text[-2000:]
         used.discard("total")
         refused = sorted(used - allowed)
         assert not refused, "resild made system calls the unit's SystemCallFilter refuses: %s" % refused
+        check_paths(text)
         print("  %d distinct system calls, all allowed by the unit: %s" % (len(used), " ".join(sorted(used))))
     finally:
         s.cleanup()
