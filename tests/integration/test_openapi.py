@@ -13,8 +13,9 @@
   components.schemas.ErrorCode.
 * Every documented path and method is served by a real resild: never the
   router's own 404 ("route not found", compared with what an unknown path
-  gets) nor 405, and the status is one the document lists for that
-  operation, both without a token and with an admin's token.
+  gets) nor 405; the status is one the document lists for that operation
+  and the JSON body matches that response's schema, both without a token
+  and with an admin's token.
 
 Needs PyYAML (Debian: python3-yaml)."""
 import glob
@@ -215,6 +216,47 @@ def test_every_error_code_is_documented():
     print("  %d error codes, all documented" % len(codes))
 
 
+def check_schema(doc, schema, value, where="$"):
+    """The JSON Schema keywords the document uses, checked against an
+    answer: a list of mismatches (empty when it conforms)."""
+    schema = deref(doc, schema)
+    if schema is True or schema == {}:
+        return []
+    errs = []
+    if "$ref" in schema:  # a $ref with sibling keywords (3.1 allows them)
+        errs += check_schema(doc, resolve(doc, schema["$ref"]), value, where)
+    if "const" in schema and value != schema["const"]:
+        errs.append("%s: %r is not %r" % (where, value, schema["const"]))
+    if "enum" in schema and value not in schema["enum"]:
+        errs.append("%s: %r is not one of %s" % (where, value, schema["enum"]))
+    types = {"object": dict, "array": list, "string": str, "boolean": bool, "integer": int, "number": (int, float)}
+    t = schema.get("type")
+    if t and not (isinstance(value, types[t]) and not (t in ("integer", "number") and isinstance(value, bool))):
+        return errs + ["%s: %r is not of type %s" % (where, value, t)]
+    if isinstance(value, str):
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errs.append("%s: %r does not match %s" % (where, value, schema["pattern"]))
+        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", len(value)):
+            errs.append("%s: length of %r out of range" % (where, value))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < schema.get("minimum", value) or value > schema.get("maximum", value):
+            errs.append("%s: %r out of range" % (where, value))
+    if isinstance(value, dict):
+        for k in schema.get("required", []):
+            if k not in value:
+                errs.append("%s: %s is missing" % (where, k))
+        props = schema.get("properties", {})
+        for k, v in value.items():
+            if k in props:
+                errs += check_schema(doc, props[k], v, "%s.%s" % (where, k))
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errs += check_schema(doc, schema["additionalProperties"], v, "%s.%s" % (where, k))
+    if isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            errs += check_schema(doc, schema["items"], v, "%s[%d]" % (where, i))
+    return errs
+
+
 def concrete(path):
     return re.sub(r"\{\w+\}", ABSENT_ID, path)
 
@@ -242,6 +284,12 @@ def try_every_operation(s, doc, unknown, headers, label):
             problems.append("%s: answered %d %s, not among its documented responses %s"
                             % (name, st, answer.get("code") if isinstance(answer, dict) else "",
                                sorted(str(k) for k in op["responses"])))
+        else:
+            resp = deref(doc, {str(k): v for k, v in op["responses"].items()}[str(st)])
+            schema = resp.get("content", {}).get("application/json", {}).get("schema")
+            if schema is not None:
+                problems += ["%s: answered %d, unlike its documented body: %s" % (name, st, e)
+                             for e in check_schema(doc, schema, answer)]
     return problems
 
 
