@@ -322,6 +322,74 @@ def test_every_documented_route_is_served():
         s.cleanup()
 
 
+def test_successful_answers_match_the_documented_schemas():
+    """Each resource through create, read, update and delete, as the
+    document describes them; every answer checked against the schema of
+    the response the document lists for its status."""
+    doc = load_doc()
+    ops = {(m, p): op for p, m, _, op in operations(doc)}
+    s = Server(workers=1, env={"RESIL_RATE_LIMIT": "10000/15m"}).start()
+    problems = []
+
+    def call(meth, path, want, body=None, token=None, **ids):
+        op = ops[(meth, path)]
+        h = {"Authorization": "Bearer " + token} if token else {}
+        st, _, answer = s.json(meth.upper(), path.format(**ids), body=body, headers=h)
+        name = "%s %s" % (meth.upper(), path)
+        responses = {str(k): v for k, v in op["responses"].items()}
+        if st != want:
+            problems.append("%s: answered %d %r, expected %d" % (name, st, answer, want))
+        elif str(st) not in responses:
+            problems.append("%s: %d is not documented" % (name, st))
+        else:
+            schema = deref(doc, responses[str(st)]).get("content", {}).get("application/json", {}).get("schema")
+            if schema is not None:
+                problems.extend("%s %d: %s" % (name, st, e) for e in check_schema(doc, schema, answer))
+            elif answer is not None:
+                problems.append("%s %d: a body %r where none is documented" % (name, st, answer))
+        return answer if isinstance(answer, dict) else {}
+
+    try:
+        reg = call("post", "/api/auth/register", 201,
+                   {"username": "schema_admin", "email": "schema@example.com", "password": "correct-horse-1"})
+        assert reg.get("data"), "cannot go on without an account: %s" % problems
+        tok, me = reg["data"]["token"], reg["data"]["user"]["id"]
+        call("post", "/api/auth/login", 200, {"email": "schema@example.com", "password": "correct-horse-1"})
+        call("get", "/api/users/me", 200, token=tok)
+        call("get", "/api/users", 200, token=tok)
+        call("get", "/api/users/{id}", 200, token=tok, id=me)
+        call("patch", "/api/users/{id}", 200, {"username": "schema_admin2"}, token=tok, id=me)
+
+        post = call("post", "/api/posts", 201, {"title": "t", "content": "c", "category": "news"}, token=tok)
+        pid = post.get("data", {}).get("id", ABSENT_ID)
+        call("get", "/api/posts", 200)
+        call("get", "/api/posts/{id}", 200, id=pid)
+        call("patch", "/api/posts/{id}", 200, {"title": "t2"}, token=tok, id=pid)
+        call("delete", "/api/posts/{id}", 204, token=tok, id=pid)
+
+        room = call("post", "/api/rooms", 201, {"name": "schema room"}, token=tok)
+        rid = room.get("data", {}).get("id", ABSENT_ID)
+        call("get", "/api/rooms", 200, token=tok)
+        call("post", "/api/rooms/{id}/members", 200, {"userId": me}, token=tok, id=rid)
+        call("post", "/api/rooms/{id}/messages", 201, {"content": "hello"}, token=tok, id=rid)
+        call("get", "/api/rooms/{id}/messages", 200, token=tok, id=rid)
+
+        pat = call("post", "/api/patients", 201, {"name": "Ada Lovelace", "email": "ada@example.com",
+                                                  "dateOfBirth": "1990-12-10", "ssn": "123-45-6789",
+                                                  "medicalRecord": "none", "externalId": "ext-1"}, token=tok)
+        aid = pat.get("data", {}).get("id", ABSENT_ID)
+        call("get", "/api/patients", 200, token=tok)
+        call("get", "/api/patients/{id}", 200, token=tok, id=aid)
+        call("patch", "/api/patients/{id}", 200, {"status": "discharged"}, token=tok, id=aid)
+        call("post", "/api/patients/{id}/sync", 503, token=tok, id=aid)  # no external API configured
+        call("delete", "/api/patients/{id}", 204, token=tok, id=aid)
+        call("delete", "/api/users/{id}", 204, token=tok, id=me)
+        assert not problems, "answers unlike the document:\n  " + "\n  ".join(problems)
+    finally:
+        s.cleanup()
+
+
 if __name__ == "__main__":
     run_tests([test_every_registered_route_is_documented, test_document_is_well_formed,
-               test_every_error_code_is_documented, test_every_documented_route_is_served])
+               test_every_error_code_is_documented, test_every_documented_route_is_served,
+               test_successful_answers_match_the_documented_schemas])
