@@ -8,11 +8,11 @@ checked the way it can be outside it:
   bounding set, ProtectSystem=strict, the syscall filter, /run/resil);
 * resild runs and serves under what setpriv and prlimit apply: no new
   privileges, no inheritable or ambient capabilities, an empty bounding
-  set and an unprivileged account when run as root, LimitNOFILE, no core
-  files, UMask=0077 (LimitNOFILE up to the machine's hard limit): two workers serve /health, a registration and a post
-  (the job threads and the database), a SIGHUP reload starts new workers,
-  and SIGTERM ends it with status 0; the workers' /proc status shows the
-  restrictions inherited;
+  set and an unprivileged account when run as root, LimitNOFILE (up to
+  the machine's hard limit), no core files, UMask=0077: two workers serve
+  /health, a registration and a post (the job threads and the database),
+  a SIGHUP reload starts new workers, and SIGTERM ends it with status 0;
+  the workers' /proc status shows the restrictions inherited;
 * every system call resild makes in that run (traced with strace) is one
   the unit's SystemCallFilter allows, so the seccomp filter cannot break it,
   and the files it opens are ones the sandbox leaves (no /proc beyond
@@ -31,7 +31,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import RESILD, TOP, Server, run_tests  # noqa: E402
+from harness import RESILD, Server, run_tests  # noqa: E402
 
 BUILDDIR = os.path.dirname(os.path.abspath(RESILD))
 UNIT = os.path.join(BUILDDIR, "etc", "resild.service")
