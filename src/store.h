@@ -328,10 +328,13 @@ struct store *store_open(const char *uri, struct event_base *base, const struct 
  * ESHUTDOWN: store closing): done() will not run. */
 int store_submit(struct store *st, struct store_op *op);
 
-/* Run op synchronously on the calling thread with its own database handle
- * (start-up, tests, tools), through the breaker and retry policy; sets
- * op->err and returns it; done() is not called. Any thread but must not race
- * store_close(). */
+/* Run op synchronously on the calling thread, through the breaker and
+ * retry policy; sets op->err and returns it; done() is not called. On one
+ * of the store's pool threads (a route's job) it uses that thread's handle:
+ * a write from a JOB_LANE_READ job is refused with STORE_INTERNAL (logged),
+ * so a job that may write is submitted with JOB_LANE_WRITE. Elsewhere
+ * (start-up, tests, tools) it uses a write-capable handle shared under a
+ * lock. Any thread but must not race store_close(). */
 enum store_err store_exec(struct store *st, struct store_op *op);
 
 /* Stop the pool (every outstanding done() runs before it returns, cancelled
