@@ -81,6 +81,7 @@ struct job_pool {
 };
 
 static _Thread_local struct pool_thread *tls_self;
+static _Thread_local int tls_job_lane = -1; /* lane of the job inside work(), -1: none */
 
 uint64_t jobs_now_ms(void)
 {
@@ -262,7 +263,9 @@ static void serve(struct job_pool *p, struct pool_thread *t)
 		t->started_ms = now ? now : 1;
 		unlock(&p->qlock);
 
+		tls_job_lane = j->lane;
 		j->work(j);
+		tls_job_lane = -1;
 		complete(p, j, JOB_OK);
 
 		lock(&p->qlock);
@@ -569,6 +572,11 @@ int jobs_thread_lane(void)
 	if (!tls_self)
 		return -1;
 	return tls_self->pool->nwrite && !tls_self->writer ? JOB_LANE_READ : JOB_LANE_WRITE;
+}
+
+int jobs_job_lane(void)
+{
+	return tls_job_lane;
 }
 
 int jobs_set_thread_data(void *data)

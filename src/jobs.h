@@ -29,7 +29,8 @@
  * runs on a writer thread and may do anything; JOB_LANE_READ runs on a
  * reader thread and must not write (a job that reads then writes belongs
  * to the write lane). Slow jobs run on reader threads whatever their lane
- * (at most half of them), so they never hold the writers. A pool made by
+ * (at most half of them), so they never hold the writers; a slow job of the
+ * write lane (hash a password, then store it) may write from there. A pool made by
  * jobs_create() has no lanes: every thread runs every job.
  *
  * Fork: a pool's threads do not survive fork(). Create the pool in the worker
@@ -138,6 +139,8 @@ unsigned jobs_thread_index(void);
 /* The calling pool thread's lane: JOB_LANE_READ on a reader thread of a
  * pool with lanes, JOB_LANE_WRITE on any other pool thread; -1 off the pool. */
 int jobs_thread_lane(void);
+/* The lane of the job whose work() runs on the calling thread, or -1. */
+int jobs_job_lane(void);
 
 /* Per-thread handle (e.g. the thread's SQLite connection): set it from
  * thread_init or work(); returns 0, or -1 with errno EPERM off a pool thread. */

@@ -1093,7 +1093,7 @@ enum store_err store_exec(struct store *st, struct store_op *op)
 		return op->err = STORE_INTERNAL;
 	if (op->deadline_ms && jobs_now_ms() >= op->deadline_ms)
 		return op->err = STORE_TIMEOUT;
-	if (tls_slot && tls_slot->st == st && !tls_slot->writer && op_writes(op)) {
+	if (tls_slot && tls_slot->st == st && !tls_slot->writer && op_writes(op) && jobs_job_lane() != JOB_LANE_WRITE) {
 		log_error(NULL, "store: write refused on a read-lane job (submit the job with JOB_LANE_WRITE)",
 		          LF_STR("collection", st->schema->collections[op->coll].name));
 		return op->err = STORE_INTERNAL;

@@ -42,8 +42,9 @@
  * FIND_BY_ID, COUNT and PING to the read lane and every write to the write
  * lane. A job the application submits itself to store_job_pool() and that
  * calls store_exec() must set job.lane: JOB_LANE_WRITE (the default) may run
- * any op, so a route that reads then writes uses it; JOB_LANE_READ may only
- * read - store_exec() of a write there is refused with STORE_INTERNAL.
+ * any op, so a route that reads then writes uses it (also when it is slow
+ * and so runs on a reader thread); JOB_LANE_READ may only read -
+ * store_exec() of a write there is refused with STORE_INTERNAL.
  *
  * Faults that heal: a database that cannot be opened at start (missing
  * permission, I/O error) does not fail store_open(); the store starts

@@ -116,7 +116,7 @@ def test_read_only_then_unreadable_file_during_worker_restart_heals_without_oper
             assert doc["status"] == "healthy" and doc["checks"]["database"] == "connected", doc
             assert srv.request("GET", "/health/ready")[0] == 200
         st, _, doc = srv.json("GET", "/api/posts?limit=100")
-        assert st == 200 and doc["pagination"]["total"] == n, (st, doc.get("pagination"), n)
+        assert st == 200 and doc["pagination"]["total"] == n, (st, doc, n)
         srv.assert_clean_exit()
     finally:
         srv.cleanup()
