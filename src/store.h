@@ -333,7 +333,8 @@ int store_submit(struct store *st, struct store_op *op);
  * retry policy; sets op->err and returns it; done() is not called. On one
  * of the store's pool threads (a route's job) it uses that thread's handle:
  * a write from a JOB_LANE_READ job is refused with STORE_INTERNAL (logged),
- * so a job that may write is submitted with JOB_LANE_WRITE. Elsewhere
+ * so a job that may write is submitted with JOB_LANE_WRITE (a slow one runs
+ * on a reader thread and writes through that thread's handle). Elsewhere
  * (start-up, tests, tools) it uses a write-capable handle shared under a
  * lock. Any thread but must not race store_close(). */
 enum store_err store_exec(struct store *st, struct store_op *op);
