@@ -278,13 +278,14 @@ static void route_done(struct job *job, int status)
 	r->done = true;
 }
 
-static void run_route(struct route_job *r, int lane)
+static void run_route(struct route_job *r, int lane, bool slow)
 {
 	memset(r, 0, sizeof *r);
 	r->st = T.st;
 	r->job.work = route_work;
 	r->job.done = route_done;
 	r->job.lane = lane;
+	r->job.slow = slow;
 	ck_assert_int_eq(jobs_submit(store_job_pool(T.st), &r->job), 0);
 	ck_assert(loop_until(&r->done, OP_LIMIT_MS));
 }
@@ -296,15 +297,24 @@ START_TEST(test_sqlite_route_job_writes_only_on_the_write_lane)
 	enum store_err err;
 
 	open_store(&o);
-	run_route(&r, JOB_LANE_READ);
+	run_route(&r, JOB_LANE_READ, false);
 	ck_assert_int_eq(r.read_err, STORE_OK);
 	ck_assert_int_eq(r.write_err, STORE_INTERNAL); /* refused, not run */
 	ck_assert_int_eq(count_posts(&err), 0);
-	run_route(&r, JOB_LANE_WRITE);
+	run_route(&r, JOB_LANE_READ, true); /* slow: still a read-lane job */
+	ck_assert_int_eq(r.write_err, STORE_INTERNAL);
+	ck_assert_int_eq(count_posts(&err), 0);
+	run_route(&r, JOB_LANE_WRITE, false);
 	ck_assert_int_eq(r.read_err, STORE_OK);
 	ck_assert_int_eq(r.seen, 0);
 	ck_assert_int_eq(r.write_err, STORE_OK);
 	ck_assert_int_eq(count_posts(&err), 1);
+	/* A slow write-lane job (hash, then store) runs on a reader thread and
+	 * may write from there. */
+	run_route(&r, JOB_LANE_WRITE, true);
+	ck_assert_int_eq(r.seen, 1);
+	ck_assert_int_eq(r.write_err, STORE_OK);
+	ck_assert_int_eq(count_posts(&err), 2);
 	ck_assert_int_eq(err, STORE_OK);
 }
 END_TEST
