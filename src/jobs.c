@@ -18,6 +18,7 @@
  * jobs_stats() can be read from any thread without a lock on the hot path.
  */
 #define _GNU_SOURCE
+#include "clock.h"
 #include "jobs.h"
 
 #include <errno.h>
@@ -85,11 +86,7 @@ static _Thread_local int tls_job_lane = -1; /* lane of the job inside work(), -1
 
 uint64_t jobs_now_ms(void)
 {
-	struct timespec ts;
-
-	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-		abort(); /* CLOCK_MONOTONIC always exists on Linux */
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return clock_mono_ms();
 }
 
 static void bump(_Atomic uint64_t *c)

@@ -13,19 +13,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "clock.h"
 #include <time.h>
 
 /* ---- clock and deadlines ---------------------------------------------- */
 
 uint64_t rclock_now_ms(void)
 {
-	struct timespec ts;
-
-	/* CLOCK_MONOTONIC cannot fail on Linux; if it did, every timeout in
-	 * the process would be wrong, which is not a recoverable state. */
-	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
-		abort();
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return clock_mono_ms();
 }
 
 static uint64_t clock_default(void *ud)

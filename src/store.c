@@ -16,6 +16,7 @@
  * that finds nothing means the first attempt landed.
  */
 #define _GNU_SOURCE
+#include "clock.h"
 #include "store.h"
 
 #include <errno.h>
@@ -91,11 +92,7 @@ static _Thread_local struct thread_slot *tls_slot;
 
 static int64_t realtime_ms(void)
 {
-	struct timespec ts;
-
-	if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
-		abort(); /* CLOCK_REALTIME always exists */
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return clock_real_ms();
 }
 
 static void sleep_ms(uint64_t ms)

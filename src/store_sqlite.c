@@ -61,6 +61,7 @@
 
 #include "jobs.h"
 #include "log.h"
+#include "clock.h"
 #include "store_internal.h"
 
 #define SQ_CACHE 32     /* prepared statements kept per connection */
@@ -819,7 +820,7 @@ static int begin_write(struct sq_conn *c)
 		wait = c->deadline_ms > now ? c->deadline_ms - now : 0;
 		by_deadline = true;
 	}
-	clock_gettime(CLOCK_REALTIME, &ts);
+	ts = clock_real_ts();
 	ts.tv_sec += (time_t)(wait / 1000);
 	ts.tv_nsec += (long)(wait % 1000) * 1000000L;
 	if (ts.tv_nsec >= 1000000000L) {

@@ -17,6 +17,7 @@
  */
 #include "autoconfig.h"
 
+#include "clock.h"
 #include "ws.h"
 
 #include "http.h"
@@ -113,9 +114,7 @@ struct ws_server {
 
 static uint64_t now_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return clock_coarse_ms();
 }
 
 /* ----------------------------------------------------------- frames */

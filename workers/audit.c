@@ -4,6 +4,7 @@
 #include "audit.h"
 
 #include "authmw.h"
+#include "clock.h"
 #include "config.h"
 #include "log.h"
 
@@ -94,13 +95,13 @@ int audit_write(const struct audit_rec *r)
 {
 	if (g_fd < 0)
 		return -1;
-	struct timespec ts;
 	struct tm tm;
 	char when[40];
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
+	int64_t ms = clock_real_ms();
+	time_t secs = (time_t)(ms / 1000);
+	gmtime_r(&secs, &tm);
 	size_t n = strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(when + n, sizeof(when) - n, ".%03ldZ", ts.tv_nsec / 1000000L);
+	snprintf(when + n, sizeof(when) - n, ".%03dZ", (int)(ms % 1000));
 	yajl_gen g = yajl_gen_alloc(NULL);
 	if (!g)
 		return -1;
