@@ -12,6 +12,19 @@
  * application let go of it. Handlers may answer later (after a job on the
  * thread pool): they keep the request pointer and call http_send(); if the
  * client went away meanwhile, http_send() just releases the request.
+ *
+ * Output backpressure: a connection whose unsent output (pipelined
+ * responses included) reaches HTTP_OUTPUT_HIGH is neither read nor parsed
+ * until the client has taken it below HTTP_OUTPUT_LOW; the kernel's socket
+ * buffers then hold the client back. A client that takes nothing for the
+ * body timeout is dropped. So a worker holds at most about
+ * max_connections x (HTTP_OUTPUT_HIGH + one response) of output.
+ *
+ * Draining (http_server_drain) closes nothing under a client: in-flight
+ * requests finish, the next response on each connection carries
+ * Connection: close, idle keep-alive connections close when their
+ * keep-alive timer ends (a request that raced the timer is answered
+ * first), and the drain timeout closes whatever is left.
  */
 #ifndef RESIL_HTTP_H
 #define RESIL_HTTP_H
@@ -29,6 +42,8 @@ struct http_conn;
 #define HTTP_MAX_URL_BYTES 8192     /* beyond: 414 */
 #define HTTP_MAX_HEADERS 100        /* beyond: 431 */
 #define HTTP_ARENA_BYTES 4096
+#define HTTP_OUTPUT_HIGH (1024 * 1024) /* unsent bytes per connection: stop reading */
+#define HTTP_OUTPUT_LOW (256 * 1024)   /* ... until the client took it below this */
 
 enum http_method {
 	HTTP_M_OTHER = 0,
@@ -99,7 +114,8 @@ struct http_server_opts {
 	int64_t max_connections;      /* beyond: 503 and close */
 	int64_t header_timeout_ms;    /* complete headers within this (slowloris) */
 	int64_t keepalive_timeout_ms; /* idle between requests */
-	int64_t body_timeout_ms;      /* body inactivity */
+	int64_t body_timeout_ms;      /* body inactivity; client not reading our output */
+	int64_t drain_timeout_ms;     /* http_server_drain closes what is left after it; 0: never */
 	/* Called for each complete request. The application must eventually
 	 * call http_send(req) exactly once. */
 	void (*on_request)(struct http_request *req, void *ud);
@@ -119,13 +135,16 @@ struct http_stats {
 	int64_t connections; /* open now */
 	int64_t inflight;    /* requests dispatched, not yet sent */
 	uint64_t rejected;   /* over the connection cap */
+	uint64_t paused;     /* times a connection hit HTTP_OUTPUT_HIGH */
 };
 
 /* Create a server accepting on an already bound, listening fd (inherited
  * from the supervisor). The fd is not closed by the server. NULL on error. */
 struct http_server *http_server_new(struct event_base *base, int listen_fd, const struct http_server_opts *opts);
-/* Stop accepting, close idle connections, send Connection: close on the
- * rest; on_drained() runs once when no connection is left. */
+/* Stop accepting, answer the next request of every connection with
+ * Connection: close, close idle keep-alive connections when their
+ * keep-alive timer ends and everything after drain_timeout_ms;
+ * on_drained() runs once when no connection or request is left. */
 void http_server_drain(struct http_server *s, void (*on_drained)(void *ud), void *ud);
 int http_server_draining(const struct http_server *s);
 /* Close everything now (pending requests become orphans) and free. */
