@@ -405,6 +405,15 @@ static void parse_traceparent(struct http_request *r, const char *v, size_t n)
 	r->trace_id[32] = '\0';
 }
 
+/* The smaller of the server's body limit and the request's own. */
+static int64_t request_body_limit(const struct http_request *r)
+{
+	int64_t limit = r->server->opts.body_limit;
+	if (r->body_limit > 0 && (limit <= 0 || r->body_limit < limit))
+		limit = r->body_limit;
+	return limit;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
 	struct http_conn *c = p->data;
@@ -470,15 +479,28 @@ static int on_headers_complete(llhttp_t *p)
 	if (v)
 		parse_traceparent(r, v, vl);
 
-	if ((p->flags & F_CONTENT_LENGTH) && s->opts.body_limit > 0 &&
-	    p->content_length > (uint64_t)s->opts.body_limit) {
+	r->has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+	r->keep_alive = llhttp_should_keep_alive(p);
+	if (r->has_body && s->opts.on_headers &&
+	    s->opts.on_headers(r, s->opts.ud) == HTTP_HEADERS_SKIP_BODY) {
+		/* Refused from the headers alone: dispatch now, never read the
+		 * body, and end the connection after the answer (the unread body
+		 * is what follows in the stream). */
+		r->body_skipped = 1;
+		r->keep_alive = 0;
+		c->close_after = 1;
+		c->linger = 1;
+		c->state = CONN_DISPATCHED;
+		evtimer_del(c->timer);
+		return HPE_PAUSED;
+	}
+	int64_t limit = request_body_limit(r);
+	if ((p->flags & F_CONTENT_LENGTH) && limit > 0 && p->content_length > (uint64_t)limit) {
 		c->err_status = 413;
 		c->err_code = "PAYLOAD_TOO_LARGE";
 		c->err_msg = "request body too large";
 		return -1;
 	}
-	r->has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
-	r->keep_alive = llhttp_should_keep_alive(p);
 
 	v = http_header_get(r, "expect", &vl);
 	if (v) {
@@ -505,7 +527,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
 	struct http_conn *c = p->data;
 	struct http_request *r = c->req;
-	int64_t limit = c->server->opts.body_limit;
+	int64_t limit = request_body_limit(r);
 	if (limit > 0 && (uint64_t)r->body_len + len > (uint64_t)limit) {
 		c->err_status = 413;
 		c->err_code = "PAYLOAD_TOO_LARGE";

@@ -91,6 +91,11 @@ struct http_request {
 	char *body;                 /* NUL-terminated, may be NULL */
 	size_t body_len;
 	int has_body;
+	/* Set at header time by http_server_opts.on_headers: a body limit
+	 * for this request below the server's (0: the server's), and whether
+	 * the request was dispatched without reading its body. */
+	int64_t body_limit;
+	int body_skipped;
 	uint64_t start_ns;          /* CLOCK_MONOTONIC at first byte */
 	char remote_ip[64];
 	char request_id[130];
@@ -116,6 +121,14 @@ struct http_server_opts {
 	int64_t keepalive_timeout_ms; /* idle between requests */
 	int64_t body_timeout_ms;      /* body inactivity; client not reading our output */
 	int64_t drain_timeout_ms;     /* http_server_drain closes what is left after it; 0: never */
+	/* Called when the headers of a request with a body are complete,
+	 * before any of the body is read (Expect: 100-continue is answered
+	 * after it); may be NULL. It may lower req->body_limit. Returning
+	 * HTTP_HEADERS_SKIP_BODY dispatches the request at once with
+	 * req->body_skipped set and no body: the application must answer it
+	 * without one (a refusal); the connection is then closed, after
+	 * discarding input for a moment so that the client reads the answer. */
+	int (*on_headers)(struct http_request *req, void *ud);
 	/* Called for each complete request. The application must eventually
 	 * call http_send(req) exactly once. */
 	void (*on_request)(struct http_request *req, void *ud);
@@ -128,6 +141,8 @@ struct http_server_opts {
 	void (*on_stats)(void *ud);
 	void *ud;
 };
+
+enum { HTTP_HEADERS_READ_BODY = 0, HTTP_HEADERS_SKIP_BODY = 1 };
 
 struct http_stats {
 	uint64_t requests;   /* completed */

@@ -363,6 +363,81 @@ START_TEST(test_drain_closes_an_idle_connection_after_its_keepalive_timeout)
 }
 END_TEST
 
+/* ------------------------------------------------ header-time guards */
+
+static int guard_calls;
+
+static int mw_needs_token(struct http_request *req)
+{
+	(void)req;
+	return APP_NEXT;
+}
+
+static int handler(struct http_request *req)
+{
+	(void)req;
+	return APP_DONE;
+}
+
+static int token_guard(const struct http_request *req)
+{
+	guard_calls++;
+	return http_header_get(req, "authorization", NULL) ? APP_NEXT : APP_DONE;
+}
+
+static struct http_request *fake_request(int method, const char *path, const char *auth)
+{
+	struct http_request *r = calloc(1, sizeof(*r));
+	ck_assert_ptr_nonnull(r);
+	r->method = method;
+	r->path = path;
+	r->path_len = strlen(path);
+	r->has_body = 1;
+	if (auth) {
+		r->headers[0] = (struct http_header){"Authorization", auth, 13, (uint16_t)strlen(auth)};
+		r->nheaders = 1;
+	}
+	return r;
+}
+
+START_TEST(test_guarded_routes_refuse_at_header_time_and_public_ones_get_a_small_limit)
+{
+	struct app *a = app_new();
+	ck_assert_ptr_nonnull(a);
+	ck_assert_int_eq(app_post(a, "/things", mw_needs_token, handler), 0);
+	ck_assert_int_eq(app_post(a, "/login", handler), 0);
+	ck_assert_int_eq(app_post(a, "/open", handler), 0);
+	ck_assert_int_eq(app_guard(a, mw_needs_token, token_guard), 0);
+	ck_assert_int_eq(app_body_limit(a, HTTP_M_POST, "/login", 65536), 0);
+	ck_assert_int_eq(app_body_limit(a, HTTP_M_POST, "/nowhere", 65536), -1);
+
+	guard_calls = 0;
+	struct http_request *r = fake_request(HTTP_M_POST, "/things", NULL);
+	ck_assert_int_eq(app_headers(r, a), HTTP_HEADERS_SKIP_BODY);
+	free(r);
+	r = fake_request(HTTP_M_POST, "/things", "Bearer t");
+	ck_assert_int_eq(app_headers(r, a), HTTP_HEADERS_READ_BODY);
+	ck_assert_int_eq(r->body_limit, 0); /* the server's limit */
+	free(r);
+	ck_assert_int_eq(guard_calls, 2);
+
+	r = fake_request(HTTP_M_POST, "/login", NULL);
+	ck_assert_int_eq(app_headers(r, a), HTTP_HEADERS_READ_BODY);
+	ck_assert_int_eq(r->body_limit, 65536);
+	free(r);
+	r = fake_request(HTTP_M_POST, "/open", "Bearer t");
+	ck_assert_int_eq(app_headers(r, a), HTTP_HEADERS_READ_BODY);
+	ck_assert_int_eq(r->body_limit, APP_PUBLIC_BODY_LIMIT);
+	free(r);
+	r = fake_request(HTTP_M_POST, "/unknown", NULL);
+	ck_assert_int_eq(app_headers(r, a), HTTP_HEADERS_READ_BODY);
+	ck_assert_int_eq(r->body_limit, APP_PUBLIC_BODY_LIMIT);
+	free(r);
+	ck_assert_int_eq(guard_calls, 2); /* only guarded routes run it */
+	app_free(a);
+}
+END_TEST
+
 int main(void)
 {
 	if (sodium_init() < 0)
@@ -375,6 +450,7 @@ int main(void)
 	tcase_add_test(tc, test_uuid4_has_version_and_variant);
 	tcase_add_test(tc, test_date_header_is_rfc7231_format);
 	tcase_add_test(tc, test_url_decoding_rejects_bad_escapes);
+	tcase_add_test(tc, test_guarded_routes_refuse_at_header_time_and_public_ones_get_a_small_limit);
 	suite_add_tcase(s, tc);
 	TCase *srv = tcase_create("server");
 	tcase_set_timeout(srv, 60);

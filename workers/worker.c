@@ -207,6 +207,7 @@ int worker_run(const struct worker_opts *opts)
 		.body_timeout_ms = w.cfg->request_timeout_ms,
 		/* A little inside the supervisor's SIGKILL deadline. */
 		.drain_timeout_ms = w.cfg->shutdown_timeout_ms - w.cfg->shutdown_timeout_ms / 10,
+		.on_headers = app_headers,
 		.on_request = app_handle,
 		.on_complete = mw_access_log,
 		.fixed_headers = mw_security_headers(),
