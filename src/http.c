@@ -12,6 +12,8 @@
 
 #include "http.h"
 
+#include "cidr.h"
+
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -270,6 +272,7 @@ static int on_message_begin(llhttp_t *p)
 			return -1;
 		}
 		memcpy(c->req->remote_ip, c->remote_ip, sizeof(c->remote_ip));
+		memcpy(c->req->peer_ip, c->remote_ip, sizeof(c->remote_ip));
 	}
 	c->state = CONN_READING;
 	c->in_header_value = 0;
@@ -405,6 +408,49 @@ static void parse_traceparent(struct http_request *r, const char *v, size_t n)
 	r->trace_id[32] = '\0';
 }
 
+/* Every value of a repeated header joined with ", " (RFC 9110 5.3), in
+ * the arena; NULL when absent. */
+static const char *header_joined(struct http_request *r, const char *name, size_t *len)
+{
+	size_t nl = strlen(name), total = 0;
+	int n = 0;
+	for (int i = 0; i < r->nheaders; i++)
+		if (r->headers[i].name_len == nl && strncasecmp(r->headers[i].name, name, nl) == 0) {
+			total += r->headers[i].value_len + 2;
+			n++;
+		}
+	if (n == 0)
+		return NULL;
+	if (n == 1)
+		return http_header_get(r, name, len);
+	char *out = http_alloc(r, total + 1), *w = out;
+	if (!out)
+		return NULL;
+	for (int i = 0; i < r->nheaders; i++)
+		if (r->headers[i].name_len == nl && strncasecmp(r->headers[i].name, name, nl) == 0) {
+			if (w != out) {
+				*w++ = ',';
+				*w++ = ' ';
+			}
+			memcpy(w, r->headers[i].value, r->headers[i].value_len);
+			w += r->headers[i].value_len;
+		}
+	*w = '\0';
+	*len = (size_t)(w - out);
+	return out;
+}
+
+/* Behind a trusted proxy the client address is the one it forwarded. */
+static void resolve_client_address(struct http_request *r, const struct cidr_list *trusted)
+{
+	size_t xl = 0, fl = 0;
+	const char *xff = header_joined(r, "x-forwarded-for", &xl);
+	const char *fwd = header_joined(r, "forwarded", &fl);
+	char client[CIDR_ADDRSTRLEN];
+	cidr_client_address(trusted, r->peer_ip, xff, xff ? xl : 0, fwd, fwd ? fl : 0, client);
+	snprintf(r->remote_ip, sizeof(r->remote_ip), "%s", client);
+}
+
 /* The smaller of the server's body limit and the request's own. */
 static int64_t request_body_limit(const struct http_request *r)
 {
@@ -478,6 +524,8 @@ static int on_headers_complete(llhttp_t *p)
 	v = http_header_get(r, "traceparent", &vl);
 	if (v)
 		parse_traceparent(r, v, vl);
+	if (s->opts.trust_proxy && s->opts.trust_proxy->n > 0)
+		resolve_client_address(r, s->opts.trust_proxy);
 
 	r->has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
 	r->keep_alive = llhttp_should_keep_alive(p);
@@ -1038,6 +1086,7 @@ static void conn_write_error(struct http_conn *c, int status, const char *code, 
 			return;
 		}
 		memcpy(c->req->remote_ip, c->remote_ip, sizeof(c->remote_ip));
+		memcpy(c->req->peer_ip, c->remote_ip, sizeof(c->remote_ip));
 	}
 	struct http_request *r = c->req;
 	if (!r->request_id[0])

@@ -33,6 +33,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+struct cidr_list;
 struct event_base;
 struct evbuffer;
 struct http_server;
@@ -97,7 +98,11 @@ struct http_request {
 	int64_t body_limit;
 	int body_skipped;
 	uint64_t start_ns;          /* CLOCK_MONOTONIC at first byte */
+	/* The client address: the peer's, or behind a trusted proxy the one
+	 * it forwarded (http_server_opts.trust_proxy); peer_ip is always the
+	 * socket's peer. */
 	char remote_ip[64];
+	char peer_ip[64];
 	char request_id[130];
 	char trace_id[33];
 	struct http_response res;
@@ -121,6 +126,9 @@ struct http_server_opts {
 	int64_t keepalive_timeout_ms; /* idle between requests */
 	int64_t body_timeout_ms;      /* body inactivity; client not reading our output */
 	int64_t drain_timeout_ms;     /* http_server_drain closes what is left after it; 0: never */
+	/* Trusted proxies (owned by the caller, outlives the server); NULL or
+	 * empty: the client address is always the peer's. */
+	const struct cidr_list *trust_proxy;
 	/* Called when the headers of a request with a body are complete,
 	 * before any of the body is read (Expect: 100-continue is answered
 	 * after it); may be NULL. It may lower req->body_limit. Returning

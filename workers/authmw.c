@@ -250,6 +250,8 @@ static void rate_headers(struct http_request *req, const struct rl_result *r)
 	http_add_header(req, "RateLimit-Remaining", v);
 	snprintf(v, sizeof(v), "%llu", (unsigned long long)((r->reset_ms + 999) / 1000));
 	http_add_header(req, "RateLimit-Reset", v);
+	snprintf(v, sizeof(v), "%u;w=%llu", r->limit, (unsigned long long)((g_cfg->rate_limit_window_ms + 999) / 1000));
+	http_add_header(req, "RateLimit-Policy", v);
 }
 
 int mw_rate_limit(struct http_request *req)
