@@ -123,6 +123,13 @@ class Client(threading.Thread):
             sock.close()
 
 
+def assert_no_sanitizer_report(srv):
+    logs = srv.logs()
+    for marker in ("== ERROR SUMMARY", "definitely lost", "Invalid read", "Invalid write", "AddressSanitizer",
+                   "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer"):
+        assert marker not in logs, "sanitizer report in resild output:\n" + logs[-4000:]
+
+
 def generation(srv):
     p = resilctl(srv, "status", "--json")
     assert p.returncode == 0, p.stderr
@@ -169,6 +176,7 @@ def test_reloads_and_sigterm_under_keepalive_load_fail_no_request():
               % (CLIENTS, stopped_in, sent, sent - during_reloads, answered, len(failed), closes, statuses),
               flush=True)
         assert rc == 0, "resild exited with %s" % rc
+        assert_no_sanitizer_report(srv)
         assert not failed, failed[:10]
         assert sent == answered
         assert during_reloads > 100, "too little load to mean anything: %d" % during_reloads
@@ -220,6 +228,7 @@ def test_connect_during_shutdown_is_refused_at_once():
         assert hdrs.get("connection", "").lower() == "close", hdrs
         busy.close()
         assert srv.proc.wait(30 * SLOW) == 0
+        assert_no_sanitizer_report(srv)
     finally:
         srv.cleanup()
 

@@ -68,6 +68,7 @@ def test_forwarded_client_is_the_rate_limit_key_only_behind_a_trusted_proxy():
         assert access_ips(srv, "tp-a") == ["198.51.100.1"] * (LIMIT + 1)
         assert access_ips(srv, "tp-b") == ["198.51.100.2"]
         assert access_ips(srv, "tp-c") == ["2001:db8::7"]
+        srv.assert_clean_exit()
     finally:
         srv.cleanup()
 
@@ -83,6 +84,7 @@ def test_headers_from_an_untrusted_peer_are_ignored():
         st, _ = hit(srv, {"X-Forwarded-For": "198.51.100.99", "Forwarded": "for=192.0.2.1"})
         assert st == 429, st
         assert access_ips(srv, "tp-u0") == ["127.0.0.1"]
+        srv.assert_clean_exit()
     finally:
         srv.cleanup()
     srv = start("10.0.0.0/8")  # a list that does not contain the peer
@@ -90,6 +92,7 @@ def test_headers_from_an_untrusted_peer_are_ignored():
         for i in range(LIMIT):
             assert hit(srv, {"X-Forwarded-For": "198.51.100.%d" % i})[0] == 200
         assert hit(srv, {"X-Forwarded-For": "198.51.100.50"})[0] == 429
+        srv.assert_clean_exit()
     finally:
         srv.cleanup()
 
