@@ -118,11 +118,27 @@ struct srv {
 	int lfd, port;
 	int drained;
 	size_t body_size; /* bytes of 'x' per response */
+	int refuse;       /* on_headers refuses every body */
+	int skipped;      /* requests dispatched with body_skipped */
+	size_t bodies;    /* body bytes the handler saw */
 };
+
+static int on_headers(struct http_request *req, void *ud)
+{
+	struct srv *t = ud;
+	(void)req;
+	return t->refuse ? HTTP_HEADERS_SKIP_BODY : HTTP_HEADERS_READ_BODY;
+}
 
 static void on_request(struct http_request *req, void *ud)
 {
 	struct srv *t = ud;
+	t->skipped += req->body_skipped;
+	t->bodies += req->body_len;
+	if (req->body_skipped) {
+		http_send_error(req, 401, "UNAUTHORIZED", "access token required");
+		return;
+	}
 	struct evbuffer *b = http_body(req);
 	ck_assert_ptr_nonnull(b);
 	char chunk[4096];
@@ -157,6 +173,7 @@ static void srv_start(struct srv *t, size_t body_size, int64_t keepalive_ms)
 		.keepalive_timeout_ms = keepalive_ms,
 		.body_timeout_ms = 10000,
 		.drain_timeout_ms = 10000,
+		.on_headers = on_headers,
 		.on_request = on_request,
 		.ud = t,
 	};
@@ -202,7 +219,7 @@ static void spin(struct srv *t, int ms)
 }
 
 /* Read what the client has, non-blocking, into acc. Returns 0 at EOF,
- * 1 otherwise. */
+ * -1 on an error (a reset), 1 otherwise. */
 static int client_read(int fd, struct evbuffer *acc)
 {
 	char buf[65536];
@@ -216,7 +233,7 @@ static int client_read(int fd, struct evbuffer *acc)
 			return 0;
 		if (errno == EINTR)
 			continue;
-		return 1;
+		return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
 	}
 }
 
@@ -316,7 +333,7 @@ START_TEST(test_drain_answers_the_next_request_with_connection_close)
 	ck_assert_int_eq(client_read(fd, acc), 1);
 	ck_assert_int_eq(send(fd, GET, sizeof(GET) - 1, MSG_NOSIGNAL), (ssize_t)(sizeof(GET) - 1));
 	int open = 1;
-	for (uint64_t end = mono_ms() + 5000; open && mono_ms() < end;) {
+	for (uint64_t end = mono_ms() + 5000; open == 1 && mono_ms() < end;) {
 		spin(&t, 5);
 		open = client_read(fd, acc);
 		got += take_responses(acc, &closes);
@@ -357,6 +374,66 @@ START_TEST(test_drain_closes_an_idle_connection_after_its_keepalive_timeout)
 	spin(&t, 20);
 	ck_assert_int_eq(t.drained, 1);
 	ck_assert_uint_eq(evbuffer_get_length(acc), 0); /* closed, not answered with junk */
+	evbuffer_free(acc);
+	close(fd);
+	srv_stop(&t);
+}
+END_TEST
+
+START_TEST(test_a_request_refused_at_header_time_is_answered_without_its_body)
+{
+	struct srv t;
+	srv_start(&t, 10, 60000);
+	t.refuse = 1;
+	int fd = client_connect(&t, 0);
+	static const char head[] = "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n";
+	ck_assert_int_eq(send(fd, head, sizeof(head) - 1, MSG_NOSIGNAL), (ssize_t)(sizeof(head) - 1));
+	char part[4096];
+	memset(part, 'b', sizeof(part));
+	ck_assert_int_eq(send(fd, part, sizeof(part), MSG_NOSIGNAL), (ssize_t)sizeof(part));
+	struct evbuffer *acc = evbuffer_new();
+	int closes = 0, got = 0, open = 1;
+	for (uint64_t end = mono_ms() + 5000; open == 1 && mono_ms() < end;) {
+		spin(&t, 5);
+		open = client_read(fd, acc);
+		got += take_responses(acc, &closes);
+	}
+	ck_assert_int_eq(got, 1);
+	ck_assert_int_eq(closes, 1);
+	ck_assert_int_eq(open, 0); /* closed after the answer, not kept alive */
+	ck_assert_int_eq(t.skipped, 1);
+	ck_assert_uint_eq(t.bodies, 0);
+	evbuffer_free(acc);
+	close(fd);
+	srv_stop(&t);
+}
+END_TEST
+
+START_TEST(test_drain_answers_the_first_of_two_pipelined_requests_and_ends_cleanly)
+{
+	struct srv t;
+	srv_start(&t, 20000, 60000);
+	int fd = client_connect(&t, 0);
+	spin(&t, 20); /* accepted before the drain disables the listener */
+	http_server_drain(t.http, on_drained, &t);
+	/* Two requests at once: the first is answered with Connection: close
+	 * and the connection ends with a FIN after it, not a reset (the second
+	 * is the client's to retry, as HTTP says of a closing answer). */
+	char two[2 * sizeof(GET)];
+	memcpy(two, GET, sizeof(GET) - 1);
+	memcpy(two + sizeof(GET) - 1, GET, sizeof(GET) - 1);
+	ck_assert_int_eq(send(fd, two, 2 * (sizeof(GET) - 1), MSG_NOSIGNAL), (ssize_t)(2 * (sizeof(GET) - 1)));
+	spin(&t, 100); /* the server answers and closes before the client reads */
+	struct evbuffer *acc = evbuffer_new();
+	int closes = 0, got = 0, open = 1;
+	for (uint64_t end = mono_ms() + 5000; open == 1 && mono_ms() < end;) {
+		spin(&t, 5);
+		open = client_read(fd, acc);
+		got += take_responses(acc, &closes);
+	}
+	ck_assert_int_eq(open, 0);
+	ck_assert_int_eq(got, 1);
+	ck_assert_int_eq(closes, 1);
 	evbuffer_free(acc);
 	close(fd);
 	srv_stop(&t);
@@ -457,6 +534,8 @@ int main(void)
 	tcase_add_test(srv, test_a_client_that_does_not_read_stops_being_parsed);
 	tcase_add_test(srv, test_drain_answers_the_next_request_with_connection_close);
 	tcase_add_test(srv, test_drain_closes_an_idle_connection_after_its_keepalive_timeout);
+	tcase_add_test(srv, test_a_request_refused_at_header_time_is_answered_without_its_body);
+	tcase_add_test(srv, test_drain_answers_the_first_of_two_pipelined_requests_and_ends_cleanly);
 	suite_add_tcase(s, srv);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
