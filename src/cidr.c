@@ -113,7 +113,8 @@ int cidr_list_parse(const char *s, struct cidr_list *out, char *err, size_t errl
 		struct in6_addr a6;
 		int mapped = inet_pton(AF_INET6, item, &a6) == 1 && memcmp(&a6, v4mapped, 12) == 0;
 		if (parse_ip(item, &c->family, c->addr) < 0) {
-			snprintf(err, errlen, "invalid address \"%s\" (expected an IPv4 or IPv6 address or network)", item);
+			snprintf(err, errlen, "invalid address \"%s\" (expected an IPv4 or IPv6 address or network)",
+			         item);
 			return -1;
 		}
 		int max = c->family == AF_INET ? 32 : 128;

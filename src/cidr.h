@@ -15,9 +15,9 @@
 #define CIDR_ADDRSTRLEN 46 /* INET6_ADDRSTRLEN */
 
 struct cidr {
-	int family;              /* AF_INET or AF_INET6 */
-	unsigned char addr[16];  /* network address, host bits cleared */
-	int bits;                /* prefix length */
+	int family;             /* AF_INET or AF_INET6 */
+	unsigned char addr[16]; /* network address, host bits cleared */
+	int bits;               /* prefix length */
 };
 
 struct cidr_list {

@@ -33,8 +33,8 @@ END_TEST
 
 START_TEST(test_bad_lists_are_refused_with_a_reason)
 {
-	const char *bad[] = {"10.0.0.0/33", "::1/129", "10.0.0.0/", "10.0.0.0/8x", "example.com", "1.2.3",
-	                     "10.0.0.0/-1", "::ffff:10.0.0.0/8"};
+	const char *bad[] = {"10.0.0.0/33", "::1/129", "10.0.0.0/",   "10.0.0.0/8x",
+	                     "example.com", "1.2.3",   "10.0.0.0/-1", "::ffff:10.0.0.0/8"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		struct cidr_list l;
 		l.n = 99;
