@@ -1,6 +1,7 @@
 /* store_bench.c - micro-benchmark of the store through the job pool:
- * inserts/s and reads-by-id/s with a fixed number of ops in flight, for
- * SQLite (temp directory), the MongoDB test double, and a real MongoDB when
+ * inserts/s (one per op, and group commits of GROUP documents per op) and
+ * reads-by-id/s with a fixed number of ops in flight, for SQLite (temp
+ * directory) with db_sync full and normal, the MongoDB test double, and a real MongoDB when
  * RESIL_BENCH_MONGODB_URI is set (it writes OPS documents into that
  * database's posts collection). Prints one table; never passes or fails
  * on a timing (exit status is non-zero only if the benchmark cannot run).
@@ -21,10 +22,12 @@
 #include <unistd.h>
 
 #include "../src/log.h"
+#include "../workers/schema.h"
 #include "../src/store.h"
 #include "../tests/mongo_double.h"
 
 #define MAX_FLIGHT 256
+#define GROUP 32 /* documents per INSERT_MANY (a chat group commit) */
 
 struct bench {
 	struct event_base *base;
@@ -49,6 +52,17 @@ static uint64_t now_us(void)
 
 static void on_done(struct store_op *op, enum store_err err);
 
+static bson_t *post(size_t seq)
+{
+	bson_t *d = bson_new();
+
+	BSON_APPEND_UTF8(d, "title", "benchmark post");
+	BSON_APPEND_UTF8(d, "content", "Lorem ipsum dolor sit amet, consectetur adipiscing elit.");
+	BSON_APPEND_UTF8(d, "category", seq % 2 ? "tech" : "life");
+	BSON_APPEND_INT64(d, "seq", (int64_t)seq);
+	return d;
+}
+
 /* Start the next op in slot i, if any are left. */
 static void start(struct bench *b, size_t i)
 {
@@ -59,13 +73,18 @@ static void start(struct bench *b, size_t i)
 		b->idle[i] = true;
 		return;
 	}
-	store_op_init(op, b->kind, STORE_POSTS);
+	store_op_init(op, b->kind, COLL_POSTS);
 	if (b->kind == STORE_OP_INSERT) {
-		op->doc = bson_new();
-		BSON_APPEND_UTF8(op->doc, "title", "benchmark post");
-		BSON_APPEND_UTF8(op->doc, "content", "Lorem ipsum dolor sit amet, consectetur adipiscing elit.");
-		BSON_APPEND_UTF8(op->doc, "category", b->next % 2 ? "tech" : "life");
-		BSON_APPEND_INT64(op->doc, "seq", (int64_t)b->next);
+		op->doc = post(b->next);
+	} else if (b->kind == STORE_OP_INSERT_MANY) {
+		op->batch = calloc(GROUP, sizeof *op->batch);
+		if (!op->batch) {
+			fprintf(stderr, "store_bench: out of memory\n");
+			exit(1);
+		}
+		op->nbatch = GROUP;
+		for (size_t k = 0; k < GROUP; k++)
+			op->batch[k] = post(b->next * GROUP + k);
 	} else {
 		bson_oid_copy(&b->ids[(b->next * 7919u) % b->nids], &op->id);
 	}
@@ -105,7 +124,10 @@ static void phase(struct bench *b, const char *backend, int kind, size_t n, size
 {
 	uint64_t t0, t1;
 	double secs;
+	size_t per_op = kind == STORE_OP_INSERT_MANY ? GROUP : 1;
 
+	if (kind == STORE_OP_INSERT_MANY)
+		n = n / GROUP ? n / GROUP : 1;
 	b->kind = kind;
 	b->total = n;
 	b->next = b->completed = b->failed = 0;
@@ -118,7 +140,10 @@ static void phase(struct bench *b, const char *backend, int kind, size_t n, size
 	secs = (double)(t1 - t0) / 1e6;
 	qsort(b->lat, n, sizeof *b->lat, cmp_u64);
 	printf("%-14s %-11s %8zu %8.2f %10.0f %9.2f %9.2f %7zu\n", backend,
-	       kind == STORE_OP_INSERT ? "insert" : "find_by_id", n, secs, (double)n / secs,
+	       kind == STORE_OP_INSERT        ? "insert"
+	       : kind == STORE_OP_INSERT_MANY ? "insert x32"
+	                                      : "find_by_id",
+	       n * per_op, secs, (double)(n * per_op) / secs,
 	       (double)b->lat[n / 2] / 1000.0, (double)b->lat[n * 99 / 100] / 1000.0, b->failed);
 	fflush(stdout);
 }
@@ -131,10 +156,10 @@ static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *
 	return remove(p);
 }
 
-static int run_backend(const char *name, const char *uri, size_t n, size_t flight, unsigned threads)
+static int run_backend(const char *name, const char *uri, size_t n, size_t flight, unsigned threads, int sync)
 {
 	struct bench b;
-	struct store_opts o = {.pool_size = threads, .max_inflight = MAX_FLIGHT * 2};
+	struct store_opts o = {.pool_size = threads, .max_inflight = MAX_FLIGHT * 2, .sync = sync};
 	char err[256];
 
 	memset(&b, 0, sizeof b);
@@ -151,6 +176,7 @@ static int run_backend(const char *name, const char *uri, size_t n, size_t fligh
 		return -1;
 	}
 	phase(&b, name, STORE_OP_INSERT, n, flight);
+	phase(&b, name, STORE_OP_INSERT_MANY, n, flight);
 	if (b.nids > 0)
 		phase(&b, name, STORE_OP_FIND_BY_ID, n, flight);
 	for (size_t i = 0; i < MAX_FLIGHT; i++)
@@ -171,6 +197,7 @@ int main(int argc, char **argv)
 	struct mdouble md;
 	int opt, rc = 0;
 
+	store_register_schema(&app_schema);
 	while ((opt = getopt(argc, argv, "n:c:t:")) != -1) {
 		switch (opt) {
 		case 'n': n = strtoul(optarg, NULL, 10); break;
@@ -188,23 +215,26 @@ int main(int argc, char **argv)
 		perror("store_bench: mkdtemp");
 		return 1;
 	}
-	printf("store micro-benchmark: %zu ops per row, %zu in flight, %u pool threads\n", n, flight, threads);
+	printf("store micro-benchmark: %zu documents per row, %zu ops in flight, %u read-lane threads + 1 writer\n", n,
+	       flight, threads);
 	printf("%-14s %-11s %8s %8s %10s %9s %9s %7s\n", "backend", "op", "ops", "seconds", "ops/s", "p50 ms", "p99 ms",
 	       "errors");
-	snprintf(uri, sizeof uri, "sqlite://%s/bench.db", dir);
-	rc |= run_backend("sqlite", uri, n, flight, threads);
+	snprintf(uri, sizeof uri, "sqlite://%s/full/bench.db", dir);
+	rc |= run_backend("sqlite full", uri, n, flight, threads, STORE_SYNC_FULL);
+	snprintf(uri, sizeof uri, "sqlite://%s/normal/bench.db", dir);
+	rc |= run_backend("sqlite normal", uri, n, flight, threads, STORE_SYNC_NORMAL);
 	nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
 
 	if (mdouble_start(&md) == 0) {
 		snprintf(uri, sizeof uri, "mongodb://127.0.0.1:%d/bench", md.port);
-		rc |= run_backend("mongo double", uri, n, flight, threads);
+		rc |= run_backend("mongo double", uri, n, flight, threads, STORE_SYNC_FULL);
 		mdouble_stop(&md);
 	} else {
 		printf("%-14s skipped: cannot start tests/mongo_double (build it or set MONGO_DOUBLE)\n",
 		       "mongo double");
 	}
 	if (real && real[0])
-		rc |= run_backend("mongodb", real, n, flight, threads);
+		rc |= run_backend("mongodb", real, n, flight, threads, STORE_SYNC_FULL);
 	else
 		printf("%-14s skipped: RESIL_BENCH_MONGODB_URI not set\n", "mongodb");
 	store_global_cleanup();

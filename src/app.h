@@ -41,14 +41,12 @@ struct app_ctx {
 	struct json_value *body; /* parsed JSON or urlencoded body (owned) */
 	struct json_value *query; /* parsed query string (owned), lazily */
 	void *gen;           /* yajl_gen for the response (owned) */
-	/* Set by authentication. */
-	char user_id[25];
-	char username[32];
-	char email[256];
-	char role[16];
-	int authenticated;
-	const void *auth_doc; /* authenticated user's document (authmw.c) */
-	void *user_data;     /* free-form slot for handlers */
+	/* Set by the application's authentication middleware: who is asking,
+	 * as the application defines it (opaque here), and its id for the
+	 * access log. NULL for an anonymous request. */
+	const void *principal;
+	const char *principal_id;
+	void *user_data; /* free-form slot for handlers */
 };
 
 struct app *app_new(void);

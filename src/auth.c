@@ -137,9 +137,14 @@ static int is_hex24(const char *s, size_t n)
 	return 1;
 }
 
+/* A role is the application's word for it: 1-15 bytes of [a-z_]. */
 static int role_ok(const char *s)
 {
-	return strcmp(s, "user") == 0 || strcmp(s, "admin") == 0;
+	size_t n = 0;
+	for (; s[n]; n++)
+		if (n >= 15 || !((s[n] >= 'a' && s[n] <= 'z') || s[n] == '_'))
+			return 0;
+	return n > 0;
 }
 
 static int hmac(const unsigned char *key, size_t keylen, const char *msg, size_t len, unsigned char mac[MAC_LEN])
@@ -265,7 +270,7 @@ static int read_claims(yajl_val p, struct jwt_claims *c, int64_t *nbf)
 		return -1;
 	memcpy(c->sub, sub->u.string, 25);
 	memcpy(c->email, email->u.string, n + 1);
-	memcpy(c->role, role->u.string, strlen(role->u.string) + 1); /* "user" or "admin" */
+	memcpy(c->role, role->u.string, strlen(role->u.string) + 1); /* a role word (role_ok) */
 	return 0;
 }
 

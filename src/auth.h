@@ -39,7 +39,7 @@ void auth_dummy_verify(const char *pw, size_t len);
 struct jwt_claims {
 	char sub[25];     /* 24 lower-case hex digits (user id) + NUL */
 	char email[256];  /* NUL-terminated, at most 255 bytes of UTF-8 */
-	char role[8];     /* "user" or "admin" */
+	char role[16];    /* the application's role word: 1-15 of [a-z_] */
 	int64_t iat, exp; /* seconds since the epoch, >= 0 */
 };
 

@@ -35,6 +35,7 @@ enum key_type {
 	KT_DB,       /* sqlite: / mongodb:// URI */
 	KT_SOCKPATH, /* Unix socket path */
 	KT_ENV,      /* development | production */
+	KT_SYNC,     /* full | normal */
 	KT_SECRET,   /* jwt_secret */
 	KT_DURATION, /* int64 milliseconds, > 0 */
 	KT_SECONDS,  /* a duration stored as int64 seconds, >= 1 s */
@@ -52,7 +53,7 @@ enum key_type {
 };
 
 enum key_id {
-	K_LISTEN, K_WORKERS, K_DB, K_CONTROL, K_ENV, K_JWT_SECRET, K_JWT_EXPIRE, K_LOG_LEVEL,
+	K_LISTEN, K_WORKERS, K_DB, K_DB_SYNC, K_CONTROL, K_ENV, K_JWT_SECRET, K_JWT_EXPIRE, K_LOG_LEVEL,
 	K_LOG_FORMAT, K_LOG_FILE, K_CORS_ORIGINS, K_RATE_LIMIT, K_BODY_LIMIT, K_SHUTDOWN_TIMEOUT,
 	K_WORKER_TIMEOUT, K_MAX_MEMORY, K_EXT_URL, K_EXT_KEY, K_EXT_TIMEOUT, K_MAX_CONNECTIONS, K_WS_MESSAGE_RATE,
 	K_KEEPALIVE_TIMEOUT, K_HEADER_TIMEOUT, K_REQUEST_TIMEOUT, K_LISTEN_TIMEOUT, K_DB_POOL_SIZE,
@@ -82,6 +83,10 @@ static const struct key_def keys[K_COUNT] = {
 		       .help = "worker processes: 1-256, or auto (= number of online CPUs)"},
 	[K_DB] = {"db", "RESIL_DB", KT_DB, FIELD(db), .def = "sqlite:data/resil.db",
 		  .help = "database: sqlite:///abs/path.db, sqlite:rel/path.db or a mongodb:// URI"},
+	[K_DB_SYNC] = {"db_sync", "RESIL_DB_SYNC", KT_SYNC, FIELD(db_sync),
+		       .doc_def = "full in production, normal in development", .example = "full",
+		       .help = "SQLite durability: full (no acknowledged write lost on power loss; the WAL is "
+			       "fsynced at every commit) or normal (a power loss may drop the last commits)"},
 	[K_CONTROL] = {"control", "RESIL_CONTROL", KT_SOCKPATH, FIELD(control), .def = "./resild.sock",
 		       .doc_def = "$RUNTIME_DIRECTORY/control.sock, else ./resild.sock",
 		       .example = "/run/resild/control.sock", .help = "control socket path used by resilctl"},
@@ -157,6 +162,7 @@ static const struct key_def keys[K_COUNT] = {
 };
 
 static const char *const env_names[] = {"development", "production"};
+static const char *const sync_names[] = {"full", "normal"};
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static const char *const format_names[] = {"pretty", "json"};
 
@@ -492,6 +498,11 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 				    who, show(v, &q));
 		c->env = i;
 		return 0;
+	case KT_SYNC:
+		if ((i = lookup_name(v, sync_names, 2)) < 0)
+			return errf(err, errlen, "%s: invalid value \"%s\" (expected full or normal)", who, show(v, &q));
+		c->db_sync = i;
+		return 0;
 	case KT_LEVEL:
 		if ((i = lookup_name(v, level_names, 4)) < 0)
 			return errf(err, errlen, "%s: invalid value \"%s\" (expected debug, info, warn or error)",
@@ -610,6 +621,7 @@ void config_defaults(struct resil_config *cfg)
 		if (keys[i].def && key_set(cfg, &keys[i], keys[i].def, keys[i].name, err, sizeof err))
 			abort(); /* the table's own defaults must be valid */
 	cfg->log_level = CONFIG_LOG_DEBUG;
+	cfg->db_sync = CONFIG_DB_SYNC_NORMAL;
 	cfg->log_format = isatty(STDERR_FILENO) ? CONFIG_LOG_PRETTY : CONFIG_LOG_JSON;
 }
 
@@ -737,6 +749,8 @@ static int resolve(struct resil_config *c, const unsigned char *set, const char 
 			snprintf(c->control, sizeof c->control, "%.*s/control.sock", (int)n, rd);
 		}
 	}
+	if (!set[K_DB_SYNC])
+		c->db_sync = c->env == CONFIG_ENV_PRODUCTION ? CONFIG_DB_SYNC_FULL : CONFIG_DB_SYNC_NORMAL;
 	if (!set[K_LOG_LEVEL])
 		c->log_level = c->env == CONFIG_ENV_PRODUCTION ? CONFIG_LOG_INFO : CONFIG_LOG_DEBUG;
 	if (!set[K_LOG_FORMAT])
@@ -980,6 +994,8 @@ static const char *key_value(const struct resil_config *c, const struct key_def 
 		return buf;
 	case KT_ENV:
 		return env_names[c->env == CONFIG_ENV_PRODUCTION];
+	case KT_SYNC:
+		return sync_names[c->db_sync == CONFIG_DB_SYNC_NORMAL];
 	case KT_LEVEL:
 		return c->log_level >= 0 && c->log_level < 4 ? level_names[c->log_level] : "info";
 	case KT_FORMAT:

@@ -17,6 +17,8 @@
 #define CONFIG_ERR_MAX 512
 
 enum config_env { CONFIG_ENV_DEVELOPMENT = 0, CONFIG_ENV_PRODUCTION = 1 };
+/* Same order and values as enum store_sync. */
+enum config_db_sync { CONFIG_DB_SYNC_FULL = 0, CONFIG_DB_SYNC_NORMAL = 1 };
 enum config_log_level { CONFIG_LOG_DEBUG = 0, CONFIG_LOG_INFO, CONFIG_LOG_WARN, CONFIG_LOG_ERROR };
 enum config_log_format { CONFIG_LOG_PRETTY = 0, CONFIG_LOG_JSON = 1 };
 
@@ -27,6 +29,7 @@ struct resil_config {
 	int workers;            /* >= 1; "auto" is resolved to the CPU count */
 	int workers_auto;       /* 1 when the value was "auto" */
 	char db[2048];          /* sqlite:... or mongodb://... */
+	int db_sync;            /* enum config_db_sync (SQLite durability) */
 	char control[1024];     /* control socket path */
 	int env;                /* enum config_env */
 	unsigned char jwt_secret[512];

@@ -1,9 +1,14 @@
 /* jobs.c - per-worker thread pool that keeps blocking work off the event loop.
  *
  * Two lists, two mutexes, never held together:
- *  - the submit side (qlock): two FIFO queues, quick and slow jobs, served in
- *    submission order; a slow job is only picked while fewer than max_slow
- *    threads run slow jobs, so quick jobs always find a thread eventually;
+ *  - the submit side (qlock): three FIFO queues - quick write-lane jobs,
+ *    quick read-lane jobs and slow jobs - served in submission order; a slow
+ *    job is only picked while fewer than max_slow threads run slow jobs, so
+ *    quick jobs always find a thread eventually. In a pool with lanes
+ *    (jobs_create_lanes) writer threads serve only the write queue and wait
+ *    on wcond; reader threads serve the read and slow queues and wait on
+ *    qcond, so a reader is never stuck behind a write. Without lanes every
+ *    thread serves every queue and waits on qcond;
  *  - the completion side (clock): finished jobs in completion order. A thread
  *    writes the eventfd only when the list goes from empty to non-empty; the
  *    loop reads the eventfd, then takes the whole list and calls every done().
@@ -37,6 +42,7 @@ struct pool_thread {
 	struct job_pool *pool;
 	pthread_t tid;
 	unsigned idx;
+	bool writer;         /* serves the write lane only (pool with lanes) */
 	void *data;          /* touched only by this thread */
 	uint64_t started_ms; /* current job's start, 0 when idle; under qlock */
 };
@@ -44,9 +50,10 @@ struct pool_thread {
 struct job_pool {
 	/* submit side, under qlock */
 	pthread_mutex_t qlock;
-	pthread_cond_t qcond;     /* threads wait for work or stop */
+	pthread_cond_t qcond;     /* readers (every thread without lanes) wait for work or stop */
+	pthread_cond_t wcond;     /* writer threads wait for write-lane work or stop */
 	pthread_cond_t readycond; /* jobs_create waits for thread_init results */
-	struct job_queue quick, slow;
+	struct job_queue quick, quick_read, slow;
 	uint64_t seq;
 	unsigned nqueued, nrunning, nslow_running;
 	unsigned ninit_reported;
@@ -60,6 +67,7 @@ struct job_pool {
 
 	/* set at creation, then read-only */
 	unsigned nthreads, max_queue, max_slow;
+	unsigned nwrite; /* writer threads (0: no lanes) */
 	int (*thread_init)(void *ud, unsigned idx);
 	void (*thread_fini)(void *ud, unsigned idx);
 	void *ud;
@@ -73,6 +81,7 @@ struct job_pool {
 };
 
 static _Thread_local struct pool_thread *tls_self;
+static _Thread_local int tls_job_lane = -1; /* lane of the job inside work(), -1: none */
 
 uint64_t jobs_now_ms(void)
 {
@@ -124,20 +133,38 @@ static void queue_unlink(struct job_queue *q, struct job *j)
 	j->priv.prev = j->priv.next = NULL;
 }
 
+static struct job_queue *queue_of(struct job_pool *p, const struct job *j)
+{
+	if (j->slow)
+		return &p->slow;
+	return j->lane == JOB_LANE_READ ? &p->quick_read : &p->quick;
+}
+
+static struct job *oldest(struct job *a, struct job *b)
+{
+	return a && (!b || a->priv.seq < b->priv.seq) ? a : b;
+}
+
 /* Take a job off the queue it waits in. Caller holds qlock. */
 static void dequeue(struct job_pool *p, struct job *j)
 {
-	queue_unlink(j->slow ? &p->slow : &p->quick, j);
+	queue_unlink(queue_of(p, j), j);
 	j->priv.queued = false;
 	p->nqueued--;
 }
 
-/* The oldest job a thread may start now, or NULL. Caller holds qlock. */
-static struct job *pick(struct job_pool *p)
+/* The oldest job thread t may start now, or NULL. Caller holds qlock. */
+static struct job *pick(struct job_pool *p, const struct pool_thread *t)
 {
-	struct job *q = p->quick.head;
 	struct job *s = p->nslow_running < p->max_slow ? p->slow.head : NULL;
-	struct job *j = q && (!s || q->priv.seq < s->priv.seq) ? q : s;
+	struct job *j;
+
+	if (p->nwrite == 0)
+		j = oldest(oldest(p->quick.head, p->quick_read.head), s);
+	else if (t->writer)
+		j = p->quick.head;
+	else
+		j = oldest(p->quick_read.head, s);
 
 	if (j)
 		dequeue(p, j);
@@ -218,8 +245,8 @@ static void serve(struct job_pool *p, struct pool_thread *t)
 		uint64_t now;
 		bool slow;
 
-		while (!p->stopping && !(j = pick(p)))
-			if (pthread_cond_wait(&p->qcond, &p->qlock) != 0)
+		while (!p->stopping && !(j = pick(p, t)))
+			if (pthread_cond_wait(t->writer ? &p->wcond : &p->qcond, &p->qlock) != 0)
 				abort();
 		if (!j)
 			return;
@@ -236,7 +263,9 @@ static void serve(struct job_pool *p, struct pool_thread *t)
 		t->started_ms = now ? now : 1;
 		unlock(&p->qlock);
 
+		tls_job_lane = j->lane;
 		j->work(j);
+		tls_job_lane = -1;
 		complete(p, j, JOB_OK);
 
 		lock(&p->qlock);
@@ -281,7 +310,7 @@ static void stop_threads(struct job_pool *p)
 {
 	lock(&p->qlock);
 	p->stopping = true;
-	if (pthread_cond_broadcast(&p->qcond) != 0)
+	if (pthread_cond_broadcast(&p->qcond) != 0 || pthread_cond_broadcast(&p->wcond) != 0)
 		abort();
 	unlock(&p->qlock);
 	for (unsigned i = 0; i < p->nstarted; i++)
@@ -305,6 +334,7 @@ static int start_threads(struct job_pool *p)
 	for (unsigned i = 0; i < p->nthreads; i++) {
 		p->threads[i].pool = p;
 		p->threads[i].idx = i;
+		p->threads[i].writer = i < p->nwrite;
 		rc = pthread_create(&p->threads[i].tid, NULL, thread_main, &p->threads[i]);
 		if (rc != 0)
 			break;
@@ -328,10 +358,19 @@ struct job_pool *jobs_create(struct event_base *base, unsigned nthreads, unsigne
                              int (*thread_init)(void *ud, unsigned idx),
                              void (*thread_fini)(void *ud, unsigned idx), void *ud)
 {
+	return jobs_create_lanes(base, nthreads, 0, max_queue, thread_init, thread_fini, ud);
+}
+
+struct job_pool *jobs_create_lanes(struct event_base *base, unsigned nread, unsigned nwrite, unsigned max_queue,
+                                   int (*thread_init)(void *ud, unsigned idx),
+                                   void (*thread_fini)(void *ud, unsigned idx), void *ud)
+{
+	unsigned nthreads = nread + nwrite;
 	struct job_pool *p;
 	int err, stage = 0;
 
-	if (!base || nthreads == 0 || nthreads > JOBS_MAX_THREADS || max_queue == 0) {
+	if (!base || nread == 0 || nread > JOBS_MAX_THREADS || nwrite > JOBS_MAX_THREADS ||
+	    nthreads > JOBS_MAX_THREADS || max_queue == 0) {
 		errno = EINVAL;
 		return NULL;
 	}
@@ -339,8 +378,9 @@ struct job_pool *jobs_create(struct event_base *base, unsigned nthreads, unsigne
 	if (!p)
 		return NULL;
 	p->nthreads = nthreads;
+	p->nwrite = nwrite;
 	p->max_queue = max_queue;
-	p->max_slow = (nthreads + 1) / 2;
+	p->max_slow = (nread + 1) / 2;
 	p->thread_init = thread_init;
 	p->thread_fini = thread_fini;
 	p->ud = ud;
@@ -363,6 +403,9 @@ struct job_pool *jobs_create(struct event_base *base, unsigned nthreads, unsigne
 	if ((err = pthread_cond_init(&p->readycond, NULL)) != 0)
 		goto fail;
 	stage = 4;
+	if ((err = pthread_cond_init(&p->wcond, NULL)) != 0)
+		goto fail;
+	stage = 5;
 	p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (p->efd < 0) {
 		err = errno;
@@ -384,6 +427,8 @@ fail:
 		event_free(p->ev);
 	if (p->efd >= 0)
 		close(p->efd);
+	if (stage >= 5)
+		pthread_cond_destroy(&p->wcond);
 	if (stage >= 4)
 		pthread_cond_destroy(&p->readycond);
 	if (stage >= 3)
@@ -419,10 +464,11 @@ int jobs_submit(struct job_pool *p, struct job *j)
 	} else {
 		j->priv.seq = p->seq++;
 		j->priv.queued = true;
-		queue_push(j->slow ? &p->slow : &p->quick, j);
+		queue_push(queue_of(p, j), j);
 		p->nqueued++;
 		p->submitted++;
-		if (pthread_cond_signal(&p->qcond) != 0)
+		if (pthread_cond_signal(p->nwrite && !j->slow && j->lane != JOB_LANE_READ ? &p->wcond : &p->qcond) !=
+		    0)
 			abort();
 	}
 	unlock(&p->qlock);
@@ -485,8 +531,7 @@ void jobs_free(struct job_pool *p)
 	lock(&p->qlock);
 	p->stopping = true;
 	for (;;) {
-		struct job *q = p->quick.head, *s = p->slow.head;
-		struct job *j = q && (!s || q->priv.seq < s->priv.seq) ? q : s;
+		struct job *j = oldest(oldest(p->quick.head, p->quick_read.head), p->slow.head);
 
 		if (!j)
 			break;
@@ -509,6 +554,7 @@ void jobs_free(struct job_pool *p)
 	event_free(p->ev);
 	close(p->efd);
 	pthread_cond_destroy(&p->readycond);
+	pthread_cond_destroy(&p->wcond);
 	pthread_cond_destroy(&p->qcond);
 	pthread_mutex_destroy(&p->clock);
 	pthread_mutex_destroy(&p->qlock);
@@ -519,6 +565,18 @@ void jobs_free(struct job_pool *p)
 unsigned jobs_thread_index(void)
 {
 	return tls_self ? tls_self->idx : JOBS_NOT_A_POOL_THREAD;
+}
+
+int jobs_thread_lane(void)
+{
+	if (!tls_self)
+		return -1;
+	return tls_self->pool->nwrite && !tls_self->writer ? JOB_LANE_READ : JOB_LANE_WRITE;
+}
+
+int jobs_job_lane(void)
+{
+	return tls_job_lane;
 }
 
 int jobs_set_thread_data(void *data)

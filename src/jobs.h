@@ -22,6 +22,17 @@
  * The pool's read event stays registered on the base until jobs_free(), so
  * event_base_dispatch() does not return for lack of events while a pool lives.
  *
+ * Lanes: a pool made by jobs_create_lanes() has writer threads and reader
+ * threads with separate queues, so jobs that only read never wait behind
+ * jobs that write (a held database write lock, a slow commit). A job says
+ * which lane it belongs to in job->lane: JOB_LANE_WRITE (0, the default)
+ * runs on a writer thread and may do anything; JOB_LANE_READ runs on a
+ * reader thread and must not write (a job that reads then writes belongs
+ * to the write lane). Slow jobs run on reader threads whatever their lane
+ * (at most half of them), so they never hold the writers; a slow job of the
+ * write lane (hash a password, then store it) may write from there. A pool made by
+ * jobs_create() has no lanes: every thread runs every job.
+ *
  * Fork: a pool's threads do not survive fork(). Create the pool in the worker
  * process, after fork, and never use it in a child.
  */
@@ -43,6 +54,12 @@ enum job_status {
 	JOB_CANCELLED = 2, /* abandoned before it started, or pool shut down; work() not run */
 };
 
+/* job->lane. */
+enum job_lane {
+	JOB_LANE_WRITE = 0, /* may write: a writer thread (the default) */
+	JOB_LANE_READ = 1,  /* reads only: a reader thread, never queued behind writes */
+};
+
 /* jobs_thread_index() outside a pool thread. */
 #define JOBS_NOT_A_POOL_THREAD UINT_MAX
 
@@ -50,7 +67,8 @@ struct job {
 	void (*work)(struct job *job);             /* runs on a pool thread */
 	void (*done)(struct job *job, int status); /* runs on the loop thread, once */
 	uint64_t deadline_ms; /* CLOCK_MONOTONIC ms (jobs_now_ms()); 0 = none */
-	bool slow;            /* may block long: at most half the threads run slow jobs */
+	bool slow;            /* may block long: at most half the (reader) threads run slow jobs */
+	int lane;             /* enum job_lane; set before jobs_submit(), not changed while queued */
 	atomic_bool abandoned; /* set by jobs_abandon(); work() may poll it to stop early */
 	struct {               /* private to jobs.c */
 		struct job *prev, *next;
@@ -86,6 +104,14 @@ struct job_pool *jobs_create(struct event_base *base, unsigned nthreads, unsigne
                              int (*thread_init)(void *ud, unsigned idx),
                              void (*thread_fini)(void *ud, unsigned idx), void *ud);
 
+/* Like jobs_create() with lanes: threads 0..nwrite-1 serve the write lane,
+ * threads nwrite..nwrite+nread-1 the read lane and slow jobs (nread >= 1;
+ * nwrite 0 = no lanes, as jobs_create()). thread_init gets the index, so
+ * the caller knows each thread's lane. */
+struct job_pool *jobs_create_lanes(struct event_base *base, unsigned nread, unsigned nwrite, unsigned max_queue,
+                                   int (*thread_init)(void *ud, unsigned idx),
+                                   void (*thread_fini)(void *ud, unsigned idx), void *ud);
+
 /* Queue job (loop thread only). Returns 0, or -1 with errno EAGAIN (queue
  * full), ESHUTDOWN (pool stopping) or EINVAL (missing work/done); on failure
  * done() will not be called and the caller keeps the job. */
@@ -109,6 +135,12 @@ void jobs_free(struct job_pool *pool);
 
 /* Index of the calling pool thread, or JOBS_NOT_A_POOL_THREAD. */
 unsigned jobs_thread_index(void);
+
+/* The calling pool thread's lane: JOB_LANE_READ on a reader thread of a
+ * pool with lanes, JOB_LANE_WRITE on any other pool thread; -1 off the pool. */
+int jobs_thread_lane(void);
+/* The lane of the job whose work() runs on the calling thread, or -1. */
+int jobs_job_lane(void);
 
 /* Per-thread handle (e.g. the thread's SQLite connection): set it from
  * thread_init or work(); returns 0, or -1 with errno EPERM off a pool thread. */

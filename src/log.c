@@ -404,12 +404,16 @@ static void put_jstring(struct lbuf *b, const char *s, size_t n)
 	lb_putc(b, '"');
 }
 
-static void put_jkey(struct lbuf *b, const char *key)
+/* A key of len bytes, renamed "<key>_<suffix>" when suffix > 0 (see
+ * plan_keys). */
+static void put_key_text(struct lbuf *b, const char *key, size_t len, int suffix, enum esc_mode mode)
 {
-	lb_lit(b, ",\"");
 	if (key)
-		put_text(b, key, strlen(key), strlen(key), ESC_JSON, 0);
-	lb_lit(b, "\":");
+		put_text(b, key, len, len, mode, 0);
+	if (suffix > 0) {
+		char s[2] = {'_', (char)('0' + suffix)};
+		lb_put(b, s, sizeof(s));
+	}
 }
 
 /* ---- public helpers ----------------------------------------------------- */
@@ -678,29 +682,198 @@ static size_t ctx_fields(const struct log_ctx *ctx, struct log_field out[3])
 	return n;
 }
 
-static void build_json(struct lbuf *b, int level, const char *ts, unsigned ms, const struct log_ctx *ctx,
-                       const char *message, const struct log_field *fields, size_t nfields)
+/* ---- unique keys ---------------------------------------------------------
+ *
+ * A line never repeats a key (SPEC section 10). The base keys come first and
+ * always win; a caller field whose key is already on the line (a base key, or
+ * an earlier field of the same call) is renamed "<key>_2", "<key>_3", ... up
+ * to "<key>_9", the first of these not yet on the line, so its value is kept
+ * and the collision is visible; a field that finds no free name is dropped.
+ * The decision is made once per event (plan_keys) and shared by the JSON and
+ * pretty builders so both formats name fields alike. */
+
+static const char *const base_keys[] = {"timestamp", "level", "message", "pid", "worker"};
+#define BASE_KEYS_NO_WORKER 4 /* "worker" is last and present only when set */
+
+/* 1 if key k renamed with suffix ks (0: not renamed) is the same text as
+ * key o renamed with suffix os. A NULL key is written as "". */
+static int same_key(const char *k, int ks, const char *o, int os)
+{
+	if (!k)
+		k = "";
+	if (!o)
+		o = "";
+	if (ks == os)
+		return k[0] == o[0] && strcmp(k, o) == 0;
+	if (ks && os)
+		return 0; /* "x_2" and "y_3" end in different digits */
+	if (ks) {         /* is o == k + "_" + ks ? */
+		const char *t = k;
+		int ts = ks;
+		k = o;
+		ks = os;
+		o = t;
+		os = ts;
+	}
+	size_t n = strlen(o);
+	return strncmp(k, o, n) == 0 && k[n] == '_' && k[n + 1] == (char)('0' + os) && k[n + 2] == '\0';
+}
+
+/* How a field's key is written: its length (computed once per event) and
+ * its rename suffix (0 as is, 2..9 "<key>_<n>", -1 dropped). */
+struct key_plan {
+	uint32_t len;
+	signed char suffix;
+};
+
+/* A 128-bit filter of the keys written so far, indexed by a hash of a
+ * key's first and last bytes and its length as written. Equal keys always
+ * hash alike, so a key whose bit is clear is not on the line yet; only a set
+ * bit (a clash, or now and then two keys sharing a bit) costs comparing it
+ * with every key written so far. */
+struct key_filter {
+	uint64_t w[2];
+};
+
+static unsigned key_hash(unsigned first, unsigned last, size_t len)
+{
+	uint64_t x = (uint64_t)first | (uint64_t)last << 8 | (uint64_t)(len & 0xffff) << 16;
+	return (unsigned)((x * 0x9E3779B97F4A7C15u) >> 57); /* 0..127 */
+}
+
+/* Hash of key (len bytes) as written with suffix. */
+static unsigned key_hash_of(const char *key, size_t len, int suffix)
+{
+	if (suffix > 0)
+		return key_hash(len ? (unsigned char)key[0] : '_', (unsigned)('0' + suffix), len + 2);
+	return key_hash(len ? (unsigned char)key[0] : 0, len ? (unsigned char)key[len - 1] : 0, len);
+}
+
+/* Set bit h; 1 if it was set already. */
+static int filter_test_set(struct key_filter *f, unsigned h)
+{
+	uint64_t bit = (uint64_t)1 << (h & 63);
+	int was = (f->w[h >> 6] & bit) != 0;
+	f->w[h >> 6] |= bit;
+	return was;
+}
+
+/* The base keys' filters, with and without "worker", computed once. */
+static struct key_filter base_filter[2];
+static pthread_once_t base_filter_once = PTHREAD_ONCE_INIT;
+
+static void base_filter_init(void)
+{
+	for (size_t j = 0; j < sizeof(base_keys) / sizeof(base_keys[0]); j++) {
+		unsigned h = key_hash_of(base_keys[j], strlen(base_keys[j]), 0);
+		if (j < BASE_KEYS_NO_WORKER)
+			filter_test_set(&base_filter[0], h);
+		filter_test_set(&base_filter[1], h);
+	}
+}
+
+/* 1 if key renamed with s is already on the line: a base key, a context
+ * key, or one of the first i caller fields as planned. */
+static int key_taken(const char *key, int s, size_t nbase, const struct log_field *cf, size_t nctx,
+                     const struct log_field *fields, size_t i, const struct key_plan *plan)
+{
+	for (size_t j = 0; j < nbase; j++)
+		if (same_key(key, s, base_keys[j], 0))
+			return 1;
+	for (size_t j = 0; j < nctx; j++)
+		if (same_key(key, s, cf[j].key, 0))
+			return 1;
+	for (size_t j = 0; j < i; j++)
+		if (plan[j].suffix >= 0 && same_key(key, s, fields[j].key, plan[j].suffix))
+			return 1;
+	return 0;
+}
+
+/* Plan each caller field's key (see struct key_plan). cf/nctx are the
+ * request-context fields of the line, cplan gets their lengths. On the
+ * hot path (no clash) this is one strlen and one hash per field. */
+static void plan_keys(int has_worker, const struct log_field *cf, size_t nctx, struct key_plan *cplan,
+                      const struct log_field *fields, size_t nfields, struct key_plan *plan)
+{
+	size_t nbase = has_worker ? sizeof(base_keys) / sizeof(base_keys[0]) : BASE_KEYS_NO_WORKER;
+	(void)pthread_once(&base_filter_once, base_filter_init);
+	struct key_filter seen = base_filter[has_worker ? 1 : 0];
+	for (size_t j = 0; j < nctx; j++) {
+		cplan[j].len = (uint32_t)strlen(cf[j].key);
+		cplan[j].suffix = 0;
+		filter_test_set(&seen, key_hash_of(cf[j].key, cplan[j].len, 0));
+	}
+	for (size_t i = 0; i < nfields; i++) {
+		const char *key = fields[i].key;
+		size_t len = key ? strnlen(key, UINT32_MAX) : 0;
+		int s = 0;
+		if (filter_test_set(&seen, key_hash_of(key, len, 0))) {
+			while (key_taken(key, s, nbase, cf, nctx, fields, i, plan)) {
+				s = s == 0 ? 2 : s + 1;
+				if (s > 9) {
+					s = -1;
+					break;
+				}
+			}
+			if (s > 0)
+				filter_test_set(&seen, key_hash_of(key, len, s));
+		}
+		plan[i].len = (uint32_t)len;
+		plan[i].suffix = (signed char)s;
+	}
+}
+
+/* One event, as the builders see it. */
+struct event {
+	int level;
+	const char *ts; /* "YYYY-MM-DDTHH:MM:SS" */
+	unsigned ms;
+	int worker; /* -1: no "worker" key */
+	const char *message;
+	struct log_field cf[3]; /* request context */
+	struct key_plan cplan[3];
+	size_t nctx;
+	const struct log_field *fields;
+	const struct key_plan *plan; /* plan_keys() for fields */
+	size_t nfields;
+};
+
+/* Field i of the line after the base keys: context first, then the
+ * caller's; *kp says how its key is written. */
+static const struct log_field *event_field(const struct event *ev, size_t i, const struct key_plan **kp)
+{
+	if (i < ev->nctx) {
+		*kp = &ev->cplan[i];
+		return &ev->cf[i];
+	}
+	*kp = &ev->plan[i - ev->nctx];
+	return &ev->fields[i - ev->nctx];
+}
+
+static void build_json(struct lbuf *b, const struct event *ev)
 {
 	lb_lit(b, "{\"timestamp\":\"");
-	lb_put(b, ts, 19);
-	put_ms(b, ms);
+	lb_put(b, ev->ts, 19);
+	put_ms(b, ev->ms);
 	lb_lit(b, "Z\",\"level\":\"");
-	lb_put(b, level_json[level], strlen(level_json[level]));
+	lb_put(b, level_json[ev->level], strlen(level_json[ev->level]));
 	lb_lit(b, "\",\"message\":");
-	put_jstring(b, message, strlen(message));
+	put_jstring(b, ev->message, strlen(ev->message));
 	lb_lit(b, ",\"pid\":");
 	lb_int(b, current_pid());
-	int worker = atomic_load_explicit(&g_worker, memory_order_relaxed);
-	if (worker != -1) {
+	if (ev->worker != -1) {
 		lb_lit(b, ",\"worker\":");
-		lb_int(b, worker);
+		lb_int(b, ev->worker);
 	}
-	struct log_field cf[3];
-	size_t nctx = ctx_fields(ctx, cf);
-	for (size_t i = 0; i < nctx + nfields; i++) {
-		const struct log_field *f = i < nctx ? &cf[i] : &fields[i - nctx];
-		put_jkey(b, f->key);
-		if (i >= nctx && log_key_is_secret(f->key))
+	for (size_t i = 0; i < ev->nctx + ev->nfields; i++) {
+		const struct key_plan *kp;
+		const struct log_field *f = event_field(ev, i, &kp);
+		if (kp->suffix < 0)
+			continue;
+		lb_lit(b, ",\"");
+		put_key_text(b, f->key, kp->len, kp->suffix, ESC_JSON);
+		lb_lit(b, "\":");
+		if (i >= ev->nctx && log_key_is_secret(f->key))
 			lb_lit(b, "\"" REDACTED "\"");
 		else if ((f->type == LF_T_STR || f->type == LF_T_STRN) && f->s)
 			put_jstring(b, f->s, f->type == LF_T_STR ? strlen(f->s) : f->n);
@@ -723,33 +896,31 @@ static void put_pretty_value(struct lbuf *b, const char *s, size_t n)
 		lb_putc(b, '"');
 }
 
-static void build_pretty(struct lbuf *b, int level, const char *ts, unsigned ms, const struct log_ctx *ctx,
-                         const char *message, const struct log_field *fields, size_t nfields)
+static void build_pretty(struct lbuf *b, const struct event *ev)
 {
 	lb_lit(b, ANSI_DIM);
-	lb_put(b, ts + 11, 8);
-	put_ms(b, ms);
+	lb_put(b, ev->ts + 11, 8);
+	put_ms(b, ev->ms);
 	lb_lit(b, ANSI_RESET " ");
-	lb_put(b, level_colour[level], strlen(level_colour[level]));
-	lb_put(b, level_pretty[level], 5);
+	lb_put(b, level_colour[ev->level], strlen(level_colour[ev->level]));
+	lb_put(b, level_pretty[ev->level], 5);
 	lb_lit(b, ANSI_RESET);
-	int worker = atomic_load_explicit(&g_worker, memory_order_relaxed);
-	if (worker != -1) {
+	if (ev->worker != -1) {
 		lb_lit(b, " [w");
-		lb_int(b, worker);
+		lb_int(b, ev->worker);
 		lb_putc(b, ']');
 	}
 	lb_putc(b, ' ');
-	put_value(b, message, strlen(message), ESC_PRETTY);
-	struct log_field cf[3];
-	size_t nctx = ctx_fields(ctx, cf);
-	for (size_t i = 0; i < nctx + nfields; i++) {
-		const struct log_field *f = i < nctx ? &cf[i] : &fields[i - nctx];
+	put_value(b, ev->message, strlen(ev->message), ESC_PRETTY);
+	for (size_t i = 0; i < ev->nctx + ev->nfields; i++) {
+		const struct key_plan *kp;
+		const struct log_field *f = event_field(ev, i, &kp);
+		if (kp->suffix < 0)
+			continue;
 		lb_lit(b, " " ANSI_DIM);
-		if (f->key)
-			put_text(b, f->key, strlen(f->key), strlen(f->key), ESC_PRETTY, 0);
+		put_key_text(b, f->key, kp->len, kp->suffix, ESC_PRETTY);
 		lb_lit(b, "=" ANSI_RESET);
-		if (i >= nctx && log_key_is_secret(f->key))
+		if (i >= ev->nctx && log_key_is_secret(f->key))
 			lb_lit(b, REDACTED);
 		else if ((f->type == LF_T_STR || f->type == LF_T_STRN) && f->s)
 			put_pretty_value(b, f->s, f->type == LF_T_STR ? strlen(f->s) : f->n);
@@ -855,58 +1026,77 @@ static void emit_line(int i, int fd, const char *p, size_t n)
 }
 
 /* Out of memory for a huge line: say so instead of writing a cut line. */
-static void build_oom(struct lbuf *b, int level, const char *ts, unsigned ms)
+static void build_oom(struct lbuf *b, const struct event *ev)
 {
+	struct event oom = {.level = ev->level,
+	                    .ts = ev->ts,
+	                    .ms = ev->ms,
+	                    .worker = ev->worker,
+	                    .message = "log line dropped: out of memory"};
 	b->len = 0;
 	b->failed = 0;
-	build_json(b, level, ts, ms, NULL, "log line dropped: out of memory", NULL, 0);
+	build_json(b, &oom);
 }
+
+#define LOG_PLAN_STACK 64 /* fields planned without an allocation */
 
 void log_emit(int level, const struct log_ctx *ctx, const char *message, const struct log_field *fields,
               size_t nfields)
 {
 	if (!log_enabled(level))
 		return;
-	level = clamp_level(level);
-	if (!message)
-		message = "";
-	if (!fields)
-		nfields = 0;
 	int saved_errno = errno; /* callers log right before reporting errno */
-	tl_urgent = level >= LOG_LVL_WARN;
+	struct event ev = {.level = clamp_level(level),
+	                   .message = message ? message : "",
+	                   .fields = fields,
+	                   .nfields = fields ? nfields : 0};
+	ev.worker = atomic_load_explicit(&g_worker, memory_order_relaxed);
+	ev.nctx = ctx_fields(ctx, ev.cf);
+	struct key_plan plan_stack[LOG_PLAN_STACK];
+	struct key_plan *plan = plan_stack;
+	if (ev.nfields > LOG_PLAN_STACK) {
+		plan = malloc(ev.nfields * sizeof(*plan)); /* nfields counts an array in memory: no overflow */
+		if (!plan)
+			ev.nfields = 0; /* build_oom below says the line was dropped */
+	}
+	plan_keys(ev.worker != -1, ev.cf, ev.nctx, ev.cplan, ev.fields, ev.nfields, plan);
+	ev.plan = plan;
+	tl_urgent = ev.level >= LOG_LVL_WARN;
 	char stack[LOG_STACK_BUF];
 	struct lbuf b = {.p = stack, .cap = sizeof(stack)};
-	unsigned ms;
-	const char *ts = timestamp(&ms);
+	ev.ts = timestamp(&ev.ms);
 	int json = atomic_load_explicit(&g_json, memory_order_relaxed);
 	int fd = atomic_load_explicit(&g_fd, memory_order_relaxed);
 	int file_fd = atomic_load_explicit(&g_file_fd, memory_order_relaxed);
+	int oom = plan == NULL;
 
 	if (json) {
-		build_json(&b, level, ts, ms, ctx, message, fields, nfields);
-		if (b.failed)
-			build_oom(&b, level, ts, ms);
+		build_json(&b, &ev);
+		if (b.failed || oom)
+			build_oom(&b, &ev);
 		if (fd >= 0)
 			emit_line(0, fd, b.p, b.len);
 		if (file_fd >= 0)
 			emit_line(1, file_fd, b.p, b.len);
 	} else {
 		if (fd >= 0) {
-			build_pretty(&b, level, ts, ms, ctx, message, fields, nfields);
-			if (b.failed)
-				build_oom(&b, level, ts, ms);
+			build_pretty(&b, &ev);
+			if (b.failed || oom)
+				build_oom(&b, &ev);
 			emit_line(0, fd, b.p, b.len);
 		}
 		if (file_fd >= 0) {
 			b.len = 0;
 			b.failed = 0;
-			build_json(&b, level, ts, ms, ctx, message, fields, nfields);
-			if (b.failed)
-				build_oom(&b, level, ts, ms);
+			build_json(&b, &ev);
+			if (b.failed || oom)
+				build_oom(&b, &ev);
 			emit_line(1, file_fd, b.p, b.len);
 		}
 	}
 	if (b.heap)
 		free(b.p);
+	if (plan != plan_stack)
+		free(plan);
 	errno = saved_errno;
 }

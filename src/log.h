@@ -1,9 +1,19 @@
 /* log.h - structured logging (SPEC section 10).
  *
  * One event = one line: JSON (`{"timestamp":"2026-11-25T10:42:15.123Z",
- * "level":"info","message":"...","pid":123,"worker":1,"requestId":...,
+ * "level":"info","message":"...","pid":123,"worker":0,"requestId":...,
  * "traceId":...,"userId":..., <fields>}`) or a colourised single "pretty"
- * line for terminals. Secrets never leave this module: fields whose key
+ * line for terminals. "worker" is the 0-based worker id, the same number
+ * as in the process title, `resilctl status` and the scoreboard; the
+ * supervisor's own lines have no base "worker" key, and its lines about a
+ * worker carry that worker's id as a field named "worker" too.
+ *
+ * No line ever repeats a key. The base keys (timestamp, level, message,
+ * pid, worker when set) and the request context's (requestId, traceId,
+ * userId, when given) always win; a caller field whose key is already on
+ * the line is renamed "<key>_2" ("<key>_3", ... "<key>_9": the first name
+ * still free), so its value is kept and the clash shows; a field that finds
+ * no free name is dropped. Both formats apply the same renaming. Secrets never leave this module: fields whose key
  * names a secret are written as "[REDACTED]" and e-mail addresses anywhere
  * in string values or the message are masked as "j***@example.com".
  * Each line is written with a single write(2) so lines from several
@@ -43,7 +53,8 @@ struct log_ctx {
 
 /* Configure the process-wide logger. json: 1 JSON lines, 0 pretty.
  * file: NULL or path also receiving JSON lines (O_APPEND|O_CREAT, 0640).
- * worker: worker id written as "worker" (-1: omitted, e.g. the supervisor).
+ * worker: 0-based worker id written as "worker" (-1: omitted, e.g. the
+ * supervisor).
  * Returns 0, or -1 if the file cannot be opened (errno set). */
 int log_init(int level, int json, const char *file, int worker);
 void log_set_worker(int worker);

@@ -164,7 +164,7 @@ void mw_access_log(struct http_request *req, size_t bytes_out, void *ud)
 	struct log_ctx lc = {
 		.request_id = req->request_id,
 		.trace_id = req->trace_id[0] ? req->trace_id : NULL,
-		.user_id = ctx && ctx->authenticated ? ctx->user_id : NULL,
+		.user_id = ctx ? ctx->principal_id : NULL,
 	};
 	size_t ual = 0;
 	const char *ua = http_header_get(req, "user-agent", &ual);

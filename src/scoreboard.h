@@ -28,7 +28,7 @@ struct sb_circuit {
 struct sb_entry {
 	atomic_int state;     /* enum sb_state */
 	atomic_int pid;
-	atomic_int worker_id; /* logical worker (slot) number */
+	atomic_int worker_id; /* 0-based worker id (slot): log lines' "worker", resilctl's id */
 	atomic_uint generation;
 	atomic_uint_least64_t started_ms;   /* CLOCK_REALTIME ms */
 	atomic_uint_least64_t heartbeat_ms; /* CLOCK_MONOTONIC ms */

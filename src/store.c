@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,24 +38,36 @@
 #define STORE_DEFAULT_BUSY_MS 5000
 #define STORE_DEFAULT_PING_MS 2000
 #define STORE_MAX_THREADS 256
+#define STORE_REOPEN_MIN_MS 100  /* first wait before reopening a failed handle */
+#define STORE_REOPEN_MAX_MS 2000 /* longest: a healed fault is seen within this */
 
-/* One per pool thread: the thread's database handle. */
+/* One per pool thread (and one for store_exec() off the pool): the
+ * thread's database handle, reopened with backoff when it breaks. */
 struct thread_slot {
 	struct store *st;
-	void *conn;
-	char err[160];
+	void *conn;            /* the backend's handle (MongoDB: none, NULL) */
+	bool open;             /* conn is valid (else: failed, or dropped as broken) */
+	bool writer;           /* write-lane handle */
+	bool failing;          /* the last open failed (logged once per episode) */
+	uint64_t next_open_ms; /* no open attempt before this (jobs_now_ms clock) */
+	uint32_t backoff_ms;
 };
 
 struct store {
 	const struct store_backend *be;
+	const struct store_schema *schema;
 	void *bctx;
 	struct event_base *base;
 	struct job_pool *pool;
 	struct breaker breaker;
 	bson_context_t *oidctx;
 	struct store_opts o; /* defaults resolved */
-	_Atomic int db_state;
+	_Atomic int db_state;    /* reads reach the database */
+	_Atomic int write_state; /* writes reach it (set by write-lane outcomes) */
 	atomic_bool setup_done;
+	pthread_mutex_t setup_lock; /* one set-up attempt at a time, and its backoff */
+	uint64_t next_setup_ms;
+	uint32_t setup_backoff_ms;
 	unsigned inflight; /* loop thread only */
 	bool closing;
 
@@ -65,8 +78,8 @@ struct store {
 	struct event *ping_ev;
 	struct store_op ping;
 
-	pthread_mutex_t sync_lock; /* guards sync_conn for store_exec() */
-	void *sync_conn;
+	pthread_mutex_t sync_lock; /* guards sync_slot for store_exec() */
+	struct thread_slot sync_slot;
 
 	struct thread_slot *slots;
 	unsigned nslots;
@@ -108,11 +121,88 @@ const char *store_err_name(enum store_err err)
 	return "INTERNAL";
 }
 
+/* ---- schema ------------------------------------------------------------ */
+
+static const struct store_schema *registered_schema;
+
+void store_register_schema(const struct store_schema *schema)
+{
+	registered_schema = schema;
+}
+
+const struct store_schema *store_registered_schema(void)
+{
+	return registered_schema;
+}
+
 const char *store_coll_name(int coll)
 {
-	static const char *const names[STORE_NCOLL] = {"users", "posts", "patients", "rooms", "messages"};
+	const struct store_schema *s = registered_schema;
 
-	return coll >= 0 && coll < STORE_NCOLL ? names[coll] : NULL;
+	return s && coll >= 0 && (unsigned)coll < s->ncollections ? s->collections[coll].name : NULL;
+}
+
+/* A name usable unquoted in SQL: [A-Za-z_][A-Za-z0-9_]*, under 64 bytes. */
+static bool ident_ok(const char *s)
+{
+	size_t n = 0;
+
+	if (!s || !((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_'))
+		return false;
+	for (; s[n]; n++)
+		if (!((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= 'A' && s[n] <= 'Z') || (s[n] >= '0' && s[n] <= '9') ||
+		      s[n] == '_'))
+			return false;
+	return n < 64;
+}
+
+static bool field_ok(const char *field);
+
+/* Checks a schema before a store uses it; a one-line reason in err. */
+static int schema_check(const struct store_schema *s, char *err, size_t errlen)
+{
+	if (!s || !s->collections || s->ncollections == 0) {
+		snprintf(err, errlen, "store: no schema registered (store_register_schema)");
+		return -1;
+	}
+	if (s->nsqlite_migrations > 0 && !s->sqlite_migrations) {
+		snprintf(err, errlen, "store schema: migrations missing");
+		return -1;
+	}
+	for (unsigned c = 0; c < s->ncollections; c++) {
+		const struct store_collection *co = &s->collections[c];
+		const struct store_array_mirror *m = co->mirror;
+
+		if (!ident_ok(co->name) || co->ncolumns > STORE_COLUMNS_MAX || (co->ncolumns && !co->columns) ||
+		    (co->nindexes && !co->indexes)) {
+			snprintf(err, errlen, "store schema: collection %u: bad name or tables", c);
+			return -1;
+		}
+		for (unsigned i = 0; i < co->ncolumns; i++)
+			if (!field_ok(co->columns[i].field) || !ident_ok(co->columns[i].column)) {
+				snprintf(err, errlen, "store schema: %s: bad column %u", co->name, i);
+				return -1;
+			}
+		if (m && (!field_ok(m->field) || !ident_ok(m->table) || !ident_ok(m->value_column) ||
+		          !ident_ok(m->id_column))) {
+			snprintf(err, errlen, "store schema: %s: bad array mirror", co->name);
+			return -1;
+		}
+		for (unsigned i = 0; i < co->nindexes; i++) {
+			const struct store_index *ix = &co->indexes[i];
+
+			if (!ix->name || !ix->name[0] || !ix->keys[0].field) {
+				snprintf(err, errlen, "store schema: %s: bad index %u", co->name, i);
+				return -1;
+			}
+			for (unsigned k = 0; k < STORE_INDEX_KEYS_MAX && ix->keys[k].field; k++)
+				if (!field_ok(ix->keys[k].field) || (ix->keys[k].dir != 1 && ix->keys[k].dir != -1)) {
+					snprintf(err, errlen, "store schema: %s: index %s: bad key", co->name, ix->name);
+					return -1;
+				}
+		}
+	}
+	return 0;
 }
 
 int store_id_parse(const char *s, size_t len, bson_oid_t *out)
@@ -608,10 +698,17 @@ bool store_op_abandoned(const struct store_op *op)
 	return op->priv.abandoned;
 }
 
-/* Cheap structural checks done on the loop thread. */
-static bool op_valid(const struct store_op *op)
+/* True for the kinds that change the database (write lane). */
+static bool op_writes(const struct store_op *op)
 {
-	if (op->coll < 0 || op->coll >= STORE_NCOLL)
+	return op->kind == STORE_OP_INSERT || op->kind == STORE_OP_INSERT_MANY || op->kind == STORE_OP_UPDATE_BY_ID ||
+	       op->kind == STORE_OP_DELETE_BY_ID;
+}
+
+/* Cheap structural checks done on the loop thread. */
+static bool op_valid(const struct store *st, const struct store_op *op)
+{
+	if (op->coll < 0 || (unsigned)op->coll >= st->schema->ncollections)
 		return false;
 	switch (op->kind) {
 	case STORE_OP_INSERT: return op->doc != NULL;
@@ -638,10 +735,13 @@ static bool op_valid(const struct store_op *op)
 	}
 }
 
-/* Map a finished op to database connectivity; TIMEOUT says nothing. */
-static void note_db_state(struct store *st, enum store_err err)
+/* Map a finished op to database connectivity; TIMEOUT says nothing. A
+ * write-lane outcome says whether writes get through (and, when they do,
+ * that reads do too), a read-lane one whether reads do; the store is
+ * connected when both do. */
+static void note_db_state(struct store *st, bool write_lane, enum store_err err)
 {
-	int now, was;
+	int now, before, after;
 
 	if (err == STORE_UNAVAILABLE)
 		now = 0;
@@ -649,13 +749,19 @@ static void note_db_state(struct store *st, enum store_err err)
 		now = 1;
 	else
 		return;
-	was = atomic_exchange(&st->db_state, now);
-	if (was == now)
+	before = atomic_load(&st->db_state) && atomic_load(&st->write_state);
+	if (write_lane)
+		atomic_store(&st->write_state, now);
+	if (!write_lane || now) /* a write that got through read the database too */
+		atomic_store(&st->db_state, now);
+	after = atomic_load(&st->db_state) && atomic_load(&st->write_state);
+	if (before == after)
 		return;
-	if (now)
+	if (after)
 		log_info(NULL, "database connected", LF_STR("backend", st->be->name));
 	else
-		log_warn(NULL, "database disconnected", LF_STR("backend", st->be->name));
+		log_warn(NULL, "database disconnected", LF_STR("backend", st->be->name),
+		         LF_STR("lane", write_lane ? "write" : "read"));
 }
 
 /* Breaker verdict: only an unreachable or too slow database is a failure. */
@@ -664,26 +770,113 @@ static int breaker_success(enum store_err err)
 	return err != STORE_UNAVAILABLE && err != STORE_TIMEOUT;
 }
 
-/* All attempts of op on this thread's handle conn. Sets and returns op->err. */
-static enum store_err run(struct store *st, void *conn, struct store_op *op)
+static uint32_t next_backoff(uint32_t cur)
+{
+	if (!cur)
+		return STORE_REOPEN_MIN_MS;
+	return cur >= STORE_REOPEN_MAX_MS / 2 ? STORE_REOPEN_MAX_MS : cur * 2;
+}
+
+/* Open the slot's handle now if it has none and its backoff allows.
+ * false: the database cannot be reached through it yet. */
+static bool slot_conn(struct store *st, struct thread_slot *s)
+{
+	char msg[256] = "";
+	uint64_t now;
+
+	if (s->open)
+		return true;
+	now = jobs_now_ms();
+	if (now < s->next_open_ms)
+		return false;
+	if (st->be->conn_open(st->bctx, s->writer, &s->conn, msg, sizeof msg) == 0) {
+		if (s->failing)
+			log_info(NULL, "database handle reopened", LF_STR("backend", st->be->name),
+			         LF_STR("lane", s->writer ? "write" : "read"));
+		s->open = true;
+		s->failing = false;
+		s->backoff_ms = 0;
+		return true;
+	}
+	s->conn = NULL;
+	s->backoff_ms = next_backoff(s->backoff_ms);
+	s->next_open_ms = now + s->backoff_ms;
+	if (!s->failing)
+		log_warn(NULL, "cannot open the database; retrying with backoff", LF_STR("backend", st->be->name),
+		         LF_STR("lane", s->writer ? "write" : "read"), LF_STR("error", msg));
+	s->failing = true;
+	return false;
+}
+
+/* Close a handle the backend found broken; the next attempt reopens it. */
+static void slot_drop(struct store *st, struct thread_slot *s)
+{
+	if (!s->open)
+		return;
+	st->be->conn_close(st->bctx, s->conn);
+	s->conn = NULL;
+	s->open = false;
+	s->next_open_ms = 0;
+}
+
+/* Run the schema set-up if it has not succeeded yet (at most one attempt at
+ * a time per process, with backoff). STORE_OK once it has. */
+static enum store_err ensure_setup(struct store *st, struct thread_slot *slot)
+{
+	enum store_err err = STORE_UNAVAILABLE;
+	char msg[256] = "";
+	uint64_t now;
+
+	if (atomic_load(&st->setup_done))
+		return STORE_OK;
+	if (pthread_mutex_lock(&st->setup_lock) != 0)
+		abort();
+	now = jobs_now_ms();
+	if (atomic_load(&st->setup_done)) {
+		err = STORE_OK;
+	} else if (now >= st->next_setup_ms && slot_conn(st, slot)) {
+		err = st->be->setup(st->bctx, slot->conn, msg, sizeof msg);
+		if (err == STORE_OK) {
+			atomic_store(&st->setup_done, true);
+			st->setup_backoff_ms = 0;
+			log_info(NULL, "database set-up completed", LF_STR("backend", st->be->name));
+		} else {
+			st->setup_backoff_ms = next_backoff(st->setup_backoff_ms);
+			st->next_setup_ms = now + st->setup_backoff_ms;
+			log_warn(NULL, "database set-up failed; retrying with backoff", LF_STR("backend", st->be->name),
+			         LF_STR("error", msg));
+			if (err != STORE_INTERNAL)
+				err = STORE_UNAVAILABLE;
+			slot_drop(st, slot); /* the next try starts from a fresh handle */
+		}
+	}
+	if (pthread_mutex_unlock(&st->setup_lock) != 0)
+		abort();
+	return err;
+}
+
+/* All attempts of op on slot's handle. Sets and returns op->err. */
+static enum store_err run(struct store *st, struct thread_slot *slot, struct store_op *op)
 {
 	const struct retry_policy pol = RETRY_POLICY_DB;
 	struct store_call call = {.deadline_ms = op->deadline_ms, .now_ms = realtime_ms()};
 	enum store_err err = STORE_OK;
 
-	if (op->priv.internal && !atomic_load(&st->setup_done)) {
-		char msg[160];
+	/* SQLite ops need the tables; a MongoDB op works without its indexes,
+	 * so there only the health ping retries their creation. */
+	if ((op->priv.internal || st->be->setup_first) && !atomic_load(&st->setup_done)) {
+		enum store_err serr = ensure_setup(st, slot);
 
-		if (st->be->setup(st->bctx, conn, msg, sizeof msg) == STORE_OK) {
-			atomic_store(&st->setup_done, true);
-			log_info(NULL, "database set-up completed", LF_STR("backend", st->be->name));
+		if (st->be->setup_first && serr != STORE_OK) {
+			op->err = serr;
+			return serr;
 		}
 	}
 	if ((op->kind == STORE_OP_INSERT && !doc_valid(op->doc)) ||
 	    (op->kind == STORE_OP_UPDATE_BY_ID && op->doc && !doc_valid(op->doc)) ||
 	    (op->kind == STORE_OP_INSERT_MANY && !batch_valid(op))) {
 		log_error(NULL, "store: document with invalid keys or UTF-8 refused",
-		          LF_STR("collection", store_coll_name(op->coll)));
+		          LF_STR("collection", st->schema->collections[op->coll].name));
 		err = STORE_INTERNAL;
 	} else if (op->kind == STORE_OP_INSERT) {
 		err = build_insert(op, call.now_ms);
@@ -698,7 +891,14 @@ static enum store_err run(struct store *st, void *conn, struct store_op *op)
 			break;
 		}
 		call.no_retry = false;
-		err = st->be->exec(st->bctx, conn, op, &call);
+		call.reopen = false;
+		if (!slot_conn(st, slot)) {
+			err = STORE_UNAVAILABLE;
+		} else {
+			err = st->be->exec(st->bctx, slot->conn, op, &call);
+			if (call.reopen)
+				slot_drop(st, slot);
+		}
 		op->priv.attempts = call.attempt;
 		if (err != STORE_UNAVAILABLE || call.no_retry)
 			break;
@@ -742,7 +942,7 @@ static void op_work(struct job *job)
 {
 	struct store_op *op = (struct store_op *)job;
 
-	run(op->priv.st, tls_slot->conn, op);
+	run(op->priv.st, tls_slot, op);
 }
 
 static void finish(struct store_op *op)
@@ -771,7 +971,7 @@ static void op_done(struct job *job, int status)
 		breaker_record(&st->breaker, breaker_success(op->err));
 	op->priv.allowed = false;
 	if (status == JOB_OK)
-		note_db_state(st, op->err);
+		note_db_state(st, op->job.lane == JOB_LANE_WRITE, op->err);
 	finish(op);
 }
 
@@ -820,7 +1020,7 @@ static int assign_batch_ids(struct store *st, struct store_op *op)
 
 int store_submit(struct store *st, struct store_op *op)
 {
-	if (!st || !op || op->priv.busy || !op->done || !op_valid(op)) {
+	if (!st || !op || op->priv.busy || !op->done || !op_valid(st, op)) {
 		errno = EINVAL;
 		return -1;
 	}
@@ -854,6 +1054,12 @@ int store_submit(struct store *st, struct store_op *op)
 		op->job.done = op_done;
 		op->job.deadline_ms = op->deadline_ms;
 		op->job.slow = false;
+		/* The health ping probes the write lane while writes fail or the
+		 * set-up is pending, so it notices when they heal. */
+		op->job.lane = op_writes(op) || (op->priv.internal && (!atomic_load(&st->setup_done) ||
+		                                                       !atomic_load(&st->write_state)))
+		                   ? JOB_LANE_WRITE
+		                   : JOB_LANE_READ;
 		if (jobs_submit(st->pool, &op->job) != 0) {
 			/* Unreachable: the queue holds max_inflight + 1 and closing
 			 * was checked; the unrecorded allow is a lost trial at worst. */
@@ -870,12 +1076,12 @@ int store_submit(struct store *st, struct store_op *op)
 enum store_err store_exec(struct store *st, struct store_op *op)
 {
 	bool allowed = false, locked = false;
-	void *conn;
+	struct thread_slot *slot;
 	enum store_err err;
 
 	if (!st || !op)
 		return STORE_INTERNAL;
-	if (op->priv.busy || !op_valid(op))
+	if (op->priv.busy || !op_valid(st, op))
 		return op->err = STORE_INTERNAL;
 	results_free(op);
 	op->priv.st = st;
@@ -887,25 +1093,30 @@ enum store_err store_exec(struct store *st, struct store_op *op)
 		return op->err = STORE_INTERNAL;
 	if (op->deadline_ms && jobs_now_ms() >= op->deadline_ms)
 		return op->err = STORE_TIMEOUT;
+	if (tls_slot && tls_slot->st == st && !tls_slot->writer && op_writes(op) && jobs_job_lane() != JOB_LANE_WRITE) {
+		log_error(NULL, "store: write refused on a read-lane job (submit the job with JOB_LANE_WRITE)",
+		          LF_STR("collection", st->schema->collections[op->coll].name));
+		return op->err = STORE_INTERNAL;
+	}
 	if (!op->priv.internal) {
 		if (!breaker_allow(&st->breaker))
 			return op->err = STORE_CIRCUIT_OPEN;
 		allowed = true;
 	}
 	if (tls_slot && tls_slot->st == st) {
-		conn = tls_slot->conn;
+		slot = tls_slot;
 	} else {
 		if (pthread_mutex_lock(&st->sync_lock) != 0)
 			abort();
 		locked = true;
-		conn = st->sync_conn;
+		slot = &st->sync_slot;
 	}
-	err = run(st, conn, op);
+	err = run(st, slot, op);
 	if (locked && pthread_mutex_unlock(&st->sync_lock) != 0)
 		abort();
 	if (allowed)
 		breaker_record(&st->breaker, breaker_success(err));
-	note_db_state(st, err);
+	note_db_state(st, slot->writer, err);
 	return err;
 }
 
@@ -949,10 +1160,8 @@ static int thread_init(void *ud, unsigned idx)
 	struct thread_slot *s = &st->slots[idx];
 
 	s->st = st;
-	if (st->be->conn_open(st->bctx, &s->conn, s->err, sizeof s->err) != 0) {
-		errno = EIO;
-		return -1;
-	}
+	s->writer = idx < st->o.write_threads;
+	(void)slot_conn(st, s); /* a failure is retried by the first op */
 	tls_slot = s;
 	(void)jobs_set_thread_data(s); /* cannot fail on a pool thread */
 	return 0;
@@ -962,8 +1171,7 @@ static void thread_fini(void *ud, unsigned idx)
 {
 	struct store *st = ud;
 
-	st->be->conn_close(st->bctx, st->slots[idx].conn);
-	st->slots[idx].conn = NULL;
+	slot_drop(st, &st->slots[idx]);
 	tls_slot = NULL;
 }
 
@@ -990,6 +1198,8 @@ static void resolve_opts(struct store_opts *o, const struct store_opts *in)
 		o->appname = "resild";
 	if (!o->ping_interval_ms)
 		o->ping_interval_ms = STORE_DEFAULT_PING_MS;
+	if (o->write_threads > STORE_MAX_THREADS - o->job_threads)
+		o->write_threads = STORE_MAX_THREADS - o->job_threads;
 	if (!o->on_breaker_change)
 		o->on_breaker_change = log_breaker;
 }
@@ -1013,6 +1223,10 @@ struct store *store_open(const char *uri, struct event_base *base, const struct 
 		seterr(err, errlen, "store: no database URI");
 		return NULL;
 	}
+	if (schema_check(registered_schema, msg, sizeof msg) != 0) {
+		seterr(err, errlen, msg);
+		return NULL;
+	}
 	if (sodium_init() < 0) {
 		seterr(err, errlen, "store: libsodium initialisation failed");
 		return NULL;
@@ -1032,8 +1246,12 @@ struct store *store_open(const char *uri, struct event_base *base, const struct 
 		return NULL;
 	}
 	resolve_opts(&st->o, opts);
+	if (!st->o.write_threads) /* SQLite has one writer at a time anyway */
+		st->o.write_threads = st->be == &store_sqlite_backend ? 1 : (st->o.job_threads + 1) / 2;
+	st->schema = registered_schema;
 	st->base = base;
 	atomic_init(&st->db_state, 1);
+	atomic_init(&st->write_state, 1);
 	atomic_init(&st->setup_done, false);
 	bo.name = st->be->name;
 	bo.window_ms = st->o.breaker_window_ms;
@@ -1052,43 +1270,53 @@ struct store *store_open(const char *uri, struct event_base *base, const struct 
 		seterr(err, errlen, "store: mutex initialisation failed");
 		return NULL;
 	}
+	if (pthread_mutex_init(&st->setup_lock, NULL) != 0) {
+		pthread_mutex_destroy(&st->sync_lock);
+		breaker_destroy(&st->breaker);
+		free(st);
+		seterr(err, errlen, "store: mutex initialisation failed");
+		return NULL;
+	}
+	st->sync_slot.st = st;
+	st->sync_slot.writer = true;
 	st->oidctx = bson_context_new(BSON_CONTEXT_NONE); /* after fork: fresh random part */
 	st->imm_ev = event_new(base, -1, 0, imm_cb, st);
 	st->ping_ev = event_new(base, -1, EV_PERSIST, ping_cb, st);
-	st->nslots = st->o.job_threads;
+	st->nslots = st->o.job_threads + st->o.write_threads;
 	st->slots = calloc(st->nslots, sizeof *st->slots);
 	if (!st->oidctx || !st->imm_ev || !st->ping_ev || !st->slots) {
 		snprintf(msg, sizeof msg, "store: out of memory");
 		goto fail;
 	}
-	if (st->be->open(uri, &st->o, &st->bctx, msg, sizeof msg) != 0)
+	if (st->be->open(uri, &st->o, st->schema, &st->bctx, msg, sizeof msg) != 0)
 		goto fail;
-	if (st->be->conn_open(st->bctx, &st->sync_conn, msg, sizeof msg) != 0)
-		goto fail;
-	serr = st->be->setup(st->bctx, st->sync_conn, msg, sizeof msg);
+	/* Only what retrying cannot fix fails the open (a newer database, a
+	 * broken migration); an unreachable, unreadable or read-only database
+	 * starts the store disconnected, and the health ping retries the
+	 * set-up with backoff until it heals. */
+	serr = slot_conn(st, &st->sync_slot) ? st->be->setup(st->bctx, st->sync_slot.conn, msg, sizeof msg)
+	                                     : STORE_UNAVAILABLE;
 	if (serr == STORE_OK) {
 		atomic_store(&st->setup_done, true);
-	} else if (st->be == &store_mongo_backend && (serr == STORE_UNAVAILABLE || serr == STORE_TIMEOUT)) {
-		/* Start degraded; the health ping retries the set-up. */
+	} else if (serr == STORE_UNAVAILABLE || serr == STORE_TIMEOUT) {
 		atomic_store(&st->db_state, 0);
-		log_warn(NULL, "database unreachable at start; continuing disconnected",
-		         LF_STR("backend", st->be->name), LF_STR("error", msg));
+		atomic_store(&st->write_state, 0);
+		log_warn(NULL, "database unavailable at start; continuing disconnected",
+		         LF_STR("backend", st->be->name), LF_STR("error", msg[0] ? msg : "cannot open"));
+		msg[0] = '\0';
+		slot_drop(st, &st->sync_slot);
 	} else {
 		goto fail;
 	}
-	st->pool = jobs_create(base, st->nslots, st->o.max_inflight + 1, thread_init, thread_fini, st);
+	st->pool = jobs_create_lanes(base, st->o.job_threads, st->o.write_threads, st->o.max_inflight + 1, thread_init,
+	                             thread_fini, st);
 	if (!st->pool) {
 		int e = errno;
 
 		snprintf(msg, sizeof msg, "store: cannot start %u database threads: %s", st->nslots, strerror(e));
-		for (unsigned i = 0; i < st->nslots; i++)
-			if (st->slots[i].err[0]) {
-				snprintf(msg, sizeof msg, "%s", st->slots[i].err);
-				break;
-			}
 		goto fail;
 	}
-	store_op_init(&st->ping, STORE_OP_PING, STORE_USERS);
+	store_op_init(&st->ping, STORE_OP_PING, 0);
 	st->ping.priv.internal = true;
 	st->ping.done = ping_done;
 	tv.tv_sec = st->o.ping_interval_ms / 1000;
@@ -1120,13 +1348,13 @@ void store_close(struct store *st)
 		imm_cb(-1, 0, st);
 	if (st->imm_ev)
 		event_free(st->imm_ev);
-	if (st->sync_conn)
-		st->be->conn_close(st->bctx, st->sync_conn);
+	slot_drop(st, &st->sync_slot);
 	if (st->bctx)
 		st->be->close(st->bctx);
 	if (st->oidctx)
 		bson_context_destroy(st->oidctx);
 	pthread_mutex_destroy(&st->sync_lock);
+	pthread_mutex_destroy(&st->setup_lock);
 	breaker_destroy(&st->breaker);
 	free(st->slots);
 	free(st);
@@ -1154,5 +1382,5 @@ struct job_pool *store_job_pool(struct store *st)
 
 int store_db_state(const struct store *st)
 {
-	return atomic_load(&st->db_state);
+	return atomic_load(&st->db_state) && atomic_load(&st->write_state);
 }

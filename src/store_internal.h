@@ -19,25 +19,35 @@ struct store_call {
 	unsigned attempt;     /* 1 for the first try */
 	bool no_retry;        /* set by exec(): this UNAVAILABLE already waited its full
 	                       * timeout (e.g. server selection); do not repeat it */
+	bool reopen;          /* set by exec(): the handle is broken (read-only, I/O,
+	                       * permission, disk full): store.c closes it and opens a
+	                       * new one, with backoff, before the next attempt */
 };
 
 struct store_backend {
 	const char *name; /* breaker and backend name */
-	/* Parse uri, create the shared handle (*ctx). 0, or -1 with err set. */
-	int (*open)(const char *uri, const struct store_opts *o, void **ctx, char *err, size_t errlen);
+	/* Parse uri, create the shared handle (*ctx) for schema (checked,
+	 * outlives the store). 0, or -1 with err set. */
+	int (*open)(const char *uri, const struct store_opts *o, const struct store_schema *schema, void **ctx,
+	            char *err, size_t errlen);
 	void (*close)(void *ctx);
 	/* A handle for one thread (SQLite connection; MongoDB: none needed,
-	 * clients are popped per op). 0, or -1 with err set. */
-	int (*conn_open)(void *ctx, void **conn, char *err, size_t errlen);
+	 * clients are popped per op). writer: a write-lane handle, which must
+	 * be able to write (a read-only open is a failure). 0, or -1 with err
+	 * set; a failure is retried with backoff. */
+	int (*conn_open)(void *ctx, bool writer, void **conn, char *err, size_t errlen);
 	void (*conn_close)(void *ctx, void *conn);
 	/* Schema migrations or index creation, idempotent; safe when several
-	 * processes run it at once. STORE_OK or an error with err set. */
+	 * processes run it at once. STORE_OK or an error with err set:
+	 * STORE_UNAVAILABLE / STORE_TIMEOUT for faults that may heal (retried),
+	 * anything else for faults that will not (store_open fails). */
 	enum store_err (*setup)(void *ctx, void *conn, char *err, size_t errlen);
 	/* One attempt of op. On STORE_OK the op's results are filled (INSERT:
 	 * op->result already holds the complete document to store). On
 	 * STORE_DUPLICATE_KEY op->dup_field is set. The caller frees partial
 	 * results on failure. */
 	enum store_err (*exec)(void *ctx, void *conn, struct store_op *op, struct store_call *call);
+	bool setup_first; /* ops need setup() to have succeeded (SQLite: the tables) */
 };
 
 extern const struct store_backend store_sqlite_backend;

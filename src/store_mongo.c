@@ -31,6 +31,7 @@
 
 struct mg_ctx {
 	mongoc_client_pool_t *pool;
+	const struct store_schema *schema;
 	char db[MG_DB_MAX];
 	int32_t socket_timeout_ms;
 };
@@ -74,7 +75,8 @@ static bool set_default_bool(mongoc_uri_t *uri, const char *key, bool v)
 	return mongoc_uri_has_option(uri, key) || mongoc_uri_set_option_as_bool(uri, key, v);
 }
 
-static int mg_open(const char *uristr, const struct store_opts *o, void **ctxp, char *err, size_t errlen)
+static int mg_open(const char *uristr, const struct store_opts *o, const struct store_schema *schema, void **ctxp,
+                   char *err, size_t errlen)
 {
 	bson_error_t e;
 	mongoc_uri_t *uri;
@@ -112,6 +114,7 @@ static int mg_open(const char *uristr, const struct store_opts *o, void **ctxp, 
 		return -1;
 	}
 	snprintf(ctx->db, sizeof ctx->db, "%s", db);
+	ctx->schema = schema;
 	ctx->socket_timeout_ms = mongoc_uri_get_option_as_int32(uri, MONGOC_URI_SOCKETTIMEOUTMS, 0);
 	ctx->pool = mongoc_client_pool_new_with_error(uri, &e);
 	mongoc_uri_destroy(uri);
@@ -139,9 +142,10 @@ static void mg_close(void *vctx)
 }
 
 /* Clients are popped per attempt: no per-thread handle. */
-static int mg_conn_open(void *vctx, void **connp, char *err, size_t errlen)
+static int mg_conn_open(void *vctx, bool writer, void **connp, char *err, size_t errlen)
 {
 	(void)vctx;
+	(void)writer;
 	(void)err;
 	(void)errlen;
 	*connp = NULL;
@@ -156,7 +160,7 @@ static void mg_conn_close(void *vctx, void *conn)
 
 /* ---- errors ------------------------------------------------------------ */
 
-/* "email_1" -> "email", "_id_" -> "_id", "room_1_createdAt_1" -> "room". */
+/* "name_1" -> "name", "_id_" -> "_id", "a_1_createdAt_-1" -> "a". */
 static void index_field(const char *name, size_t len, char *out)
 {
 	size_t n = 0;
@@ -258,29 +262,9 @@ static enum store_err map_err(const struct mg_ctx *ctx, const bson_error_t *e, c
 
 /* ---- set-up ------------------------------------------------------------- */
 
-struct mg_index {
-	int coll;
-	const char *name;
-	const char *k1;
-	int d1;
-	const char *k2; /* NULL: single key */
-	int d2;
-	bool unique;
-};
-
-static const struct mg_index mg_indexes[] = {
-    {STORE_USERS, "email_1", "email", 1, NULL, 0, true},
-    {STORE_USERS, "username_1", "username", 1, NULL, 0, true},
-    {STORE_POSTS, "createdAt_-1", "createdAt", -1, NULL, 0, false},
-    {STORE_POSTS, "category_1_createdAt_-1", "category", 1, "createdAt", -1, false},
-    {STORE_POSTS, "author_1_createdAt_-1", "author", 1, "createdAt", -1, false},
-    {STORE_PATIENTS, "status_1", "status", 1, NULL, 0, false},
-    {STORE_ROOMS, "members_1", "members", 1, NULL, 0, false},
-    {STORE_MESSAGES, "room_1_createdAt_1", "room", 1, "createdAt", 1, false},
-};
-
 /* createIndexes for one collection. */
-static enum store_err create_indexes(struct mg_ctx *ctx, mongoc_client_t *client, int coll, char *err, size_t errlen)
+static enum store_err create_indexes(struct mg_ctx *ctx, mongoc_client_t *client, unsigned coll, char *err,
+                                     size_t errlen)
 {
 	bson_t cmd = BSON_INITIALIZER, arr, ix, key, reply;
 	bson_error_t e;
@@ -292,17 +276,17 @@ static enum store_err create_indexes(struct mg_ctx *ctx, mongoc_client_t *client
 	struct store_op scratch;
 	bool ok;
 
-	ok = BSON_APPEND_UTF8(&cmd, "createIndexes", store_coll_name(coll)) &&
-	     BSON_APPEND_ARRAY_BEGIN(&cmd, "indexes", &arr);
-	for (size_t i = 0; ok && i < sizeof mg_indexes / sizeof mg_indexes[0]; i++) {
-		const struct mg_index *m = &mg_indexes[i];
+	const struct store_collection *co = &ctx->schema->collections[coll];
 
-		if (m->coll != coll)
-			continue;
+	ok = BSON_APPEND_UTF8(&cmd, "createIndexes", co->name) && BSON_APPEND_ARRAY_BEGIN(&cmd, "indexes", &arr);
+	for (unsigned i = 0; ok && i < co->nindexes; i++) {
+		const struct store_index *m = &co->indexes[i];
+
 		bson_uint32_to_string(n++, &ikey, ibuf, sizeof ibuf);
-		ok = BSON_APPEND_DOCUMENT_BEGIN(&arr, ikey, &ix) && BSON_APPEND_DOCUMENT_BEGIN(&ix, "key", &key) &&
-		     BSON_APPEND_INT32(&key, m->k1, m->d1) && (!m->k2 || BSON_APPEND_INT32(&key, m->k2, m->d2)) &&
-		     bson_append_document_end(&ix, &key) && BSON_APPEND_UTF8(&ix, "name", m->name) &&
+		ok = BSON_APPEND_DOCUMENT_BEGIN(&arr, ikey, &ix) && BSON_APPEND_DOCUMENT_BEGIN(&ix, "key", &key);
+		for (unsigned k = 0; ok && k < STORE_INDEX_KEYS_MAX && m->keys[k].field; k++)
+			ok = BSON_APPEND_INT32(&key, m->keys[k].field, m->keys[k].dir);
+		ok = ok && bson_append_document_end(&ix, &key) && BSON_APPEND_UTF8(&ix, "name", m->name) &&
 		     (!m->unique || BSON_APPEND_BOOL(&ix, "unique", true)) && bson_append_document_end(&arr, &ix);
 	}
 	ok = ok && bson_append_array_end(&cmd, &arr);
@@ -314,7 +298,7 @@ static enum store_err create_indexes(struct mg_ctx *ctx, mongoc_client_t *client
 	if (n > 0 && !mongoc_client_write_command_with_opts(client, ctx->db, &cmd, NULL, &reply, &e)) {
 		memset(&scratch, 0, sizeof scratch);
 		serr = map_err(ctx, &e, &reply, &scratch, NULL, t0, "createIndexes");
-		snprintf(err, errlen, "mongodb: cannot create indexes on %s: %s", store_coll_name(coll),
+		snprintf(err, errlen, "mongodb: cannot create indexes on %s: %s", co->name,
 		         e.domain == MONGOC_ERROR_SERVER ? "server error" : e.message);
 		if (serr == STORE_DUPLICATE_KEY)
 			serr = STORE_INTERNAL; /* existing data violates a unique index */
@@ -332,7 +316,7 @@ static enum store_err mg_setup(void *vctx, void *conn, char *err, size_t errlen)
 	enum store_err serr = STORE_OK;
 
 	(void)conn;
-	for (int c = 0; c < STORE_NCOLL && serr == STORE_OK; c++)
+	for (unsigned c = 0; c < ctx->schema->ncollections && serr == STORE_OK; c++)
 		serr = create_indexes(ctx, client, c, err, errlen);
 	mongoc_client_pool_push(ctx->pool, client);
 	return serr;
@@ -643,7 +627,7 @@ static enum store_err mg_exec(void *vctx, void *conn, struct store_op *op, struc
 
 	(void)conn;
 	if (op->kind != STORE_OP_PING)
-		coll = mongoc_client_get_collection(client, ctx->db, store_coll_name(op->coll));
+		coll = mongoc_client_get_collection(client, ctx->db, ctx->schema->collections[op->coll].name);
 	switch (op->kind) {
 	case STORE_OP_INSERT: err = do_insert(ctx, coll, op, call); break;
 	case STORE_OP_INSERT_MANY: err = do_insert_many(ctx, coll, op, call); break;

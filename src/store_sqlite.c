@@ -1,11 +1,13 @@
 /* store_sqlite.c - the embedded SQLite backend of the store.
  *
- * Layout: one table per collection, `id TEXT PRIMARY KEY` (the 24-hex
- * ObjectId), `doc BLOB` (the BSON document, the source of truth) and real
- * columns copied from the document for the fields we filter, sort or keep
- * unique on (users.email and users.username are UNIQUE). Room membership
- * lives in a join table room_members(member, room_id) kept in step with the
- * rooms' `members` arrays. Filters on other fields go through two SQL
+ * Layout (declared by the application's schema, see store.h): one table per
+ * collection, `id TEXT PRIMARY KEY` (the 24-hex ObjectId), `doc BLOB` (the
+ * BSON document, the source of truth) and real columns copied from the
+ * document for the fields the schema lists (filtered, sorted or UNIQUE). A
+ * collection may mirror one array field into a join table (value, id) kept
+ * in step with the documents, so "array contains x" is an index lookup.
+ * The tables themselves come from the schema's migrations, applied in
+ * order under PRAGMA user_version. Filters on other fields go through two SQL
  * functions registered on every connection, resil_field(doc, path) and
  * resil_contains(doc, path, value), which read the BSON directly, so every
  * filter the interface can express works here exactly as on MongoDB.
@@ -15,11 +17,24 @@
  * a string), anything else -> NULL. Indexed columns have no declared type
  * (no affinity), so SQL compares them exactly like the functions' results.
  *
- * Durability: WAL with synchronous=NORMAL. A committed transaction is in
- * the WAL file before COMMIT returns, so killing the process (even with
- * kill -9) never loses an acknowledged write; only an operating-system
- * crash or power loss can drop the last transactions (FULL would fsync the
- * WAL on every commit to cover that too, at several times the cost).
+ * Durability (store_opts.sync, RESIL_DB_SYNC): WAL mode. A committed
+ * transaction is in the WAL file before COMMIT returns, so killing the
+ * process (even with kill -9) never loses an acknowledged write. With
+ * synchronous=FULL (the default) the WAL is also fsynced at every commit,
+ * so power loss or an OS crash loses nothing acknowledged either; with
+ * NORMAL they may drop the last commits (the file stays consistent).
+ *
+ * WAL size: every connection checkpoints passively once the WAL passes
+ * SQ_WAL_AUTOCHECKPOINT pages (the size trigger, on the committing writer),
+ * and each health ping (every couple of seconds, on a read-lane thread)
+ * runs a passive checkpoint too, so the writer rarely pays for one; when
+ * the WAL restarts it is truncated to journal_size_limit. Passive
+ * checkpoints never wait for locks, so they do not stall group commits.
+ *
+ * Faults: a write-lane connection that opens read-only is refused; an op
+ * failing with a read-only, permission, I/O, cannot-open or disk-full error
+ * marks its connection broken, and store.c reopens it with backoff, so
+ * writes resume once the file or the disk is fixed.
  *
  * Concurrency: one connection per pool thread, opened in the pool's
  * thread_init; several worker processes share the file. Every write runs in
@@ -52,60 +67,16 @@
 #define SQ_SQL_MAX 8192 /* longest generated statement */
 #define SQ_SETUP_WAIT_MS 30000
 #define SQ_PROGRESS_OPS 4000 /* VM steps between deadline checks */
-
-/* ---- schema ------------------------------------------------------------- */
-
-struct sq_col {
-	const char *field; /* document field */
-	const char *col;   /* column holding its value */
-};
-
-struct sq_coll {
-	const char *table;
-	const struct sq_col *cols;
-	unsigned ncols;
-	bool members; /* rooms: `members` array mirrored in room_members */
-};
-
-static const struct sq_col users_cols[] = {{"createdAt", "created_at"}, {"email", "email"}, {"username", "username"}};
-static const struct sq_col posts_cols[] = {{"createdAt", "created_at"}, {"category", "category"}, {"author", "author"}};
-static const struct sq_col patients_cols[] = {{"createdAt", "created_at"}, {"status", "status"}};
-static const struct sq_col rooms_cols[] = {{"createdAt", "created_at"}, {"owner", "owner"}};
-static const struct sq_col messages_cols[] = {{"createdAt", "created_at"}, {"room", "room"}};
-
-#define COLS(a) a, sizeof(a) / sizeof(a[0])
-static const struct sq_coll colls[STORE_NCOLL] = {
-    [STORE_USERS] = {"users", COLS(users_cols), false},          [STORE_POSTS] = {"posts", COLS(posts_cols), false},
-    [STORE_PATIENTS] = {"patients", COLS(patients_cols), false}, [STORE_ROOMS] = {"rooms", COLS(rooms_cols), true},
-    [STORE_MESSAGES] = {"messages", COLS(messages_cols), false},
-};
-
-/* Forward-only migrations; step i brings user_version from i to i + 1.
- * Never edit a shipped step: append a new one. */
-static const char *const migrations[] = {
-    "CREATE TABLE users (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at,"
-    "  email UNIQUE, username UNIQUE);"
-    "CREATE TABLE posts (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, category, author);"
-    "CREATE INDEX posts_created ON posts (created_at, id);"
-    "CREATE INDEX posts_category ON posts (category, created_at, id);"
-    "CREATE INDEX posts_author ON posts (author, created_at, id);"
-    "CREATE TABLE patients (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, status);"
-    "CREATE INDEX patients_status ON patients (status, created_at, id);"
-    "CREATE TABLE rooms (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, owner);"
-    "CREATE INDEX rooms_owner ON rooms (owner);"
-    "CREATE TABLE room_members (member NOT NULL, room_id TEXT NOT NULL, PRIMARY KEY (member, room_id))"
-    "  WITHOUT ROWID;"
-    "CREATE INDEX room_members_room ON room_members (room_id);"
-    "CREATE TABLE messages (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, room);"
-    "CREATE INDEX messages_room ON messages (room, created_at, id);",
-};
-#define SQ_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
+#define SQ_WAL_AUTOCHECKPOINT 1000          /* pages (4 KiB): ~4 MiB of WAL */
+#define SQ_WAL_LIMIT_BYTES (4 * 1024 * 1024) /* WAL truncated to this on restart */
 
 /* ---- handles ------------------------------------------------------------ */
 
 struct sq_ctx {
+	const struct store_schema *schema;
 	char *path;
 	uint32_t busy_ms;
+	int sync; /* enum store_sync */
 	/* Writers of this process queue here rather than polling SQLite's
 	 * lock in the busy handler; other processes still meet at the file
 	 * lock. Held from BEGIN IMMEDIATE to COMMIT/ROLLBACK. */
@@ -126,6 +97,8 @@ struct sq_conn {
 	const atomic_bool *abandoned; /* current op's flag, or NULL */
 	uint64_t busy_since;
 	bool wlocked; /* holds ctx->wlock */
+	bool writer;  /* write-lane connection */
+	bool broken;  /* failed in a way only a new connection may fix */
 	uint64_t tick;
 	unsigned ncache;
 	struct sq_stmt cache[SQ_CACHE];
@@ -394,15 +367,15 @@ static void fn_contains(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 /* ---- errors ------------------------------------------------------------- */
 
 /* The document field named by a "UNIQUE constraint failed: t.col" message. */
-static void dup_field_of(const struct sq_coll *co, const char *msg, char *out)
+static void dup_field_of(const struct store_collection *co, const char *msg, char *out)
 {
 	const char *dot = msg ? strrchr(msg, '.') : NULL;
 	const char *col = dot ? dot + 1 : "";
 
 	snprintf(out, STORE_FIELD_MAX, "%s", strcmp(col, "id") == 0 ? "_id" : col);
-	for (unsigned i = 0; i < co->ncols; i++)
-		if (strcmp(co->cols[i].col, col) == 0)
-			snprintf(out, STORE_FIELD_MAX, "%s", co->cols[i].field);
+	for (unsigned i = 0; i < co->ncolumns; i++)
+		if (strcmp(co->columns[i].column, col) == 0)
+			snprintf(out, STORE_FIELD_MAX, "%s", co->columns[i].field);
 }
 
 static enum store_err map_rc(struct sq_conn *c, int rc, const char *what)
@@ -416,13 +389,16 @@ static enum store_err map_rc(struct sq_conn *c, int rc, const char *what)
 		if (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY)
 			return STORE_DUPLICATE_KEY;
 		break;
-	case SQLITE_BUSY:
-	case SQLITE_LOCKED:
 	case SQLITE_IOERR:
 	case SQLITE_FULL:
 	case SQLITE_CANTOPEN:
-	case SQLITE_PROTOCOL:
 	case SQLITE_READONLY:
+	case SQLITE_PERM:
+		c->broken = true;
+		/* fall through */
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+	case SQLITE_PROTOCOL:
 	case SQLITE_NOMEM:
 		log_warn(NULL, "sqlite: database unavailable", LF_STR("during", what), LF_INT("code", rc),
 		         LF_STR("error", sqlite3_errmsg(c->db)));
@@ -518,7 +494,8 @@ static int make_parent(const char *path, char *err, size_t errlen)
 	return rc;
 }
 
-static int sq_open(const char *uri, const struct store_opts *o, void **ctxp, char *err, size_t errlen)
+static int sq_open(const char *uri, const struct store_opts *o, const struct store_schema *schema, void **ctxp,
+                   char *err, size_t errlen)
 {
 	struct sq_ctx *ctx = calloc(1, sizeof *ctx);
 
@@ -531,7 +508,9 @@ static int sq_open(const char *uri, const struct store_opts *o, void **ctxp, cha
 		free(ctx);
 		return -1;
 	}
+	ctx->schema = schema;
 	ctx->busy_ms = o->busy_timeout_ms;
+	ctx->sync = o->sync;
 	if (pthread_mutex_init(&ctx->wlock, NULL) != 0) {
 		snprintf(err, errlen, "store: mutex initialisation failed");
 		free(ctx->path);
@@ -567,11 +546,12 @@ static void sq_conn_close(void *vctx, void *vconn)
 	free(c);
 }
 
-static int sq_conn_open(void *vctx, void **connp, char *err, size_t errlen)
+static int sq_conn_open(void *vctx, bool writer, void **connp, char *err, size_t errlen)
 {
 	struct sq_ctx *ctx = vctx;
 	struct sq_conn *c = calloc(1, sizeof *c);
 	const int fn = SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS;
+	char pragmas[256];
 	int rc;
 
 	if (!c) {
@@ -579,20 +559,36 @@ static int sq_conn_open(void *vctx, void **connp, char *err, size_t errlen)
 		return -1;
 	}
 	c->ctx = ctx;
+	c->writer = writer;
+	snprintf(pragmas, sizeof pragmas,
+	         "PRAGMA synchronous=%s; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=%d;"
+	         " PRAGMA journal_size_limit=%d;",
+	         ctx->sync == STORE_SYNC_NORMAL ? "NORMAL" : "FULL", SQ_WAL_AUTOCHECKPOINT, SQ_WAL_LIMIT_BYTES);
 	rc = sqlite3_open_v2(ctx->path, &c->db,
 	                     SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
 	                     NULL);
+	/* SQLite silently falls back to read-only when the file is not
+	 * writable. A writer must not, or every write would fail until a
+	 * restart; a reader must not either, because its first read would
+	 * create the -shm file read-only and so keep the database read-only
+	 * for everyone after the file is fixed. So check before anything
+	 * reads the file, and report a failed open, which store.c retries
+	 * with backoff. */
+	if (rc == SQLITE_OK && sqlite3_db_readonly(c->db, "main") == 1)
+		rc = SQLITE_READONLY;
 	if (rc == SQLITE_OK)
 		rc = sqlite3_busy_handler(c->db, on_busy, c);
 	if (rc == SQLITE_OK)
-		rc = sqlite3_exec(c->db, "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=8000;", NULL, NULL, NULL);
+		rc = sqlite3_exec(c->db, pragmas, NULL, NULL, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_create_function(c->db, "resil_field", 2, fn, NULL, fn_field, NULL, NULL);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_create_function(c->db, "resil_contains", 3, fn, NULL, fn_contains, NULL, NULL);
 	if (rc != SQLITE_OK) {
 		snprintf(err, errlen, "cannot open database %s: %s", ctx->path,
-		         c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+		         rc == SQLITE_READONLY ? "the file is read-only"
+		         : c->db            ? sqlite3_errmsg(c->db)
+		                            : sqlite3_errstr(rc));
 		sqlite3_close(c->db);
 		free(c);
 		return -1;
@@ -621,6 +617,8 @@ static int user_version(struct sq_conn *c, int *out)
 /* Apply the pending migrations in one write transaction. */
 static int migrate(struct sq_conn *c, char *err, size_t errlen)
 {
+	const struct store_schema *sc = c->ctx->schema;
+	const int nver = (int)sc->nsqlite_migrations;
 	char sql[64];
 	int v = 0, rc;
 
@@ -628,26 +626,26 @@ static int migrate(struct sq_conn *c, char *err, size_t errlen)
 	if (rc != SQLITE_OK)
 		return rc;
 	rc = user_version(c, &v);
-	if (rc == SQLITE_OK && v > SQ_SCHEMA_VERSION) {
+	if (rc == SQLITE_OK && v > nver) {
 		snprintf(err, errlen, "database %s has schema version %d, newer than this resild supports (%d)",
-		         c->ctx->path, v, SQ_SCHEMA_VERSION);
+		         c->ctx->path, v, nver);
 		rollback(c);
 		return SQLITE_ERROR;
 	}
-	for (int i = v; rc == SQLITE_OK && i < SQ_SCHEMA_VERSION; i++)
-		rc = sqlite3_exec(c->db, migrations[i], NULL, NULL, NULL);
-	if (rc == SQLITE_OK && v < SQ_SCHEMA_VERSION) {
-		snprintf(sql, sizeof sql, "PRAGMA user_version = %d", SQ_SCHEMA_VERSION);
+	for (int i = v; rc == SQLITE_OK && i < nver; i++)
+		rc = sqlite3_exec(c->db, sc->sqlite_migrations[i], NULL, NULL, NULL);
+	if (rc == SQLITE_OK && v < nver) {
+		snprintf(sql, sizeof sql, "PRAGMA user_version = %d", nver);
 		rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
 	}
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
 	if (rc != SQLITE_OK) {
 		snprintf(err, errlen, "database %s: migration to version %d failed: %s", c->ctx->path,
-		         SQ_SCHEMA_VERSION, sqlite3_errmsg(c->db));
+		         nver, sqlite3_errmsg(c->db));
 		rollback(c);
-	} else if (v < SQ_SCHEMA_VERSION) {
-		log_info(NULL, "sqlite: schema migrated", LF_INT("from", v), LF_INT("to", SQ_SCHEMA_VERSION));
+	} else if (v < nver) {
+		log_info(NULL, "sqlite: schema migrated", LF_INT("from", v), LF_INT("to", nver));
 	}
 	return rc;
 }
@@ -686,7 +684,17 @@ static enum store_err sq_setup(void *vctx, void *vconn, char *err, size_t errlen
 		return STORE_OK;
 	if (!err[0])
 		snprintf(err, errlen, "database %s: set-up failed: %s", c->ctx->path, sqlite3_errmsg(c->db));
-	return (rc & 0xff) == SQLITE_BUSY ? STORE_UNAVAILABLE : STORE_INTERNAL;
+	switch (rc & 0xff) {
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+	case SQLITE_READONLY:
+	case SQLITE_CANTOPEN:
+	case SQLITE_IOERR:
+	case SQLITE_FULL:
+	case SQLITE_PERM:
+	case SQLITE_NOMEM: return STORE_UNAVAILABLE; /* may heal: retried */
+	default: return STORE_INTERNAL;
+	}
 }
 
 /* ---- operations --------------------------------------------------------- */
@@ -710,25 +718,25 @@ static bson_t *row_doc(sqlite3_stmt *st, int col)
 }
 
 /* INSERT or UPDATE one row: id, doc, then the mirrored columns. */
-static int write_row(struct sq_conn *c, const struct sq_coll *co, const bson_oid_t *id, const bson_t *doc, bool update)
+static int write_row(struct sq_conn *c, const struct store_collection *co, const bson_oid_t *id, const bson_t *doc, bool update)
 {
-	char sql[512];
+	char sql[4096]; /* STORE_COLUMNS_MAX identifiers fit */
 	size_t n = 0;
 	sqlite3_stmt *st;
 	bson_iter_t it;
 	int rc = SQLITE_OK, idx = 1;
 
 	if (update) {
-		n = (size_t)snprintf(sql, sizeof sql, "UPDATE %s SET doc = ?", co->table);
-		for (unsigned i = 0; i < co->ncols; i++)
-			n += (size_t)snprintf(sql + n, sizeof sql - n, ", %s = ?", co->cols[i].col);
+		n = (size_t)snprintf(sql, sizeof sql, "UPDATE %s SET doc = ?", co->name);
+		for (unsigned i = 0; i < co->ncolumns; i++)
+			n += (size_t)snprintf(sql + n, sizeof sql - n, ", %s = ?", co->columns[i].column);
 		snprintf(sql + n, sizeof sql - n, " WHERE id = ?");
 	} else {
-		n = (size_t)snprintf(sql, sizeof sql, "INSERT INTO %s (doc", co->table);
-		for (unsigned i = 0; i < co->ncols; i++)
-			n += (size_t)snprintf(sql + n, sizeof sql - n, ", %s", co->cols[i].col);
+		n = (size_t)snprintf(sql, sizeof sql, "INSERT INTO %s (doc", co->name);
+		for (unsigned i = 0; i < co->ncolumns; i++)
+			n += (size_t)snprintf(sql + n, sizeof sql - n, ", %s", co->columns[i].column);
 		n += (size_t)snprintf(sql + n, sizeof sql - n, ", id) VALUES (?");
-		for (unsigned i = 0; i < co->ncols; i++)
+		for (unsigned i = 0; i < co->ncolumns; i++)
 			n += (size_t)snprintf(sql + n, sizeof sql - n, ", ?");
 		snprintf(sql + n, sizeof sql - n, ", ?)");
 	}
@@ -736,10 +744,10 @@ static int write_row(struct sq_conn *c, const struct sq_coll *co, const bson_oid
 	if (!st)
 		return sqlite3_extended_errcode(c->db);
 	rc = sqlite3_bind_blob(st, idx++, bson_get_data(doc), (int)doc->len, SQLITE_STATIC);
-	for (unsigned i = 0; rc == SQLITE_OK && i < co->ncols; i++) {
+	for (unsigned i = 0; rc == SQLITE_OK && i < co->ncolumns; i++) {
 		struct sq_val v = {.t = SV_NULL};
 
-		if (bson_iter_init_find(&it, doc, co->cols[i].field))
+		if (bson_iter_init_find(&it, doc, co->columns[i].field))
 			v = val_of_iter(&it);
 		rc = bind_val(st, idx++, &v);
 	}
@@ -755,29 +763,37 @@ static int write_row(struct sq_conn *c, const struct sq_coll *co, const bson_oid
 	return rc;
 }
 
-/* Rewrite room_members for room id from doc's members array. */
-static int sync_members(struct sq_conn *c, const bson_oid_t *id, const bson_t *doc)
+/* Rewrite the collection's array mirror for document id from doc's array
+ * (doc NULL: the document is gone). */
+static int sync_mirror(struct sq_conn *c, const struct store_collection *co, const bson_oid_t *id,
+                       const bson_t *doc)
 {
-	sqlite3_stmt *del = stmt_get(c, "DELETE FROM room_members WHERE room_id = ?");
+	const struct store_array_mirror *m = co->mirror;
+	char sql[256];
+	sqlite3_stmt *del;
 	bson_iter_t it, child;
 	int rc;
 
+	snprintf(sql, sizeof sql, "DELETE FROM %s WHERE %s = ?", m->table, m->id_column);
+	del = stmt_get(c, sql);
 	if (!del)
 		return sqlite3_extended_errcode(c->db);
 	rc = bind_id(del, 1, id);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_step(del) == SQLITE_DONE ? SQLITE_OK : sqlite3_extended_errcode(c->db);
 	stmt_done(del);
-	if (rc != SQLITE_OK || !doc || !bson_iter_init_find(&it, doc, "members") || !BSON_ITER_HOLDS_ARRAY(&it) ||
+	if (rc != SQLITE_OK || !doc || !bson_iter_init_find(&it, doc, m->field) || !BSON_ITER_HOLDS_ARRAY(&it) ||
 	    !bson_iter_recurse(&it, &child))
 		return rc;
+	snprintf(sql, sizeof sql, "INSERT OR IGNORE INTO %s (%s, %s) VALUES (?, ?)", m->table, m->value_column,
+	         m->id_column);
 	while (rc == SQLITE_OK && bson_iter_next(&child)) {
 		struct sq_val v = val_of_iter(&child);
 		sqlite3_stmt *ins;
 
 		if (v.t == SV_NULL)
 			continue;
-		ins = stmt_get(c, "INSERT OR IGNORE INTO room_members (member, room_id) VALUES (?, ?)");
+		ins = stmt_get(c, sql);
 		if (!ins)
 			return sqlite3_extended_errcode(c->db);
 		rc = bind_val(ins, 1, &v);
@@ -851,21 +867,21 @@ static enum store_err end_write(struct sq_conn *c, struct store_op *op, int rc, 
 	}
 	err = map_rc(c, rc, what);
 	if (err == STORE_DUPLICATE_KEY)
-		dup_field_of(&colls[op->coll], sqlite3_errmsg(c->db), op->dup_field);
+		dup_field_of(&c->ctx->schema->collections[op->coll], sqlite3_errmsg(c->db), op->dup_field);
 	end_turn(c);
 	return err;
 }
 
 static enum store_err do_insert(struct sq_conn *c, struct store_op *op)
 {
-	const struct sq_coll *co = &colls[op->coll];
+	const struct store_collection *co = &c->ctx->schema->collections[op->coll];
 	int rc = begin_write(c);
 
 	if (rc != SQLITE_OK)
 		return map_rc(c, rc, "begin");
 	rc = write_row(c, co, &op->id, op->result, false);
-	if (rc == SQLITE_OK && co->members)
-		rc = sync_members(c, &op->id, op->result);
+	if (rc == SQLITE_OK && co->mirror)
+		rc = sync_mirror(c, co, &op->id, op->result);
 	return end_write(c, op, rc, "insert");
 }
 
@@ -873,7 +889,7 @@ static enum store_err do_insert(struct sq_conn *c, struct store_op *op)
  * commit (WAL append, locks, page-cache revalidation) is paid once. */
 static enum store_err do_insert_many(struct sq_conn *c, struct store_op *op)
 {
-	const struct sq_coll *co = &colls[op->coll];
+	const struct store_collection *co = &c->ctx->schema->collections[op->coll];
 	int rc = begin_write(c);
 	enum store_err err;
 
@@ -881,8 +897,8 @@ static enum store_err do_insert_many(struct sq_conn *c, struct store_op *op)
 		return map_rc(c, rc, "begin");
 	for (size_t i = 0; rc == SQLITE_OK && i < op->ndocs; i++) {
 		rc = write_row(c, co, &op->batch_ids[i], op->docs[i], false);
-		if (rc == SQLITE_OK && co->members)
-			rc = sync_members(c, &op->batch_ids[i], op->docs[i]);
+		if (rc == SQLITE_OK && co->mirror)
+			rc = sync_mirror(c, co, &op->batch_ids[i], op->docs[i]);
 	}
 	err = end_write(c, op, rc, "insert");
 	if (err == STORE_OK)
@@ -897,7 +913,7 @@ static bson_t *load(struct sq_conn *c, const struct store_op *op, int *rc)
 	sqlite3_stmt *st;
 	bson_t *doc = NULL;
 
-	snprintf(sql, sizeof sql, "SELECT doc FROM %s WHERE id = ?", colls[op->coll].table);
+	snprintf(sql, sizeof sql, "SELECT doc FROM %s WHERE id = ?", c->ctx->schema->collections[op->coll].name);
 	st = stmt_get(c, sql);
 	if (!st) {
 		*rc = sqlite3_extended_errcode(c->db);
@@ -931,7 +947,7 @@ static enum store_err do_find_by_id(struct sq_conn *c, struct store_op *op)
 
 static enum store_err do_update(struct sq_conn *c, struct store_op *op, const struct store_call *call)
 {
-	const struct sq_coll *co = &colls[op->coll];
+	const struct store_collection *co = &c->ctx->schema->collections[op->coll];
 	bson_t *old, updated;
 	int rc = begin_write(c);
 
@@ -944,14 +960,14 @@ static enum store_err do_update(struct sq_conn *c, struct store_op *op, const st
 		bson_destroy(old);
 		bson_destroy(&updated);
 		end_turn(c);
-		log_error(NULL, "store: add-to-set on a field that is not an array", LF_STR("collection", co->table),
+		log_error(NULL, "store: add-to-set on a field that is not an array", LF_STR("collection", co->name),
 		          LF_STR("field", op->push_field));
 		return STORE_INTERNAL;
 	}
 	bson_destroy(old);
 	rc = write_row(c, co, &op->id, &updated, true);
-	if (rc == SQLITE_OK && co->members)
-		rc = sync_members(c, &op->id, &updated);
+	if (rc == SQLITE_OK && co->mirror)
+		rc = sync_mirror(c, co, &op->id, &updated);
 	if (rc == SQLITE_OK) {
 		op->result = bson_copy(&updated);
 		if (!op->result)
@@ -963,14 +979,14 @@ static enum store_err do_update(struct sq_conn *c, struct store_op *op, const st
 
 static enum store_err do_delete(struct sq_conn *c, struct store_op *op)
 {
-	const struct sq_coll *co = &colls[op->coll];
+	const struct store_collection *co = &c->ctx->schema->collections[op->coll];
 	char sql[128];
 	sqlite3_stmt *st;
 	int rc = begin_write(c);
 
 	if (rc != SQLITE_OK)
 		return map_rc(c, rc, "begin");
-	snprintf(sql, sizeof sql, "DELETE FROM %s WHERE id = ?", co->table);
+	snprintf(sql, sizeof sql, "DELETE FROM %s WHERE id = ?", co->name);
 	st = stmt_get(c, sql);
 	if (!st)
 		return end_write(c, op, sqlite3_extended_errcode(c->db), "delete");
@@ -980,8 +996,8 @@ static enum store_err do_delete(struct sq_conn *c, struct store_op *op)
 	if (rc == SQLITE_OK && sqlite3_changes(c->db) == 0)
 		rc = SQLITE_NOTFOUND;
 	stmt_done(st);
-	if (rc == SQLITE_OK && co->members)
-		rc = sync_members(c, &op->id, NULL);
+	if (rc == SQLITE_OK && co->mirror)
+		rc = sync_mirror(c, co, &op->id, NULL);
 	return end_write(c, op, rc, "delete");
 }
 
@@ -989,14 +1005,14 @@ static enum store_err do_delete(struct sq_conn *c, struct store_op *op)
 
 /* The SQL expression for field (a column, or resil_field(doc, ?) whose
  * parameter is the field name). *is_id: the id column (hex text). */
-static const char *field_expr(const struct sq_coll *co, const char *field, bool *is_id)
+static const char *field_expr(const struct store_collection *co, const char *field, bool *is_id)
 {
 	*is_id = strcmp(field, "_id") == 0;
 	if (*is_id)
 		return "id";
-	for (unsigned i = 0; i < co->ncols; i++)
-		if (strcmp(co->cols[i].field, field) == 0)
-			return co->cols[i].col;
+	for (unsigned i = 0; i < co->ncolumns; i++)
+		if (strcmp(co->columns[i].field, field) == 0)
+			return co->columns[i].column;
 	return NULL;
 }
 
@@ -1023,19 +1039,20 @@ static void sb_add(struct sqlbuf *b, const char *fmt, ...)
 		b->n += (size_t)w;
 }
 
-static bool members_cond(const struct sq_coll *co, const struct store_cond *k)
+static bool mirror_cond(const struct store_collection *co, const struct store_cond *k)
 {
-	return co->members && k->op == STORE_CONTAINS && strcmp(k->field, "members") == 0;
+	return co->mirror && k->op == STORE_CONTAINS && strcmp(k->field, co->mirror->field) == 0;
 }
 
-static void cond_sql(struct sqlbuf *b, const struct sq_coll *co, const struct store_cond *k)
+static void cond_sql(struct sqlbuf *b, const struct store_collection *co, const struct store_cond *k)
 {
 	bool is_id;
 	const char *col = field_expr(co, k->field, &is_id);
 	const char *expr = col ? col : "resil_field(doc, ?)";
 
-	if (members_cond(co, k)) {
-		sb_add(b, "id IN (SELECT room_id FROM room_members WHERE member = ?)");
+	if (mirror_cond(co, k)) {
+		sb_add(b, "id IN (SELECT %s FROM %s WHERE %s = ?)", co->mirror->id_column, co->mirror->table,
+		       co->mirror->value_column);
 		return;
 	}
 	switch (k->op) {
@@ -1072,13 +1089,13 @@ static int bind_cmp(sqlite3_stmt *st, int idx, bool is_id, const struct store_va
 	return bind_val(st, idx, &sv);
 }
 
-static int cond_bind(sqlite3_stmt *st, int *idx, const struct sq_coll *co, const struct store_cond *k)
+static int cond_bind(sqlite3_stmt *st, int *idx, const struct store_collection *co, const struct store_cond *k)
 {
 	bool is_id;
 	const char *col = field_expr(co, k->field, &is_id);
 	int rc = SQLITE_OK;
 
-	if (members_cond(co, k))
+	if (mirror_cond(co, k))
 		return bind_cmp(st, (*idx)++, false, &k->v);
 	if (!col)
 		rc = sqlite3_bind_text(st, (*idx)++, k->field, -1, SQLITE_STATIC);
@@ -1093,7 +1110,7 @@ static int cond_bind(sqlite3_stmt *st, int *idx, const struct sq_coll *co, const
 /* Prepare and bind "SELECT <what> FROM t WHERE ... [ORDER/LIMIT]". */
 static sqlite3_stmt *query(struct sq_conn *c, const struct store_op *op, bool count, int64_t limit, int *rcp)
 {
-	const struct sq_coll *co = &colls[op->coll];
+	const struct store_collection *co = &c->ctx->schema->collections[op->coll];
 	const struct store_filter *f = &op->filter;
 	struct sqlbuf b = {.n = 0};
 	const char *dir = f->sort_dir < 0 ? "DESC" : "ASC";
@@ -1102,7 +1119,7 @@ static sqlite3_stmt *query(struct sq_conn *c, const struct store_op *op, bool co
 	sqlite3_stmt *st;
 	int idx = 1, rc = SQLITE_OK;
 
-	sb_add(&b, "SELECT %s FROM %s", count ? "count(*)" : "doc", co->table);
+	sb_add(&b, "SELECT %s FROM %s", count ? "count(*)" : "doc", co->name);
 	for (unsigned i = 0; i < f->n; i++) {
 		sb_add(&b, i ? " AND " : " WHERE ");
 		cond_sql(&b, co, &f->cond[i]);
@@ -1206,10 +1223,42 @@ static enum store_err do_find(struct sq_conn *c, struct store_op *op)
 	return map_rc(c, rc, "find");
 }
 
+/* Prove a write gets through: rewrite user_version with its own value in
+ * a write transaction (one page, one commit). */
+static int write_probe(struct sq_conn *c)
+{
+	char sql[64];
+	int v = 0, rc = begin_write(c);
+
+	if (rc != SQLITE_OK)
+		return rc;
+	rc = user_version(c, &v);
+	if (rc == SQLITE_OK) {
+		snprintf(sql, sizeof sql, "PRAGMA user_version = %d", v);
+		rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+	}
+	if (rc == SQLITE_OK)
+		rc = exec_simple(c, "COMMIT");
+	if (rc != SQLITE_OK)
+		rc = sqlite3_extended_errcode(c->db) ? sqlite3_extended_errcode(c->db) : rc;
+	end_turn(c);
+	return rc;
+}
+
+/* A round trip, then a passive checkpoint (the periodic one that keeps the
+ * WAL short; it never waits for a lock, so BUSY from it means nothing).
+ * On the write lane (where store.c sends the ping while writes fail) the
+ * round trip is a write, so the ping says whether writes heal. */
 static enum store_err do_ping(struct sq_conn *c)
 {
-	int rc = exec_simple(c, "SELECT count(*) FROM sqlite_schema");
+	int rc = c->writer ? write_probe(c) : exec_simple(c, "SELECT count(*) FROM sqlite_schema");
 
+	if (rc == SQLITE_OK) {
+		int crc = sqlite3_wal_checkpoint_v2(c->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+
+		if ((crc & 0xff) != SQLITE_OK && (crc & 0xff) != SQLITE_BUSY && (crc & 0xff) != SQLITE_LOCKED)
+			rc = crc;
+	}
 	return map_rc(c, rc, "ping");
 }
 
@@ -1234,6 +1283,7 @@ static enum store_err sq_exec(void *vctx, void *vconn, struct store_op *op, stru
 	default: err = STORE_INTERNAL; break;
 	}
 	end_turn(c); /* no path leaves a write open, but never hold the turn */
+	call->reopen = c->broken;
 	c->deadline_ms = 0;
 	c->abandoned = NULL;
 	return err;
@@ -1247,4 +1297,5 @@ const struct store_backend store_sqlite_backend = {
     .conn_close = sq_conn_close,
     .setup = sq_setup,
     .exec = sq_exec,
+    .setup_first = true,
 };

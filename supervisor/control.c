@@ -1,13 +1,19 @@
 /* control.c - the control socket of resild: a Unix stream socket (0600,
  * peers checked with SO_PEERCRED: root or resild's own uid) speaking the
- * one-request, one-answer JSON line protocol of ctl_proto.h. Requests are
- * handed to the supervisor (sup_ctl_*), which answers at once or later
- * (reload and restart answer when the rolling replacement is done).
+ * one-request, one-answer JSON line protocol of ctl_proto.h.
+ *
+ * Every answer is rendered here, so the supervisor stays a process-management
+ * state machine that knows no JSON: status and health are built from the
+ * supervisor's read-only view (sup_overview, sup_worker_row, ...) and the
+ * scoreboard; requests that change something are handed to the supervisor
+ * (sup_ctl_*), which answers through ctl_reply_* at once or later (reload
+ * and restart answer when the rolling replacement is done).
  */
 #include "autoconfig.h"
 
 #include "ctl_proto.h"
 #include "log.h"
+#include "scoreboard.h"
 #include "supervisor.h"
 
 #include <errno.h>
@@ -64,7 +70,8 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
 		client_free(c);
 }
 
-void ctl_reply(struct ctl_client *c, const char *json, size_t len)
+/* Send one complete JSON object (one line) and close the client. */
+static void ctl_reply(struct ctl_client *c, const char *json, size_t len)
 {
 	if (!c || c->replied)
 		return;
@@ -80,6 +87,44 @@ void ctl_reply(struct ctl_client *c, const char *json, size_t len)
 	bufferevent_disable(c->bev, EV_READ);
 }
 
+int ctl_defer(struct ctl_client *c)
+{
+	c->deferred = 1;
+	return 0;
+}
+
+/* ---------------------------------------------------------- rendering */
+
+#define GS(g, str) yajl_gen_string(g, (const unsigned char *)(str), strlen(str))
+
+/* A generator with {"ok": true, already open; NULL (and the client told)
+ * when out of memory. */
+static yajl_gen answer_open(struct ctl_client *c)
+{
+	yajl_gen g = yajl_gen_alloc(NULL);
+	if (!g) {
+		ctl_reply(c, "{\"ok\":false,\"error\":\"out of memory\"}", 35);
+		return NULL;
+	}
+	yajl_gen_map_open(g);
+	GS(g, CTL_KEY_OK);
+	yajl_gen_bool(g, 1);
+	return g;
+}
+
+/* Close the answer's object, send it and free g. */
+static void answer_send(struct ctl_client *c, yajl_gen g)
+{
+	const unsigned char *buf;
+	size_t len;
+	yajl_gen_map_close(g);
+	if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok)
+		ctl_reply(c, (const char *)buf, len);
+	else
+		ctl_reply(c, "{\"ok\":false,\"error\":\"internal error\"}", 37);
+	yajl_gen_free(g);
+}
+
 void ctl_reply_error(struct ctl_client *c, const char *message)
 {
 	yajl_gen g = yajl_gen_alloc(NULL);
@@ -88,10 +133,10 @@ void ctl_reply_error(struct ctl_client *c, const char *message)
 		return;
 	}
 	yajl_gen_map_open(g);
-	yajl_gen_string(g, (const unsigned char *)CTL_KEY_OK, strlen(CTL_KEY_OK));
+	GS(g, CTL_KEY_OK);
 	yajl_gen_bool(g, 0);
-	yajl_gen_string(g, (const unsigned char *)CTL_KEY_ERROR, strlen(CTL_KEY_ERROR));
-	yajl_gen_string(g, (const unsigned char *)message, strlen(message));
+	GS(g, CTL_KEY_ERROR);
+	GS(g, message);
 	yajl_gen_map_close(g);
 	const unsigned char *buf;
 	size_t len;
@@ -100,11 +145,222 @@ void ctl_reply_error(struct ctl_client *c, const char *message)
 	yajl_gen_free(g);
 }
 
-int ctl_defer(struct ctl_client *c)
+void ctl_reply_stopping(struct ctl_client *c, pid_t pid)
 {
-	c->deferred = 1;
-	return 0;
+	yajl_gen g = answer_open(c);
+	if (!g)
+		return;
+	GS(g, CTL_KEY_PID);
+	yajl_gen_integer(g, pid);
+	answer_send(c, g);
 }
+
+void ctl_reply_scaled(struct ctl_client *c, int workers)
+{
+	yajl_gen g = answer_open(c);
+	if (!g)
+		return;
+	GS(g, CTL_KEY_WORKERS);
+	yajl_gen_integer(g, workers);
+	answer_send(c, g);
+}
+
+void ctl_reply_reloaded(struct ctl_client *c, unsigned generation)
+{
+	yajl_gen g = answer_open(c);
+	if (!g)
+		return;
+	GS(g, CTL_KEY_GENERATION);
+	yajl_gen_integer(g, generation);
+	answer_send(c, g);
+}
+
+void ctl_reply_restarted(struct ctl_client *c, const int *ids, int n)
+{
+	yajl_gen g = answer_open(c);
+	if (!g)
+		return;
+	GS(g, CTL_KEY_RESTARTED);
+	yajl_gen_array_open(g);
+	for (int i = 0; i < n; i++)
+		yajl_gen_integer(g, ids[i]);
+	yajl_gen_array_close(g);
+	answer_send(c, g);
+}
+
+/* Database state over the serving workers: one disconnected makes it
+ * "disconnected"; none that has connected yet: "unknown". */
+static const char *db_state(const struct sb_entry *const *e, int n)
+{
+	int conn = 0, disc = 0;
+	for (int i = 0; i < n; i++) {
+		int d = atomic_load(&e[i]->db_state);
+		if (d == SB_DB_CONNECTED)
+			conn++;
+		else if (d == SB_DB_DISCONNECTED)
+			disc++;
+	}
+	return disc ? "disconnected" : conn ? "connected" : "unknown";
+}
+
+/* {"<circuit>": "closed|open|half-open"} over the given entries, each name
+ * once with its worst state (open over half-open over closed). */
+static void gen_circuits(yajl_gen g, const struct sb_entry *const *e, int n)
+{
+	static const char *names[] = {"closed", "open", "half-open"};
+	char seen[SB_MAX_CIRCUITS * 4][16];
+	int worst[SB_MAX_CIRCUITS * 4];
+	int nseen = 0;
+	for (int i = 0; i < n; i++) {
+		int nc = atomic_load(&e[i]->ncircuits);
+		for (int k = 0; k < nc && k < SB_MAX_CIRCUITS; k++) {
+			int st = atomic_load(&e[i]->circuits[k].state);
+			if (st < 0 || st > 2)
+				st = 0;
+			int j;
+			for (j = 0; j < nseen; j++)
+				if (strncmp(seen[j], e[i]->circuits[k].name, 16) == 0)
+					break;
+			if (j == nseen) {
+				if (nseen >= (int)(sizeof(worst) / sizeof(worst[0])))
+					continue;
+				memcpy(seen[nseen], e[i]->circuits[k].name, 16);
+				seen[nseen][15] = '\0';
+				worst[nseen++] = st;
+			} else if (st == 1 || (st == 2 && worst[j] == 0)) {
+				worst[j] = st;
+			}
+		}
+	}
+	yajl_gen_map_open(g);
+	for (int j = 0; j < nseen; j++) {
+		GS(g, seen[j]);
+		GS(g, names[worst[j]]);
+	}
+	yajl_gen_map_close(g);
+}
+
+static void gen_worker(yajl_gen g, const struct sup_worker_row *w)
+{
+	const struct sb_entry *e = w->sbe;
+	yajl_gen_map_open(g);
+	GS(g, "id");
+	yajl_gen_integer(g, w->id);
+	GS(g, "pid");
+	yajl_gen_integer(g, w->pid);
+	GS(g, "state");
+	GS(g, w->state);
+	GS(g, "uptime_s");
+	yajl_gen_integer(g, (long long)w->uptime_s);
+	GS(g, "restarts");
+	yajl_gen_integer(g, w->restarts);
+	GS(g, "cpu_pct");
+	yajl_gen_double(g, (double)((long long)(w->cpu_pct * 10 + 0.5)) / 10.0); /* one decimal */
+	GS(g, "rss_bytes");
+	yajl_gen_integer(g, (long long)w->rss_bytes);
+	GS(g, "requests");
+	yajl_gen_integer(g, e ? (long long)atomic_load(&e->requests) : 0);
+	GS(g, "inflight");
+	yajl_gen_integer(g, e ? (long long)atomic_load(&e->inflight) : 0);
+	GS(g, "websockets");
+	yajl_gen_integer(g, e ? (long long)atomic_load(&e->websockets) : 0);
+	GS(g, "generation");
+	yajl_gen_integer(g, w->generation);
+	GS(g, "circuits");
+	gen_circuits(g, &e, e ? 1 : 0);
+	yajl_gen_map_close(g);
+}
+
+/* status: {"ok", "supervisor": {...}, "workers": [...], "crashes_by_route": {...}} */
+static void render_status(struct ctl_client *c)
+{
+	const struct supervisor *s = c->ctl->sup;
+	const struct sb_entry *serving[SB_MAX_ENTRIES];
+	int nserving = sup_serving_entries(s, serving, SB_MAX_ENTRIES);
+	struct sup_overview o;
+	sup_overview(s, &o);
+	yajl_gen g = answer_open(c);
+	if (!g)
+		return;
+	GS(g, CTL_KEY_SUPERVISOR);
+	yajl_gen_map_open(g);
+	GS(g, "pid");
+	yajl_gen_integer(g, o.pid);
+	GS(g, "uptime_s");
+	yajl_gen_integer(g, (long long)o.uptime_s);
+	GS(g, "listen");
+	GS(g, o.listen);
+	GS(g, "db");
+	GS(g, o.db_kind);
+	GS(g, "db_state");
+	GS(g, db_state(serving, nserving));
+	GS(g, "workers_target");
+	yajl_gen_integer(g, o.workers_target);
+	GS(g, "generation");
+	yajl_gen_integer(g, o.generation);
+	GS(g, "version");
+	GS(g, PACKAGE_VERSION);
+	GS(g, "state");
+	GS(g, o.state);
+	yajl_gen_map_close(g);
+	GS(g, "workers");
+	yajl_gen_array_open(g);
+	struct sup_worker_row w;
+	for (int i = 0; sup_worker_row(s, i, &w) == 0; i++)
+		gen_worker(g, &w);
+	yajl_gen_array_close(g);
+	GS(g, CTL_KEY_CRASHES);
+	yajl_gen_map_open(g);
+	const char *route;
+	unsigned count;
+	for (int i = 0; sup_crash_route(s, i, &route, &count) == 0; i++) {
+		GS(g, route);
+		yajl_gen_integer(g, count);
+	}
+	yajl_gen_map_close(g);
+	answer_send(c, g);
+}
+
+/* health: healthy when every worker is ready and the database connected;
+ * down when none is ready; degraded otherwise. */
+static void render_health(struct ctl_client *c)
+{
+	const struct supervisor *s = c->ctl->sup;
+	const struct sb_entry *serving[SB_MAX_ENTRIES];
+	int nserving = sup_serving_entries(s, serving, SB_MAX_ENTRIES);
+	struct sup_overview o;
+	sup_overview(s, &o);
+	int ready = 0;
+	struct sup_worker_row w;
+	for (int i = 0; sup_worker_row(s, i, &w) == 0; i++)
+		ready += w.ready;
+	const char *db = db_state(serving, nserving);
+	const char *status = ready == 0                                                      ? CTL_HEALTH_DOWN
+	                     : (ready < o.workers_target || strcmp(db, "disconnected") == 0) ? CTL_HEALTH_DEGRADED
+	                                                                                     : CTL_HEALTH_HEALTHY;
+	yajl_gen g = answer_open(c);
+	if (!g)
+		return;
+	GS(g, CTL_KEY_STATUS);
+	GS(g, status);
+	GS(g, CTL_KEY_CHECKS);
+	yajl_gen_map_open(g);
+	GS(g, "database");
+	GS(g, db);
+	GS(g, "workers");
+	yajl_gen_map_open(g);
+	GS(g, "total");
+	yajl_gen_integer(g, o.workers_target);
+	GS(g, "ready");
+	yajl_gen_integer(g, ready);
+	yajl_gen_map_close(g);
+	GS(g, "circuits");
+	gen_circuits(g, serving, nserving);
+	yajl_gen_map_close(g);
+	answer_send(c, g);
+}
+
+/* ----------------------------------------------------------- requests */
 
 static void dispatch(struct ctl_client *c, const char *line)
 {
@@ -121,9 +377,9 @@ static void dispatch(struct ctl_client *c, const char *line)
 	struct supervisor *s = c->ctl->sup;
 	const char *name = cmd && cmd->u.string ? cmd->u.string : "";
 	if (strcmp(name, CTL_CMD_STATUS) == 0) {
-		sup_ctl_status(s, c);
+		render_status(c);
 	} else if (strcmp(name, CTL_CMD_HEALTH) == 0) {
-		sup_ctl_health(s, c);
+		render_health(c);
 	} else if (strcmp(name, CTL_CMD_RELOAD) == 0) {
 		sup_ctl_reload(s, c);
 	} else if (strcmp(name, CTL_CMD_STOP) == 0) {

@@ -1,10 +1,22 @@
-/* supervisor.c - the process table, restart policy, rolling replacement
- * (reload, restart, memory recycle), scaling, shutdown and systemd
- * notifications of resild (see supervisor.h, SPEC section 3).
+/* supervisor.c - the state machine of resild's process table (see
+ * supervisor.h, sup_state.h, SPEC section 3): slots and their processes,
+ * spawning, readiness, exits and the restart policy (backoff, crash window,
+ * errored, fatal start, crash attribution), scaling, shutdown, signals and
+ * reload, the control actions and the read-only view control.c renders,
+ * and main. Rolling replacement (roll.c), the monitoring tick (monitor.c),
+ * the child side of the fork (child.c) and the control socket with all its
+ * JSON (control.c) live beside it.
+ *
+ * What is left here is one unit on purpose: every transition of a slot or
+ * a process (started, ready, draining, exited, crashed, errored, scaled
+ * away, stopped) reads and writes the same few fields, and the restart
+ * policy, scaling and shutdown each decide on all of them together.
+ * Splitting it further would spread one state machine over several files.
  *
  * Everything happens on one libevent loop: signals arrive as events, child
  * exits are reaped on SIGCHLD, a tick every 250 ms checks heartbeats, RSS and
- * CPU. Decisions are logged with worker id, pid and exit status or signal.
+ * CPU. Decisions are logged with the worker id ("worker", the same 0-based
+ * id as resilctl and the process title), pid and exit status or signal.
  *
  * A process table entry has the same index as its scoreboard entry. A
  * logical slot (worker id 0..N-1) points to its serving process and, while
@@ -16,6 +28,7 @@
 
 #include "supervisor.h"
 
+#include "child.h"
 #include "ctl_proto.h"
 #include "listen.h"
 #include "log.h"
@@ -23,113 +36,22 @@
 #include "ratelimit.h"
 #include "scoreboard.h"
 #include "sdnotify.h"
+#include "sup_state.h"
 #include "worker.h"
 #include "bus.h"
 
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
-#include <grp.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <yajl/yajl_gen.h>
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 15000
-#define BACKOFF_RESET_UP_MS 30000
-#define CRASH_WINDOW_MS 60000
-#define CRASH_LIMIT 10 /* more than this many in the window: errored */
-#define TICK_MS 250
-#define MAX_ROUTES 32
-
-enum proc_state { P_NONE = 0, P_STARTING, P_READY, P_DRAINING };
-
-struct proc {
-	int state;
-	pid_t pid;
-	int slot;
-	unsigned generation;
-	uint64_t started_ms; /* monotonic */
-	int ready_fd;
-	struct event *ready_ev;
-	int hung_killed;
-	uint64_t cpu_prev_ticks;
-	uint64_t cpu_prev_ms;
-	double cpu_pct;
-	uint64_t rss;
-};
-
-struct slot {
-	int active;  /* id < target */
-	int proc;    /* serving process, -1 none */
-	int pending; /* replacement starting, -1 none */
-	unsigned restarts;
-	uint64_t crashes[CRASH_LIMIT + 1]; /* ring of recent crash times */
-	int ncrash;
-	uint64_t backoff_ms;
-	int errored;
-	int fatal;
-	struct event *restart_ev;
-	int restart_scheduled;
-};
-
-struct rolling {
-	int active;
-	int is_reload;
-	int slots[SB_MAX_WORKERS];
-	int nslots, pos;
-	int done[SB_MAX_WORKERS];
-	int ndone;
-	struct ctl_client *client;
-	struct event *timeout_ev;
-	int failed;
-};
-
-struct route_count {
-	char route[SB_ROUTE_LEN];
-	unsigned count;
-};
-
-struct supervisor {
-	struct resil_config *cfg; /* current, owned (heap) */
-	int argc;
-	char **argv;
-	struct event_base *base;
-	int listen_fd;
-	char listen_desc[600];
-	struct scoreboard *sb;
-	struct ratelimit *rl; /* shared by all workers: created before any fork */
-	struct bus_hub *hub;  /* WebSocket broadcast between workers (bus.h); NULL: none */
-	struct proc procs[SB_MAX_ENTRIES];
-	struct slot slots[SB_MAX_WORKERS];
-	int target;
-	unsigned generation;
-	struct rolling roll;
-	struct route_count routes[MAX_ROUTES];
-	int nroutes;
-	int stopping;
-	int exit_code;
-	int ever_ready;
-	int notified_ready;
-	uint64_t started_ms;
-	struct event *tick_ev, *kill_ev, *watchdog_ev;
-	struct event *sig_ev[10];
-	struct control *ctl;
-	struct ctl_client *stop_client;
-};
-
-static void spawn(struct supervisor *s, int slot, int replacement);
-static void roll_next(struct supervisor *s);
-static void roll_finish(struct supervisor *s, const char *error);
 static void maybe_finish_shutdown(struct supervisor *s);
 
 static uint64_t mono_ms(void)
@@ -165,7 +87,7 @@ static void describe_status(int status, char *out, size_t len)
 		snprintf(out, len, "status %d", status);
 }
 
-static void notify_status(struct supervisor *s)
+void notify_status(struct supervisor *s)
 {
 	if (!sdn_enabled())
 		return;
@@ -178,110 +100,8 @@ static void notify_status(struct supervisor *s)
 
 /* ----------------------------------------------------------- spawning */
 
-static void close_fds_except(const int *keep, int nkeep)
-{
-	/* keep is small; close every other descriptor above 2. */
-	int sorted[8];
-	int n = 0;
-	for (int i = 0; i < nkeep && n < 8; i++)
-		if (keep[i] > 2)
-			sorted[n++] = keep[i];
-	for (int i = 0; i < n; i++)
-		for (int j = i + 1; j < n; j++)
-			if (sorted[j] < sorted[i]) {
-				int t = sorted[i];
-				sorted[i] = sorted[j];
-				sorted[j] = t;
-			}
-	unsigned lo = 3;
-	for (int i = 0; i < n; i++) {
-		if ((unsigned)sorted[i] > lo)
-			syscall(SYS_close_range, lo, (unsigned)sorted[i] - 1, 0);
-		lo = (unsigned)sorted[i] + 1;
-	}
-	syscall(SYS_close_range, lo, ~0u, 0);
-}
-
-static int drop_privileges(const struct resil_config *cfg)
-{
-	if (!cfg->user[0] && !cfg->group[0])
-		return 0;
-	gid_t gid = getgid();
-	uid_t uid = getuid();
-	struct passwd *pw = NULL;
-	if (cfg->user[0]) {
-		pw = getpwnam(cfg->user);
-		if (!pw) {
-			log_error(NULL, "user: no such user", LF_STR("user", cfg->user));
-			return -1;
-		}
-		uid = pw->pw_uid;
-		gid = pw->pw_gid;
-	}
-	if (cfg->group[0]) {
-		struct group *gr = getgrnam(cfg->group);
-		if (!gr) {
-			log_error(NULL, "group: no such group", LF_STR("group", cfg->group));
-			return -1;
-		}
-		gid = gr->gr_gid;
-	}
-	if (setgid(gid) < 0 || (pw && initgroups(pw->pw_name, gid) < 0) || (!pw && setgroups(0, NULL) < 0 && errno != EPERM) ||
-	    setuid(uid) < 0) {
-		log_error(NULL, "cannot drop privileges", LF_STR("error", strerror(errno)));
-		return -1;
-	}
-	return 0;
-}
-
 static const int sup_signals[] = {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU, SIGCHLD};
 #define NSUPSIG (sizeof(sup_signals) / sizeof(sup_signals[0]))
-
-static void child_main(struct supervisor *s, int idx, int ready_wr, int bus_fd)
-{
-	struct proc *p = &s->procs[idx];
-	/* Undo the supervisor's signal handling before anything else: the
-	 * inherited handlers would write into the supervisor's signal pipe. */
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = SIG_DFL;
-	for (size_t i = 0; i < NSUPSIG; i++)
-		sigaction(sup_signals[i], &sa, NULL);
-	sigset_t none;
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL);
-	/* Drop the supervisor's loop: while it exists libevent counts it as the
-	 * owner of signals, and the worker's own signal events make it print a
-	 * non-JSON warning on stderr. event_reinit() first detaches the base
-	 * from the epoll instance and signal pipe shared with the supervisor,
-	 * so freeing it cannot unregister the supervisor's descriptors. */
-	if (event_reinit(s->base) == 0) {
-		event_base_free(s->base);
-		s->base = NULL;
-	}
-	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
-	int keep[4] = {s->listen_fd, ready_wr, log_file_fd(), bus_fd};
-	close_fds_except(keep, 4);
-	if (drop_privileges(s->cfg) < 0)
-		_exit(WORKER_EXIT_FATAL);
-	char title[64];
-	snprintf(title, sizeof(title), "resild: worker %d (gen %u)", p->slot, p->generation);
-	proctitle_set(title);
-	struct worker_opts wo = {
-		.cfg = s->cfg,
-		.listen_fd = s->listen_fd,
-		.id = p->slot,
-		.generation = p->generation,
-		.sb = s->sb,
-		.sb_index = idx,
-		.rl = s->rl,
-		.ready_fd = ready_wr,
-		.bus_fd = bus_fd,
-	};
-	int rc = worker_run(&wo);
-	log_flush();
-	_exit(rc);
-}
 
 static void ready_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -301,12 +121,12 @@ static void proc_clear(struct supervisor *s, int idx)
 	sb_release(s->sb, idx);
 }
 
-static void spawn(struct supervisor *s, int slot, int replacement)
+void spawn(struct supervisor *s, int slot, int replacement)
 {
 	struct slot *sl = &s->slots[slot];
 	int idx = sb_claim(s->sb, slot, s->generation);
 	if (idx < 0) {
-		log_error(NULL, "no free scoreboard entry for a new worker", LF_INT("workerId", slot));
+		log_error(NULL, "no free scoreboard entry for a new worker", LF_INT("worker", slot));
 		return;
 	}
 	int pfd[2];
@@ -325,13 +145,13 @@ static void spawn(struct supervisor *s, int slot, int replacement)
 	int bus_fd = -1;
 	if (s->hub && bus_hub_attach(s->hub, idx, &bus_fd) < 0) {
 		log_warn(NULL, "cannot create the broadcast bus: websocket broadcasts stay inside this worker",
-		         LF_STR("error", strerror(errno)), LF_INT("workerId", slot));
+		         LF_STR("error", strerror(errno)), LF_INT("worker", slot));
 		bus_fd = -1;
 	}
 	log_flush();
 	pid_t pid = fork();
 	if (pid < 0) {
-		log_error(NULL, "fork failed", LF_STR("error", strerror(errno)), LF_INT("workerId", slot));
+		log_error(NULL, "fork failed", LF_STR("error", strerror(errno)), LF_INT("worker", slot));
 		close(pfd[0]);
 		close(pfd[1]);
 		if (bus_fd >= 0)
@@ -342,7 +162,18 @@ static void spawn(struct supervisor *s, int slot, int replacement)
 	}
 	if (pid == 0) {
 		close(pfd[0]);
-		child_main(s, idx, pfd[1], bus_fd);
+		struct worker_opts wo = {
+			.cfg = s->cfg,
+			.listen_fd = s->listen_fd,
+			.id = slot,
+			.generation = p->generation,
+			.sb = s->sb,
+			.sb_index = idx,
+			.rl = s->rl,
+			.ready_fd = pfd[1],
+			.bus_fd = bus_fd,
+		};
+		child_run(s->base, sup_signals, NSUPSIG, &wo);
 	}
 	close(pfd[1]);
 	if (bus_fd >= 0)
@@ -356,7 +187,7 @@ static void spawn(struct supervisor *s, int slot, int replacement)
 		sl->pending = idx;
 	else
 		sl->proc = idx;
-	log_info(NULL, "worker started", LF_INT("workerId", slot), LF_INT("workerPid", pid),
+	log_info(NULL, "worker started", LF_INT("worker", slot), LF_INT("workerPid", pid),
 	         LF_INT("generation", s->generation), LF_BOOL("replacement", replacement));
 }
 
@@ -376,14 +207,14 @@ static int proc_index_by_pid(struct supervisor *s, pid_t pid)
 	return -1;
 }
 
-static void drain_proc(struct supervisor *s, int idx, const char *why)
+void drain_proc(struct supervisor *s, int idx, const char *why)
 {
 	struct proc *p = &s->procs[idx];
 	if (p->state == P_DRAINING || p->state == P_NONE)
 		return;
 	p->state = P_DRAINING;
 	sb_set_state(&s->sb->entries[idx], SB_DRAINING);
-	log_info(NULL, "draining worker", LF_INT("workerId", p->slot), LF_INT("workerPid", p->pid), LF_STR("reason", why));
+	log_info(NULL, "draining worker", LF_INT("worker", p->slot), LF_INT("workerPid", p->pid), LF_STR("reason", why));
 	kill(p->pid, SIGTERM);
 }
 
@@ -426,7 +257,7 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
 	p->state = P_READY;
 	s->ever_ready = 1;
 	struct slot *sl = &s->slots[p->slot];
-	log_info(NULL, "worker ready", LF_INT("workerId", p->slot), LF_INT("workerPid", p->pid),
+	log_info(NULL, "worker ready", LF_INT("worker", p->slot), LF_INT("workerPid", p->pid),
 	         LF_INT("generation", p->generation), LF_INT("startMs", (int64_t)(mono_ms() - p->started_ms)));
 	if (sl->pending == idx) {
 		/* A rolling replacement is up: retire the old process. */
@@ -512,7 +343,7 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	proc_clear(s, idx);
 
 	if (was_state == P_DRAINING) {
-		log_info(NULL, "worker exited", LF_INT("workerId", slot), LF_INT("workerPid", pid), LF_STR("status", how));
+		log_info(NULL, "worker exited", LF_INT("worker", slot), LF_INT("workerPid", pid), LF_STR("status", how));
 		if (sl->proc == idx)
 			sl->proc = -1;
 		maybe_finish_shutdown(s);
@@ -523,7 +354,7 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 		/* A replacement died before it was ready: keep the old one. */
 		sl->pending = -1;
 		log_error(NULL, "replacement worker exited before it was ready; keeping the old one",
-		          LF_INT("workerId", slot), LF_INT("workerPid", pid), LF_STR("status", how));
+		          LF_INT("worker", slot), LF_INT("workerPid", pid), LF_STR("status", how));
 		if (s->roll.active)
 			roll_finish(s, "a new worker exited before it was ready");
 		maybe_finish_shutdown(s);
@@ -532,14 +363,14 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	if (sl->proc == idx)
 		sl->proc = -1;
 	if (s->stopping) {
-		log_info(NULL, "worker exited", LF_INT("workerId", slot), LF_INT("workerPid", pid), LF_STR("status", how));
+		log_info(NULL, "worker exited", LF_INT("worker", slot), LF_INT("workerPid", pid), LF_STR("status", how));
 		maybe_finish_shutdown(s);
 		return;
 	}
 	if (WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_FATAL) {
 		sl->fatal = 1;
 		sl->errored = 1;
-		log_error(NULL, "worker could not start (fatal); not restarting it", LF_INT("workerId", slot),
+		log_error(NULL, "worker could not start (fatal); not restarting it", LF_INT("worker", slot),
 		          LF_INT("workerPid", pid), LF_STR("status", how), LF_INT("generation", gen));
 		if (!s->ever_ready) {
 			int alive = 0;
@@ -574,12 +405,12 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	if (recent > CRASH_LIMIT) {
 		sl->errored = 1;
 		log_error(NULL, "worker crashed more than 10 times in 60 s; marking it errored (resilctl restart to retry)",
-		          LF_INT("workerId", slot), LF_INT("workerPid", pid), LF_STR("status", how),
+		          LF_INT("worker", slot), LF_INT("workerPid", pid), LF_STR("status", how),
 		          LF_INT("restarts", sl->restarts));
 		notify_status(s);
 		return;
 	}
-	log_error(NULL, hung ? "hung worker killed; restarting" : "worker died; restarting", LF_INT("workerId", slot),
+	log_error(NULL, hung ? "hung worker killed; restarting" : "worker died; restarting", LF_INT("worker", slot),
 	          LF_INT("workerPid", pid), LF_STR("status", how), LF_STR("route", route[0] ? route : NULL),
 	          LF_INT("restartInMs", delay), LF_INT("restarts", sl->restarts), LF_INT("uptimeMs", up));
 	schedule_restart(s, slot, delay);
@@ -595,130 +426,6 @@ static void reap(struct supervisor *s)
 			break;
 		handle_exit(s, pid, status);
 	}
-}
-
-/* ---------------------------------------------------- rolling replace */
-
-static void roll_timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct supervisor *s = arg;
-	(void)fd;
-	(void)what;
-	if (!s->roll.active || s->roll.pos >= s->roll.nslots)
-		return;
-	int slot = s->roll.slots[s->roll.pos];
-	struct slot *sl = &s->slots[slot];
-	if (sl->pending >= 0) {
-		struct proc *p = &s->procs[sl->pending];
-		log_error(NULL, "new worker not ready within the listen timeout; killing it and keeping the old one",
-		          LF_INT("workerId", slot), LF_INT("workerPid", p->pid));
-		p->state = P_DRAINING; /* its exit is expected now */
-		kill(p->pid, SIGKILL);
-		sl->pending = -1;
-	}
-	roll_finish(s, "a new worker did not become ready in time");
-}
-
-static void roll_reply(struct supervisor *s, const char *error)
-{
-	struct ctl_client *c = s->roll.client;
-	s->roll.client = NULL;
-	if (!c)
-		return;
-	if (error) {
-		ctl_reply_error(c, error);
-		return;
-	}
-	char buf[4096];
-	size_t n;
-	if (s->roll.is_reload) {
-		n = (size_t)snprintf(buf, sizeof(buf), "{\"ok\":true,\"generation\":%u}", s->generation);
-	} else {
-		n = (size_t)snprintf(buf, sizeof(buf), "{\"ok\":true,\"restarted\":[");
-		for (int i = 0; i < s->roll.ndone && n < sizeof(buf) - 16; i++)
-			n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s%d", i ? "," : "", s->roll.done[i]);
-		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "]}");
-	}
-	ctl_reply(c, buf, n);
-}
-
-static void roll_finish(struct supervisor *s, const char *error)
-{
-	if (!s->roll.active)
-		return;
-	if (s->roll.timeout_ev)
-		evtimer_del(s->roll.timeout_ev);
-	if (error)
-		log_error(NULL, s->roll.is_reload ? "reload failed" : "restart failed", LF_STR("error", error));
-	else
-		log_info(NULL, s->roll.is_reload ? "reload complete" : "restart complete", LF_INT("generation", s->generation),
-		         LF_INT("workers", s->roll.ndone));
-	if (s->roll.is_reload && sdn_enabled())
-		sdn_send("READY=1");
-	roll_reply(s, error);
-	s->roll.active = 0;
-	notify_status(s);
-}
-
-static void roll_next(struct supervisor *s)
-{
-	while (s->roll.pos < s->roll.nslots) {
-		int slot = s->roll.slots[s->roll.pos];
-		struct slot *sl = &s->slots[slot];
-		if (!sl->active) {
-			s->roll.pos++;
-			continue;
-		}
-		if (sl->proc < 0 || sl->errored) {
-			/* Nothing serving (errored or waiting for a restart): start
-			 * fresh instead of replacing. */
-			sl->errored = 0;
-			sl->fatal = 0;
-			sl->ncrash = 0;
-			sl->backoff_ms = 0;
-			if (sl->restart_scheduled) {
-				evtimer_del(sl->restart_ev);
-				sl->restart_scheduled = 0;
-			}
-		}
-		spawn(s, slot, 1);
-		if (sl->pending < 0) {
-			roll_finish(s, "cannot start a new worker");
-			return;
-		}
-		struct timeval tv = {(time_t)(s->cfg->listen_timeout_ms / 1000),
-		                     (suseconds_t)((s->cfg->listen_timeout_ms % 1000) * 1000)};
-		evtimer_add(s->roll.timeout_ev, &tv);
-		return;
-	}
-	roll_finish(s, NULL);
-}
-
-/* Start a rolling replacement of the given slots (all when n < 0). */
-static int roll_start(struct supervisor *s, int is_reload, const int *slots, int n, struct ctl_client *c)
-{
-	if (s->roll.active)
-		return -1;
-	memset(s->roll.slots, 0, sizeof(s->roll.slots));
-	s->roll.active = 1;
-	s->roll.is_reload = is_reload;
-	s->roll.pos = 0;
-	s->roll.ndone = 0;
-	s->roll.client = c;
-	s->roll.nslots = 0;
-	if (n < 0) {
-		for (int i = 0; i < s->target; i++)
-			s->roll.slots[s->roll.nslots++] = i;
-	} else {
-		for (int i = 0; i < n; i++)
-			s->roll.slots[s->roll.nslots++] = slots[i];
-	}
-	s->generation++;
-	atomic_store(&s->sb->hdr.generation, s->generation);
-	if (is_reload && sdn_enabled())
-		sdn_send("RELOADING=1");
-	roll_next(s);
-	return 0;
 }
 
 /* ------------------------------------------------------------ scaling */
@@ -805,7 +512,8 @@ static void begin_shutdown(struct supervisor *s, int immediate)
 	/* Stop accepting at once, in every process: the listening socket is
 	 * shared with the workers, and shutting it down (not just closing our
 	 * descriptor) takes it out of the listen state, so a new connection is
-	 * refused instead of waiting in a backlog nobody will accept from. */
+	 * refused instead of waiting in a backlog nobody will accept from.
+	 * (A binary upgrade that hands the socket on must not come here.) */
 	if (s->listen_fd >= 0 && shutdown(s->listen_fd, SHUT_RD) < 0 && errno != ENOTCONN)
 		log_warn(NULL, "cannot shut the listening socket down", LF_STR("error", strerror(errno)));
 	log_info(NULL, immediate ? "immediate shutdown" : "graceful shutdown", LF_INT("workers", s->target),
@@ -834,94 +542,6 @@ static void begin_shutdown(struct supervisor *s, int immediate)
 	struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000)};
 	evtimer_add(s->kill_ev, &tv);
 	maybe_finish_shutdown(s);
-}
-
-/* --------------------------------------------------------------- tick */
-
-static int read_proc_stat(pid_t pid, uint64_t *ticks, uint64_t *rss)
-{
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = '\0';
-	char *p = strrchr(buf, ')');
-	if (!p)
-		return -1;
-	/* Fields after the command: state(3) ... utime(14) stime(15) ... rss(24). */
-	unsigned long long ut = 0, st = 0;
-	long long rs = 0;
-	int field = 2;
-	char *save = NULL;
-	for (char *tok = strtok_r(p + 1, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
-		field++;
-		if (field == 14)
-			ut = strtoull(tok, NULL, 10);
-		else if (field == 15)
-			st = strtoull(tok, NULL, 10);
-		else if (field == 24) {
-			rs = strtoll(tok, NULL, 10);
-			break;
-		}
-	}
-	*ticks = ut + st;
-	*rss = rs > 0 ? (uint64_t)rs * (uint64_t)sysconf(_SC_PAGESIZE) : 0;
-	return 0;
-}
-
-static void tick_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct supervisor *s = arg;
-	(void)fd;
-	(void)what;
-	uint64_t now = mono_ms();
-	long hz = sysconf(_SC_CLK_TCK);
-	for (int i = 0; i < SB_MAX_ENTRIES; i++) {
-		struct proc *p = &s->procs[i];
-		if (p->state == P_NONE)
-			continue;
-		uint64_t ticks = 0, rss = 0;
-		if (read_proc_stat(p->pid, &ticks, &rss) == 0) {
-			if (p->cpu_prev_ms && now > p->cpu_prev_ms && hz > 0)
-				p->cpu_pct = (double)(ticks - p->cpu_prev_ticks) * 1000.0 * 100.0 / (double)hz /
-				             (double)(now - p->cpu_prev_ms);
-			p->cpu_prev_ticks = ticks;
-			p->cpu_prev_ms = now;
-			p->rss = rss;
-		}
-		if (s->stopping)
-			continue;
-		uint64_t hb = atomic_load(&s->sb->entries[i].heartbeat_ms);
-		if ((p->state == P_READY || p->state == P_DRAINING) && !p->hung_killed && now > hb &&
-		    (int64_t)(now - hb) > s->cfg->worker_timeout_ms) {
-			log_error(NULL, "worker heartbeat too old; killing it", LF_INT("workerId", p->slot),
-			          LF_INT("workerPid", p->pid), LF_INT("heartbeatAgeMs", now - hb),
-			          LF_INT("timeoutMs", s->cfg->worker_timeout_ms));
-			p->hung_killed = 1;
-			kill(p->pid, SIGKILL);
-			continue;
-		}
-		if (s->cfg->max_memory > 0 && p->state == P_READY && rss > (uint64_t)s->cfg->max_memory && !s->roll.active &&
-		    s->slots[p->slot].proc == i && s->slots[p->slot].pending < 0) {
-			log_warn(NULL, "worker over the memory limit; recycling it gracefully", LF_INT("workerId", p->slot),
-			         LF_INT("workerPid", p->pid), LF_INT("rssBytes", rss), LF_INT("maxMemory", s->cfg->max_memory));
-			int slot = p->slot;
-			roll_start(s, 0, &slot, 1, NULL);
-		}
-	}
-}
-
-static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	(void)arg;
-	sdn_send("WATCHDOG=1");
 }
 
 /* ------------------------------------------------------------ signals */
@@ -1016,206 +636,64 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 
 /* ------------------------------------------------------------ control */
 
-#define GS(g, str) yajl_gen_string(g, (const unsigned char *)(str), strlen(str))
-
-static void reply_gen(struct ctl_client *c, yajl_gen g)
-{
-	const unsigned char *buf;
-	size_t len;
-	if (yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok)
-		ctl_reply(c, (const char *)buf, len);
-	else
-		ctl_reply_error(c, "internal error");
-	yajl_gen_free(g);
-}
+/* What the control socket shows (control.c renders it, see supervisor.h). */
 
 static const char *db_kind(const struct resil_config *cfg)
 {
 	return strncmp(cfg->db, "mongodb", 7) == 0 ? "mongodb" : "sqlite";
 }
 
-/* Aggregate database state and circuits over serving workers. */
-static const char *db_state_agg(struct supervisor *s)
+void sup_overview(const struct supervisor *s, struct sup_overview *out)
 {
-	int conn = 0, disc = 0;
-	for (int i = 0; i < SB_MAX_ENTRIES; i++) {
-		if (s->procs[i].state != P_READY)
-			continue;
-		int d = atomic_load(&s->sb->entries[i].db_state);
-		if (d == SB_DB_CONNECTED)
-			conn++;
-		else if (d == SB_DB_DISCONNECTED)
-			disc++;
-	}
-	if (disc)
-		return "disconnected";
-	if (conn)
-		return "connected";
-	return "unknown";
+	out->pid = getpid();
+	out->uptime_s = (mono_ms() - s->started_ms) / 1000;
+	out->listen = s->listen_desc;
+	out->db_kind = db_kind(s->cfg);
+	out->workers_target = s->target;
+	out->generation = s->generation;
+	out->state = s->stopping ? "stopping" : s->roll.active ? "reloading" : "running";
 }
 
-static void gen_circuits(struct supervisor *s, yajl_gen g, int only_idx)
+int sup_worker_row(const struct supervisor *s, int id, struct sup_worker_row *out)
 {
-	static const char *names[] = {"closed", "open", "half-open"};
-	char seen[SB_MAX_CIRCUITS * 4][16];
-	int worst[SB_MAX_CIRCUITS * 4];
+	if (id < 0 || id >= s->target)
+		return -1;
+	const struct slot *sl = &s->slots[id];
+	const struct proc *p = sl->proc >= 0 ? &s->procs[sl->proc] : NULL;
+	memset(out, 0, sizeof(*out));
+	out->id = id;
+	out->restarts = sl->restarts;
+	out->state = sl->errored ? "errored" : !p ? "stopped" : p->state == P_STARTING ? "starting"
+	                                                    : p->state == P_DRAINING   ? "draining"
+	                                                                               : "ready";
+	if (!p)
+		return 0;
+	out->pid = p->pid;
+	out->uptime_s = (mono_ms() - p->started_ms) / 1000;
+	out->cpu_pct = p->cpu_pct;
+	out->rss_bytes = p->rss;
+	out->generation = p->generation;
+	out->sbe = &s->sb->entries[sl->proc];
+	out->ready = p->state == P_READY;
+	return 0;
+}
+
+int sup_serving_entries(const struct supervisor *s, const struct sb_entry **out, int max)
+{
 	int n = 0;
-	for (int i = 0; i < SB_MAX_ENTRIES; i++) {
-		if (only_idx >= 0 && i != only_idx)
-			continue;
-		if (s->procs[i].state != P_READY && only_idx < 0)
-			continue;
-		struct sb_entry *e = &s->sb->entries[i];
-		int nc = atomic_load(&e->ncircuits);
-		for (int k = 0; k < nc && k < SB_MAX_CIRCUITS; k++) {
-			int st = atomic_load(&e->circuits[k].state);
-			if (st < 0 || st > 2)
-				st = 0;
-			int j;
-			for (j = 0; j < n; j++)
-				if (strncmp(seen[j], e->circuits[k].name, 16) == 0)
-					break;
-			if (j == n) {
-				if (n >= (int)(sizeof(worst) / sizeof(worst[0])))
-					continue;
-				memcpy(seen[n], e->circuits[k].name, 16);
-				seen[n][15] = '\0';
-				worst[n++] = st;
-			} else if (st == 1 || (st == 2 && worst[j] == 0)) {
-				worst[j] = st;
-			}
-		}
-	}
-	yajl_gen_map_open(g);
-	for (int j = 0; j < n; j++) {
-		GS(g, seen[j]);
-		GS(g, names[worst[j]]);
-	}
-	yajl_gen_map_close(g);
+	for (int i = 0; i < SB_MAX_ENTRIES && n < max; i++)
+		if (s->procs[i].state == P_READY)
+			out[n++] = &s->sb->entries[i];
+	return n;
 }
 
-void sup_ctl_status(struct supervisor *s, struct ctl_client *c)
+int sup_crash_route(const struct supervisor *s, int i, const char **route, unsigned *count)
 {
-	yajl_gen g = yajl_gen_alloc(NULL);
-	if (!g) {
-		ctl_reply_error(c, "out of memory");
-		return;
-	}
-	uint64_t now = mono_ms();
-	yajl_gen_map_open(g);
-	GS(g, "ok");
-	yajl_gen_bool(g, 1);
-	GS(g, "supervisor");
-	yajl_gen_map_open(g);
-	GS(g, "pid");
-	yajl_gen_integer(g, getpid());
-	GS(g, "uptime_s");
-	yajl_gen_integer(g, (long long)((now - s->started_ms) / 1000));
-	GS(g, "listen");
-	GS(g, s->listen_desc);
-	GS(g, "db");
-	GS(g, db_kind(s->cfg));
-	GS(g, "db_state");
-	GS(g, db_state_agg(s));
-	GS(g, "workers_target");
-	yajl_gen_integer(g, s->target);
-	GS(g, "generation");
-	yajl_gen_integer(g, s->generation);
-	GS(g, "version");
-	GS(g, PACKAGE_VERSION);
-	GS(g, "state");
-	GS(g, s->stopping ? "stopping" : s->roll.active ? "reloading" : "running");
-	yajl_gen_map_close(g);
-	GS(g, "workers");
-	yajl_gen_array_open(g);
-	for (int i = 0; i < s->target; i++) {
-		struct slot *sl = &s->slots[i];
-		int idx = sl->proc;
-		struct proc *p = idx >= 0 ? &s->procs[idx] : NULL;
-		struct sb_entry *e = idx >= 0 ? &s->sb->entries[idx] : NULL;
-		const char *state = sl->errored ? "errored" : !p ? "stopped" : p->state == P_STARTING ? "starting"
-		                                            : p->state == P_DRAINING               ? "draining"
-		                                                                                   : "ready";
-		yajl_gen_map_open(g);
-		GS(g, "id");
-		yajl_gen_integer(g, i);
-		GS(g, "pid");
-		yajl_gen_integer(g, p ? p->pid : 0);
-		GS(g, "state");
-		GS(g, state);
-		GS(g, "uptime_s");
-		yajl_gen_integer(g, p ? (long long)((now - p->started_ms) / 1000) : 0);
-		GS(g, "restarts");
-		yajl_gen_integer(g, sl->restarts);
-		GS(g, "cpu_pct");
-		yajl_gen_double(g, p ? (double)((long long)(p->cpu_pct * 10 + 0.5)) / 10.0 : 0.0);
-		GS(g, "rss_bytes");
-		yajl_gen_integer(g, p ? (long long)p->rss : 0);
-		GS(g, "requests");
-		yajl_gen_integer(g, e ? (long long)atomic_load(&e->requests) : 0);
-		GS(g, "inflight");
-		yajl_gen_integer(g, e ? (long long)atomic_load(&e->inflight) : 0);
-		GS(g, "websockets");
-		yajl_gen_integer(g, e ? (long long)atomic_load(&e->websockets) : 0);
-		GS(g, "generation");
-		yajl_gen_integer(g, p ? p->generation : 0);
-		GS(g, "circuits");
-		if (idx >= 0)
-			gen_circuits(s, g, idx);
-		else {
-			yajl_gen_map_open(g);
-			yajl_gen_map_close(g);
-		}
-		yajl_gen_map_close(g);
-	}
-	yajl_gen_array_close(g);
-	GS(g, "crashes_by_route");
-	yajl_gen_map_open(g);
-	for (int i = 0; i < s->nroutes; i++) {
-		GS(g, s->routes[i].route);
-		yajl_gen_integer(g, s->routes[i].count);
-	}
-	yajl_gen_map_close(g);
-	yajl_gen_map_close(g);
-	reply_gen(c, g);
-}
-
-void sup_ctl_health(struct supervisor *s, struct ctl_client *c)
-{
-	yajl_gen g = yajl_gen_alloc(NULL);
-	if (!g) {
-		ctl_reply_error(c, "out of memory");
-		return;
-	}
-	int ready = 0;
-	for (int i = 0; i < s->target; i++)
-		if (s->slots[i].proc >= 0 && s->procs[s->slots[i].proc].state == P_READY)
-			ready++;
-	const char *db = db_state_agg(s);
-	const char *status = ready == 0 ? CTL_HEALTH_DOWN
-	                     : (ready < s->target || strcmp(db, "disconnected") == 0) ? CTL_HEALTH_DEGRADED
-	                                                                              : CTL_HEALTH_HEALTHY;
-	yajl_gen_map_open(g);
-	GS(g, "ok");
-	yajl_gen_bool(g, 1);
-	GS(g, "status");
-	GS(g, status);
-	GS(g, "checks");
-	yajl_gen_map_open(g);
-	GS(g, "database");
-	GS(g, db);
-	GS(g, "workers");
-	yajl_gen_map_open(g);
-	GS(g, "total");
-	yajl_gen_integer(g, s->target);
-	GS(g, "ready");
-	yajl_gen_integer(g, ready);
-	yajl_gen_map_close(g);
-	GS(g, "circuits");
-	gen_circuits(s, g, -1);
-	yajl_gen_map_close(g);
-	yajl_gen_map_close(g);
-	reply_gen(c, g);
+	if (i < 0 || i >= s->nroutes)
+		return -1;
+	*route = s->routes[i].route;
+	*count = s->routes[i].count;
+	return 0;
 }
 
 void sup_ctl_restart(struct supervisor *s, struct ctl_client *c, int target)
@@ -1250,9 +728,7 @@ void sup_ctl_reload(struct supervisor *s, struct ctl_client *c)
 
 void sup_ctl_stop(struct supervisor *s, struct ctl_client *c)
 {
-	char buf[64];
-	int n = snprintf(buf, sizeof(buf), "{\"ok\":true,\"pid\":%d}", (int)getpid());
-	ctl_reply(c, buf, (size_t)n);
+	ctl_reply_stopping(c, getpid());
 	begin_shutdown(s, 0);
 }
 
@@ -1267,9 +743,7 @@ void sup_ctl_scale(struct supervisor *s, struct ctl_client *c, int n)
 		return;
 	}
 	scale_to(s, n);
-	char buf[64];
-	int len = snprintf(buf, sizeof(buf), "{\"ok\":true,\"workers\":%d}", n);
-	ctl_reply(c, buf, (size_t)len);
+	ctl_reply_scaled(c, n);
 }
 
 /* --------------------------------------------------------------- main */

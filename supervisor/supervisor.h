@@ -3,41 +3,92 @@
  *
  * The supervisor owns the process table (one logical slot per worker id,
  * each with its serving process and, during a rolling replacement, a
- * starting one), the scoreboard, the restart policy, reloads, shutdown, the
- * control socket and the systemd notifications. It never serves HTTP.
+ * starting one), the scoreboard, the restart policy, reloads, shutdown and
+ * the systemd notifications. It never serves HTTP. The control socket
+ * (control.c) reads its state through the view below and asks for changes
+ * through the sup_ctl_* actions.
  */
 #ifndef RESIL_SUPERVISOR_H
 #define RESIL_SUPERVISOR_H
 
 #include "config.h"
 
+#include <stdint.h>
+#include <sys/types.h>
+
 struct supervisor;
 struct ctl_client;
+struct sb_entry;
 
 /* Run the supervisor until it stops. cfg is the loaded configuration;
  * argc/argv are kept to re-read the configuration on reload. listen_fd is
  * already bound. Returns the process exit status. */
 int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_fd);
 
-/* Used by the control socket (control.c). */
-void sup_ctl_status(struct supervisor *s, struct ctl_client *c);
-void sup_ctl_health(struct supervisor *s, struct ctl_client *c);
+/* ---- The control socket (control.c) ----------------------------------
+ *
+ * control.c owns the socket and every byte of JSON it sends; the supervisor
+ * owns the state. Requests that change something go to the sup_ctl_*
+ * actions, which answer through the ctl_reply_* functions below, at once or
+ * (restart, reload) when the rolling replacement is done. status and health
+ * are rendered by control.c alone from the read-only view that follows. */
+
 void sup_ctl_restart(struct supervisor *s, struct ctl_client *c, int target); /* -1 = all */
 void sup_ctl_reload(struct supervisor *s, struct ctl_client *c);
 void sup_ctl_stop(struct supervisor *s, struct ctl_client *c);
 void sup_ctl_scale(struct supervisor *s, struct ctl_client *c, int n);
 
-/* Control socket server (control.c). */
+/* The supervisor as a whole. Strings point into the supervisor (or are
+ * literals) and stay valid until it next changes state: render at once. */
+struct sup_overview {
+	pid_t pid;
+	uint64_t uptime_s;
+	const char *listen;  /* the bound address, as resolved */
+	const char *db_kind; /* "sqlite" or "mongodb" */
+	int workers_target;
+	unsigned generation;
+	const char *state; /* "running", "reloading" or "stopping" */
+};
+void sup_overview(const struct supervisor *s, struct sup_overview *out);
+
+/* One logical worker (id 0..workers_target-1): its serving process, if any. */
+struct sup_worker_row {
+	int id;
+	pid_t pid;         /* 0: no process */
+	const char *state; /* "starting", "ready", "draining", "stopped" or "errored" */
+	uint64_t uptime_s;
+	unsigned restarts;
+	double cpu_pct;
+	uint64_t rss_bytes;
+	unsigned generation;
+	const struct sb_entry *sbe; /* its scoreboard entry; NULL: no process */
+	int ready;                  /* serving and not draining */
+};
+/* 0, or -1 when id is not below workers_target. */
+int sup_worker_row(const struct supervisor *s, int id, struct sup_worker_row *out);
+
+/* The scoreboard entries of every process that serves now (ready, not
+ * draining), for aggregates; returns how many were stored (at most max). */
+int sup_serving_entries(const struct supervisor *s, const struct sb_entry **out, int max);
+
+/* Entry i of the crashes-by-route table: 0, or -1 past its end. */
+int sup_crash_route(const struct supervisor *s, int i, const char **route, unsigned *count);
+
+/* Control socket server. */
 struct control;
 struct event_base;
 struct control *control_open(struct event_base *base, struct supervisor *s, const char *path, char *err,
                              size_t errlen);
 void control_close(struct control *ctl);
-/* Reply with a complete JSON object (one line) and close the client. A
- * client whose peer went away is released silently. */
-void ctl_reply(struct ctl_client *c, const char *json, size_t len);
+
+/* Answers. Each sends one JSON line and closes the client; a client whose
+ * peer went away is released silently. */
 void ctl_reply_error(struct ctl_client *c, const char *message);
-/* Keep the client waiting for a later reply; returns 0. */
+void ctl_reply_stopping(struct ctl_client *c, pid_t pid);
+void ctl_reply_scaled(struct ctl_client *c, int workers);
+void ctl_reply_reloaded(struct ctl_client *c, unsigned generation);
+void ctl_reply_restarted(struct ctl_client *c, const int *ids, int n);
+/* Keep the client waiting for a later answer; returns 0. */
 int ctl_defer(struct ctl_client *c);
 
 #endif

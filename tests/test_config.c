@@ -490,6 +490,27 @@ START_TEST(test_production_without_secret_fails)
 }
 END_TEST
 
+START_TEST(test_db_sync_defaults_to_full_in_production_and_normal_in_development)
+{
+	struct resil_config c;
+	char err[CONFIG_ERR_MAX];
+
+	ck_assert_int_eq(load(&c, NULL, NULL, err), 0);
+	ck_assert_int_eq(c.db_sync, CONFIG_DB_SYNC_NORMAL);
+	env_set("RESIL_ENV", "production");
+	env_set("RESIL_JWT_SECRET", "0123456789abcdef0123456789abcdef");
+	ck_assert_int_eq(load(&c, NULL, NULL, err), 0);
+	ck_assert_int_eq(c.db_sync, CONFIG_DB_SYNC_FULL);
+	env_set("RESIL_DB_SYNC", "normal");
+	ck_assert_int_eq(load(&c, NULL, NULL, err), 0);
+	ck_assert_int_eq(c.db_sync, CONFIG_DB_SYNC_NORMAL);
+	nfake = 0;
+	env_set("RESIL_DB_SYNC", "fsync");
+	ck_assert_int_eq(load(&c, NULL, NULL, err), -1);
+	ck_assert_str_eq(err, "RESIL_DB_SYNC: invalid value \"fsync\" (expected full or normal)");
+}
+END_TEST
+
 START_TEST(test_short_secret_fails_in_both_environments)
 {
 	struct resil_config c;
@@ -728,7 +749,7 @@ static void print_help(void)
 }
 
 static const char *const env_names[] = {
-	"RESIL_LISTEN", "RESIL_WORKERS", "RESIL_DB", "RESIL_CONTROL", "RESIL_ENV", "RESIL_JWT_SECRET",
+	"RESIL_LISTEN", "RESIL_WORKERS", "RESIL_DB", "RESIL_DB_SYNC", "RESIL_CONTROL", "RESIL_ENV", "RESIL_JWT_SECRET",
 	"RESIL_JWT_EXPIRE", "RESIL_LOG_LEVEL", "RESIL_LOG_FORMAT", "RESIL_LOG_FILE", "RESIL_CORS_ORIGINS",
 	"RESIL_RATE_LIMIT", "RESIL_BODY_LIMIT", "RESIL_SHUTDOWN_TIMEOUT", "RESIL_WORKER_TIMEOUT",
 	"RESIL_MAX_MEMORY", "RESIL_EXTERNAL_API_URL", "RESIL_EXTERNAL_API_KEY", "RESIL_EXTERNAL_API_TIMEOUT",
@@ -889,6 +910,7 @@ static Suite *config_suite(void)
 		{"unreadable file", test_unreadable_file_is_an_error},
 		{"production secret", test_production_without_secret_fails},
 		{"short secret", test_short_secret_fails_in_both_environments},
+		{"db sync", test_db_sync_defaults_to_full_in_production_and_normal_in_development},
 		{"atomic load", test_failed_load_leaves_config_unchanged},
 		{"duration parser", test_duration_parser_accepts_units_and_rejects_overflow},
 		{"size parser", test_size_parser_accepts_units_and_rejects_overflow},

@@ -28,6 +28,7 @@ struct tjob {
 	struct job job;
 	struct gate *gate;
 	atomic_int work_runs;
+	atomic_int ran_lane; /* jobs_thread_lane() inside work() */
 	int done_calls;
 	int status;
 	bool work_off_loop;
@@ -80,6 +81,7 @@ static void tjob_work(struct job *job)
 	struct tjob *t = (struct tjob *)job;
 
 	atomic_fetch_add(&t->work_runs, 1);
+	atomic_store(&t->ran_lane, jobs_thread_lane());
 	t->work_off_loop = !pthread_equal(pthread_self(), loop_thread);
 	if (t->gate) {
 		sem_post(&t->gate->started);
@@ -632,6 +634,72 @@ START_TEST(test_jobs_slow_jobs_leave_a_thread_for_quick_ones)
 }
 END_TEST
 
+START_TEST(test_jobs_read_lane_jobs_never_wait_behind_blocked_writes)
+{
+	struct gate g;
+	struct tjob w1, w2, reads[6], slow;
+	struct job_pool *pool = jobs_create_lanes(base, 2, 1, 16, NULL, NULL, NULL);
+
+	ck_assert_ptr_nonnull(pool);
+	ck_assert_int_eq(jobs_thread_lane(), -1);
+	gate_init(&g);
+	/* The only writer blocks; a second write queues behind it. */
+	tjob_init(&w1, &g);
+	tjob_init(&w2, NULL);
+	ck_assert_int_eq(jobs_submit(pool, &w1.job), 0);
+	ck_assert_int_eq(sem_wait(&g.started), 0);
+	ck_assert_int_eq(jobs_submit(pool, &w2.job), 0);
+	/* Reads (and a slow job) submitted after them all complete meanwhile. */
+	for (int i = 0; i < 6; i++) {
+		tjob_init(&reads[i], NULL);
+		reads[i].job.lane = JOB_LANE_READ;
+		ck_assert_int_eq(jobs_submit(pool, &reads[i].job), 0);
+	}
+	tjob_init(&slow, NULL);
+	slow.job.slow = true; /* write lane by default, yet run by a reader */
+	ck_assert_int_eq(jobs_submit(pool, &slow.job), 0);
+	ck_assert(loop_until(&done_total, 7));
+	for (int i = 0; i < 6; i++) {
+		ck_assert_int_eq(reads[i].done_calls, 1);
+		ck_assert_int_eq(atomic_load(&reads[i].ran_lane), JOB_LANE_READ);
+	}
+	ck_assert_int_eq(slow.done_calls, 1);
+	ck_assert_int_eq(atomic_load(&slow.ran_lane), JOB_LANE_READ);
+	ck_assert_int_eq(w1.done_calls + w2.done_calls, 0);
+	ck_assert_int_eq(atomic_load(&w2.work_runs), 0);
+
+	ck_assert_int_eq(sem_post(&g.release), 0);
+	ck_assert(loop_until(&done_total, 9));
+	ck_assert_int_eq(w1.status, JOB_OK);
+	ck_assert_int_eq(w2.status, JOB_OK);
+	ck_assert_int_eq(atomic_load(&w1.ran_lane), JOB_LANE_WRITE);
+	ck_assert_int_eq(atomic_load(&w2.ran_lane), JOB_LANE_WRITE);
+	jobs_free(pool);
+	gate_destroy(&g);
+}
+END_TEST
+
+START_TEST(test_jobs_without_lanes_run_every_job_on_any_thread)
+{
+	struct tjob r, w;
+	struct job_pool *pool = jobs_create(base, 1, 4, NULL, NULL, NULL);
+
+	ck_assert_ptr_nonnull(pool);
+	tjob_init(&r, NULL);
+	tjob_init(&w, NULL);
+	r.job.lane = JOB_LANE_READ;
+	ck_assert_int_eq(jobs_submit(pool, &r.job), 0);
+	ck_assert_int_eq(jobs_submit(pool, &w.job), 0);
+	ck_assert(loop_until(&done_total, 2));
+	/* The single thread may write, so it reports the write lane. */
+	ck_assert_int_eq(atomic_load(&r.ran_lane), JOB_LANE_WRITE);
+	ck_assert_int_eq(atomic_load(&w.ran_lane), JOB_LANE_WRITE);
+	ck_assert_ptr_null(jobs_create_lanes(base, 0, 1, 4, NULL, NULL, NULL));
+	ck_assert_int_eq(errno, EINVAL);
+	jobs_free(pool);
+}
+END_TEST
+
 static void sleepy_work(struct job *job)
 {
 	(void)job;
@@ -691,6 +759,8 @@ static Suite *jobs_suite(void)
 		{"invalid_job", test_jobs_submit_rejects_a_job_without_callbacks},
 		{"free_in_flight", test_jobs_free_cancels_queued_and_finishes_running_jobs_once},
 		{"slow_limit", test_jobs_slow_jobs_leave_a_thread_for_quick_ones},
+		{"lanes", test_jobs_read_lane_jobs_never_wait_behind_blocked_writes},
+		{"no_lanes", test_jobs_without_lanes_run_every_job_on_any_thread},
 		{"loop_latency", test_jobs_slow_work_does_not_delay_loop_timers},
 	};
 

@@ -1,6 +1,7 @@
 /* test_log.c - unit tests for src/log.c: JSON line shape, escaping, UTF-8
  * repair, redaction and masking, level filtering, the log file with
- * logrotate-style reopen, the pretty format, and lines from several threads.
+ * logrotate-style reopen, the pretty format, unique keys (a caller's field
+ * never repeats a key already on the line), and lines from several threads.
  * Lines are captured through a non-blocking pipe (log_set_fd) and parsed
  * with yajl so every assertion is about valid JSON. */
 #define _GNU_SOURCE
@@ -518,6 +519,131 @@ START_TEST(test_log_handles_null_message_and_empty_fields)
 }
 END_TEST
 
+/* Fail unless every key of the object is unique (yajl keeps repeats). */
+static void assert_unique_keys(yajl_val v)
+{
+	for (size_t i = 0; i < v->u.object.len; i++)
+		for (size_t j = i + 1; j < v->u.object.len; j++)
+			ck_assert_msg(strcmp(v->u.object.keys[i], v->u.object.keys[j]) != 0, "key %s repeated",
+			              v->u.object.keys[i]);
+}
+
+START_TEST(test_log_renames_a_field_that_collides_with_a_base_key)
+{
+	log_set_worker(0);
+	log_info(NULL, "base wins", LF_INT("worker", 5), LF_STR("message", "caller's"), LF_STR("level", "x"),
+	         LF_INT("pid", 1), LF_STR("timestamp", "t"), LF_INT("port", 80));
+	yajl_val v = next_json();
+	assert_unique_keys(v);
+	ck_assert_int_eq(get_int(v, "worker"), 0);
+	ck_assert_str_eq(get_str(v, "message"), "base wins");
+	ck_assert_str_eq(get_str(v, "level"), "info");
+	ck_assert_int_eq(get_int(v, "pid"), getpid());
+	ck_assert_uint_eq(strlen(get_str(v, "timestamp")), 24);
+	ck_assert_int_eq(get_int(v, "worker_2"), 5);
+	ck_assert_str_eq(get_str(v, "message_2"), "caller's");
+	ck_assert_str_eq(get_str(v, "level_2"), "x");
+	ck_assert_int_eq(get_int(v, "pid_2"), 1);
+	ck_assert_str_eq(get_str(v, "timestamp_2"), "t");
+	ck_assert_int_eq(get_int(v, "port"), 80);
+	ck_assert_uint_eq(v->u.object.len, 11);
+	yajl_tree_free(v);
+
+	/* The request context's keys are base keys too. */
+	struct log_ctx ctx = {.request_id = "req-1", .user_id = "u1"};
+	log_info(&ctx, "ctx wins", LF_STR("requestId", "other"), LF_STR("userId", "u2"), LF_STR("traceId", "t1"));
+	v = next_json();
+	assert_unique_keys(v);
+	ck_assert_str_eq(get_str(v, "requestId"), "req-1");
+	ck_assert_str_eq(get_str(v, "requestId_2"), "other");
+	ck_assert_str_eq(get_str(v, "userId"), "u1");
+	ck_assert_str_eq(get_str(v, "userId_2"), "u2");
+	ck_assert_str_eq(get_str(v, "traceId"), "t1"); /* no trace id in ctx: the caller's stays */
+	yajl_tree_free(v);
+
+	/* Without a worker id (the supervisor) "worker" is the caller's. */
+	log_set_worker(-1);
+	log_info(NULL, "worker started", LF_INT("worker", 3), LF_INT("workerPid", 42));
+	v = next_json();
+	assert_unique_keys(v);
+	ck_assert_int_eq(get_int(v, "worker"), 3);
+	ck_assert_ptr_null(get(v, "worker_2"));
+	yajl_tree_free(v);
+}
+END_TEST
+
+START_TEST(test_log_renames_repeated_caller_keys_and_drops_past_nine)
+{
+	log_info(NULL, "repeats", LF_INT("a", 1), LF_INT("a", 2), LF_INT("a_2", 3), LF_INT("a", 4), LF_STR("a_3", "x"));
+	yajl_val v = next_json();
+	assert_unique_keys(v);
+	ck_assert_int_eq(get_int(v, "a"), 1);
+	ck_assert_int_eq(get_int(v, "a_2"), 2);
+	ck_assert_int_eq(get_int(v, "a_2_2"), 3); /* "a_2" was taken by the rename */
+	ck_assert_int_eq(get_int(v, "a_3"), 4);
+	ck_assert_str_eq(get_str(v, "a_3_2"), "x");
+	yajl_tree_free(v);
+
+	struct log_field f[11];
+	for (int i = 0; i < 11; i++)
+		f[i] = LF_INT("k", i);
+	log_emit(LOG_LVL_INFO, NULL, "eleven", f, 11);
+	v = next_json();
+	assert_unique_keys(v);
+	ck_assert_int_eq(get_int(v, "k"), 0);
+	for (int i = 2; i <= 9; i++) {
+		char key[8];
+		snprintf(key, sizeof(key), "k_%d", i);
+		ck_assert_int_eq(get_int(v, key), i - 1);
+	}
+	ck_assert_uint_eq(v->u.object.len, 5 + 9); /* base keys + k, k_2..k_9; the last two dropped */
+	yajl_tree_free(v);
+
+	/* A NULL key is "" and takes part like any other. */
+	log_info(NULL, "null keys", LF_INT(NULL, 1), LF_INT("", 2));
+	v = next_json();
+	assert_unique_keys(v);
+	ck_assert_int_eq(get_int(v, ""), 1);
+	ck_assert_int_eq(get_int(v, "_2"), 2);
+	yajl_tree_free(v);
+}
+END_TEST
+
+START_TEST(test_log_keeps_keys_unique_in_a_line_of_many_fields)
+{
+	/* More fields than the planner keeps on the stack. */
+	enum { N = 150 };
+	static char keys[N][8];
+	struct log_field f[N];
+	for (int i = 0; i < N; i++) {
+		snprintf(keys[i], sizeof(keys[i]), "f%d", i % 100); /* f0..f49 appear twice */
+		f[i] = LF_INT(keys[i], i);
+	}
+	log_emit(LOG_LVL_INFO, NULL, "many", f, N);
+	yajl_val v = next_json();
+	assert_unique_keys(v);
+	ck_assert_uint_eq(v->u.object.len, 5 + N);
+	ck_assert_int_eq(get_int(v, "f7"), 7);
+	ck_assert_int_eq(get_int(v, "f7_2"), 107);
+	ck_assert_int_eq(get_int(v, "f99"), 99);
+	yajl_tree_free(v);
+}
+END_TEST
+
+START_TEST(test_log_pretty_line_renames_like_json)
+{
+	ck_assert_int_eq(log_init(LOG_LVL_DEBUG, 0, NULL, 4), 0);
+	log_set_fd(pipefd[1]);
+	log_info(NULL, "pretty", LF_INT("worker", 9), LF_INT("n", 1), LF_INT("n", 2));
+	const char *p = drain();
+	ck_assert_int_eq(count_lines(p), 1);
+	ck_assert(strstr(p, "[w4]") != NULL);
+	ck_assert(strstr(p, " \x1b[2mworker_2=\x1b[0m9") != NULL);
+	ck_assert(strstr(p, "\x1b[2mworker=") == NULL);
+	ck_assert(strstr(p, " \x1b[2mn=\x1b[0m1") != NULL && strstr(p, " \x1b[2mn_2=\x1b[0m2") != NULL);
+}
+END_TEST
+
 START_TEST(test_log_pid_follows_fork)
 {
 	log_msg(LOG_LVL_INFO, NULL, "parent");
@@ -604,22 +730,26 @@ static Suite *log_suite(void)
 		const char *name;
 		const TTest *test;
 	} cases[] = {
-		{"json line", test_log_json_line_has_timestamp_level_message_pid_worker},
-		{"worker omitted", test_log_worker_is_omitted_when_minus_one},
-		{"request context", test_log_request_context_and_fields_keep_their_order},
-		{"field types", test_log_field_types_are_written_as_json_types},
-		{"escaping", test_log_escapes_quotes_backslashes_newlines_and_control_chars},
-		{"utf8 repair", test_log_replaces_invalid_utf8_so_the_line_stays_valid_json},
-		{"secret keys", test_log_redacts_every_secret_key_form},
-		{"email masking", test_log_masks_emails_in_message_and_values},
-		{"token masking", test_log_masks_bearer_tokens_and_jwts_in_free_text},
-		{"level filter", test_log_filters_events_below_the_level},
-		{"log file", test_log_file_gets_json_and_reopen_follows_logrotate},
-		{"pretty", test_log_pretty_line_has_message_and_no_secrets_while_file_gets_json},
-		{"truncation", test_log_truncates_huge_values_with_an_ellipsis},
-		{"null message", test_log_handles_null_message_and_empty_fields},
-		{"fork", test_log_pid_follows_fork},
-		{"threads", test_log_lines_from_several_threads_never_interleave},
+	    {"json line", test_log_json_line_has_timestamp_level_message_pid_worker},
+	    {"worker omitted", test_log_worker_is_omitted_when_minus_one},
+	    {"request context", test_log_request_context_and_fields_keep_their_order},
+	    {"field types", test_log_field_types_are_written_as_json_types},
+	    {"escaping", test_log_escapes_quotes_backslashes_newlines_and_control_chars},
+	    {"utf8 repair", test_log_replaces_invalid_utf8_so_the_line_stays_valid_json},
+	    {"secret keys", test_log_redacts_every_secret_key_form},
+	    {"email masking", test_log_masks_emails_in_message_and_values},
+	    {"token masking", test_log_masks_bearer_tokens_and_jwts_in_free_text},
+	    {"level filter", test_log_filters_events_below_the_level},
+	    {"log file", test_log_file_gets_json_and_reopen_follows_logrotate},
+	    {"pretty", test_log_pretty_line_has_message_and_no_secrets_while_file_gets_json},
+	    {"truncation", test_log_truncates_huge_values_with_an_ellipsis},
+	    {"null message", test_log_handles_null_message_and_empty_fields},
+	    {"base key clash", test_log_renames_a_field_that_collides_with_a_base_key},
+	    {"repeated keys", test_log_renames_repeated_caller_keys_and_drops_past_nine},
+	    {"many fields", test_log_keeps_keys_unique_in_a_line_of_many_fields},
+	    {"pretty renames", test_log_pretty_line_renames_like_json},
+	    {"fork", test_log_pid_follows_fork},
+	    {"threads", test_log_lines_from_several_threads_never_interleave},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		TCase *tc = tcase_create(cases[i].name);

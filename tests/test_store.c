@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "../src/log.h"
+#include "../workers/schema.h"
 #include "mongo_double.h"
 
 #define OP_LIMIT_MS 15000
@@ -315,7 +316,7 @@ static void insert_posts(int n, bson_oid_t *ids)
 		if (i % 5 == 0)
 			BSON_APPEND_UTF8(&tags, "1", "five");
 		bson_append_array_end(d, &tags);
-		ids[i] = insert_ok(STORE_POSTS, d);
+		ids[i] = insert_ok(COLL_POSTS, d);
 	}
 }
 
@@ -348,7 +349,7 @@ START_TEST(test_store_insert_returns_document_with_hex_id_and_timestamps)
 	bson_oid_init_from_string(&fake, "000000000000000000000001");
 	BSON_APPEND_OID(d, "_id", &fake); /* ignored: the store chooses ids */
 	BSON_APPEND_DATE_TIME(d, "createdAt", 1);
-	store_op_init(&op, STORE_OP_INSERT, STORE_USERS);
+	store_op_init(&op, STORE_OP_INSERT, COLL_USERS);
 	op.doc = d;
 	before = wall_ms();
 	ck_assert_int_eq(run_op(&op), STORE_OK);
@@ -393,7 +394,7 @@ START_TEST(test_store_insert_many_stores_in_order_and_reports_the_stored_prefix)
 
 	BK_SETUP();
 	bson_oid_init_from_string(&room, "650000000000000000000042");
-	store_op_init(&op, STORE_OP_INSERT_MANY, STORE_MESSAGES);
+	store_op_init(&op, STORE_OP_INSERT_MANY, COLL_MESSAGES);
 	op.nbatch = 5;
 	op.batch = calloc(op.nbatch, sizeof *op.batch);
 	ck_assert_ptr_nonnull(op.batch);
@@ -419,10 +420,10 @@ START_TEST(test_store_insert_many_stores_in_order_and_reports_the_stored_prefix)
 		}
 	}
 	store_op_clear(&op);
-	ck_assert_int_eq(count_where(STORE_MESSAGES, "room", &room), 5);
+	ck_assert_int_eq(count_where(COLL_MESSAGES, "room", &room), 5);
 
 	/* Read back oldest first (createdAt ties break on _id). */
-	store_op_init(&op, STORE_OP_FIND, STORE_MESSAGES);
+	store_op_init(&op, STORE_OP_FIND, COLL_MESSAGES);
 	ck_assert_int_eq(store_filter_oid(&op.filter, "room", STORE_EQ, &room), 0);
 	ck_assert_int_eq(store_filter_sort(&op.filter, "createdAt", 1), 0);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
@@ -435,8 +436,8 @@ START_TEST(test_store_insert_many_stores_in_order_and_reports_the_stored_prefix)
 
 	/* A unique clash in the third document: SQLite stores none of the
 	 * batch (one transaction), MongoDB the two before it. */
-	ck_assert_int_eq(insert(STORE_USERS, user_doc("taken", "taken@example.com"), NULL), STORE_OK);
-	store_op_init(&op, STORE_OP_INSERT_MANY, STORE_USERS);
+	ck_assert_int_eq(insert(COLL_USERS, user_doc("taken", "taken@example.com"), NULL), STORE_OK);
+	store_op_init(&op, STORE_OP_INSERT_MANY, COLL_USERS);
 	op.nbatch = 3;
 	op.batch = calloc(op.nbatch, sizeof *op.batch);
 	ck_assert_ptr_nonnull(op.batch);
@@ -447,11 +448,11 @@ START_TEST(test_store_insert_many_stores_in_order_and_reports_the_stored_prefix)
 	ck_assert_str_eq(op.dup_field, "email");
 	ck_assert(op.ndocs == 0 || op.ndocs == 2);
 	ck_assert_int_eq(op.count, (int64_t)op.ndocs);
-	ck_assert_int_eq(count_where(STORE_USERS, NULL, NULL), 1 + (int64_t)op.ndocs);
+	ck_assert_int_eq(count_where(COLL_USERS, NULL, NULL), 1 + (int64_t)op.ndocs);
 	store_op_clear(&op);
 
 	/* Empty or holed batches are refused at submit. */
-	store_op_init(&op, STORE_OP_INSERT_MANY, STORE_MESSAGES);
+	store_op_init(&op, STORE_OP_INSERT_MANY, COLL_MESSAGES);
 	op.done = on_done;
 	ck_assert_int_eq(store_submit(T.st, &op), -1);
 	op.nbatch = 2;
@@ -470,15 +471,15 @@ START_TEST(test_store_find_by_id_returns_stored_document_or_not_found)
 	bson_t *got = NULL;
 
 	BK_SETUP();
-	id = insert_ok(STORE_USERS, user_doc("bob", "bob@example.com"));
-	ck_assert_int_eq(get(STORE_USERS, &id, &got), STORE_OK);
+	id = insert_ok(COLL_USERS, user_doc("bob", "bob@example.com"));
+	ck_assert_int_eq(get(COLL_USERS, &id, &got), STORE_OK);
 	ck_assert_str_eq(str_field(got, "username"), "bob");
 	ck_assert_int_gt(date_field(got, "createdAt"), 0);
 	bson_destroy(got);
 	bson_oid_init(&missing, NULL);
-	ck_assert_int_eq(get(STORE_USERS, &missing, &got), STORE_NOT_FOUND);
+	ck_assert_int_eq(get(COLL_USERS, &missing, &got), STORE_NOT_FOUND);
 	ck_assert_ptr_null(got);
-	ck_assert_int_eq(get(STORE_POSTS, &id, NULL), STORE_NOT_FOUND); /* collections are separate */
+	ck_assert_int_eq(get(COLL_POSTS, &id, NULL), STORE_NOT_FOUND); /* collections are separate */
 	BK_TEARDOWN();
 }
 END_TEST
@@ -491,13 +492,13 @@ START_TEST(test_store_update_sets_fields_and_bumps_updated_at)
 	int64_t created;
 
 	BK_SETUP();
-	id = insert_ok(STORE_USERS, user_doc("carol", "carol@example.com"));
-	ck_assert_int_eq(get(STORE_USERS, &id, &got), STORE_OK);
+	id = insert_ok(COLL_USERS, user_doc("carol", "carol@example.com"));
+	ck_assert_int_eq(get(COLL_USERS, &id, &got), STORE_OK);
 	created = date_field(got, "createdAt");
 	bson_destroy(got);
 	usleep(5000);
 
-	store_op_init(&op, STORE_OP_UPDATE_BY_ID, STORE_USERS);
+	store_op_init(&op, STORE_OP_UPDATE_BY_ID, COLL_USERS);
 	bson_oid_copy(&id, &op.id);
 	op.doc = bson_new();
 	BSON_APPEND_UTF8(op.doc, "role", "admin");
@@ -511,11 +512,11 @@ START_TEST(test_store_update_sets_fields_and_bumps_updated_at)
 	ck_assert_int_gt(date_field(op.result, "updatedAt"), created);
 	store_op_clear(&op);
 
-	ck_assert_int_eq(get(STORE_USERS, &id, &got), STORE_OK);
+	ck_assert_int_eq(get(COLL_USERS, &id, &got), STORE_OK);
 	ck_assert_str_eq(str_field(got, "role"), "admin");
 	bson_destroy(got);
 
-	store_op_init(&op, STORE_OP_UPDATE_BY_ID, STORE_USERS);
+	store_op_init(&op, STORE_OP_UPDATE_BY_ID, COLL_USERS);
 	bson_oid_init(&missing, NULL);
 	bson_oid_copy(&missing, &op.id);
 	op.doc = bson_new();
@@ -533,11 +534,11 @@ START_TEST(test_store_delete_removes_document_once)
 	bson_oid_t id;
 
 	BK_SETUP();
-	id = insert_ok(STORE_POSTS, bson_new());
-	store_op_init(&op, STORE_OP_DELETE_BY_ID, STORE_POSTS);
+	id = insert_ok(COLL_POSTS, bson_new());
+	store_op_init(&op, STORE_OP_DELETE_BY_ID, COLL_POSTS);
 	bson_oid_copy(&id, &op.id);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
-	ck_assert_int_eq(get(STORE_POSTS, &id, NULL), STORE_NOT_FOUND);
+	ck_assert_int_eq(get(COLL_POSTS, &id, NULL), STORE_NOT_FOUND);
 	ck_assert_int_eq(run_op(&op), STORE_NOT_FOUND);
 	store_op_clear(&op);
 	BK_TEARDOWN();
@@ -549,22 +550,22 @@ START_TEST(test_store_duplicate_email_or_username_rejected_on_insert)
 	struct store_op op;
 
 	BK_SETUP();
-	insert_ok(STORE_USERS, user_doc("dave", "dave@example.com"));
-	store_op_init(&op, STORE_OP_INSERT, STORE_USERS);
+	insert_ok(COLL_USERS, user_doc("dave", "dave@example.com"));
+	store_op_init(&op, STORE_OP_INSERT, COLL_USERS);
 	op.doc = user_doc("dave2", "dave@example.com");
 	ck_assert_int_eq(run_op(&op), STORE_DUPLICATE_KEY);
 	ck_assert_str_eq(op.dup_field, "email");
 	ck_assert_ptr_null(op.result);
 	store_op_clear(&op);
 
-	store_op_init(&op, STORE_OP_INSERT, STORE_USERS);
+	store_op_init(&op, STORE_OP_INSERT, COLL_USERS);
 	op.doc = user_doc("dave", "other@example.com");
 	ck_assert_int_eq(run_op(&op), STORE_DUPLICATE_KEY);
 	ck_assert_str_eq(op.dup_field, "username");
 	store_op_clear(&op);
 
 	/* The same e-mail in another collection is not a conflict. */
-	insert_ok(STORE_PATIENTS, user_doc("dave", "dave@example.com"));
+	insert_ok(COLL_PATIENTS, user_doc("dave", "dave@example.com"));
 	ck_assert_int_eq(store_breaker_state(T.st), BREAKER_CLOSED);
 	BK_TEARDOWN();
 }
@@ -577,10 +578,10 @@ START_TEST(test_store_duplicate_email_or_username_rejected_on_update)
 	bson_t *got = NULL;
 
 	BK_SETUP();
-	a = insert_ok(STORE_USERS, user_doc("erin", "erin@example.com"));
-	b = insert_ok(STORE_USERS, user_doc("frank", "frank@example.com"));
+	a = insert_ok(COLL_USERS, user_doc("erin", "erin@example.com"));
+	b = insert_ok(COLL_USERS, user_doc("frank", "frank@example.com"));
 	(void)a;
-	store_op_init(&op, STORE_OP_UPDATE_BY_ID, STORE_USERS);
+	store_op_init(&op, STORE_OP_UPDATE_BY_ID, COLL_USERS);
 	bson_oid_copy(&b, &op.id);
 	op.doc = bson_new();
 	BSON_APPEND_UTF8(op.doc, "email", "erin@example.com");
@@ -594,7 +595,7 @@ START_TEST(test_store_duplicate_email_or_username_rejected_on_update)
 	ck_assert_str_eq(op.dup_field, "username");
 	store_op_clear(&op);
 
-	ck_assert_int_eq(get(STORE_USERS, &b, &got), STORE_OK);
+	ck_assert_int_eq(get(COLL_USERS, &b, &got), STORE_OK);
 	ck_assert_str_eq(str_field(got, "email"), "frank@example.com");
 	ck_assert_str_eq(str_field(got, "username"), "frank");
 	bson_destroy(got);
@@ -618,7 +619,7 @@ START_TEST(test_store_find_filters_sorts_pages_and_counts)
 	insert_posts(10, ids);
 
 	/* Newest first within a category (createdAt ties break on _id). */
-	store_op_init(&op, STORE_OP_FIND, STORE_POSTS);
+	store_op_init(&op, STORE_OP_FIND, COLL_POSTS);
 	ck_assert_int_eq(store_filter_str(&op.filter, "category", STORE_EQ, "tech"), 0);
 	ck_assert_int_eq(store_filter_sort(&op.filter, "createdAt", -1), 0);
 	ck_assert_uint_eq(find_seqs(&op, s), 5);
@@ -633,40 +634,40 @@ START_TEST(test_store_find_filters_sorts_pages_and_counts)
 	store_op_clear(&op);
 
 	/* Sort on a field without an index, ascending; default order is _id. */
-	store_op_init(&op, STORE_OP_FIND, STORE_POSTS);
+	store_op_init(&op, STORE_OP_FIND, COLL_POSTS);
 	ck_assert_int_eq(store_filter_sort(&op.filter, "seq", -1), 0);
 	store_filter_page(&op.filter, 0, 3);
 	ck_assert_uint_eq(find_seqs(&op, s), 3);
 	ck_assert(s[0] == 9 && s[1] == 8 && s[2] == 7);
 	store_op_clear(&op);
-	store_op_init(&op, STORE_OP_FIND, STORE_POSTS);
+	store_op_init(&op, STORE_OP_FIND, COLL_POSTS);
 	ck_assert_uint_eq(find_seqs(&op, s), 10);
 	for (int i = 0; i < 10; i++)
 		ck_assert_int_eq(s[i], i);
 	store_op_clear(&op);
 
 	/* Integer, boolean, NE (a missing field matches) and IN. */
-	store_op_init(&op, STORE_OP_FIND, STORE_POSTS);
+	store_op_init(&op, STORE_OP_FIND, COLL_POSTS);
 	ck_assert_int_eq(store_filter_int(&op.filter, "seq", STORE_EQ, 7), 0);
 	ck_assert_uint_eq(find_seqs(&op, s), 1);
 	ck_assert_int_eq(s[0], 7);
 	store_op_clear(&op);
-	store_op_init(&op, STORE_OP_FIND, STORE_POSTS);
+	store_op_init(&op, STORE_OP_FIND, COLL_POSTS);
 	ck_assert_int_eq(store_filter_bool(&op.filter, "pinned", STORE_EQ, true), 0);
 	ck_assert_uint_eq(find_seqs(&op, s), 4); /* 0 3 6 9 */
 	store_op_clear(&op);
-	store_op_init(&op, STORE_OP_FIND, STORE_POSTS);
+	store_op_init(&op, STORE_OP_FIND, COLL_POSTS);
 	ck_assert_int_eq(store_filter_bool(&op.filter, "pinned", STORE_NE, true), 0);
 	ck_assert_int_eq(store_filter_str(&op.filter, "category", STORE_NE, "life"), 0);
 	ck_assert_uint_eq(find_seqs(&op, s), 3); /* 2 4 8 */
 	ck_assert(s[0] == 2 && s[1] == 4 && s[2] == 8);
 	store_op_clear(&op);
-	store_op_init(&op, STORE_OP_FIND, STORE_POSTS);
+	store_op_init(&op, STORE_OP_FIND, COLL_POSTS);
 	ck_assert_int_eq(store_filter_in_oids(&op.filter, "_id", (bson_oid_t[]){ids[1], ids[5], ids[9]}, 3), 0);
 	ck_assert_uint_eq(find_seqs(&op, s), 3);
 	ck_assert(s[0] == 1 && s[1] == 5 && s[2] == 9);
 	store_op_clear(&op);
-	store_op_init(&op, STORE_OP_FIND, STORE_POSTS);
+	store_op_init(&op, STORE_OP_FIND, COLL_POSTS);
 	ck_assert_int_eq(store_filter_in_strs(&op.filter, "category", (const char *[]){"life", "none"}, 2), 0);
 	ck_assert_int_eq(store_filter_int(&op.filter, "seq", STORE_NE, 1), 0);
 	ck_assert_int_eq(store_filter_int(&op.filter, "seq", STORE_NE, 3), 0); /* same field twice */
@@ -674,7 +675,7 @@ START_TEST(test_store_find_filters_sorts_pages_and_counts)
 	store_op_clear(&op);
 
 	/* Counts ignore paging. */
-	store_op_init(&op, STORE_OP_COUNT, STORE_POSTS);
+	store_op_init(&op, STORE_OP_COUNT, COLL_POSTS);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_int_eq(op.count, 10);
 	ck_assert_int_eq(store_filter_str(&op.filter, "category", STORE_EQ, "life"), 0);
@@ -682,7 +683,7 @@ START_TEST(test_store_find_filters_sorts_pages_and_counts)
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_int_eq(op.count, 5);
 	store_op_clear(&op);
-	store_op_init(&op, STORE_OP_COUNT, STORE_POSTS);
+	store_op_init(&op, STORE_OP_COUNT, COLL_POSTS);
 	ck_assert_int_eq(store_filter_str(&op.filter, "category", STORE_EQ, "none"), 0);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_int_eq(op.count, 0);
@@ -698,13 +699,13 @@ START_TEST(test_store_find_one_returns_first_match_or_not_found)
 
 	BK_SETUP();
 	insert_posts(6, ids);
-	store_op_init(&op, STORE_OP_FIND_ONE, STORE_POSTS);
+	store_op_init(&op, STORE_OP_FIND_ONE, COLL_POSTS);
 	ck_assert_int_eq(store_filter_str(&op.filter, "category", STORE_EQ, "life"), 0);
 	ck_assert_int_eq(store_filter_sort(&op.filter, "seq", -1), 0);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_int_eq(int_field(op.result, "seq"), 5);
 	store_op_clear(&op);
-	store_op_init(&op, STORE_OP_FIND_ONE, STORE_USERS);
+	store_op_init(&op, STORE_OP_FIND_ONE, COLL_USERS);
 	ck_assert_int_eq(store_filter_str(&op.filter, "email", STORE_EQ, "nobody@example.com"), 0);
 	ck_assert_int_eq(run_op(&op), STORE_NOT_FOUND);
 	ck_assert_ptr_null(op.result);
@@ -732,14 +733,14 @@ START_TEST(test_store_array_contains_and_add_to_set)
 		BSON_APPEND_OID(&arr, "0", &owner);
 		bson_append_array_end(d, &arr);
 		if (i)
-			room2 = insert_ok(STORE_ROOMS, d);
+			room2 = insert_ok(COLL_ROOMS, d);
 		else
-			room1 = insert_ok(STORE_ROOMS, d);
+			room1 = insert_ok(COLL_ROOMS, d);
 	}
 
 	/* guest joins room2, twice: one entry. */
 	for (int k = 0; k < 2; k++) {
-		store_op_init(&op, STORE_OP_UPDATE_BY_ID, STORE_ROOMS);
+		store_op_init(&op, STORE_OP_UPDATE_BY_ID, COLL_ROOMS);
 		bson_oid_copy(&room2, &op.id);
 		ck_assert_int_eq(store_op_add_to_set_oid(&op, "members", &guest), 0);
 		ck_assert_int_eq(run_op(&op), STORE_OK);
@@ -750,24 +751,24 @@ START_TEST(test_store_array_contains_and_add_to_set)
 		store_op_clear(&op);
 	}
 
-	store_op_init(&op, STORE_OP_FIND, STORE_ROOMS);
+	store_op_init(&op, STORE_OP_FIND, COLL_ROOMS);
 	ck_assert_int_eq(store_filter_oid(&op.filter, "members", STORE_CONTAINS, &guest), 0);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_uint_eq(op.ndocs, 1);
 	ck_assert_str_eq(str_field(op.docs[0], "name"), "two");
 	store_op_clear(&op);
-	store_op_init(&op, STORE_OP_COUNT, STORE_ROOMS);
+	store_op_init(&op, STORE_OP_COUNT, COLL_ROOMS);
 	ck_assert_int_eq(store_filter_oid(&op.filter, "members", STORE_CONTAINS, &owner), 0);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_int_eq(op.count, 2);
 	store_op_clear(&op);
 
 	/* Deleting a room removes it from membership queries. */
-	store_op_init(&op, STORE_OP_DELETE_BY_ID, STORE_ROOMS);
+	store_op_init(&op, STORE_OP_DELETE_BY_ID, COLL_ROOMS);
 	bson_oid_copy(&room1, &op.id);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	store_op_clear(&op);
-	store_op_init(&op, STORE_OP_COUNT, STORE_ROOMS);
+	store_op_init(&op, STORE_OP_COUNT, COLL_ROOMS);
 	ck_assert_int_eq(store_filter_oid(&op.filter, "members", STORE_CONTAINS, &owner), 0);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_int_eq(op.count, 1);
@@ -775,18 +776,18 @@ START_TEST(test_store_array_contains_and_add_to_set)
 
 	/* add-to-set creates a missing array; contains on an unindexed array. */
 	insert_posts(10, ids);
-	store_op_init(&op, STORE_OP_UPDATE_BY_ID, STORE_POSTS);
+	store_op_init(&op, STORE_OP_UPDATE_BY_ID, COLL_POSTS);
 	bson_oid_copy(&ids[3], &op.id);
 	ck_assert_int_eq(store_op_add_to_set_str(&op, "likes", "u1"), 0);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	store_op_clear(&op);
-	store_op_init(&op, STORE_OP_FIND, STORE_POSTS);
+	store_op_init(&op, STORE_OP_FIND, COLL_POSTS);
 	ck_assert_int_eq(store_filter_str(&op.filter, "likes", STORE_CONTAINS, "u1"), 0);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_uint_eq(op.ndocs, 1);
 	ck_assert_int_eq(int_field(op.docs[0], "seq"), 3);
 	store_op_clear(&op);
-	store_op_init(&op, STORE_OP_COUNT, STORE_POSTS);
+	store_op_init(&op, STORE_OP_COUNT, COLL_POSTS);
 	ck_assert_int_eq(store_filter_str(&op.filter, "tags", STORE_CONTAINS, "five"), 0);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_int_eq(op.count, 2);
@@ -800,9 +801,9 @@ START_TEST(test_store_values_are_never_operators)
 	struct store_op op;
 
 	BK_SETUP();
-	insert_ok(STORE_USERS, user_doc("gina", "gina@example.com"));
+	insert_ok(COLL_USERS, user_doc("gina", "gina@example.com"));
 	/* A string that looks like an operator is only a string. */
-	store_op_init(&op, STORE_OP_FIND, STORE_USERS);
+	store_op_init(&op, STORE_OP_FIND, COLL_USERS);
 	ck_assert_int_eq(store_filter_str(&op.filter, "email", STORE_EQ, "{\"$gt\": \"\"}"), 0);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_uint_eq(op.ndocs, 0);
@@ -813,7 +814,7 @@ START_TEST(test_store_values_are_never_operators)
 	ck_assert_int_eq(store_filter_str(&op.filter, "", STORE_EQ, "1"), -1);
 	ck_assert_uint_eq(op.filter.n, 0);
 	/* Documents with operator keys are refused before the database. */
-	store_op_init(&op, STORE_OP_INSERT, STORE_USERS);
+	store_op_init(&op, STORE_OP_INSERT, COLL_USERS);
 	op.doc = bson_new();
 	BSON_APPEND_UTF8(op.doc, "$where", "1");
 	ck_assert_int_eq(run_op(&op), STORE_INTERNAL);
@@ -828,7 +829,7 @@ START_TEST(test_store_ping_marks_database_connected)
 	struct breaker_stats bs;
 
 	BK_SETUP();
-	store_op_init(&op, STORE_OP_PING, STORE_USERS);
+	store_op_init(&op, STORE_OP_PING, COLL_USERS);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_int_eq(store_db_state(T.st), 1);
 	ck_assert_int_eq(store_breaker_state(T.st), BREAKER_CLOSED);
@@ -845,13 +846,13 @@ START_TEST(test_store_exec_runs_on_the_calling_thread)
 	bson_oid_t id;
 
 	BK_SETUP();
-	store_op_init(&op, STORE_OP_INSERT, STORE_USERS);
+	store_op_init(&op, STORE_OP_INSERT, COLL_USERS);
 	op.doc = user_doc("hank", "hank@example.com");
 	ck_assert_int_eq(store_exec(T.st, &op), STORE_OK);
 	bson_oid_copy(&op.id, &id);
 	store_op_clear(&op);
-	ck_assert_int_eq(get(STORE_USERS, &id, NULL), STORE_OK);
-	store_op_init(&op, STORE_OP_FIND_BY_ID, STORE_USERS);
+	ck_assert_int_eq(get(COLL_USERS, &id, NULL), STORE_OK);
+	store_op_init(&op, STORE_OP_FIND_BY_ID, COLL_USERS);
 	bson_oid_copy(&id, &op.id);
 	ck_assert_int_eq(store_exec(T.st, &op), STORE_OK);
 	ck_assert_str_eq(str_field(op.result, "username"), "hank");
@@ -866,7 +867,7 @@ START_TEST(test_store_expired_deadline_times_out_without_running)
 	struct waiter w = {0};
 
 	BK_SETUP();
-	store_op_init(&op, STORE_OP_INSERT, STORE_USERS);
+	store_op_init(&op, STORE_OP_INSERT, COLL_USERS);
 	op.doc = user_doc("ivy", "ivy@example.com");
 	op.deadline_ms = now_ms() - 1;
 	op.done = on_done;
@@ -878,7 +879,7 @@ START_TEST(test_store_expired_deadline_times_out_without_running)
 	ck_assert_int_eq(w.err, STORE_TIMEOUT);
 	store_op_clear(&op);
 	/* Nothing was written. */
-	store_op_init(&op, STORE_OP_COUNT, STORE_USERS);
+	store_op_init(&op, STORE_OP_COUNT, COLL_USERS);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	ck_assert_int_eq(op.count, 0);
 	store_op_clear(&op);
@@ -904,7 +905,7 @@ START_TEST(test_store_abandoned_op_is_freed_in_done)
 
 	BK_SETUP();
 	ck_assert_ptr_nonnull(op);
-	store_op_init(op, STORE_OP_INSERT, STORE_POSTS);
+	store_op_init(op, STORE_OP_INSERT, COLL_POSTS);
 	op->doc = bson_new();
 	op->done = free_abandoned;
 	op->user = &freed;
@@ -921,17 +922,17 @@ START_TEST(test_store_submit_rejects_malformed_ops)
 	struct store_op op;
 
 	BK_SETUP();
-	store_op_init(&op, STORE_OP_INSERT, STORE_USERS); /* no document */
+	store_op_init(&op, STORE_OP_INSERT, COLL_USERS); /* no document */
 	op.done = on_done;
 	ck_assert_int_eq(store_submit(T.st, &op), -1);
 	ck_assert_int_eq(errno, EINVAL);
-	store_op_init(&op, 99, STORE_USERS);
+	store_op_init(&op, 99, COLL_USERS);
 	op.done = on_done;
 	ck_assert_int_eq(store_submit(T.st, &op), -1);
-	store_op_init(&op, STORE_OP_PING, STORE_NCOLL);
+	store_op_init(&op, STORE_OP_PING, COLL_COUNT);
 	op.done = on_done;
 	ck_assert_int_eq(store_submit(T.st, &op), -1);
-	store_op_init(&op, STORE_OP_UPDATE_BY_ID, STORE_ROOMS); /* same field set and added */
+	store_op_init(&op, STORE_OP_UPDATE_BY_ID, COLL_ROOMS); /* same field set and added */
 	op.doc = bson_new();
 	BSON_APPEND_UTF8(op.doc, "members", "x");
 	ck_assert_int_eq(store_op_add_to_set_str(&op, "members", "y"), 0);
@@ -951,7 +952,7 @@ START_TEST(test_store_periodic_ping_keeps_database_state)
 	/* Let a couple of 200 ms health pings run through the pool. */
 	loop_until(T.base, &never, 700);
 	ck_assert_int_eq(store_db_state(T.st), 1);
-	store_op_init(&op, STORE_OP_COUNT, STORE_USERS);
+	store_op_init(&op, STORE_OP_COUNT, COLL_USERS);
 	ck_assert_int_eq(run_op(&op), STORE_OK);
 	store_op_clear(&op);
 	BK_TEARDOWN();
@@ -970,14 +971,14 @@ START_TEST(test_sqlite_data_survives_reopen)
 	bson_oid_t id;
 	bson_t *got = NULL;
 
-	id = insert_ok(STORE_USERS, user_doc("jack", "jack@example.com"));
+	id = insert_ok(COLL_USERS, user_doc("jack", "jack@example.com"));
 	store_close(T.st);
 	open_store();
-	ck_assert_int_eq(get(STORE_USERS, &id, &got), STORE_OK);
+	ck_assert_int_eq(get(COLL_USERS, &id, &got), STORE_OK);
 	ck_assert_str_eq(str_field(got, "email"), "jack@example.com");
 	bson_destroy(got);
 	/* Unique indexes survive too. */
-	ck_assert_int_eq(insert(STORE_USERS, user_doc("jack", "x@example.com"), NULL), STORE_DUPLICATE_KEY);
+	ck_assert_int_eq(insert(COLL_USERS, user_doc("jack", "x@example.com"), NULL), STORE_DUPLICATE_KEY);
 	teardown_backend();
 }
 END_TEST
@@ -1065,7 +1066,7 @@ static void writer_child(const char *uri, int n, int tag)
 	loop_thread = pthread_self();
 	memset(w, 0, sizeof w);
 	for (int i = 0; i < 16; i++) {
-		store_op_init(&ops[i], STORE_OP_INSERT, STORE_POSTS);
+		store_op_init(&ops[i], STORE_OP_INSERT, COLL_POSTS);
 		w[i].done = true; /* idle slot */
 	}
 	while (finished < n && jobs_now_ms() < until) {
@@ -1130,7 +1131,7 @@ START_TEST(test_sqlite_concurrent_writer_processes_lose_nothing)
 	}
 	open_store();
 	for (int k = 0; k < 3; k++) {
-		store_op_init(&op, STORE_OP_COUNT, STORE_POSTS);
+		store_op_init(&op, STORE_OP_COUNT, COLL_POSTS);
 		if (k < 2)
 			ck_assert_int_eq(store_filter_int(&op.filter, "writer", STORE_EQ, k), 0);
 		ck_assert_int_eq(run_op(&op), STORE_OK);
@@ -1152,7 +1153,7 @@ static void acked_writer(const char *uri, int fd)
 	if (!st)
 		_exit(2);
 	for (int i = 0; i < 1000000; i++) {
-		store_op_init(&op, STORE_OP_INSERT, STORE_MESSAGES);
+		store_op_init(&op, STORE_OP_INSERT, COLL_MESSAGES);
 		op.doc = bson_new();
 		BSON_APPEND_INT32(op.doc, "n", i);
 		BSON_APPEND_UTF8(op.doc, "content", "a message that is long enough to make a few pages of WAL");
@@ -1214,7 +1215,7 @@ START_TEST(test_sqlite_kill_9_loses_no_acknowledged_write)
 		bson_oid_t id;
 
 		ck_assert_int_eq(store_id_parse(ids[i], 24, &id), 0);
-		rc = get(STORE_MESSAGES, &id, NULL);
+		rc = get(COLL_MESSAGES, &id, NULL);
 		ck_assert_msg(rc == STORE_OK, "acknowledged id %s lost", ids[i]);
 	}
 	query_int(T.path, "PRAGMA integrity_check", check, sizeof check);
@@ -1262,8 +1263,8 @@ START_TEST(test_store_filter_builders_validate_and_own_their_values)
 		ck_assert_int_eq(store_id_parse("0123456789abcdef0123456z", 24, &id), -1);
 	}
 	ck_assert_str_eq(store_err_name(STORE_CIRCUIT_OPEN), "CIRCUIT_OPEN");
-	ck_assert_str_eq(store_coll_name(STORE_MESSAGES), "messages");
-	ck_assert_ptr_null(store_coll_name(STORE_NCOLL));
+	ck_assert_str_eq(store_coll_name(COLL_MESSAGES), "messages");
+	ck_assert_ptr_null(store_coll_name(COLL_COUNT));
 }
 END_TEST
 
@@ -1326,6 +1327,7 @@ int main(void)
 	int failed, md_failed = 0;
 	const char *real = getenv("RESIL_TEST_MONGODB_URI");
 
+	store_register_schema(&app_schema);
 	log_init(LOG_LVL_ERROR, 0, NULL, -1);
 	mongoc_init();
 	avail[navail++] = BK_SQLITE;

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "../src/log.h"
+#include "../workers/schema.h"
 #include "mongo_double.h"
 
 #define SST_MS 1000
@@ -59,6 +60,7 @@ static void on_change(void *ud, const char *name, int from, int to)
 static void open_store(uint64_t reset_ms, unsigned max_inflight)
 {
 	struct store_opts o = {.pool_size = 4,
+	                       .write_threads = 1,
 	                       .breaker_reset_ms = reset_ms,
 	                       .max_inflight = max_inflight,
 	                       .socket_timeout_ms = 10000,
@@ -157,7 +159,7 @@ static enum store_err run(struct store_op *op, uint64_t deadline_in_ms)
 
 static void post_op(struct store_op *op, int seq)
 {
-	store_op_init(op, STORE_OP_INSERT, STORE_POSTS);
+	store_op_init(op, STORE_OP_INSERT, COLL_POSTS);
 	op->doc = bson_new();
 	BSON_APPEND_INT32(op->doc, "seq", seq);
 }
@@ -172,7 +174,7 @@ static void break_circuit(void)
 	cmd("stop");
 	while (store_breaker_state(T.st) != BREAKER_OPEN && rounds++ < 5) {
 		for (int i = 0; i < 4; i++) {
-			store_op_init(&ops[i], STORE_OP_PING, STORE_USERS);
+			store_op_init(&ops[i], STORE_OP_PING, COLL_USERS);
 			submit(&ops[i], &w[i], 10000);
 		}
 		ck_assert(loop_until_all(w, 4, 20000));
@@ -274,13 +276,13 @@ START_TEST(test_faults_acknowledged_writes_are_never_lost)
 	ck_assert_int_ge(nacked, 55);
 	cmd("reset");
 	for (int i = 0; i < nacked; i++) {
-		store_op_init(&op, STORE_OP_FIND_BY_ID, STORE_POSTS);
+		store_op_init(&op, STORE_OP_FIND_BY_ID, COLL_POSTS);
 		bson_oid_copy(&acked[i], &op.id);
 		ck_assert_int_eq(run(&op, 10000), STORE_OK);
 		store_op_clear(&op);
 	}
 	/* Each insert landed at most once. */
-	store_op_init(&op, STORE_OP_COUNT, STORE_POSTS);
+	store_op_init(&op, STORE_OP_COUNT, COLL_POSTS);
 	ck_assert_int_eq(run(&op, 10000), STORE_OK);
 	ck_assert_int_ge(op.count, nacked);
 	ck_assert_int_le(op.count, 60);
@@ -366,11 +368,11 @@ START_TEST(test_faults_deadline_shorter_than_delay_times_out_safely)
 	uint64_t until;
 
 	ck_assert_ptr_nonnull(gone);
-	open_store(60000, 0); /* 4 pool threads */
+	open_store(60000, 0); /* 4 read-lane threads, 1 write-lane thread */
 	cmd("delay 1500");
 
 	/* A result after the deadline is discarded and reported as TIMEOUT. */
-	store_op_init(&op, STORE_OP_FIND, STORE_POSTS);
+	store_op_init(&op, STORE_OP_FIND, COLL_POSTS);
 	submit(&op, &w, 300);
 
 	/* A caller that gives up mid-flight frees the op in done(). */
@@ -382,10 +384,11 @@ START_TEST(test_faults_deadline_shorter_than_delay_times_out_safely)
 	ev = event_new(T.base, -1, 0, abandon_cb, gone);
 	ck_assert_int_eq(event_add(ev, &tv), 0);
 
-	/* Two more slow calls fill the pool; an insert queued behind them
-	 * expires before a thread is free and never reaches the server. */
+	/* Two more slow calls fill the read lane; an insert queued behind
+	 * the first one on the write lane expires before the writer is free
+	 * and never reaches the server. */
 	for (int i = 0; i < 2; i++) {
-		store_op_init(&fill[i], STORE_OP_PING, STORE_USERS);
+		store_op_init(&fill[i], STORE_OP_PING, COLL_USERS);
 		submit(&fill[i], &wf[i], 10000);
 	}
 	post_op(&queued, 777);
@@ -411,7 +414,7 @@ START_TEST(test_faults_deadline_shorter_than_delay_times_out_safely)
 	event_free(ev);
 
 	cmd("delay 0");
-	store_op_init(&op, STORE_OP_COUNT, STORE_POSTS);
+	store_op_init(&op, STORE_OP_COUNT, COLL_POSTS);
 	ck_assert_int_eq(store_filter_int(&op.filter, "seq", STORE_EQ, 777), 0);
 	ck_assert_int_eq(run(&op, 10000), STORE_OK);
 	ck_assert_int_eq(op.count, 0);
@@ -427,7 +430,7 @@ START_TEST(test_faults_full_queue_answers_busy_without_waiting)
 	open_store(60000, 2);
 	cmd("delay 500");
 	for (int i = 0; i < 3; i++) {
-		store_op_init(&ops[i], STORE_OP_PING, STORE_USERS);
+		store_op_init(&ops[i], STORE_OP_PING, COLL_USERS);
 		submit(&ops[i], &w[i], 10000);
 	}
 	ck_assert(loop_until_all(&w[2], 1, 5000));
@@ -459,7 +462,7 @@ START_TEST(test_faults_store_opens_disconnected_and_recovers)
 	/* The deferred index creation ran: uniqueness holds. */
 	sleep_loop(300);
 	for (int i = 0; i < 2; i++) {
-		store_op_init(&op, STORE_OP_INSERT, STORE_USERS);
+		store_op_init(&op, STORE_OP_INSERT, COLL_USERS);
 		op.doc = bson_new();
 		BSON_APPEND_UTF8(op.doc, "email", "same@example.com");
 		BSON_APPEND_UTF8(op.doc, "username", i ? "b" : "a");
@@ -501,6 +504,7 @@ int main(void)
 	SRunner *sr;
 	int failed;
 
+	store_register_schema(&app_schema);
 	log_init(LOG_LVL_ERROR, 0, NULL, -1);
 	mongoc_init();
 	sr = srunner_create(faults_suite());

@@ -136,14 +136,42 @@ static unsigned cache_slot(const char *id)
 	return h % USER_CACHE_SIZE;
 }
 
-static void set_ctx(struct app_ctx *ctx, const struct cached_user *u)
+/* The principal and the document it was loaded from, in the request's arena. */
+struct auth_state {
+	struct principal p;
+	const bson_t *doc; /* valid until the chain next yields (see authmw.h) */
+};
+
+static int set_ctx(struct http_request *req, const struct cached_user *u)
 {
-	ctx->auth_doc = u->doc; /* valid until the chain next yields (see authmw.h) */
-	snprintf(ctx->user_id, sizeof(ctx->user_id), "%s", u->id);
-	snprintf(ctx->username, sizeof(ctx->username), "%s", u->username);
-	snprintf(ctx->email, sizeof(ctx->email), "%s", u->email);
-	snprintf(ctx->role, sizeof(ctx->role), "%s", u->role);
-	ctx->authenticated = 1;
+	struct app_ctx *ctx = app_ctx(req);
+	struct auth_state *as = http_alloc(req, sizeof(*as));
+	if (!as)
+		return -1;
+	memset(as, 0, sizeof(*as));
+	snprintf(as->p.id, sizeof(as->p.id), "%s", u->id);
+	if (store_id_parse(u->id, strlen(u->id), &as->p.oid) < 0)
+		return -1;
+	snprintf(as->p.username, sizeof(as->p.username), "%s", u->username);
+	snprintf(as->p.email, sizeof(as->p.email), "%s", u->email);
+	snprintf(as->p.role, sizeof(as->p.role), "%s", u->role);
+	as->doc = u->doc;
+	ctx->principal = as;
+	ctx->principal_id = as->p.id;
+	return 0;
+}
+
+const struct principal *auth_principal(struct http_request *req)
+{
+	struct app_ctx *ctx = app_ctx(req);
+	const struct auth_state *as = ctx ? ctx->principal : NULL;
+	return as ? &as->p : NULL;
+}
+
+int auth_is_admin(struct http_request *req)
+{
+	const struct principal *me = auth_principal(req);
+	return me && strcmp(me->role, "admin") == 0;
 }
 
 static void user_loaded(struct api_call *c, enum store_err err)
@@ -166,7 +194,7 @@ static void user_loaded(struct api_call *c, enum store_err err)
 	if ((s = api_doc_str(c->op.result, "email")))
 		snprintf(u.email, sizeof(u.email), "%s", s);
 	s = api_doc_str(c->op.result, "role");
-	snprintf(u.role, sizeof(u.role), "%s", s && strcmp(s, "admin") == 0 ? "admin" : "user");
+	snprintf(u.role, sizeof(u.role), "%s", s && (strcmp(s, "admin") == 0 || strcmp(s, "clinician") == 0) ? s : "user");
 	u.active = 1;
 	u.at_ms = now_ms();
 	u.generation = (int)c->n;
@@ -175,7 +203,10 @@ static void user_loaded(struct api_call *c, enum store_err err)
 	if (slot->doc)
 		bson_destroy(slot->doc);
 	*slot = u;
-	set_ctx(app_ctx(req), slot);
+	if (set_ctx(req, slot) < 0) {
+		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+		return;
+	}
 	app_next(req);
 }
 
@@ -213,7 +244,8 @@ int mw_auth(struct http_request *req)
 	int gen = users_generation();
 	struct cached_user *u = &user_cache[cache_slot(cl.sub)];
 	if (sb() && strcmp(u->id, cl.sub) == 0 && u->generation == gen && now_ms() - u->at_ms < USER_CACHE_TTL_MS) {
-		set_ctx(app_ctx(req), u);
+		if (set_ctx(req, u) < 0)
+			return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 		return APP_NEXT;
 	}
 	struct api_call *c = api_call_new(req, STORE_OP_FIND_BY_ID, STORE_USERS, user_loaded);
@@ -230,14 +262,22 @@ int mw_auth(struct http_request *req)
 const bson_t *authmw_user_doc(struct http_request *req)
 {
 	struct app_ctx *ctx = app_ctx(req);
-	return ctx->authenticated ? ctx->auth_doc : NULL;
+	const struct auth_state *as = ctx ? ctx->principal : NULL;
+	return as ? as->doc : NULL;
 }
 
 int mw_admin(struct http_request *req)
 {
-	struct app_ctx *ctx = app_ctx(req);
-	if (!ctx->authenticated || strcmp(ctx->role, "admin") != 0)
+	if (!auth_is_admin(req))
 		return app_fail(req, 403, "FORBIDDEN", "admin role required");
+	return APP_NEXT;
+}
+
+int mw_clinician(struct http_request *req)
+{
+	const struct principal *me = auth_principal(req);
+	if (!me || (strcmp(me->role, "clinician") != 0 && strcmp(me->role, "admin") != 0))
+		return app_fail(req, 403, "FORBIDDEN", "clinician or admin role required");
 	return APP_NEXT;
 }
 

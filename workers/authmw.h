@@ -6,8 +6,8 @@
  *
  * mw_auth: no token -> 401 UNAUTHORIZED "access token required"; malformed,
  * bad signature, alg other than HS256, expired -> 403 FORBIDDEN; user since
- * deleted or deactivated -> 401. On success app_ctx(req) has user_id,
- * username, email and role (from the database, not from the token).
+ * deleted or deactivated -> 401. On success auth_principal(req) is the
+ * caller: id, username, email and role from the database, not the token.
  */
 #ifndef RESIL_AUTHMW_H
 #define RESIL_AUTHMW_H
@@ -20,8 +20,24 @@
 struct ratelimit;
 struct resil_config;
 
+/* The authenticated caller (app_ctx's principal for this application). */
+struct principal {
+	char id[25]; /* 24 hex digits */
+	bson_oid_t oid;
+	char username[32];
+	char email[256];
+	char role[16];
+};
+
+/* The caller mw_auth authenticated, or NULL (anonymous request). */
+const struct principal *auth_principal(struct http_request *req);
+/* True if the caller is authenticated with role "admin". */
+int auth_is_admin(struct http_request *req);
+
 int mw_auth(struct http_request *req);
 int mw_admin(struct http_request *req);
+/* Role clinician or admin (patient records), else 403. */
+int mw_clinician(struct http_request *req);
 /* Per-IP limit on /api/ shared by all workers (RateLimit-* headers, 429). */
 int mw_rate_limit(struct http_request *req);
 

@@ -1365,9 +1365,11 @@ static void ws_user_loaded(struct api_call *c, enum store_err err)
 	up.user = c->op.id;
 	up.username = name;
 	up.authed = 1;
-	struct app_ctx *ctx = app_ctx(req);
-	store_id_format(&up.user, ctx->user_id);
-	ctx->authenticated = 1;
+	char *uid = http_alloc(req, 25);
+	if (uid) {
+		store_id_format(&up.user, uid);
+		app_ctx(req)->principal_id = uid; /* the access log's userId */
+	}
 	if (ws_upgrade(g.ws, req, up.accept, sizeof(struct chat_sock), sock_init, &up) < 0)
 		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 }

@@ -10,13 +10,10 @@
 int health_routes(struct app *app);
 /* POST /api/auth/register and /api/auth/login (auth_routes.c). */
 int auth_routes(struct app *app);
-/* /api/users (users.c). */
+/* /api/users (users.c); users_gen writes the one wire format of a user
+ * (a yajl_gen value; NULL doc: null). */
 int users_routes(struct app *app);
-/* Hash pw[0..len) with argon2id on the job pool, then call done(req, hash)
- * on the loop; on failure answers the request itself (503/504) and done is
- * not called. Returns APP_DONE (auth_routes.c, shared with users.c). */
-int auth_hash_password(struct http_request *req, const char *pw, size_t len,
-                       void (*done)(struct http_request *req, const char *hash));
+void users_gen(void *yajl_gen, const bson_t *user);
 /* Report another circuit breaker (name, state 0 closed / 1 open / 2 half-open) in /health. */
 void health_add_circuit(const char *name, int (*state)(void));
 /* Rooms and their message history (rooms.c). */

@@ -1,6 +1,7 @@
 /* health.c - GET /health, /health/live, /health/ready (SPEC section 6).
  * Not rate limited, no auth. The aggregate view comes from the
- * scoreboard when a supervisor runs this worker. */
+ * scoreboard when a supervisor runs this worker; the two per-process
+ * probes also say which worker answered. */
 #include "autoconfig.h"
 
 #include "api.h"
@@ -157,9 +158,23 @@ static int health(struct http_request *req)
 	return APP_DONE;
 }
 
+/* The per-process probes name the worker that answered ("worker": its
+ * 0-based id, as in its log lines, its process title and resilctl). */
+static void probe_body(struct http_request *req, const char *status)
+{
+	struct hbuf h;
+	h.n = 0;
+	HLIT(&h, "{\"status\":\"");
+	hstr(&h, status);
+	HLIT(&h, "\",\"worker\":");
+	hint(&h, worker_current()->id);
+	HLIT(&h, "}");
+	evbuffer_add(http_body(req), h.b, h.n);
+}
+
 static int live(struct http_request *req)
 {
-	evbuffer_add(http_body(req), "{\"status\":\"ok\"}", 15);
+	probe_body(req, "ok");
 	http_add_header(req, "Cache-Control", "no-store");
 	http_send(req);
 	return APP_DONE;
@@ -170,10 +185,7 @@ static int ready(struct http_request *req)
 	struct worker *w = worker_current();
 	struct store *st = api_store();
 	int ok = w->ready && !w->draining && st && store_db_state(st);
-	if (ok)
-		evbuffer_add(http_body(req), "{\"status\":\"ready\"}", 18);
-	else
-		evbuffer_add(http_body(req), "{\"status\":\"not ready\"}", 22);
+	probe_body(req, ok ? "ready" : "not ready");
 	http_add_header(req, "Cache-Control", "no-store");
 	http_set_status(req, ok ? 200 : 503);
 	http_send(req);

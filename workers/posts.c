@@ -3,14 +3,14 @@
  *
  * A post is {title 1-200, content 1-50000, category optional 1-50, author
  * (ObjectId of the user)}; responses embed the author as {id, username,
- * email}. A list is three store calls: count, the page (createdAt
- * descending, _id as tie-break), then the page's authors with one IN query,
- * joined here.
+ * email}. A list is one route job: count, the page (createdAt descending,
+ * _id as tie-break), then the page's authors with one IN query (api_list).
  *
  * List responses are cached per worker for POSTS_CACHE_TTL_MS, keyed by
  * (page, limit, category), as the exact JSON bytes. Every post write bumps
  * post_generation in the shared scoreboard header after the write is
- * stored and before the writer gets its answer; an entry made under another
+ * stored (on the route job's thread) and before the writer gets its
+ * answer; an entry made under another
  * generation is never served, so a list asked for after a write returns
  * that write in every worker. A list computed while a write was landing is
  * stored under the generation read before its first database call, so it
@@ -81,14 +81,14 @@ struct cache_entry {
 
 static struct cache_entry cache[POSTS_CACHE_SLOTS];
 static size_t cache_bytes;
-static int local_generation; /* without a supervisor (no scoreboard) */
+static atomic_int local_generation; /* without a supervisor (no scoreboard) */
 
 static int post_generation(void)
 {
 	struct worker *w = worker_current();
 	if (w && w->sb)
 		return atomic_load_explicit(&w->sb->hdr.post_generation, memory_order_acquire);
-	return local_generation;
+	return atomic_load_explicit(&local_generation, memory_order_acquire);
 }
 
 static void cache_drop(struct cache_entry *e)
@@ -101,15 +101,16 @@ static void cache_drop(struct cache_entry *e)
 	e->len = 0;
 }
 
-/* A post was created, changed or deleted: invalidate every worker's cache. */
+/* A post was created, changed or deleted: every worker's cached lists are
+ * stale from now on (entries of an older generation are never served).
+ * Atomic only, so a route job calls it on its pool thread right after the
+ * write, before the writer gets its answer. */
 static void posts_changed(void)
 {
 	struct worker *w = worker_current();
 	if (w && w->sb)
 		atomic_fetch_add_explicit(&w->sb->hdr.post_generation, 1, memory_order_acq_rel);
-	local_generation++;
-	for (size_t i = 0; i < POSTS_CACHE_SLOTS; i++)
-		cache_drop(&cache[i]);
+	atomic_fetch_add_explicit(&local_generation, 1, memory_order_acq_rel);
 }
 
 static size_t cache_slot(int64_t page, int64_t limit, const char *category)
@@ -165,30 +166,12 @@ static void cache_put(int64_t page, int64_t limit, const char *category, int gen
 	strcpy(e->category, category);
 }
 
+static int fail_nomem(struct http_request *req)
+{
+	return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+}
+
 /* ---- rendering ---------------------------------------------------------- */
-
-struct raw_doc {
-	const uint8_t *data;
-	uint32_t len;
-};
-
-/* Keep a copy of a store result in the request's arena (freed with it on
- * every path, also when the deadline answers first). */
-static int keep_doc(struct http_request *req, const bson_t *doc, struct raw_doc *out)
-{
-	uint8_t *p = http_alloc(req, doc->len);
-	if (!p)
-		return -1;
-	memcpy(p, bson_get_data(doc), doc->len);
-	out->data = p;
-	out->len = doc->len;
-	return 0;
-}
-
-static int raw_view(const struct raw_doc *r, bson_t *out)
-{
-	return bson_init_static(out, r->data, r->len) ? 0 : -1;
-}
 
 static void gen_str_field(yajl_gen g, const bson_t *doc, const char *field)
 {
@@ -213,20 +196,27 @@ static void gen_date_field(yajl_gen g, const bson_t *doc, const char *field)
 		yajl_gen_null(g);
 }
 
-/* The author object: from a users document, or NULL fields if it is gone. */
-struct author {
-	bson_oid_t id;
-	const char *username, *email;
-};
+static void gen_opt_str(yajl_gen g, const char *key, const char *s)
+{
+	GS(g, key);
+	if (s)
+		GS(g, s);
+	else
+		yajl_gen_null(g);
+}
 
-static void gen_post(yajl_gen g, const bson_t *post, const struct author *a)
+/* The one wire format of a post: its fields and the author as {id,
+ * username, email} from the author's user document (null fields if the
+ * user is gone). */
+static void gen_post(yajl_gen g, const bson_t *post, const bson_t *author)
 {
 	bson_iter_t it;
+	bson_oid_t aid;
 	char hex[25];
 	yajl_gen_map_open(g);
 	GS(g, "id");
-	if (bson_iter_init_find(&it, post, "_id") && BSON_ITER_HOLDS_OID(&it)) {
-		store_id_format(bson_iter_oid(&it), hex);
+	if (api_doc_oid(post, "_id", &aid) == 0) {
+		store_id_format(&aid, hex);
 		yajl_gen_string(g, (const unsigned char *)hex, 24);
 	} else {
 		yajl_gen_null(g);
@@ -238,232 +228,58 @@ static void gen_post(yajl_gen g, const bson_t *post, const struct author *a)
 	GS(g, "author");
 	yajl_gen_map_open(g);
 	GS(g, "id");
-	store_id_format(&a->id, hex);
-	yajl_gen_string(g, (const unsigned char *)hex, 24);
-	GS(g, "username");
-	if (a->username)
-		GS(g, a->username);
-	else
+	if (api_doc_oid(post, "author", &aid) == 0) {
+		store_id_format(&aid, hex);
+		yajl_gen_string(g, (const unsigned char *)hex, 24);
+	} else {
 		yajl_gen_null(g);
-	GS(g, "email");
-	if (a->email)
-		GS(g, a->email);
-	else
-		yajl_gen_null(g);
+	}
+	gen_opt_str(g, "username", api_doc_str(author, "username"));
+	gen_opt_str(g, "email", api_doc_str(author, "email"));
 	yajl_gen_map_close(g);
 	gen_date_field(g, post, "createdAt");
 	gen_date_field(g, post, "updatedAt");
 	yajl_gen_map_close(g);
 }
 
-static void author_from_user(struct author *a, const bson_oid_t *id, const bson_t *user)
+static void gen_list_item(void *g, const bson_t *post, const struct api_list *l)
 {
-	bson_oid_copy(id, &a->id);
-	a->username = api_doc_str(user, "username");
-	a->email = api_doc_str(user, "email");
-}
-
-static void author_from_ctx(struct author *a, struct http_request *req)
-{
-	struct app_ctx *ctx = app_ctx(req);
-	if (store_id_parse(ctx->user_id, strlen(ctx->user_id), &a->id) < 0)
-		memset(&a->id, 0, sizeof(a->id));
-	a->username = ctx->username;
-	a->email = ctx->email;
-}
-
-/* Answer {"success":true,"data":<post>} with the given status. */
-static void send_post(struct http_request *req, int status, const bson_t *post, const struct author *a)
-{
-	yajl_gen g = app_gen(req);
-	if (!g) {
-		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
-		return;
-	}
-	gen_post(g, post, a);
-	app_send_gen(req, status);
-}
-
-static int is_admin(struct http_request *req)
-{
-	return strcmp(app_ctx(req)->role, "admin") == 0;
-}
-
-static int is_author(struct http_request *req, const bson_t *post)
-{
-	bson_oid_t author;
-	char hex[25];
-	if (api_doc_oid(post, "author", &author) < 0)
-		return 0;
-	store_id_format(&author, hex);
-	return strcmp(hex, app_ctx(req)->user_id) == 0;
-}
-
-static int fail_nomem(struct http_request *req)
-{
-	return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+	gen_post(g, post, api_list_ref(l, post));
 }
 
 /* ---- GET /api/posts ----------------------------------------------------- */
 
-struct list_state {
-	int64_t page, limit, total;
-	const char *category; /* "" = all */
-	int generation;
-	struct raw_doc *posts;
-	size_t nposts;
+struct list_job {
+	struct api_job base;
+	struct api_list list;
+	char category[CATEGORY_KEY_MAX]; /* the cache key; "" = all */
+	int generation;                  /* read before the first database call */
 };
 
-static int build_filter(struct store_filter *f, const char *category)
+static void list_work(struct api_job *j)
 {
-	if (category[0] && store_filter_str(f, "category", STORE_EQ, category) < 0)
-		return -1;
-	return 0;
+	api_list_run(j, &((struct list_job *)j)->list);
 }
 
-static void send_list(struct http_request *req, struct list_state *ls, bson_t **users, size_t nusers)
+static void list_done(struct api_job *j, struct http_request *req)
 {
-	yajl_gen g = yajl_gen_alloc(NULL);
-	if (!g) {
-		fail_nomem(req);
-		return;
-	}
-	yajl_gen_map_open(g);
-	GS(g, "success");
-	yajl_gen_bool(g, 1);
-	GS(g, "data");
-	yajl_gen_array_open(g);
-	for (size_t i = 0; i < ls->nposts; i++) {
-		bson_t post;
-		if (raw_view(&ls->posts[i], &post) < 0)
-			continue;
-		struct author a = {0};
-		bson_oid_t aid;
-		if (api_doc_oid(&post, "author", &aid) == 0) {
-			bson_oid_copy(&aid, &a.id);
-			for (size_t u = 0; u < nusers; u++) {
-				bson_oid_t uid;
-				if (api_doc_oid(users[u], "_id", &uid) == 0 && bson_oid_equal(&uid, &aid)) {
-					author_from_user(&a, &aid, users[u]);
-					break;
-				}
-			}
-		}
-		gen_post(g, &post, &a);
-	}
-	yajl_gen_array_close(g);
-	GS(g, "pagination");
-	yajl_gen_map_open(g);
-	GS(g, "page");
-	yajl_gen_integer(g, ls->page);
-	GS(g, "limit");
-	yajl_gen_integer(g, ls->limit);
-	GS(g, "total");
-	yajl_gen_integer(g, ls->total);
-	GS(g, "pages");
-	yajl_gen_integer(g, (ls->total + ls->limit - 1) / ls->limit);
-	yajl_gen_map_close(g);
-	yajl_gen_map_close(g);
+	struct list_job *lj = (struct list_job *)j;
+	yajl_gen g = api_list_json(&lj->list, gen_list_item);
 	const unsigned char *buf;
 	size_t len;
-	if (yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok || evbuffer_add(http_body(req), buf, len) < 0) {
+	if (!g || yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok) {
+		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+	} else {
+		cache_put(lj->list.page, lj->list.limit, lj->category, lj->generation, buf, len);
+		api_send_json(req, 200, buf, len);
+	}
+	if (g)
 		yajl_gen_free(g);
-		fail_nomem(req);
-		return;
-	}
-	cache_put(ls->page, ls->limit, ls->category, ls->generation, buf, len);
-	yajl_gen_free(g);
-	http_set_status(req, 200);
-	http_send(req);
 }
 
-static void got_authors(struct api_call *c, enum store_err err)
+static void list_cleanup(struct api_job *j)
 {
-	struct http_request *req = c->req;
-	if (err != STORE_OK) {
-		api_fail_store(req, err, NULL);
-		return;
-	}
-	send_list(req, c->data, c->op.docs, c->op.ndocs);
-}
-
-static void got_page(struct api_call *c, enum store_err err)
-{
-	struct http_request *req = c->req;
-	struct list_state *ls = c->data;
-	if (err != STORE_OK) {
-		api_fail_store(req, err, NULL);
-		return;
-	}
-	ls->posts = c->op.ndocs ? http_alloc(req, c->op.ndocs * sizeof(*ls->posts)) : NULL;
-	bson_oid_t *ids = c->op.ndocs ? http_alloc(req, c->op.ndocs * sizeof(*ids)) : NULL;
-	if (c->op.ndocs && (!ls->posts || !ids)) {
-		fail_nomem(req);
-		return;
-	}
-	size_t nids = 0;
-	for (size_t i = 0; i < c->op.ndocs; i++) {
-		if (keep_doc(req, c->op.docs[i], &ls->posts[ls->nposts]) < 0) {
-			fail_nomem(req);
-			return;
-		}
-		ls->nposts++;
-		bson_oid_t aid;
-		if (api_doc_oid(c->op.docs[i], "author", &aid) < 0)
-			continue;
-		size_t k = 0;
-		while (k < nids && !bson_oid_equal(&ids[k], &aid))
-			k++;
-		if (k == nids)
-			bson_oid_copy(&aid, &ids[nids++]);
-	}
-	if (nids == 0) {
-		send_list(req, ls, NULL, 0);
-		return;
-	}
-	struct api_call *uc = api_call_new(req, STORE_OP_FIND, STORE_USERS, got_authors);
-	if (!uc) {
-		fail_nomem(req);
-		return;
-	}
-	uc->data = ls;
-	if (store_filter_in_oids(&uc->op.filter, "_id", ids, nids) < 0) {
-		store_op_clear(&uc->op);
-		free(uc);
-		fail_nomem(req);
-		return;
-	}
-	api_call_submit(uc);
-}
-
-static void got_count(struct api_call *c, enum store_err err)
-{
-	struct http_request *req = c->req;
-	struct list_state *ls = c->data;
-	if (err != STORE_OK) {
-		api_fail_store(req, err, NULL);
-		return;
-	}
-	ls->total = c->op.count;
-	int64_t skip = (ls->page - 1) * ls->limit;
-	if (ls->total <= skip) {
-		send_list(req, ls, NULL, 0); /* past the end: an empty page */
-		return;
-	}
-	struct api_call *pc = api_call_new(req, STORE_OP_FIND, STORE_POSTS, got_page);
-	if (!pc) {
-		fail_nomem(req);
-		return;
-	}
-	pc->data = ls;
-	if (build_filter(&pc->op.filter, ls->category) < 0 || store_filter_sort(&pc->op.filter, "createdAt", -1) < 0) {
-		store_op_clear(&pc->op);
-		free(pc);
-		fail_nomem(req);
-		return;
-	}
-	store_filter_page(&pc->op.filter, skip, ls->limit);
-	api_call_submit(pc);
+	api_list_clear(&((struct list_job *)j)->list);
 }
 
 static int posts_list(struct http_request *req)
@@ -471,99 +287,153 @@ static int posts_list(struct http_request *req)
 	int64_t page, limit;
 	if (api_pagination(req, POSTS_DEFAULT_LIMIT, POSTS_MAX_LIMIT, &page, &limit) < 0)
 		return APP_DONE;
-	const struct json_value *q = app_query(req);
 	struct verrors errs;
-	if (validate(q, query_rules, &errs) > 0)
+	if (validate(app_query(req), query_rules, &errs) > 0)
 		return app_fail_validation(req, &errs);
-	const char *category = json_get_str(q, "category", NULL);
-	if (!category)
-		category = "";
+	const char *category = json_get_str(app_query(req), "category", NULL);
+	category = category ? category : "";
 	const struct cache_entry *hit = cache_get(page, limit, category);
 	if (hit) {
-		if (evbuffer_add(http_body(req), hit->body, hit->len) < 0)
-			return fail_nomem(req);
-		http_set_status(req, 200);
-		http_send(req);
+		api_send_json(req, 200, hit->body, hit->len);
 		return APP_DONE;
 	}
-	struct list_state *ls = http_alloc(req, sizeof(*ls));
-	if (!ls)
+	struct list_job *lj = api_job_new(req, sizeof(*lj), list_work, list_done);
+	if (!lj)
 		return fail_nomem(req);
-	memset(ls, 0, sizeof(*ls));
-	ls->page = page;
-	ls->limit = limit;
-	ls->category = category; /* lives in the query tree, owned by the request */
-	ls->generation = post_generation();
-	struct api_call *c = api_call_new(req, STORE_OP_COUNT, STORE_POSTS, got_count);
-	if (!c)
-		return fail_nomem(req);
-	c->data = ls;
-	if (build_filter(&c->op.filter, category) < 0) {
-		store_op_clear(&c->op);
-		free(c);
-		return fail_nomem(req);
-	}
-	return api_call_submit(c);
+	lj->base.cleanup = list_cleanup;
+	api_job_reads(&lj->base);
+	lj->list = (struct api_list){.coll = COLL_POSTS, .page = page, .limit = limit,
+	                             .join_field = "author", .join_coll = COLL_USERS};
+	snprintf(lj->category, sizeof(lj->category), "%s", category);
+	lj->generation = post_generation();
+	if ((category[0] && store_filter_str(&lj->list.filter, "category", STORE_EQ, category) < 0) ||
+	    store_filter_sort(&lj->list.filter, "createdAt", -1) < 0)
+		return api_job_drop(&lj->base);
+	return api_job_submit(&lj->base);
 }
 
-/* ---- GET /api/posts/:id ------------------------------------------------- */
+/* ---- one post: GET, POST, PATCH, DELETE ---------------------------------- */
 
-/* Answer with a post whose author must be looked up (unless it is the
- * caller): the post is kept in the arena across the second call. */
-static void got_post_author(struct api_call *c, enum store_err err)
+struct post_job {
+	struct api_job base;
+	bson_oid_t id;     /* the post (not for create) */
+	bson_oid_t me;     /* the caller (writes) */
+	bool admin;
+	bool remove;       /* DELETE rather than PATCH */
+	bson_t *fields;    /* create / patch input, consumed by the store */
+	bson_t *post;      /* results */
+	bson_t *author;
+	int status;
+};
+
+static void post_cleanup(struct api_job *j)
 {
-	struct http_request *req = c->req;
-	struct raw_doc *raw = c->data;
-	bson_t post;
-	if (err != STORE_OK && err != STORE_NOT_FOUND) {
-		api_fail_store(req, err, NULL);
-		return;
-	}
-	if (raw_view(raw, &post) < 0) {
-		app_fail(req, 500, "INTERNAL", "internal server error");
-		return;
-	}
-	struct author a = {0};
-	bson_oid_t aid;
-	if (api_doc_oid(&post, "author", &aid) == 0)
-		author_from_user(&a, &aid, err == STORE_OK ? c->op.result : NULL);
-	send_post(req, (int)c->n, &post, &a);
+	struct post_job *pj = (struct post_job *)j;
+	if (pj->fields)
+		bson_destroy(pj->fields);
+	if (pj->post)
+		bson_destroy(pj->post);
+	if (pj->author)
+		bson_destroy(pj->author);
 }
 
-static void send_with_author(struct http_request *req, int status, const bson_t *post)
+/* The post's author's user document (NULL if gone or on a failed read: the
+ * post is still answered, with null author fields). */
+static void load_author(struct api_job *j, struct post_job *pj)
 {
 	bson_oid_t aid;
-	struct author a = {0};
-	if (api_doc_oid(post, "author", &aid) < 0) {
-		send_post(req, status, post, &a);
+	struct store_op op;
+	if (api_doc_oid(pj->post, "author", &aid) < 0)
+		return;
+	store_op_init(&op, STORE_OP_FIND_BY_ID, COLL_USERS);
+	bson_oid_copy(&aid, &op.id);
+	if (api_exec(j, &op) == STORE_OK) {
+		pj->author = op.result;
+		op.result = NULL;
+	}
+	store_op_clear(&op);
+}
+
+static void post_done(struct api_job *j, struct http_request *req)
+{
+	struct post_job *pj = (struct post_job *)j;
+	if (!pj->post) {
+		app_no_content(req);
 		return;
 	}
-	if (is_author(req, post)) {
-		author_from_ctx(&a, req);
-		send_post(req, status, post, &a);
-		return;
-	}
-	struct raw_doc *raw = http_alloc(req, sizeof(*raw));
-	struct api_call *c = raw && keep_doc(req, post, raw) == 0
-	                             ? api_call_new(req, STORE_OP_FIND_BY_ID, STORE_USERS, got_post_author)
-	                             : NULL;
-	if (!c) {
+	yajl_gen g = app_gen(req);
+	if (!g) {
 		fail_nomem(req);
 		return;
 	}
-	c->data = raw;
-	c->n = status;
-	bson_oid_copy(&aid, &c->op.id);
-	api_call_submit(c);
+	gen_post(g, pj->post, pj->author);
+	app_send_gen(req, pj->status);
 }
 
-static void got_post(struct api_call *c, enum store_err err)
+static void get_work(struct api_job *j)
 {
-	if (err != STORE_OK) {
-		api_fail_store(c->req, err, NULL);
+	struct post_job *pj = (struct post_job *)j;
+	if ((pj->post = api_find_by_id(j, COLL_POSTS, &pj->id)))
+		load_author(j, pj);
+}
+
+static void create_work(struct api_job *j)
+{
+	struct post_job *pj = (struct post_job *)j;
+	struct store_op op;
+	store_op_init(&op, STORE_OP_INSERT, COLL_POSTS);
+	op.doc = pj->fields;
+	pj->fields = NULL;
+	int rc = api_run(j, &op);
+	posts_changed(); /* even on a reported error the insert may have landed */
+	if (rc == 0) {
+		pj->post = op.result;
+		op.result = NULL;
+		load_author(j, pj);
+	}
+	store_op_clear(&op);
+}
+
+/* PATCH or DELETE: the post must exist and the caller be its author or an admin. */
+static void change_work(struct api_job *j)
+{
+	struct post_job *pj = (struct post_job *)j;
+	bson_t *post = api_find_by_id(j, COLL_POSTS, &pj->id);
+	bson_oid_t aid;
+	if (!post)
+		return;
+	int mine = api_doc_oid(post, "author", &aid) == 0 && bson_oid_equal(&aid, &pj->me);
+	bson_destroy(post);
+	if (!mine && !pj->admin) {
+		api_job_fail(j, 403, "FORBIDDEN", "only the author or an admin may change this post");
 		return;
 	}
-	send_with_author(c->req, 200, c->op.result);
+	if (pj->remove) {
+		struct store_op op;
+		store_op_init(&op, STORE_OP_DELETE_BY_ID, COLL_POSTS);
+		bson_oid_copy(&pj->id, &op.id);
+		api_run(j, &op);
+		store_op_clear(&op);
+	} else if ((pj->post = api_update_by_id(j, COLL_POSTS, &pj->id, pj->fields))) {
+		load_author(j, pj);
+	}
+	pj->fields = NULL; /* consumed by api_update_by_id */
+	posts_changed();
+}
+
+static struct post_job *post_job_new(struct http_request *req, api_job_fn work, int status)
+{
+	struct post_job *pj = api_job_new(req, sizeof(*pj), work, post_done);
+	if (!pj)
+		return NULL;
+	pj->base.cleanup = post_cleanup;
+	pj->status = status;
+	const struct principal *me = auth_principal(req);
+	if (me) {
+		bson_oid_copy(&me->oid, &pj->me);
+		pj->admin = auth_is_admin(req);
+	}
+	return pj;
 }
 
 static int posts_get(struct http_request *req)
@@ -571,14 +441,13 @@ static int posts_get(struct http_request *req)
 	bson_oid_t id;
 	if (api_param_id(req, "id", &id) < 0)
 		return APP_DONE;
-	struct api_call *c = api_call_new(req, STORE_OP_FIND_BY_ID, STORE_POSTS, got_post);
-	if (!c)
+	struct post_job *pj = post_job_new(req, get_work, 200);
+	if (!pj)
 		return fail_nomem(req);
-	bson_oid_copy(&id, &c->op.id);
-	return api_call_submit(c);
+	api_job_reads(&pj->base);
+	bson_oid_copy(&id, &pj->id);
+	return api_job_submit(&pj->base);
 }
-
-/* ---- POST /api/posts ---------------------------------------------------- */
 
 /* The validated post fields of the body as a document ($set or insert). */
 static bson_t *fields_doc(const struct json_value *body)
@@ -597,112 +466,26 @@ static bson_t *fields_doc(const struct json_value *body)
 	return doc;
 }
 
-static void created(struct api_call *c, enum store_err err)
-{
-	struct http_request *req = c->req;
-	posts_changed(); /* even on a reported error the insert may have landed */
-	if (err != STORE_OK) {
-		api_fail_store(req, err, c->op.dup_field);
-		return;
-	}
-	struct author a;
-	author_from_ctx(&a, req);
-	send_post(req, 201, c->op.result, &a);
-}
-
 static int posts_create(struct http_request *req)
 {
 	const struct json_value *body = app_body(req);
 	struct verrors errs;
 	if (validate(body, create_rules, &errs) > 0)
 		return app_fail_validation(req, &errs);
-	struct app_ctx *ctx = app_ctx(req);
-	bson_oid_t me;
-	if (store_id_parse(ctx->user_id, strlen(ctx->user_id), &me) < 0)
-		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
-	bson_t *doc = fields_doc(body);
-	if (!doc || !BSON_APPEND_OID(doc, "author", &me)) {
-		if (doc)
-			bson_destroy(doc);
+	struct post_job *pj = post_job_new(req, create_work, 201);
+	if (!pj)
 		return fail_nomem(req);
-	}
-	struct api_call *c = api_call_new(req, STORE_OP_INSERT, STORE_POSTS, created);
-	if (!c) {
-		bson_destroy(doc);
-		return fail_nomem(req);
-	}
-	c->op.doc = doc;
-	return api_call_submit(c);
-}
-
-/* ---- PATCH and DELETE /api/posts/:id ------------------------------------ */
-
-static void updated(struct api_call *c, enum store_err err)
-{
-	posts_changed();
-	if (err != STORE_OK) {
-		api_fail_store(c->req, err, c->op.dup_field);
-		return;
-	}
-	send_with_author(c->req, 200, c->op.result);
-}
-
-static void deleted(struct api_call *c, enum store_err err)
-{
-	posts_changed();
-	if (err != STORE_OK) {
-		api_fail_store(c->req, err, NULL);
-		return;
-	}
-	app_no_content(c->req);
-}
-
-/* The post exists: check ownership, then run the write (c->n: 1 patch, 0 delete). */
-static void got_target(struct api_call *c, enum store_err err)
-{
-	struct http_request *req = c->req;
-	if (err != STORE_OK) {
-		api_fail_store(req, err, NULL);
-		return;
-	}
-	if (!is_author(req, c->op.result) && !is_admin(req)) {
-		app_fail(req, 403, "FORBIDDEN", "only the author or an admin may change this post");
-		return;
-	}
-	int patch = c->n == 1;
-	struct api_call *w = api_call_new(req, patch ? STORE_OP_UPDATE_BY_ID : STORE_OP_DELETE_BY_ID, STORE_POSTS,
-	                                  patch ? updated : deleted);
-	if (!w) {
-		fail_nomem(req);
-		return;
-	}
-	bson_oid_copy(&c->op.id, &w->op.id);
-	if (patch && !(w->op.doc = fields_doc(app_body(req)))) {
-		store_op_clear(&w->op);
-		free(w);
-		fail_nomem(req);
-		return;
-	}
-	api_call_submit(w);
-}
-
-static int load_target(struct http_request *req, int patch)
-{
-	bson_oid_t id;
-	if (api_param_id(req, "id", &id) < 0)
-		return APP_DONE;
-	struct api_call *c = api_call_new(req, STORE_OP_FIND_BY_ID, STORE_POSTS, got_target);
-	if (!c)
-		return fail_nomem(req);
-	bson_oid_copy(&id, &c->op.id);
-	c->n = patch;
-	return api_call_submit(c);
+	pj->fields = fields_doc(body);
+	if (!pj->fields || !BSON_APPEND_OID(pj->fields, "author", &pj->me))
+		return api_job_drop(&pj->base);
+	return api_job_submit(&pj->base);
 }
 
 static int posts_patch(struct http_request *req)
 {
 	const struct json_value *body = app_body(req);
 	struct verrors errs;
+	bson_oid_t id;
 	if (validate(body, patch_rules, &errs) > 0)
 		return app_fail_validation(req, &errs);
 	int any = 0;
@@ -715,12 +498,28 @@ static int posts_patch(struct http_request *req)
 		strcpy(errs.details[0].message, "body must contain at least one of title, content, category");
 		return app_fail_validation(req, &errs);
 	}
-	return load_target(req, 1);
+	if (api_param_id(req, "id", &id) < 0)
+		return APP_DONE;
+	struct post_job *pj = post_job_new(req, change_work, 200);
+	if (!pj)
+		return fail_nomem(req);
+	bson_oid_copy(&id, &pj->id);
+	if (!(pj->fields = fields_doc(body)))
+		return api_job_drop(&pj->base);
+	return api_job_submit(&pj->base);
 }
 
 static int posts_delete(struct http_request *req)
 {
-	return load_target(req, 0);
+	bson_oid_t id;
+	if (api_param_id(req, "id", &id) < 0)
+		return APP_DONE;
+	struct post_job *pj = post_job_new(req, change_work, 204);
+	if (!pj)
+		return fail_nomem(req);
+	bson_oid_copy(&id, &pj->id);
+	pj->remove = true;
+	return api_job_submit(&pj->base);
 }
 
 int posts_routes(struct app *app)

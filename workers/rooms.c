@@ -10,11 +10,10 @@
  *                                    beyond the SPEC; the WebSocket chat is
  *                                    the usual writer)
  *
- * Each handler validates its input, then runs a short sequence of store
- * calls (load the room, check ownership or membership, act), every one
- * bound to the request's deadline through api_call. Per-request state lives
- * in the request's arena. Documents: rooms {name, owner, members[]},
- * messages {room, sender, senderName, content}.
+ * Each handler validates its input on the loop, then one route job (api.h)
+ * runs the whole sequence on the pool: load the room, check ownership or
+ * membership, act. Documents: rooms {name, owner, members[]}, messages
+ * {room, sender, senderName, content}.
  */
 #include "autoconfig.h"
 
@@ -23,6 +22,7 @@
 #include "handlers.h"
 #include "validate.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yajl/yajl_gen.h>
@@ -51,18 +51,6 @@ static const struct vrule history_rules[] = {
     V_END,
 };
 
-/* What a room request carries from one store call to the next. */
-struct room_req {
-	bson_oid_t me;
-	bson_oid_t room;
-	bson_oid_t target;   /* members: the user being added */
-	const char *content; /* messages: points into the parsed body */
-	size_t content_len;
-	int64_t limit;
-	int64_t page;
-	void (*step)(struct http_request *req, struct room_req *rr, const bson_t *room);
-};
-
 /* Validate the body (a missing body counts as an empty object, so the
  * details name the missing fields). 0, or -1 after answering 400. */
 static int check_body(struct http_request *req, const struct vrule *rules)
@@ -75,42 +63,6 @@ static int check_body(struct http_request *req, const struct vrule *rules)
 		return -1;
 	}
 	return 0;
-}
-
-/* Allocate the request state with the caller's id. NULL after answering. */
-static struct room_req *room_req_new(struct http_request *req)
-{
-	struct room_req *rr = http_alloc(req, sizeof(*rr));
-	if (!rr) {
-		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
-		return NULL;
-	}
-	memset(rr, 0, sizeof(*rr));
-	const char *uid = app_ctx(req)->user_id;
-	if (store_id_parse(uid, strlen(uid), &rr->me) < 0) {
-		app_fail(req, 500, "INTERNAL", "internal server error");
-		return NULL;
-	}
-	return rr;
-}
-
-static struct api_call *call_new(struct http_request *req, int kind, int coll, api_cb cb, struct room_req *rr)
-{
-	struct api_call *c = api_call_new(req, kind, coll, cb);
-	if (!c) {
-		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
-		return NULL;
-	}
-	c->data = rr;
-	return c;
-}
-
-/* Drop a call that was never submitted and answer 503. */
-static int call_abort(struct api_call *c, struct http_request *req)
-{
-	store_op_clear(&c->op);
-	free(c);
-	return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 }
 
 static int room_has_member(const bson_t *room, const bson_oid_t *user)
@@ -179,238 +131,252 @@ static void gen_message(yajl_gen g, const bson_t *m)
 	yajl_gen_map_close(g);
 }
 
-static void send_room(struct http_request *req, const bson_t *room, int status)
+/* The one wire format of a room. */
+static const char *const room_fields[] = {"name", "owner", "members", "createdAt", "updatedAt", NULL};
+
+static void gen_room(void *g, const bson_t *room, const struct api_list *l)
 {
+	(void)l;
+	api_gen_object(g, room, room_fields);
+}
+
+/* ---- the route jobs ------------------------------------------------------ */
+
+struct room_job {
+	struct api_job base;
+	bson_oid_t me;
+	char my_name[32];
+	bson_oid_t room;
+	bson_oid_t target;   /* members: the user being added */
+	bson_t *doc;         /* create: the room; send: the message (consumed by the store) */
+	int64_t limit;       /* history */
+	int status;
+	bson_t *result;      /* the room or the message */
+	struct store_op found; /* history: the messages, newest first */
+	struct api_list list;  /* GET /api/rooms */
+};
+
+static void room_cleanup(struct api_job *j)
+{
+	struct room_job *rj = (struct room_job *)j;
+	if (rj->doc)
+		bson_destroy(rj->doc);
+	if (rj->result)
+		bson_destroy(rj->result);
+	store_op_clear(&rj->found);
+	api_list_clear(&rj->list);
+}
+
+static struct room_job *room_job_new(struct http_request *req, api_job_fn work, api_job_done_fn done, int status)
+{
+	struct room_job *rj = api_job_new(req, sizeof(*rj), work, done);
+	if (!rj)
+		return NULL;
+	rj->base.cleanup = room_cleanup;
+	rj->status = status;
+	const struct principal *me = auth_principal(req);
+	bson_oid_copy(&me->oid, &rj->me);
+	snprintf(rj->my_name, sizeof(rj->my_name), "%s", me->username);
+	return rj;
+}
+
+/* A job on the room named by :id; NULL after answering. */
+static struct room_job *room_job_for(struct http_request *req, api_job_fn work, api_job_done_fn done, int status)
+{
+	bson_oid_t room;
+	if (api_param_id(req, "id", &room) < 0)
+		return NULL;
+	struct room_job *rj = room_job_new(req, work, done, status);
+	if (!rj) {
+		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+		return NULL;
+	}
+	rj->room = room;
+	return rj;
+}
+
+/* The room, if it exists and (member_only) the caller is a member. */
+static bson_t *load_room(struct api_job *j, struct room_job *rj, bool member_only)
+{
+	struct store_op op;
+	store_op_init(&op, STORE_OP_FIND_BY_ID, COLL_ROOMS);
+	op.id = rj->room;
+	enum store_err err = api_exec(j, &op);
+	bson_t *room = op.result;
+	op.result = NULL;
+	store_op_clear(&op);
+	if (err == STORE_NOT_FOUND)
+		api_job_fail(j, 404, "NOT_FOUND", "room not found");
+	else if (err != STORE_OK)
+		j->err = err;
+	else if (member_only && !room_has_member(room, &rj->me))
+		api_job_fail(j, 403, "FORBIDDEN", "access denied to room");
+	else
+		return room;
+	if (room)
+		bson_destroy(room);
+	return NULL;
+}
+
+static void send_room_done(struct api_job *j, struct http_request *req)
+{
+	struct room_job *rj = (struct room_job *)j;
 	yajl_gen g = app_gen(req);
 	if (!g) {
 		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 		return;
 	}
-	api_gen_doc(g, room, NULL);
-	app_send_gen(req, status);
+	gen_room(g, rj->result, NULL);
+	app_send_gen(req, rj->status);
+}
+
+/* Insert rj->doc into coll; the stored document becomes rj->result. */
+static void insert_doc(struct api_job *j, struct room_job *rj, int coll)
+{
+	struct store_op op;
+	store_op_init(&op, STORE_OP_INSERT, coll);
+	op.doc = rj->doc;
+	rj->doc = NULL;
+	if (api_run(j, &op) == 0) {
+		rj->result = op.result;
+		op.result = NULL;
+	}
+	store_op_clear(&op);
 }
 
 /* ---- POST /api/rooms -------------------------------------------------- */
 
-static void room_created(struct api_call *c, enum store_err err)
+static void create_work(struct api_job *j)
 {
-	if (err != STORE_OK) {
-		api_fail_store(c->req, err, c->op.dup_field);
-		return;
-	}
-	send_room(c->req, c->op.result, 201);
+	insert_doc(j, (struct room_job *)j, COLL_ROOMS);
 }
 
 static int rooms_create(struct http_request *req)
 {
 	if (check_body(req, room_rules) < 0)
 		return APP_DONE;
-	struct room_req *rr = room_req_new(req);
-	if (!rr)
-		return APP_DONE;
 	size_t nlen = 0;
 	const char *name = json_get_str(app_body(req), "name", &nlen);
-	if (!name)
-		return app_fail(req, 500, "INTERNAL", "internal server error"); /* the rule let it through */
-	struct api_call *c = call_new(req, STORE_OP_INSERT, STORE_ROOMS, room_created, rr);
-	if (!c)
-		return APP_DONE;
-	bson_t *doc = bson_new();
+	struct room_job *rj = room_job_new(req, create_work, send_room_done, 201);
+	if (!rj)
+		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 	bson_t members;
-	int ok = doc && nlen <= INT32_MAX && bson_append_utf8(doc, "name", 4, name, (int)nlen) &&
-	         bson_append_oid(doc, "owner", 5, &rr->me) && bson_append_array_begin(doc, "members", 7, &members) &&
-	         bson_append_oid(&members, "0", 1, &rr->me) && bson_append_array_end(doc, &members);
-	c->op.doc = doc; /* owned by the call from here on */
-	if (!ok)
-		return call_abort(c, req);
-	return api_call_submit(c);
+	bson_t *doc = rj->doc = bson_new();
+	if (!doc || !name || nlen > INT32_MAX || !bson_append_utf8(doc, "name", 4, name, (int)nlen) ||
+	    !bson_append_oid(doc, "owner", 5, &rj->me) || !bson_append_array_begin(doc, "members", 7, &members) ||
+	    !bson_append_oid(&members, "0", 1, &rj->me) || !bson_append_array_end(doc, &members))
+		return api_job_drop(&rj->base);
+	return api_job_submit(&rj->base);
 }
 
 /* ---- GET /api/rooms --------------------------------------------------- */
 
-static void rooms_counted(struct api_call *c, enum store_err err)
+static void list_work(struct api_job *j)
 {
-	struct room_req *rr = c->data;
-	if (err != STORE_OK) {
-		api_fail_store(c->req, err, NULL);
-		return;
-	}
-	app_gen_pagination(c->req, rr->page, rr->limit, c->op.count);
-	app_send_gen(c->req, 200);
+	api_list_run(j, &((struct room_job *)j)->list);
 }
 
-static int filter_my_rooms(struct store_filter *f, const bson_oid_t *me)
+static void list_done(struct api_job *j, struct http_request *req)
 {
-	return store_filter_oid(f, "members", STORE_CONTAINS, me);
-}
-
-static void rooms_found(struct api_call *c, enum store_err err)
-{
-	struct http_request *req = c->req;
-	struct room_req *rr = c->data;
-	if (err != STORE_OK) {
-		api_fail_store(req, err, NULL);
-		return;
-	}
-	/* The page goes into the response generator now (the op's documents
-	 * are freed with the call); the total is appended afterwards. */
-	yajl_gen g = app_gen(req);
-	if (!g) {
-		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
-		return;
-	}
-	yajl_gen_array_open(g);
-	for (size_t i = 0; i < c->op.ndocs; i++)
-		api_gen_doc(g, c->op.docs[i], NULL);
-	yajl_gen_array_close(g);
-	int64_t skip = (rr->page - 1) * rr->limit;
-	int64_t n = (int64_t)c->op.ndocs;
-	if (n < rr->limit && (n > 0 || skip == 0)) {
-		/* A short page is the last one: the total is known. */
-		app_gen_pagination(req, rr->page, rr->limit, skip + n);
-		app_send_gen(req, 200);
-		return;
-	}
-	struct api_call *cc = call_new(req, STORE_OP_COUNT, STORE_ROOMS, rooms_counted, rr);
-	if (!cc)
-		return;
-	if (filter_my_rooms(&cc->op.filter, &rr->me) < 0) {
-		call_abort(cc, req);
-		return;
-	}
-	api_call_submit(cc);
+	api_send_list(req, &((struct room_job *)j)->list, gen_room);
 }
 
 static int rooms_list(struct http_request *req)
 {
-	struct room_req *rr = room_req_new(req);
-	if (!rr)
+	int64_t page, limit;
+	if (api_pagination(req, ROOMS_PAGE_DEFAULT, ROOMS_PAGE_MAX, &page, &limit) < 0)
 		return APP_DONE;
-	if (api_pagination(req, ROOMS_PAGE_DEFAULT, ROOMS_PAGE_MAX, &rr->page, &rr->limit) < 0)
-		return APP_DONE;
-	struct api_call *c = call_new(req, STORE_OP_FIND, STORE_ROOMS, rooms_found, rr);
-	if (!c)
-		return APP_DONE;
-	if (filter_my_rooms(&c->op.filter, &rr->me) < 0 || store_filter_sort(&c->op.filter, "createdAt", -1) < 0)
-		return call_abort(c, req);
-	store_filter_page(&c->op.filter, (rr->page - 1) * rr->limit, rr->limit);
-	return api_call_submit(c);
-}
-
-/* ---- routes on one room ----------------------------------------------- */
-
-static void room_loaded(struct api_call *c, enum store_err err)
-{
-	struct room_req *rr = c->data;
-	if (err == STORE_NOT_FOUND) {
-		app_fail(c->req, 404, "NOT_FOUND", "room not found");
-		return;
-	}
-	if (err != STORE_OK) {
-		api_fail_store(c->req, err, NULL);
-		return;
-	}
-	rr->step(c->req, rr, c->op.result);
-}
-
-/* Load rr->room, then run step with it (404 if it does not exist). */
-static int load_room(struct http_request *req, struct room_req *rr,
-                     void (*step)(struct http_request *, struct room_req *, const bson_t *))
-{
-	rr->step = step;
-	struct api_call *c = call_new(req, STORE_OP_FIND_BY_ID, STORE_ROOMS, room_loaded, rr);
-	if (!c)
-		return APP_DONE;
-	c->op.id = rr->room;
-	return api_call_submit(c);
-}
-
-/* The room-scoped request state: caller and :id. NULL after answering. */
-static struct room_req *room_req_for(struct http_request *req)
-{
-	bson_oid_t room;
-	if (api_param_id(req, "id", &room) < 0)
-		return NULL;
-	struct room_req *rr = room_req_new(req);
-	if (rr)
-		rr->room = room;
-	return rr;
+	struct room_job *rj = room_job_new(req, list_work, list_done, 200);
+	if (!rj)
+		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+	api_job_reads(&rj->base);
+	rj->list = (struct api_list){.coll = COLL_ROOMS, .page = page, .limit = limit};
+	if (store_filter_oid(&rj->list.filter, "members", STORE_CONTAINS, &rj->me) < 0 ||
+	    store_filter_sort(&rj->list.filter, "createdAt", -1) < 0)
+		return api_job_drop(&rj->base);
+	return api_job_submit(&rj->base);
 }
 
 /* ---- POST /api/rooms/:id/members -------------------------------------- */
 
-static void member_added(struct api_call *c, enum store_err err)
+static void add_member_work(struct api_job *j)
 {
-	if (err == STORE_NOT_FOUND) {
-		app_fail(c->req, 404, "NOT_FOUND", "room not found");
-		return;
-	}
-	if (err != STORE_OK) {
-		api_fail_store(c->req, err, NULL);
-		return;
-	}
-	send_room(c->req, c->op.result, 200);
-}
-
-static void target_loaded(struct api_call *c, enum store_err err)
-{
-	struct http_request *req = c->req;
-	struct room_req *rr = c->data;
-	if (err == STORE_NOT_FOUND || (err == STORE_OK && !api_doc_bool(c->op.result, "isActive", 1))) {
-		app_fail(req, 404, "NOT_FOUND", "user not found");
-		return;
-	}
-	if (err != STORE_OK) {
-		api_fail_store(req, err, NULL);
-		return;
-	}
-	/* $addToSet: adding a member twice changes nothing. */
-	struct api_call *u = call_new(req, STORE_OP_UPDATE_BY_ID, STORE_ROOMS, member_added, rr);
-	if (!u)
-		return;
-	u->op.id = rr->room;
-	if (store_op_add_to_set_oid(&u->op, "members", &rr->target) < 0) {
-		call_abort(u, req);
-		return;
-	}
-	api_call_submit(u);
-}
-
-static void add_member_step(struct http_request *req, struct room_req *rr, const bson_t *room)
-{
+	struct room_job *rj = (struct room_job *)j;
+	bson_t *room = load_room(j, rj, false);
 	bson_oid_t owner;
-	if (api_doc_oid(room, "owner", &owner) < 0 || !bson_oid_equal(&owner, &rr->me)) {
-		app_fail(req, 403, "FORBIDDEN", "only the room owner can add members");
+	if (!room)
+		return;
+	int mine = api_doc_oid(room, "owner", &owner) == 0 && bson_oid_equal(&owner, &rj->me);
+	bson_destroy(room);
+	if (!mine) {
+		api_job_fail(j, 403, "FORBIDDEN", "only the room owner can add members");
 		return;
 	}
-	struct api_call *c = call_new(req, STORE_OP_FIND_BY_ID, STORE_USERS, target_loaded, rr);
-	if (!c)
+	struct store_op op;
+	store_op_init(&op, STORE_OP_FIND_BY_ID, COLL_USERS);
+	op.id = rj->target;
+	enum store_err err = api_exec(j, &op);
+	if (err == STORE_NOT_FOUND || (err == STORE_OK && !api_doc_bool(op.result, "isActive", 1)))
+		api_job_fail(j, 404, "NOT_FOUND", "user not found");
+	else if (err != STORE_OK)
+		j->err = err;
+	store_op_clear(&op);
+	if (err != STORE_OK || j->fail_status)
 		return;
-	c->op.id = rr->target;
-	api_call_submit(c);
+	/* $addToSet: adding a member twice changes nothing. */
+	store_op_init(&op, STORE_OP_UPDATE_BY_ID, COLL_ROOMS);
+	op.id = rj->room;
+	if (store_op_add_to_set_oid(&op, "members", &rj->target) < 0) {
+		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+	} else if ((err = api_exec(j, &op)) == STORE_NOT_FOUND) {
+		api_job_fail(j, 404, "NOT_FOUND", "room not found");
+	} else if (err != STORE_OK) {
+		j->err = err;
+	} else {
+		rj->result = op.result;
+		op.result = NULL;
+	}
+	store_op_clear(&op);
 }
 
 static int rooms_add_member(struct http_request *req)
 {
-	struct room_req *rr = room_req_for(req);
-	if (!rr || check_body(req, member_rules) < 0)
+	if (check_body(req, member_rules) < 0)
 		return APP_DONE;
 	size_t len;
 	const char *uid = json_get_str(app_body(req), "userId", &len);
-	if (!uid || store_id_parse(uid, len, &rr->target) < 0)
+	bson_oid_t target;
+	if (!uid || store_id_parse(uid, len, &target) < 0)
 		return app_fail(req, 500, "INTERNAL", "internal server error"); /* the rule let it through */
-	return load_room(req, rr, add_member_step);
+	struct room_job *rj = room_job_for(req, add_member_work, send_room_done, 200);
+	if (!rj)
+		return APP_DONE;
+	rj->target = target;
+	return api_job_submit(&rj->base);
 }
 
 /* ---- GET /api/rooms/:id/messages -------------------------------------- */
 
-static void history_found(struct api_call *c, enum store_err err)
+static void history_work(struct api_job *j)
 {
-	struct http_request *req = c->req;
-	if (err != STORE_OK) {
-		api_fail_store(req, err, NULL);
+	struct room_job *rj = (struct room_job *)j;
+	bson_t *room = load_room(j, rj, true);
+	if (!room)
+		return;
+	bson_destroy(room);
+	store_op_init(&rj->found, STORE_OP_FIND, COLL_MESSAGES);
+	if (store_filter_oid(&rj->found.filter, "room", STORE_EQ, &rj->room) < 0 ||
+	    store_filter_sort(&rj->found.filter, "createdAt", -1) < 0) {
+		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 		return;
 	}
+	store_filter_page(&rj->found.filter, 0, rj->limit);
+	api_run(j, &rj->found);
+}
+
+static void history_done(struct api_job *j, struct http_request *req)
+{
+	struct room_job *rj = (struct room_job *)j;
 	yajl_gen g = app_gen(req);
 	if (!g) {
 		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
@@ -418,97 +384,73 @@ static void history_found(struct api_call *c, enum store_err err)
 	}
 	/* Fetched newest first (so the limit keeps the latest); sent oldest first. */
 	yajl_gen_array_open(g);
-	for (size_t i = c->op.ndocs; i-- > 0;)
-		gen_message(g, c->op.docs[i]);
+	for (size_t i = rj->found.ndocs; i-- > 0;)
+		gen_message(g, rj->found.docs[i]);
 	yajl_gen_array_close(g);
 	app_send_gen(req, 200);
 }
 
-static void history_step(struct http_request *req, struct room_req *rr, const bson_t *room)
-{
-	if (!room_has_member(room, &rr->me)) {
-		app_fail(req, 403, "FORBIDDEN", "access denied to room");
-		return;
-	}
-	struct api_call *c = call_new(req, STORE_OP_FIND, STORE_MESSAGES, history_found, rr);
-	if (!c)
-		return;
-	if (store_filter_oid(&c->op.filter, "room", STORE_EQ, &rr->room) < 0 ||
-	    store_filter_sort(&c->op.filter, "createdAt", -1) < 0) {
-		call_abort(c, req);
-		return;
-	}
-	store_filter_page(&c->op.filter, 0, rr->limit);
-	api_call_submit(c);
-}
-
 static int rooms_messages(struct http_request *req)
 {
-	struct room_req *rr = room_req_for(req);
-	if (!rr)
-		return APP_DONE;
 	const struct json_value *q = app_query(req);
 	struct verrors errs;
+	int64_t limit;
 	if (!q)
 		return app_fail(req, 400, "VALIDATION_ERROR", "validation failed: malformed query string");
 	if (validate(q, history_rules, &errs) > 0)
 		return app_fail_validation(req, &errs);
-	if (validate_get_int(q, "limit", HISTORY_DEFAULT, &rr->limit) < 0)
+	if (validate_get_int(q, "limit", HISTORY_DEFAULT, &limit) < 0)
 		return app_fail(req, 500, "INTERNAL", "internal server error"); /* the rule let it through */
-	return load_room(req, rr, history_step);
+	struct room_job *rj = room_job_for(req, history_work, history_done, 200);
+	if (!rj)
+		return APP_DONE;
+	rj->limit = limit;
+	api_job_reads(&rj->base);
+	return api_job_submit(&rj->base);
 }
 
 /* ---- POST /api/rooms/:id/messages ------------------------------------- */
 
-static void message_stored(struct api_call *c, enum store_err err)
+static void send_work(struct api_job *j)
 {
-	struct http_request *req = c->req;
-	if (err != STORE_OK) {
-		api_fail_store(req, err, c->op.dup_field);
+	struct room_job *rj = (struct room_job *)j;
+	bson_t *room = load_room(j, rj, true);
+	if (!room)
 		return;
-	}
+	bson_destroy(room);
+	insert_doc(j, rj, COLL_MESSAGES);
+}
+
+static void send_done(struct api_job *j, struct http_request *req)
+{
+	struct room_job *rj = (struct room_job *)j;
 	yajl_gen g = app_gen(req);
 	if (!g) {
 		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 		return;
 	}
-	gen_message(g, c->op.result);
+	gen_message(g, rj->result);
 	/* Stored first, then broadcast: WebSocket members see REST-posted
 	 * messages too (best effort: a full bus is logged by the chat). */
-	chat_publish_message(c->op.result);
+	chat_publish_message(rj->result);
 	app_send_gen(req, 201);
-}
-
-static void send_step(struct http_request *req, struct room_req *rr, const bson_t *room)
-{
-	if (!room_has_member(room, &rr->me)) {
-		app_fail(req, 403, "FORBIDDEN", "access denied to room");
-		return;
-	}
-	struct api_call *c = call_new(req, STORE_OP_INSERT, STORE_MESSAGES, message_stored, rr);
-	if (!c)
-		return;
-	const char *name = app_ctx(req)->username;
-	bson_t *doc = bson_new();
-	c->op.doc = doc;
-	if (!doc || rr->content_len > INT32_MAX || !bson_append_oid(doc, "room", 4, &rr->room) ||
-	    !bson_append_oid(doc, "sender", 6, &rr->me) || !bson_append_utf8(doc, "senderName", 10, name, -1) ||
-	    !bson_append_utf8(doc, "content", 7, rr->content, (int)rr->content_len)) {
-		call_abort(c, req);
-		return;
-	}
-	api_call_submit(c);
 }
 
 static int rooms_send(struct http_request *req)
 {
-	struct room_req *rr = room_req_for(req);
-	if (!rr || check_body(req, message_rules) < 0)
+	if (check_body(req, message_rules) < 0)
 		return APP_DONE;
-	rr->content = json_get_str(app_body(req), "content", &rr->content_len);
-	if (!rr->content)
-		return app_fail(req, 500, "INTERNAL", "internal server error"); /* the rule let it through */
-	return load_room(req, rr, send_step);
+	size_t clen = 0;
+	const char *content = json_get_str(app_body(req), "content", &clen);
+	struct room_job *rj = room_job_for(req, send_work, send_done, 201);
+	if (!rj)
+		return APP_DONE;
+	bson_t *doc = rj->doc = bson_new();
+	if (!doc || !content || clen > INT32_MAX || !bson_append_oid(doc, "room", 4, &rj->room) ||
+	    !bson_append_oid(doc, "sender", 6, &rj->me) || !bson_append_utf8(doc, "senderName", 10, rj->my_name, -1) ||
+	    !bson_append_utf8(doc, "content", 7, content, (int)clen))
+		return api_job_drop(&rj->base);
+	return api_job_submit(&rj->base);
 }
 
 int rooms_routes(struct app *app)

@@ -1,7 +1,8 @@
 /* users.c - the /api/users routes (SPEC section 6): me, get by id, the
  * admin list, PATCH (self or admin) and soft DELETE (admin).
  *
- * The user object is the stored document without passwordHash. Choices
+ * The user object lists its fields (users_gen): a password hash or any
+ * other stored field is never sent. Every route is one job (api.h). Choices
  * where the SPEC is silent: the list is newest first (createdAt, then _id,
  * descending) and includes deactivated users; GET /api/users/:id of a
  * deactivated user is 404 for anyone but an admin or that user; DELETE
@@ -18,6 +19,7 @@
 #include "validate.h"
 
 #include <ctype.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,39 +27,34 @@
 
 #define USERS_PAGE_DEFAULT 25
 #define USERS_PAGE_MAX 100
+#define PW_MAX_BYTES 512 /* 128 code points of UTF-8 */
 
-static const char *const user_omit[] = {"passwordHash", NULL};
+/* The user object's fields beside id and _id (SPEC section 6). */
+static const char *const user_fields[] = {"username", "email", "role", "isActive", "createdAt", "updatedAt", NULL};
 
 static const struct vrule patch_rules[] = {
     V_STRING("username", V_OPTIONAL, 3, 20, .charset = V_CHARSET_WORD),
     V_EMAIL("email", V_OPTIONAL),
     V_STRING("password", V_OPTIONAL, 8, 128),
-    V_ENUM("role", V_OPTIONAL, "user", "admin"),
+    V_ENUM("role", V_OPTIONAL, "user", "clinician", "admin"),
     V_BOOL("isActive", V_OPTIONAL),
     V_END,
 };
-
-static void call_discard(struct api_call *c)
-{
-	store_op_clear(&c->op);
-	free(c);
-}
 
 static int fail_unavailable(struct http_request *req)
 {
 	return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 }
 
-static int is_admin(struct http_request *req)
+void users_gen(void *g, const bson_t *user)
 {
-	return strcmp(app_ctx(req)->role, "admin") == 0;
+	api_gen_object(g, user, user_fields);
 }
 
-static int is_self(struct http_request *req, const bson_oid_t *id)
+static void list_item(void *g, const bson_t *user, const struct api_list *l)
 {
-	char hex[25];
-	store_id_format(id, hex);
-	return strcmp(app_ctx(req)->user_id, hex) == 0;
+	(void)l;
+	users_gen(g, user);
 }
 
 static void reply_user(struct http_request *req, int status, const bson_t *doc)
@@ -67,7 +64,7 @@ static void reply_user(struct http_request *req, int status, const bson_t *doc)
 		fail_unavailable(req);
 		return;
 	}
-	api_gen_doc(g, doc, user_omit);
+	users_gen(g, doc);
 	app_send_gen(req, status);
 }
 
@@ -78,30 +75,63 @@ static int has_value(const struct json_value *body, const char *key)
 	return v && v->type != JSON_NULL;
 }
 
-/* ------------------------------------------------------------ reads */
+/* ------------------------------------------------------------ one user */
 
-static void got_user(struct api_call *c, enum store_err err)
+struct user_job {
+	struct api_job base;
+	bson_oid_t id;      /* the target user */
+	bool privileged;    /* the caller is an admin or the target */
+	bool deactivate;    /* DELETE */
+	bson_t *fields;     /* PATCH: $set (without the password hash) */
+	char pw[PW_MAX_BYTES + 1]; /* PATCH: the new password, wiped after use */
+	size_t pwlen;
+	bson_t *user;       /* result */
+};
+
+static void user_cleanup(struct api_job *j)
 {
-	struct http_request *req = c->req;
-	if (err != STORE_OK) {
-		api_fail_store(req, err, NULL);
-		return;
-	}
-	/* A soft-deleted user is gone for everyone but admins. */
-	if (!api_doc_bool(c->op.result, "isActive", 1) && !is_admin(req) && !is_self(req, &c->op.id)) {
-		app_fail(req, 404, "NOT_FOUND", "not found");
-		return;
-	}
-	reply_user(req, 200, c->op.result);
+	struct user_job *uj = (struct user_job *)j;
+	sodium_memzero(uj->pw, sizeof(uj->pw));
+	if (uj->fields)
+		bson_destroy(uj->fields);
+	if (uj->user)
+		bson_destroy(uj->user);
+}
+
+static void get_work(struct api_job *j)
+{
+	struct user_job *uj = (struct user_job *)j;
+	uj->user = api_find_by_id(j, COLL_USERS, &uj->id);
+	/* A soft-deleted user is gone for everyone but admins and themselves. */
+	if (uj->user && !api_doc_bool(uj->user, "isActive", 1) && !uj->privileged)
+		api_job_fail(j, 404, "NOT_FOUND", "not found");
+}
+
+static void get_done(struct api_job *j, struct http_request *req)
+{
+	reply_user(req, 200, ((struct user_job *)j)->user);
+}
+
+static struct user_job *user_job_new(struct http_request *req, const bson_oid_t *id, api_job_fn work,
+                                     api_job_done_fn done)
+{
+	struct user_job *uj = api_job_new(req, sizeof(*uj), work, done);
+	if (!uj)
+		return NULL;
+	uj->base.cleanup = user_cleanup;
+	bson_oid_copy(id, &uj->id);
+	const struct principal *me = auth_principal(req);
+	uj->privileged = auth_is_admin(req) || (me && bson_oid_equal(&me->oid, id));
+	return uj;
 }
 
 static int find_user(struct http_request *req, const bson_oid_t *id)
 {
-	struct api_call *c = api_call_new(req, STORE_OP_FIND_BY_ID, STORE_USERS, got_user);
-	if (!c)
+	struct user_job *uj = user_job_new(req, id, get_work, get_done);
+	if (!uj)
 		return fail_unavailable(req);
-	bson_oid_copy(id, &c->op.id);
-	return api_call_submit(c);
+	api_job_reads(&uj->base);
+	return api_job_submit(&uj->base);
 }
 
 static int users_me(struct http_request *req)
@@ -113,11 +143,7 @@ static int users_me(struct http_request *req)
 		reply_user(req, 200, doc);
 		return APP_DONE;
 	}
-	bson_oid_t id;
-	const char *me = app_ctx(req)->user_id;
-	if (store_id_parse(me, strlen(me), &id) < 0)
-		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
-	return find_user(req, &id);
+	return find_user(req, &auth_principal(req)->oid);
 }
 
 static int users_get(struct http_request *req)
@@ -128,145 +154,114 @@ static int users_get(struct http_request *req)
 	return find_user(req, &id);
 }
 
-struct page {
-	int64_t page, limit, total;
+/* ------------------------------------------------------------ the list */
+
+struct list_job {
+	struct api_job base;
+	struct api_list list;
 };
 
-static void listed(struct api_call *c, enum store_err err)
+static void list_work(struct api_job *j)
 {
-	struct http_request *req = c->req;
-	struct page *p = app_ctx(req)->user_data;
-	if (err != STORE_OK) {
-		api_fail_store(req, err, NULL);
-		return;
-	}
-	yajl_gen g = app_gen(req);
-	if (!g) {
-		fail_unavailable(req);
-		return;
-	}
-	yajl_gen_array_open(g);
-	for (size_t i = 0; i < c->op.ndocs; i++)
-		api_gen_doc(g, c->op.docs[i], user_omit);
-	yajl_gen_array_close(g);
-	app_gen_pagination(req, p->page, p->limit, p->total);
-	app_send_gen(req, 200);
+	api_list_run(j, &((struct list_job *)j)->list);
 }
 
-static void counted(struct api_call *c, enum store_err err)
+static void list_done(struct api_job *j, struct http_request *req)
 {
-	struct http_request *req = c->req;
-	struct page *p = app_ctx(req)->user_data;
-	if (err != STORE_OK) {
-		api_fail_store(req, err, NULL);
-		return;
-	}
-	p->total = c->op.count;
-	int64_t skip = (p->page - 1) * p->limit;
-	if (skip >= p->total) {
-		/* Past the end: no need to ask the database for nothing. */
-		c->op.ndocs = 0;
-		listed(c, STORE_OK);
-		return;
-	}
-	struct api_call *f = api_call_new(req, STORE_OP_FIND, STORE_USERS, listed);
-	if (!f) {
-		fail_unavailable(req);
-		return;
-	}
-	if (store_filter_sort(&f->op.filter, "createdAt", -1) < 0) {
-		call_discard(f);
-		fail_unavailable(req);
-		return;
-	}
-	store_filter_page(&f->op.filter, skip, p->limit);
-	api_call_submit(f);
+	api_send_list(req, &((struct list_job *)j)->list, list_item);
+}
+
+static void list_cleanup(struct api_job *j)
+{
+	api_list_clear(&((struct list_job *)j)->list);
 }
 
 static int users_list(struct http_request *req)
 {
-	struct page *p = http_alloc(req, sizeof(*p));
-	if (!p)
-		return fail_unavailable(req);
-	memset(p, 0, sizeof(*p));
-	if (api_pagination(req, USERS_PAGE_DEFAULT, USERS_PAGE_MAX, &p->page, &p->limit) < 0)
+	int64_t page, limit;
+	if (api_pagination(req, USERS_PAGE_DEFAULT, USERS_PAGE_MAX, &page, &limit) < 0)
 		return APP_DONE;
-	app_ctx(req)->user_data = p;
-	struct api_call *c = api_call_new(req, STORE_OP_COUNT, STORE_USERS, counted);
-	if (!c)
+	struct list_job *lj = api_job_new(req, sizeof(*lj), list_work, list_done);
+	if (!lj)
 		return fail_unavailable(req);
-	return api_call_submit(c);
+	lj->base.cleanup = list_cleanup;
+	api_job_reads(&lj->base);
+	lj->list = (struct api_list){.coll = COLL_USERS, .page = page, .limit = limit};
+	if (store_filter_sort(&lj->list.filter, "createdAt", -1) < 0)
+		return api_job_drop(&lj->base);
+	return api_job_submit(&lj->base);
 }
 
 /* ------------------------------------------------------------ writes */
 
-static void written(struct api_call *c, enum store_err err)
+static void write_work(struct api_job *j)
 {
-	struct http_request *req = c->req;
-	if (err != STORE_OK) {
-		api_fail_store(req, err, c->op.dup_field);
-		return;
+	struct user_job *uj = (struct user_job *)j;
+	if (uj->pwlen) {
+		char hash[AUTH_HASH_MAX];
+		int rc = auth_password_hash(uj->pw, uj->pwlen, hash);
+		sodium_memzero(uj->pw, sizeof(uj->pw));
+		if (rc < 0 || !BSON_APPEND_UTF8(uj->fields, "passwordHash", hash)) {
+			sodium_memzero(hash, sizeof(hash));
+			api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "server busy, try again");
+			return;
+		}
+		sodium_memzero(hash, sizeof(hash));
 	}
-	authmw_users_changed();
-	char id[25];
-	store_id_format(&c->op.id, id);
-	struct log_ctx lc = {.request_id = req->request_id, .user_id = app_ctx(req)->user_id};
-	if (req->method == HTTP_M_DELETE) {
-		log_info(&lc, "user deactivated", LF_STR("targetUserId", id));
-		app_no_content(req);
-		return;
-	}
-	log_info(&lc, "user updated", LF_STR("targetUserId", id));
-	reply_user(req, 200, c->op.result);
+	uj->user = api_update_by_id(j, COLL_USERS, &uj->id, uj->fields);
+	uj->fields = NULL; /* consumed */
 }
 
-struct patch {
-	bson_oid_t id;
-	char *username, *email, *role;
-	int active; /* -1: unchanged */
-};
-
-static void patch_apply(struct http_request *req, const char *hash)
+static void write_done(struct api_job *j, struct http_request *req)
 {
-	struct patch *p = app_ctx(req)->user_data;
-	struct api_call *c = api_call_new(req, STORE_OP_UPDATE_BY_ID, STORE_USERS, written);
-	if (!c) {
-		fail_unavailable(req);
-		return;
-	}
-	bson_oid_copy(&p->id, &c->op.id);
+	struct user_job *uj = (struct user_job *)j;
+	char id[25];
+	store_id_format(&uj->id, id);
+	struct log_ctx lc = {.request_id = req->request_id, .user_id = auth_principal(req)->id};
+	authmw_users_changed();
+	log_info(&lc, uj->deactivate ? "user deactivated" : "user updated", LF_STR("targetUserId", id));
+	if (uj->deactivate)
+		app_no_content(req);
+	else
+		reply_user(req, 200, uj->user);
+}
+
+/* The body's changes as a $set document (the password is hashed by the job). */
+static bson_t *patch_fields(const struct json_value *body)
+{
 	bson_t *d = bson_new();
-	c->op.doc = d;
+	size_t len;
+	const char *s;
+	int b;
 	bool ok = d != NULL;
-	if (ok && p->username)
-		ok = BSON_APPEND_UTF8(d, "username", p->username);
-	if (ok && p->email)
-		ok = BSON_APPEND_UTF8(d, "email", p->email);
-	if (ok && hash)
-		ok = BSON_APPEND_UTF8(d, "passwordHash", hash);
-	if (ok && p->role)
-		ok = BSON_APPEND_UTF8(d, "role", p->role);
-	if (ok && p->active >= 0)
-		ok = BSON_APPEND_BOOL(d, "isActive", p->active != 0);
-	if (!ok) {
-		call_discard(c);
-		fail_unavailable(req);
-		return;
+	if (ok && has_value(body, "username") && (s = json_get_str(body, "username", &len)))
+		ok = bson_append_utf8(d, "username", -1, s, (int)len);
+	if (ok && has_value(body, "email") && (s = json_get_str(body, "email", &len))) {
+		char email[256];
+		size_t n = len < sizeof(email) - 1 ? len : sizeof(email) - 1;
+		for (size_t i = 0; i < n; i++)
+			email[i] = (char)tolower((unsigned char)s[i]);
+		email[n] = '\0';
+		ok = BSON_APPEND_UTF8(d, "email", email);
 	}
-	api_call_submit(c);
+	if (ok && has_value(body, "role") && (s = json_get_str(body, "role", &len)))
+		ok = BSON_APPEND_UTF8(d, "role", s);
+	if (ok && has_value(body, "isActive") && json_get_bool(body, "isActive", &b) == 0)
+		ok = BSON_APPEND_BOOL(d, "isActive", b != 0);
+	if (!ok && d) {
+		bson_destroy(d);
+		d = NULL;
+	}
+	return d;
 }
 
 static int users_patch(struct http_request *req)
 {
-	struct patch *p = http_alloc(req, sizeof(*p));
-	if (!p)
-		return fail_unavailable(req);
-	memset(p, 0, sizeof(*p));
-	p->active = -1;
-	if (api_param_id(req, "id", &p->id) < 0)
+	bson_oid_t id;
+	if (api_param_id(req, "id", &id) < 0)
 		return APP_DONE;
-	int admin = is_admin(req);
-	if (!admin && !is_self(req, &p->id))
+	int admin = auth_is_admin(req);
+	if (!admin && !bson_oid_equal(&auth_principal(req)->oid, &id))
 		return app_fail(req, 403, "FORBIDDEN", "you can only update your own account");
 	const struct json_value *body = app_body(req);
 	if (!admin && body && body->type == JSON_OBJECT && (json_get(body, "role") || json_get(body, "isActive")))
@@ -274,35 +269,32 @@ static int users_patch(struct http_request *req)
 	struct verrors errs;
 	if (validate(body, patch_rules, &errs) > 0)
 		return app_fail_validation(req, &errs);
-	size_t len;
-	const char *s;
-	if (has_value(body, "username") && (s = json_get_str(body, "username", &len)) &&
-	    !(p->username = http_strndup(req, s, len)))
-		return fail_unavailable(req);
-	if (has_value(body, "email") && (s = json_get_str(body, "email", &len))) {
-		if (!(p->email = http_strndup(req, s, len)))
-			return fail_unavailable(req);
-		for (char *q = p->email; *q; q++)
-			*q = (char)tolower((unsigned char)*q);
-	}
-	if (has_value(body, "role") && (s = json_get_str(body, "role", &len)) && !(p->role = http_strndup(req, s, len)))
-		return fail_unavailable(req);
-	int b;
-	if (has_value(body, "isActive") && json_get_bool(body, "isActive", &b) == 0)
-		p->active = b != 0;
-	const char *pw = has_value(body, "password") ? json_get_str(body, "password", &len) : NULL;
-	if (!p->username && !p->email && !p->role && p->active < 0 && !pw) {
+	size_t pwlen = 0;
+	const char *pw = has_value(body, "password") ? json_get_str(body, "password", &pwlen) : NULL;
+	if (pw && pwlen > PW_MAX_BYTES)
+		return app_fail(req, 400, "VALIDATION_ERROR", "validation failed: password too long");
+	static const char *const updatable[] = {"username", "email", "role", "isActive", "password", NULL};
+	int any = 0;
+	for (const char *const *k = updatable; *k; k++)
+		any |= has_value(body, *k);
+	if (!any) {
 		errs = (struct verrors){.count = 1};
 		snprintf(errs.details[0].field, sizeof(errs.details[0].field), "body");
 		snprintf(errs.details[0].message, sizeof(errs.details[0].message),
 		         "body must contain at least one of username, email, password, role, isActive");
 		return app_fail_validation(req, &errs);
 	}
-	app_ctx(req)->user_data = p;
-	if (pw)
-		return auth_hash_password(req, pw, len, patch_apply);
-	patch_apply(req, NULL);
-	return APP_DONE;
+	struct user_job *uj = user_job_new(req, &id, write_work, write_done);
+	if (!uj)
+		return fail_unavailable(req);
+	if (!(uj->fields = patch_fields(body)))
+		return api_job_drop(&uj->base);
+	if (pw) {
+		memcpy(uj->pw, pw, pwlen);
+		uj->pwlen = pwlen;
+		api_job_slow(&uj->base); /* argon2id */
+	}
+	return api_job_submit(&uj->base);
 }
 
 static int users_delete(struct http_request *req)
@@ -310,15 +302,13 @@ static int users_delete(struct http_request *req)
 	bson_oid_t id;
 	if (api_param_id(req, "id", &id) < 0)
 		return APP_DONE;
-	struct api_call *c = api_call_new(req, STORE_OP_UPDATE_BY_ID, STORE_USERS, written);
-	if (!c)
+	struct user_job *uj = user_job_new(req, &id, write_work, write_done);
+	if (!uj)
 		return fail_unavailable(req);
-	bson_oid_copy(&id, &c->op.id);
-	if (!(c->op.doc = BCON_NEW("isActive", BCON_BOOL(false)))) {
-		call_discard(c);
-		return fail_unavailable(req);
-	}
-	return api_call_submit(c);
+	uj->deactivate = true;
+	if (!(uj->fields = BCON_NEW("isActive", BCON_BOOL(false))))
+		return api_job_drop(&uj->base);
+	return api_job_submit(&uj->base);
 }
 
 int users_routes(struct app *app)

@@ -157,11 +157,11 @@ int worker_run(const struct worker_opts *opts)
 	if (opts->sb && opts->sb_index >= 0)
 		w.sbe = &opts->sb->entries[opts->sb_index];
 	current = &w;
-	log_set_worker(opts->id + 1);
+	log_set_worker(opts->id); /* the 0-based id of the title, resilctl and the scoreboard */
 
 	signal(SIGPIPE, SIG_IGN);
 	if (sodium_init() < 0) {
-		log_error(NULL, "libsodium initialisation failed", LF_INT("worker", opts->id));
+		log_msg(LOG_LVL_ERROR, NULL, "libsodium initialisation failed");
 		return WORKER_EXIT_FATAL;
 	}
 	struct event_config *ec = event_config_new();
@@ -171,7 +171,7 @@ int worker_run(const struct worker_opts *opts)
 	if (ec)
 		event_config_free(ec);
 	if (!w.base) {
-		log_error(NULL, "cannot create event loop", LF_INT("worker", opts->id));
+		log_msg(LOG_LVL_ERROR, NULL, "cannot create event loop");
 		return WORKER_EXIT_FATAL;
 	}
 	struct event *sigev[NSIGNALS] = {0};
@@ -196,7 +196,7 @@ int worker_run(const struct worker_opts *opts)
 	}
 	app_set_route_hook(w.app, route_hook);
 	if (routes_register(w.app, &w) < 0) {
-		log_error(NULL, "cannot register routes", LF_INT("worker", opts->id));
+		log_msg(LOG_LVL_ERROR, NULL, "cannot register routes");
 		w.exit_code = WORKER_EXIT_FATAL;
 		goto out;
 	}
@@ -226,7 +226,7 @@ int worker_run(const struct worker_opts *opts)
 	};
 	w.http = http_server_new(w.base, opts->listen_fd, &ho);
 	if (!w.http) {
-		log_error(NULL, "cannot serve on the listening socket", LF_INT("worker", opts->id));
+		log_msg(LOG_LVL_ERROR, NULL, "cannot serve on the listening socket");
 		w.exit_code = WORKER_EXIT_FATAL;
 		goto out;
 	}

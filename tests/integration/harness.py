@@ -3,10 +3,16 @@
 Each test starts its own resild on a free loopback port in its own temp
 directory, talks real HTTP to it (raw sockets or http.client), and stops
 exactly the processes it started. No third-party Python modules.
+
+Every line resild writes is checked when its Server is cleaned up: it must
+be one JSON object with no key repeated at any depth (SPEC section 10), so
+every integration test also tests the log format. Lines from valgrind or a
+sanitizer ("==PID==...", "--PID--...") are left to assert_clean_exit.
 """
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +24,47 @@ import traceback
 
 RESILD = os.environ.get("RESILD") or os.path.join(os.path.dirname(__file__), "..", "..", "resild")
 TOP = os.environ.get("RESIL_TOP_SRCDIR") or os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+class DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_object(pairs):
+    """object_pairs_hook for json.loads: a repeated key is an error."""
+    seen = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise DuplicateKeyError("duplicate key %r" % k)
+        seen.add(k)
+    return dict(pairs)
+
+
+def parse_log_line(line):
+    """One log line as a dict; ValueError (DuplicateKeyError for a repeated
+    key, at any depth) when it is not exactly one JSON object."""
+    doc = json.loads(line, object_pairs_hook=_unique_object)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+_TOOL_LINE = re.compile(r"^(==\d+==|--\d+--)")  # valgrind (errors, warnings), AddressSanitizer, LeakSanitizer
+
+
+def log_problems(text):
+    """The lines of resild output text that are not one JSON object with
+    unique keys, as (line number, reason, line) tuples. Empty lines and
+    valgrind/sanitizer lines are skipped."""
+    bad = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or _TOOL_LINE.match(line):
+            continue
+        try:
+            parse_log_line(line)
+        except ValueError as e:
+            bad.append((n, str(e), line))
+    return bad
 
 
 def free_port():
@@ -90,10 +137,34 @@ class Server:
             line = line.strip()
             if line.startswith("{"):
                 try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    raise AssertionError("log line is not valid JSON: %r" % line)
+                    out.append(parse_log_line(line))
+                except ValueError as e:
+                    raise AssertionError("log line is not one JSON object with unique keys (%s): %r" % (e, line))
         return out
+
+    def log_files(self):
+        """Every file resild wrote log lines to: its stderr/stdout capture
+        and, when RESIL_LOG_FILE is set, that file."""
+        files = [self.log_path]
+        extra = self.env.get("RESIL_LOG_FILE")
+        if extra:
+            files.append(extra if os.path.isabs(extra) else os.path.join(self.dir, extra))
+        return files
+
+    def check_log_lines(self):
+        """AssertionError naming each line resild wrote that is not one JSON
+        object with unique keys (checked at cleanup by every test)."""
+        report = []
+        for path in self.log_files():
+            try:
+                with open(path, "rb") as f:
+                    text = f.read().decode("utf-8", "replace")
+            except FileNotFoundError:
+                continue
+            for n, why, line in log_problems(text):
+                report.append("%s:%d: %s: %r" % (os.path.basename(path), n, why, line[:300]))
+        if report:
+            raise AssertionError("resild wrote %d bad log line(s):\n%s" % (len(report), "\n".join(report[:20])))
 
     def request(self, method, path, body=None, headers=None, timeout=10):
         if os.environ.get("RESIL_VALGRIND"):
@@ -164,8 +235,11 @@ class Server:
         assert rc == 0, "resild exited with %s" % rc
 
     def cleanup(self):
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.stop()
+            self.check_log_lines()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def parse_responses(data):

@@ -24,7 +24,7 @@ API_KEY = "ext-key-7f3a9c1e5b"
 SSN = "078-05-1120"
 RECORD = "MR-CONFIDENTIAL-4242 allergic to penicillin"
 EXT_RECORD = "EXT-MR-SECRET-9911 synced history"
-FULL = {"id", "name", "email", "dateOfBirth", "status", "ssn", "medicalRecord", "externalId", "createdAt", "updatedAt"}
+FULL = {"id", "_id", "name", "email", "dateOfBirth", "status", "ssn", "medicalRecord", "externalId", "createdAt", "updatedAt"}
 
 
 class FakeApi:
@@ -134,7 +134,8 @@ def assert_no_secrets_logged(srv):
 
 
 class Env:
-    """resild (2 workers) on one backend, the fake API, admin and nurse users."""
+    """resild (2 workers) on one backend, the fake API, an admin, a nurse
+    (role clinician, set by the admin) and a visitor (role user)."""
 
     def __init__(self, backend, api):
         self.backend = backend
@@ -144,7 +145,15 @@ class Env:
         self.srv, self.md = backend_server(backend, "patients", workers=2, env=env)
         try:
             self.admin, _ = register(self.srv, "admin")
-            self.nurse, _ = register(self.srv, "nurse")
+            _, nurse = register(self.srv, "nurse")
+            st, _, doc = call(self.srv, "PATCH", "/api/users/%s" % nurse["id"], {"role": "clinician"}, self.admin)
+            assert st == 200 and doc["data"]["role"] == "clinician", doc
+            # A token carries no authority: the role is read from the database.
+            st, _, doc = self.srv.json("POST", "/api/auth/login",
+                                       {"email": "nurse@example.com", "password": "pw-nurse-secret"})
+            assert st == 200, doc
+            self.nurse = doc["data"]["token"]
+            self.visitor, _ = register(self.srv, "visitor")
         except Exception:
             self.close()
             raise
@@ -231,6 +240,11 @@ def check_writes_are_admin_only_and_reads_need_a_token(e):
         assert_error(st, doc, 403, "FORBIDDEN")
     st, _, doc = call(e.srv, "GET", "/api/patients/%s" % pid, token=e.nurse)
     assert st == 200 and doc["data"]["name"] == "Pat Doe", doc
+    # Patient data is for clinicians and admins only (SPEC section 6).
+    for method, path, body in writes + (("GET", "/api/patients", None), ("GET", "/api/patients/%s" % pid, None)):
+        st, _, doc = call(e.srv, method, path, body, e.visitor)
+        assert_error(st, doc, 403, "FORBIDDEN")
+        assert SSN not in json.dumps(doc) and RECORD not in json.dumps(doc)
 
 
 def check_list_omits_ssn_and_medical_record_newest_first(e):

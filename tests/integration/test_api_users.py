@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import RESILD, TOP, Server, run_tests  # noqa: E402
 
 SECRET = "resil-it-users-jwt-secret-0123456789abcdef"
-USER_KEYS = {"id", "username", "email", "role", "isActive", "createdAt", "updatedAt"}
+USER_KEYS = {"id", "_id", "username", "email", "role", "isActive", "createdAt", "updatedAt"}
 HEX24 = re.compile(r"^[0-9a-f]{24}$")
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 JSON_CT = {"Content-Type": "application/json"}

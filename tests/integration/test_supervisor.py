@@ -4,7 +4,8 @@ the real binaries: crash restart with backoff, crash loop -> errored, hung
 worker kill, graceful drain on SIGTERM, zero-downtime reload under load,
 rejected reloads, scaling, every resilctl command, the control socket's
 owner check, the systemd notify protocol, test hooks disabled in
-production, fatal start, and process titles.
+production, fatal start, process titles, and one worker id (log lines,
+titles, resilctl, /health probes) with no log line repeating a key.
 
 Each test starts its own resild (harness.Server) on a free loopback port,
 waits only with bounded polls, and signals only processes it started
@@ -27,7 +28,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Server, run_tests  # noqa: E402
+from harness import DuplicateKeyError, Server, log_problems, parse_log_line, run_tests  # noqa: E402
 
 RESILCTL = os.environ.get("RESILCTL") or os.path.join(HERE, "..", "..", "resilctl")
 # Under valgrind (make check RESIL_VALGRIND=1) every fork starts ~10x slower:
@@ -266,14 +267,10 @@ def assert_no_sanitizer_reports(srv):
 
 def clean_exit(srv):
     """SIGTERM, exit 0, no sanitizer report, and every output line is a
-    JSON log line (nothing else, such as a library's warning, on stderr)."""
+    JSON log line with unique keys (nothing else, such as a library's
+    warning, on stderr)."""
     srv.assert_clean_exit()
-    for line in srv.logs().splitlines():
-        if line.strip():
-            try:
-                json.loads(line)
-            except ValueError:
-                raise AssertionError("resild wrote a non-JSON line: %r" % line[:300])
+    srv.check_log_lines()
 
 
 def started(workers_n=2, env=None, args=None):
@@ -378,7 +375,7 @@ def test_crash_loop_marks_the_slot_errored_until_restart():
         delays = [e["restartInMs"] for e in log_events(srv, "worker died; restarting")]
         assert delays == [1 << i for i in range(10)], delays  # doubling from the test base
         err = log_events(srv, "marking it errored")
-        assert len(err) == 1 and err[0]["level"] == "error" and err[0]["workerId"] == 0, err
+        assert len(err) == 1 and err[0]["level"] == "error" and err[0]["worker"] == 0, err
         # visible in status (table and JSON) and health
         p = resilctl(srv, "status")
         assert p.returncode == 0, p
@@ -921,6 +918,73 @@ def test_process_titles_show_role_id_and_generation():
         srv.cleanup()
 
 
+def test_log_checker_rejects_repeated_keys_and_non_json_lines():
+    # The check every Server runs at cleanup must be able to fail.
+    assert log_problems('{"a":1,"b":{"c":2}}\n\n==123== valgrind note\n') == []
+    bad = log_problems('{"worker":1,"worker":2}\n{"a":{"b":1,"b":1}}\n[warn] epoll\n{"a":1}{"b":2}\n[1]\n')
+    assert [n for n, _, _ in bad] == [1, 2, 3, 4, 5], bad
+    assert "duplicate key 'worker'" in bad[0][1] and "duplicate key 'b'" in bad[1][1], bad
+    try:
+        parse_log_line('{"level":"info","level":"warn"}')
+        raise AssertionError("a repeated key was accepted")
+    except DuplicateKeyError:
+        pass
+
+
+def test_one_worker_id_in_logs_titles_resilctl_and_health():
+    srv = started(2)
+    try:
+        pids = all_ready(srv, 2)  # resilctl's ids -> pids
+        sup_pid = srv.proc.pid
+        for i, pid in pids.items():
+            check_title(pid, "resild: worker %d (gen 1)" % i)
+        # /health's worker counts are resilctl health's.
+        st, _, h = srv.json("GET", "/health")
+        assert st == 200 and h["checks"]["workers"] == {"total": 2, "ready": 2}, h
+        assert ctl(srv, {"cmd": "health"})["checks"]["workers"] == h["checks"]["workers"]
+        # /health/live names the worker that answered; its access line
+        # (same request id) comes from that worker's pid with the same id.
+        answered = {}
+        for n in range(40):
+            rid = "wid-%d" % n
+            st, _, body = srv.json("GET", "/health/live", headers={"X-Request-ID": rid})
+            assert st == 200 and body["status"] == "ok" and body["worker"] in pids, body
+            answered[rid] = body["worker"]
+
+        def logged():
+            got = {l.get("requestId") for l in srv.log_lines()}
+            return all(rid in got for rid in answered)
+        # Access lines are written at the end of a loop turn: let them land
+        # before a worker is killed.
+        wait_for(logged, 10, "the access lines of every probe")
+        # A crash makes the supervisor log about worker 1 by id.
+        os.kill(pids[1], signal.SIGKILL)
+        wait_for(lambda: (lambda w: w and w[1] != pids[1] and w)(all_ready(srv, 2)), 10, "worker 1 replaced")
+
+        lines = srv.log_lines()  # also asserts one JSON object per line, keys unique
+        assert not any("workerId" in l for l in lines), [l for l in lines if "workerId" in l][:3]
+        by_pid = {pid: i for i, pid in pids.items()}
+        for l in lines:
+            if l["pid"] in by_pid:
+                assert l.get("worker") == by_pid[l["pid"]], l
+        access = {l["requestId"]: l for l in lines if str(l.get("requestId", "")).startswith("wid-")}
+        assert set(access) == set(answered), sorted(set(answered) - set(access))
+        for rid, w in answered.items():
+            assert access[rid]["worker"] == w and access[rid]["pid"] == pids[w], (access[rid], w)
+        sup = [l for l in lines if l["pid"] == sup_pid]
+        assert sup and all(l.get("worker", 0) in pids for l in sup), [l for l in sup if "worker" in l][:3]
+        started_lines = [l for l in sup if l["message"] == "worker started"]
+        for i, pid in pids.items():
+            assert any(l["worker"] == i and l["workerPid"] == pid for l in started_lines), (i, started_lines)
+        died = [l for l in sup if l["message"] == "worker died; restarting"]
+        assert len(died) == 1 and died[0]["worker"] == 1 and died[0]["workerPid"] == pids[1], died
+        now = all_ready(srv, 2)
+        check_title(now[1], "resild: worker 1 (gen 1)")
+        clean_exit(srv)
+    finally:
+        srv.cleanup()
+
+
 if __name__ == "__main__":
     run_tests([
         test_killed_worker_is_replaced_within_a_second_while_the_other_serves,
@@ -936,4 +1000,6 @@ if __name__ == "__main__":
         test_test_hooks_cannot_be_enabled_in_production,
         test_fatal_start_exits_1_without_a_respawn_loop,
         test_process_titles_show_role_id_and_generation,
+        test_log_checker_rejects_repeated_keys_and_non_json_lines,
+        test_one_worker_id_in_logs_titles_resilctl_and_health,
     ])
