@@ -1299,11 +1299,13 @@ again:
 	}
 	c->resume = 0;
 	if (c->more) {
-		/* Yielded: continue when the socket is writable (conn_write_cb). */
+		/* Yielded: continue when the socket is writable (conn_write_cb);
+		 * a client that never takes its answers meets the send timeout. */
 		if (!c->writing) {
 			event_add(c->wev, NULL);
 			c->writing = 1;
 		}
+		conn_wait_idle(c);
 	} else if (conn_waiting(c)) {
 		if (c->eof && !c->out_paused && evbuffer_get_length(c->out) == 0) {
 			conn_free(c);

@@ -152,7 +152,7 @@ static void on_request(struct http_request *req, void *ud)
 	http_send(req);
 }
 
-static void srv_start(struct srv *t, size_t body_size, int64_t keepalive_ms)
+static void srv_start_timeouts(struct srv *t, size_t body_size, int64_t keepalive_ms, int64_t send_timeout_ms)
 {
 	memset(t, 0, sizeof(*t));
 	t->body_size = body_size;
@@ -171,7 +171,7 @@ static void srv_start(struct srv *t, size_t body_size, int64_t keepalive_ms)
 		.body_limit = 1 << 20,
 		.max_connections = 16,
 		.keepalive_timeout_ms = keepalive_ms,
-		.body_timeout_ms = 10000,
+		.body_timeout_ms = send_timeout_ms,
 		.drain_timeout_ms = 10000,
 		.on_headers = on_headers,
 		.on_request = on_request,
@@ -179,6 +179,11 @@ static void srv_start(struct srv *t, size_t body_size, int64_t keepalive_ms)
 	};
 	t->http = http_server_new(t->base, t->lfd, &o);
 	ck_assert_ptr_nonnull(t->http);
+}
+
+static void srv_start(struct srv *t, size_t body_size, int64_t keepalive_ms)
+{
+	srv_start_timeouts(t, body_size, keepalive_ms, 10000);
 }
 
 static void srv_stop(struct srv *t)
@@ -300,6 +305,24 @@ START_TEST(test_a_client_that_does_not_read_stops_being_parsed)
 	ck_assert_uint_eq(st->requests, N);
 	ck_assert_uint_eq(evbuffer_get_length(acc), 0);
 	evbuffer_free(acc);
+	close(fd);
+	srv_stop(&t);
+}
+END_TEST
+
+START_TEST(test_a_client_that_never_reads_is_dropped_after_the_send_timeout)
+{
+	struct srv t;
+	srv_start_timeouts(&t, BIG_BODY, 60000, 300);
+	int fd = client_connect(&t, 4096);
+	for (int i = 0; i < 400; i++)
+		ck_assert_int_eq(send(fd, GET, sizeof(GET) - 1, MSG_NOSIGNAL), (ssize_t)(sizeof(GET) - 1));
+	const struct http_stats *st = http_server_stats(t.http);
+	spin(&t, 100);
+	ck_assert_int_eq(st->connections, 1);
+	for (uint64_t end = mono_ms() + 5000; st->connections > 0 && mono_ms() < end;)
+		spin(&t, 20);
+	ck_assert_int_eq(st->connections, 0);
 	close(fd);
 	srv_stop(&t);
 }
@@ -532,6 +555,7 @@ int main(void)
 	TCase *srv = tcase_create("server");
 	tcase_set_timeout(srv, 60);
 	tcase_add_test(srv, test_a_client_that_does_not_read_stops_being_parsed);
+	tcase_add_test(srv, test_a_client_that_never_reads_is_dropped_after_the_send_timeout);
 	tcase_add_test(srv, test_drain_answers_the_next_request_with_connection_close);
 	tcase_add_test(srv, test_drain_closes_an_idle_connection_after_its_keepalive_timeout);
 	tcase_add_test(srv, test_a_request_refused_at_header_time_is_answered_without_its_body);
