@@ -5,11 +5,15 @@ set -eu
 
 PKGS="autoconf automake libtool pkg-config make gcc
 libevent-dev libyajl-dev libmongoc-dev libbson-dev libsodium-dev check
-libsqlite3-dev zlib1g-dev libwslay-dev node-llhttp nettle-dev
+libsqlite3-dev zlib1g-dev libwslay-dev node-llhttp nettle-dev libcrypt-dev
 python3 curl procps"
 # Extra tools for the test suite (valgrind step, WebSocket client).
 if [ "${1:-}" = "--test" ]; then
 	PKGS="$PKGS valgrind python3-websockets clang libclang-rt-14-dev wrk"
+	# The OpenAPI test reads YAML; the sandbox test runs resild through
+	# setpriv/prlimit (util-linux) and strace, and scores the unit with
+	# systemd-analyze; CI builds and installs the Debian package.
+	PKGS="$PKGS python3-yaml util-linux strace systemd dpkg-dev debhelper fakeroot"
 	# node and npm run the npm socket.io-client test; any install will do.
 	command -v node >/dev/null 2>&1 || PKGS="$PKGS nodejs"
 	command -v npm >/dev/null 2>&1 || PKGS="$PKGS npm"

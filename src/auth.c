@@ -1,5 +1,18 @@
 /* auth.c - argon2id password hashes and HS256 JWTs with libsodium (SPEC §6).
  *
+ * Drop-in for the Node app (issue 15): bcrypt hashes it stored ("$2a$",
+ * "$2b$", "$2y$", bcryptjs) verify through libxcrypt's crypt_rn and always
+ * report needs_rehash, so the caller moves them to argon2id on the first
+ * successful login; its tokens ({userId, email, iat, exp}) verify like ours.
+ *
+ * Equal timing across the two hash families: once a process knows that bcrypt
+ * hashes exist (it verified one, or auth_expect_bcrypt() said so), every
+ * verify costs one argon2id verify plus one bcrypt of the highest cost seen:
+ * an argon2id verify adds a dummy bcrypt, a bcrypt verify adds a dummy
+ * argon2id verify, and auth_dummy_verify (unknown e-mail) does both. So an
+ * unknown user, a migrated user and a not yet migrated user cost the same.
+ * Before that point only argon2id runs (and bcrypt hashes cost more).
+ *
  * Tokens are signed with HMAC-SHA256 over "b64url(header).b64url(payload)".
  * jwt_verify trusts nothing before the signature: it checks the shape, then
  * the header's alg (a fast path compares the header segment with the one we
@@ -10,9 +23,12 @@
  */
 #include "auth.h"
 
+#include <crypt.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sodium.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_tree.h>
@@ -24,6 +40,12 @@ _Static_assert(AUTH_HASH_MAX == crypto_pwhash_STRBYTES, "AUTH_HASH_MAX must matc
 #define PW_ALG crypto_pwhash_ALG_ARGON2ID13
 #define PREFIX_ID "$argon2id$"
 #define PREFIX_I "$argon2i$"
+
+/* bcrypt: "$2b$" cost "$" then 22 characters of salt and 31 of hash. */
+#define BCRYPT_LEN 60
+#define BCRYPT_COST_MIN 4
+#define BCRYPT_COST_MAX 31
+#define BCRYPT_KEY_MAX 72 /* bcrypt (and bcryptjs) use at most 72 bytes */
 
 #define B64URL sodium_base64_VARIANT_URLSAFE_NO_PADDING
 #define MAC_LEN crypto_auth_hmacsha256_BYTES
@@ -54,6 +76,88 @@ static int has_prefix(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
+static int is_bcrypt64(char ch)
+{
+	return ch == '.' || ch == '/' || (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+	       (ch >= '0' && ch <= '9');
+}
+
+/* The cost of a well-formed bcrypt hash ("$2a$", "$2b$" or "$2y$", a two-digit
+ * cost, 53 characters of salt and hash), or 0 when hash is anything else. */
+static int bcrypt_cost(const char *hash)
+{
+	int cost;
+
+	if (strnlen(hash, BCRYPT_LEN + 1) != BCRYPT_LEN || hash[0] != '$' || hash[1] != '2' ||
+	    (hash[2] != 'a' && hash[2] != 'b' && hash[2] != 'y') || hash[3] != '$' || hash[6] != '$')
+		return 0;
+	if (hash[4] < '0' || hash[4] > '9' || hash[5] < '0' || hash[5] > '9')
+		return 0;
+	cost = (hash[4] - '0') * 10 + (hash[5] - '0');
+	if (cost < BCRYPT_COST_MIN || cost > BCRYPT_COST_MAX)
+		return 0;
+	for (int i = 7; i < BCRYPT_LEN; i++)
+		if (!is_bcrypt64(hash[i]))
+			return 0;
+	return cost;
+}
+
+/* Highest bcrypt cost verified (or announced) in this process, 0 for none. */
+static atomic_int bcrypt_seen;
+
+static void bcrypt_note(int cost)
+{
+	int cur = atomic_load(&bcrypt_seen);
+
+	while (cur < cost && !atomic_compare_exchange_weak(&bcrypt_seen, &cur, cost))
+		;
+}
+
+/* crypt_rn over pw[0..len) (at most BCRYPT_KEY_MAX bytes count, as in bcrypt
+ * itself) with setting; 1 when the result equals expect (NULL: never), 0 when
+ * not, -1 when libxcrypt fails. A password with a NUL byte never matches: the
+ * C string crypt sees would be a shorter password. */
+static int bcrypt_run(const char *setting, const char *pw, size_t len, const char *expect)
+{
+	char key[BCRYPT_KEY_MAX + 1];
+	struct crypt_data *cd;
+	const char *out;
+	int r = -1;
+
+	if (len > BCRYPT_KEY_MAX)
+		len = BCRYPT_KEY_MAX;
+	memcpy(key, pw, len);
+	key[len] = '\0';
+	cd = calloc(1, sizeof *cd); /* 32 KiB: too big for a pool thread's stack */
+	if (cd) {
+		out = crypt_rn(key, setting, cd, (int)sizeof *cd);
+		if (out && out[0] != '*') {
+			r = expect && strlen(out) == strlen(expect) &&
+			    sodium_memcmp(out, expect, strlen(expect)) == 0 && !memchr(pw, '\0', len);
+		}
+		sodium_memzero(cd, sizeof *cd);
+		free(cd);
+	}
+	sodium_memzero(key, sizeof key);
+	return r;
+}
+
+/* Spend one bcrypt of the highest cost seen, if any (timing padding). */
+static void bcrypt_pad(const char *pw, size_t len)
+{
+	char setting[CRYPT_GENSALT_OUTPUT_SIZE];
+	unsigned char salt[16];
+	int cost = atomic_load(&bcrypt_seen);
+
+	if (cost == 0)
+		return;
+	randombytes_buf(salt, sizeof salt);
+	if (crypt_gensalt_rn("$2b$", (unsigned long)cost, (const char *)salt, (int)sizeof salt, setting,
+	                     (int)sizeof setting))
+		(void)bcrypt_run(setting, pw, len, NULL);
+	sodium_memzero(salt, sizeof salt);
+}
+
 int auth_password_hash(const char *pw, size_t len, char out[AUTH_HASH_MAX])
 {
 	if (!out || (!pw && len))
@@ -61,18 +165,36 @@ int auth_password_hash(const char *pw, size_t len, char out[AUTH_HASH_MAX])
 	return crypto_pwhash_str_alg(out, pw ? pw : "", len, PW_OPS, PW_MEM, PW_ALG) == 0 ? 0 : -1;
 }
 
+static void argon2_pad(const char *pw, size_t len);
+
 int auth_password_verify(const char *hash, const char *pw, size_t len)
 {
+	int cost, r;
+
 	if (!hash_terminated(hash) || (!pw && len))
 		return -1;
+	if (!pw)
+		pw = "";
+	if ((cost = bcrypt_cost(hash)) > 0) {
+		r = bcrypt_run(hash, pw, len, hash);
+		if (r >= 0) {
+			bcrypt_note(cost);
+			argon2_pad(pw, len);
+		}
+		return r;
+	}
 	if (!has_prefix(hash, PREFIX_ID) && !has_prefix(hash, PREFIX_I))
 		return -1;
 	/* libsodium returns -1 for both a mismatch and a failure; only a
 	 * mismatch sets errno to EINVAL. */
 	errno = 0;
-	if (crypto_pwhash_str_verify(hash, pw ? pw : "", len) == 0)
-		return 1;
-	return errno == EINVAL ? 0 : -1;
+	if (crypto_pwhash_str_verify(hash, pw, len) == 0)
+		r = 1;
+	else
+		r = errno == EINVAL ? 0 : -1;
+	if (r >= 0)
+		bcrypt_pad(pw, len);
+	return r;
 }
 
 int auth_password_needs_rehash(const char *hash)
@@ -81,6 +203,8 @@ int auth_password_needs_rehash(const char *hash)
 
 	if (!hash_terminated(hash))
 		return -1;
+	if (bcrypt_cost(hash) > 0)
+		return 1; /* every bcrypt hash moves to argon2id */
 	if (has_prefix(hash, PREFIX_ID))
 		r = crypto_pwhash_argon2id_str_needs_rehash(hash, PW_OPS, PW_MEM);
 	else if (has_prefix(hash, PREFIX_I))
@@ -88,6 +212,24 @@ int auth_password_needs_rehash(const char *hash)
 	else
 		return -1;
 	return r < 0 ? -1 : r > 0;
+}
+
+int auth_is_bcrypt_hash(const char *hash)
+{
+	return hash_terminated(hash) && bcrypt_cost(hash) > 0;
+}
+
+int auth_expect_bcrypt(int cost)
+{
+	if (cost < BCRYPT_COST_MIN || cost > BCRYPT_COST_MAX)
+		return -1;
+	bcrypt_note(cost);
+	return 0;
+}
+
+int auth_bcrypt_padding_cost(void)
+{
+	return atomic_load(&bcrypt_seen);
 }
 
 static pthread_once_t dummy_once = PTHREAD_ONCE_INIT;
@@ -103,15 +245,12 @@ static void dummy_make(void)
 	sodium_memzero(pw, sizeof pw);
 }
 
-void auth_dummy_verify(const char *pw, size_t len)
+/* Spend the time of one argon2id verify with the current limits. */
+static void argon2_pad(const char *pw, size_t len)
 {
 	char tmp[AUTH_HASH_MAX];
 	int r;
 
-	if (!pw) {
-		pw = "";
-		len = 0;
-	}
 	if (pthread_once(&dummy_once, dummy_make) == 0 && dummy_ready) {
 		r = crypto_pwhash_str_verify(dummy_hash, pw, len);
 	} else {
@@ -121,6 +260,16 @@ void auth_dummy_verify(const char *pw, size_t len)
 		sodium_memzero(tmp, sizeof tmp);
 	}
 	(void)r;
+}
+
+void auth_dummy_verify(const char *pw, size_t len)
+{
+	if (!pw) {
+		pw = "";
+		len = 0;
+	}
+	argon2_pad(pw, len);
+	bcrypt_pad(pw, len);
 }
 
 /* ---- JWT helpers ------------------------------------------------------ */
@@ -250,19 +399,30 @@ static int read_time(yajl_val v, int64_t *out)
 	return 0;
 }
 
-/* Copy and validate the claims; nbf is 0 when absent. */
+/* Copy and validate the claims; nbf is 0 when absent. A token carries either
+ * resil's claims (sub, email, role) or the Node app's (userId, email: its
+ * jwt.sign({userId, email}, secret)); both "sub" and "userId" is ambiguous. */
 static int read_claims(yajl_val p, struct jwt_claims *c, int64_t *nbf)
 {
-	yajl_val sub = member(p, "sub"), email = member(p, "email"), role = member(p, "role");
+	yajl_val sub = member(p, "sub"), uid = member(p, "userId"), email = member(p, "email");
+	yajl_val role = member(p, "role");
 	yajl_val v;
 	size_t n;
 
+	if ((sub != NULL) == (uid != NULL))
+		return -1;
+	c->issuer = sub ? JWT_ISSUER_RESIL : JWT_ISSUER_NODE;
+	if (!sub)
+		sub = uid;
 	if (!YAJL_IS_STRING(sub) || !is_hex24(sub->u.string, strlen(sub->u.string)))
 		return -1;
 	if (!YAJL_IS_STRING(email) || (n = strlen(email->u.string)) >= sizeof c->email)
 		return -1;
-	if (!YAJL_IS_STRING(role) || !role_ok(role->u.string))
-		return -1;
+	if (c->issuer == JWT_ISSUER_RESIL) {
+		if (!YAJL_IS_STRING(role) || !role_ok(role->u.string))
+			return -1;
+		memcpy(c->role, role->u.string, strlen(role->u.string) + 1); /* a role word (role_ok) */
+	} /* a role in a Node token is not trusted: the user record has the role */
 	if (read_time(member(p, "iat"), &c->iat) || read_time(member(p, "exp"), &c->exp))
 		return -1;
 	*nbf = 0;
@@ -270,7 +430,6 @@ static int read_claims(yajl_val p, struct jwt_claims *c, int64_t *nbf)
 		return -1;
 	memcpy(c->sub, sub->u.string, 25);
 	memcpy(c->email, email->u.string, n + 1);
-	memcpy(c->role, role->u.string, strlen(role->u.string) + 1); /* a role word (role_ok) */
 	return 0;
 }
 

@@ -54,7 +54,7 @@ enum key_type {
 
 enum key_id {
 	K_LISTEN, K_WORKERS, K_DB, K_DB_SYNC, K_CONTROL, K_ENV, K_JWT_SECRET, K_JWT_EXPIRE, K_LOG_LEVEL,
-	K_LOG_FORMAT, K_LOG_FILE, K_CORS_ORIGINS, K_RATE_LIMIT, K_BODY_LIMIT, K_SHUTDOWN_TIMEOUT,
+	K_LOG_FORMAT, K_LOG_FILE, K_AUDIT_LOG, K_CORS_ORIGINS, K_RATE_LIMIT, K_BODY_LIMIT, K_SHUTDOWN_TIMEOUT,
 	K_WORKER_TIMEOUT, K_MAX_MEMORY, K_EXT_URL, K_EXT_KEY, K_EXT_TIMEOUT, K_MAX_CONNECTIONS, K_WS_MESSAGE_RATE,
 	K_KEEPALIVE_TIMEOUT, K_HEADER_TIMEOUT, K_REQUEST_TIMEOUT, K_LISTEN_TIMEOUT, K_DB_POOL_SIZE,
 	K_JOB_THREADS, K_USER, K_GROUP,
@@ -107,6 +107,10 @@ static const struct key_def keys[K_COUNT] = {
 	[K_LOG_FILE] = {"log_file", "RESIL_LOG_FILE", KT_PATH, FIELD(log_file), .def = "", .doc_def = "unset",
 			.example = "/var/log/resild/resild.log",
 			.help = "also append JSON log lines to this file (reopened on SIGUSR1)"},
+	[K_AUDIT_LOG] = {"audit_log", "RESIL_AUDIT_LOG", KT_PATH, FIELD(audit_log), .def = "",
+			 .doc_def = "audit.log beside the SQLite database (MongoDB: in the working directory)",
+			 .example = "/var/lib/resil/audit.log",
+			 .help = "append-only audit trail of patient data access, one JSON line each (reopened on SIGUSR1)"},
 	[K_CORS_ORIGINS] = {"cors_origins", "RESIL_CORS_ORIGINS", KT_ORIGINS, FIELD(cors_origins),
 			    .def = "http://localhost:3000",
 			    .help = "comma-separated origins allowed by CORS (exact match)"},

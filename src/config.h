@@ -39,6 +39,7 @@ struct resil_config {
 	int log_level;          /* enum config_log_level */
 	int log_format;         /* enum config_log_format */
 	char log_file[1024];    /* empty: none */
+	char audit_log[1024];   /* empty: audit.log beside the database (workers/audit.c) */
 	char cors_origins[2048];/* comma separated, whitespace trimmed */
 	int64_t rate_limit_max;
 	int64_t rate_limit_window_ms;

@@ -56,7 +56,16 @@ struct json_value *json_new_string(const char *s, size_t len);
 int json_object_set(struct json_value *obj, const char *key, size_t keylen, struct json_value *val);
 
 /* Writer: append a compact JSON serialisation of v to a yajl_gen
- * (declared as void* to keep yajl out of this header). 0 or -1. */
+ * (declared as void* so that callers need not see yajl). 0 or -1. */
 int json_gen_value(void *yajl_gen_handle, const struct json_value *v);
+
+/* Append a NUL-terminated string (a key or a value) to a yajl_gen: the
+ * one spelling of what response writers do most. */
+#include <string.h>
+#include <yajl/yajl_gen.h>
+static inline yajl_gen_status json_gen_cstr(yajl_gen g, const char *s)
+{
+	return yajl_gen_string(g, (const unsigned char *)s, strlen(s));
+}
 
 #endif

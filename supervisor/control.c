@@ -12,6 +12,7 @@
 #include "autoconfig.h"
 
 #include "ctl_proto.h"
+#include "json.h"
 #include "log.h"
 #include "scoreboard.h"
 #include "supervisor.h"
@@ -95,7 +96,6 @@ int ctl_defer(struct ctl_client *c)
 
 /* ---------------------------------------------------------- rendering */
 
-#define GS(g, str) yajl_gen_string(g, (const unsigned char *)(str), strlen(str))
 
 /* A generator with {"ok": true, already open; NULL (and the client told)
  * when out of memory. */
@@ -107,7 +107,7 @@ static yajl_gen answer_open(struct ctl_client *c)
 		return NULL;
 	}
 	yajl_gen_map_open(g);
-	GS(g, CTL_KEY_OK);
+	json_gen_cstr(g, CTL_KEY_OK);
 	yajl_gen_bool(g, 1);
 	return g;
 }
@@ -133,10 +133,10 @@ void ctl_reply_error(struct ctl_client *c, const char *message)
 		return;
 	}
 	yajl_gen_map_open(g);
-	GS(g, CTL_KEY_OK);
+	json_gen_cstr(g, CTL_KEY_OK);
 	yajl_gen_bool(g, 0);
-	GS(g, CTL_KEY_ERROR);
-	GS(g, message);
+	json_gen_cstr(g, CTL_KEY_ERROR);
+	json_gen_cstr(g, message);
 	yajl_gen_map_close(g);
 	const unsigned char *buf;
 	size_t len;
@@ -150,7 +150,7 @@ void ctl_reply_stopping(struct ctl_client *c, pid_t pid)
 	yajl_gen g = answer_open(c);
 	if (!g)
 		return;
-	GS(g, CTL_KEY_PID);
+	json_gen_cstr(g, CTL_KEY_PID);
 	yajl_gen_integer(g, pid);
 	answer_send(c, g);
 }
@@ -160,7 +160,7 @@ void ctl_reply_scaled(struct ctl_client *c, int workers)
 	yajl_gen g = answer_open(c);
 	if (!g)
 		return;
-	GS(g, CTL_KEY_WORKERS);
+	json_gen_cstr(g, CTL_KEY_WORKERS);
 	yajl_gen_integer(g, workers);
 	answer_send(c, g);
 }
@@ -170,7 +170,7 @@ void ctl_reply_reloaded(struct ctl_client *c, unsigned generation)
 	yajl_gen g = answer_open(c);
 	if (!g)
 		return;
-	GS(g, CTL_KEY_GENERATION);
+	json_gen_cstr(g, CTL_KEY_GENERATION);
 	yajl_gen_integer(g, generation);
 	answer_send(c, g);
 }
@@ -180,7 +180,7 @@ void ctl_reply_restarted(struct ctl_client *c, const int *ids, int n)
 	yajl_gen g = answer_open(c);
 	if (!g)
 		return;
-	GS(g, CTL_KEY_RESTARTED);
+	json_gen_cstr(g, CTL_KEY_RESTARTED);
 	yajl_gen_array_open(g);
 	for (int i = 0; i < n; i++)
 		yajl_gen_integer(g, ids[i]);
@@ -234,8 +234,8 @@ static void gen_circuits(yajl_gen g, const struct sb_entry *const *e, int n)
 	}
 	yajl_gen_map_open(g);
 	for (int j = 0; j < nseen; j++) {
-		GS(g, seen[j]);
-		GS(g, names[worst[j]]);
+		json_gen_cstr(g, seen[j]);
+		json_gen_cstr(g, names[worst[j]]);
 	}
 	yajl_gen_map_close(g);
 }
@@ -244,29 +244,29 @@ static void gen_worker(yajl_gen g, const struct sup_worker_row *w)
 {
 	const struct sb_entry *e = w->sbe;
 	yajl_gen_map_open(g);
-	GS(g, "id");
+	json_gen_cstr(g, "id");
 	yajl_gen_integer(g, w->id);
-	GS(g, "pid");
+	json_gen_cstr(g, "pid");
 	yajl_gen_integer(g, w->pid);
-	GS(g, "state");
-	GS(g, w->state);
-	GS(g, "uptime_s");
+	json_gen_cstr(g, "state");
+	json_gen_cstr(g, w->state);
+	json_gen_cstr(g, "uptime_s");
 	yajl_gen_integer(g, (long long)w->uptime_s);
-	GS(g, "restarts");
+	json_gen_cstr(g, "restarts");
 	yajl_gen_integer(g, w->restarts);
-	GS(g, "cpu_pct");
+	json_gen_cstr(g, "cpu_pct");
 	yajl_gen_double(g, (double)((long long)(w->cpu_pct * 10 + 0.5)) / 10.0); /* one decimal */
-	GS(g, "rss_bytes");
+	json_gen_cstr(g, "rss_bytes");
 	yajl_gen_integer(g, (long long)w->rss_bytes);
-	GS(g, "requests");
+	json_gen_cstr(g, "requests");
 	yajl_gen_integer(g, e ? (long long)atomic_load(&e->requests) : 0);
-	GS(g, "inflight");
+	json_gen_cstr(g, "inflight");
 	yajl_gen_integer(g, e ? (long long)atomic_load(&e->inflight) : 0);
-	GS(g, "websockets");
+	json_gen_cstr(g, "websockets");
 	yajl_gen_integer(g, e ? (long long)atomic_load(&e->websockets) : 0);
-	GS(g, "generation");
+	json_gen_cstr(g, "generation");
 	yajl_gen_integer(g, w->generation);
-	GS(g, "circuits");
+	json_gen_cstr(g, "circuits");
 	gen_circuits(g, &e, e ? 1 : 0);
 	yajl_gen_map_close(g);
 }
@@ -282,39 +282,39 @@ static void render_status(struct ctl_client *c)
 	yajl_gen g = answer_open(c);
 	if (!g)
 		return;
-	GS(g, CTL_KEY_SUPERVISOR);
+	json_gen_cstr(g, CTL_KEY_SUPERVISOR);
 	yajl_gen_map_open(g);
-	GS(g, "pid");
+	json_gen_cstr(g, "pid");
 	yajl_gen_integer(g, o.pid);
-	GS(g, "uptime_s");
+	json_gen_cstr(g, "uptime_s");
 	yajl_gen_integer(g, (long long)o.uptime_s);
-	GS(g, "listen");
-	GS(g, o.listen);
-	GS(g, "db");
-	GS(g, o.db_kind);
-	GS(g, "db_state");
-	GS(g, db_state(serving, nserving));
-	GS(g, "workers_target");
+	json_gen_cstr(g, "listen");
+	json_gen_cstr(g, o.listen);
+	json_gen_cstr(g, "db");
+	json_gen_cstr(g, o.db_kind);
+	json_gen_cstr(g, "db_state");
+	json_gen_cstr(g, db_state(serving, nserving));
+	json_gen_cstr(g, "workers_target");
 	yajl_gen_integer(g, o.workers_target);
-	GS(g, "generation");
+	json_gen_cstr(g, "generation");
 	yajl_gen_integer(g, o.generation);
-	GS(g, "version");
-	GS(g, PACKAGE_VERSION);
-	GS(g, "state");
-	GS(g, o.state);
+	json_gen_cstr(g, "version");
+	json_gen_cstr(g, PACKAGE_VERSION);
+	json_gen_cstr(g, "state");
+	json_gen_cstr(g, o.state);
 	yajl_gen_map_close(g);
-	GS(g, "workers");
+	json_gen_cstr(g, "workers");
 	yajl_gen_array_open(g);
 	struct sup_worker_row w;
 	for (int i = 0; sup_worker_row(s, i, &w) == 0; i++)
 		gen_worker(g, &w);
 	yajl_gen_array_close(g);
-	GS(g, CTL_KEY_CRASHES);
+	json_gen_cstr(g, CTL_KEY_CRASHES);
 	yajl_gen_map_open(g);
 	const char *route;
 	unsigned count;
 	for (int i = 0; sup_crash_route(s, i, &route, &count) == 0; i++) {
-		GS(g, route);
+		json_gen_cstr(g, route);
 		yajl_gen_integer(g, count);
 	}
 	yajl_gen_map_close(g);
@@ -341,20 +341,20 @@ static void render_health(struct ctl_client *c)
 	yajl_gen g = answer_open(c);
 	if (!g)
 		return;
-	GS(g, CTL_KEY_STATUS);
-	GS(g, status);
-	GS(g, CTL_KEY_CHECKS);
+	json_gen_cstr(g, CTL_KEY_STATUS);
+	json_gen_cstr(g, status);
+	json_gen_cstr(g, CTL_KEY_CHECKS);
 	yajl_gen_map_open(g);
-	GS(g, "database");
-	GS(g, db);
-	GS(g, "workers");
+	json_gen_cstr(g, "database");
+	json_gen_cstr(g, db);
+	json_gen_cstr(g, "workers");
 	yajl_gen_map_open(g);
-	GS(g, "total");
+	json_gen_cstr(g, "total");
 	yajl_gen_integer(g, o.workers_target);
-	GS(g, "ready");
+	json_gen_cstr(g, "ready");
 	yajl_gen_integer(g, ready);
 	yajl_gen_map_close(g);
-	GS(g, "circuits");
+	json_gen_cstr(g, "circuits");
 	gen_circuits(g, serving, nserving);
 	yajl_gen_map_close(g);
 	answer_send(c, g);

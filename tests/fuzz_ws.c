@@ -1,7 +1,7 @@
 /* fuzz_ws.c - libFuzzer target for the WebSocket input path: bytes from a
  * client through src/ws.c (frame tracker, wslay, close handling, queues)
- * into the chat's event handling (workers/chat.c), and the chat's message
- * parser on its own.
+ * into the chat's event handling (workers/chat*.c, the Socket.IO codec in
+ * workers/sio.c), and the chat's message parsers on their own.
  *
  *   make fuzz && ./tests/fuzz_ws -max_total_time=20
  *
@@ -16,16 +16,27 @@
  * parser mode; with bit 2 as well it came without a token (CONNECT carries
  * it). Built with clang -fsanitize=fuzzer,address.
  */
-#include "../workers/chat.c" /* the chat's static parser and handlers */
+#include "../workers/chat.h"
+#include "../workers/authmw.h"
+#include "../workers/chat_rooms.h"
+#include "config.h"
+#include "handlers.h"
+#include "log.h"
+#include "ws.h"
 
 #include <event2/event.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 static struct event_base *fz_base;
 static const bson_oid_t fz_room = {{0x65, 0x00, 0x00, 0x01, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x00, 0x00, 0x01}};
 
 static struct resil_config fz_cfg;
+
+static const struct ws_limits fz_lim = {.max_backlog = 64 * 1024, .close_timeout_ms = 100, .text_ping = "2"};
 
 static void fz_init(void)
 {
@@ -33,18 +44,11 @@ static void fz_init(void)
 	config_defaults(&fz_cfg);
 	memcpy(fz_cfg.jwt_secret, "fuzz-secret-fuzz-secret-fuzz-sec", 32);
 	fz_cfg.jwt_secret_len = 32;
-	g.cfg = &fz_cfg; /* tokens in Socket.IO CONNECT packets are verified */
+	fz_cfg.ws_message_rate = 50; /* the default */
+	authmw_init(NULL, &fz_cfg); /* tokens in Socket.IO CONNECT packets are verified */
 	fz_base = event_base_new();
-	g.gen = yajl_gen_alloc(NULL);
-	struct ws_limits lim = {.max_backlog = 64 * 1024, .close_timeout_ms = 100, .text_ping = "2"};
-	struct ws_handlers h = {.on_text = on_text, .on_close = on_close, .on_count = on_count};
-	g.ws = ws_server_new(fz_base, &lim, &h);
-	g.ping_ms = 25000;
-	g.bus = bus_open(fz_base, -1, chat_deliver, NULL);
-	g.pid_tag = (uint64_t)1 << 32;
-	g.rate = 50.0; /* the default ws_message_rate */
-	g.burst = g.rate * CHAT_BURST_S;
-	if (!fz_base || !g.gen || !g.ws || !g.bus)
+	/* A loopback bus: typing events come back as broadcast frames. */
+	if (!fz_base || chat_init(fz_base, &fz_cfg, &fz_lim, -1) < 0)
 		abort();
 }
 
@@ -78,23 +82,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0)
 		return 0;
-	struct ws_conn *c = ws_conn_new(g.ws, sv[0], sizeof(struct chat_sock));
+	struct ws_conn *c = ws_conn_new(chat_server(), sv[0], sizeof(struct chat_sock));
 	if (!c) {
 		close(sv[1]);
 		return 0;
 	}
-	struct upgrade u = {.username = "fuzzer", .sio = sio, .authed = !(sio && (data[0] & 4))};
-	u.user.bytes[11] = 1;
-	sock_init(c, &u);
-	struct room_member *m = member_add(ws_conn_app(c), &fz_room);
-	if (m) {
-		struct room_member *again = member_add(ws_conn_app(c), &fz_room);
-		if (again != m)
-			abort(); /* joining twice must not add a second entry */
-	}
+	struct chat_peer peer = {.username = "fuzzer", .sio = sio, .authed = !(sio && (data[0] & 4))};
+	peer.user.bytes[11] = 1;
+	chat_sock_init(c, &peer);
+	struct chat_sock *cs = ws_conn_app(c);
+	if (chat_rooms_join(cs, &fz_room, 0) == 0 && (chat_rooms_join(cs, &fz_room, 0) < 0 || cs->nrooms != 1))
+		abort(); /* joining twice must not add a second entry */
 	ws_conn_start(c, NULL, 0);
 	size_t off = 0;
-	for (int turn = 0; turn < 2000 && ws_server_count(g.ws) > 0; turn++) {
+	for (int turn = 0; turn < 2000 && ws_server_count(chat_server()) > 0; turn++) {
 		if (off < n) {
 			ssize_t w = write(sv[1], p + off, n - off);
 			if (w > 0)
@@ -109,15 +110,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		shutdown(sv[1], SHUT_WR);
 	close(sv[1]);
 	/* Whatever is left (a close handshake in progress): end it now. */
-	for (int turn = 0; turn < 100 && ws_server_count(g.ws) > 0; turn++)
+	for (int turn = 0; turn < 100 && ws_server_count(chat_server()) > 0; turn++)
 		event_base_loop(fz_base, EVLOOP_NONBLOCK);
-	if (ws_server_count(g.ws) > 0 || g.nrooms) {
-		ws_server_free(g.ws);
-		struct ws_limits lim = {.max_backlog = 64 * 1024, .close_timeout_ms = 100, .text_ping = "2"};
-		struct ws_handlers h = {.on_text = on_text, .on_close = on_close, .on_count = on_count};
-		g.ws = ws_server_new(fz_base, &lim, &h);
-		if (!g.ws || g.nrooms)
+	if (ws_server_count(chat_server()) > 0 || chat_rooms_count()) {
+		chat_stop(); /* closes every socket */
+		if (chat_rooms_count())
 			abort(); /* every socket left its rooms when it closed */
+		if (chat_init(fz_base, &fz_cfg, &fz_lim, -1) < 0)
+			abort();
 	}
 	/* Deliver what the loopback bus still holds (no member is left). */
 	event_base_loop(fz_base, EVLOOP_NONBLOCK);

@@ -2,12 +2,28 @@
  * mongo_double.c - a MongoDB wire-protocol test double for resil's store tests.
  *
  * A single-threaded poll(2) server that speaks enough of the MongoDB protocol for
- * libmongoc 1.23: the OP_QUERY hello handshake (answered with OP_REPLY) and OP_MSG
- * commands (hello, ping, buildInfo, endSessions, insert, find, getMore, killCursors,
- * update, delete, findAndModify, count, a small aggregate, createIndexes with unique
- * enforcement, listIndexes, dropIndexes, listCollections, create, drop,
- * dropDatabase). Data lives in memory as plain arrays of BSON documents per
- * database and collection; correctness matters more than speed here.
+ * libmongoc 1.23 and for the npm `mongodb` 6 driver under mongoose 8 (the Node
+ * app resil replaces): the OP_QUERY hello handshake (answered with OP_REPLY) and
+ * OP_MSG commands with document sequences (hello, ping, buildInfo, endSessions,
+ * insert, find, getMore, killCursors, update, delete, findAndModify, count, a
+ * small aggregate, createIndexes with unique enforcement, listIndexes,
+ * dropIndexes, listCollections, create, drop, dropDatabase). Data lives in
+ * memory as plain arrays of BSON documents per database and collection;
+ * correctness matters more than speed here.
+ *
+ * What drivers expect of a server beyond the commands:
+ * - hello carries a topologyVersion; an awaitable hello (maxAwaitTimeMS with
+ *   the current topologyVersion) waits that long, and with the exhaustAllowed
+ *   flag turns into a stream of moreToCome replies, as the drivers' streaming
+ *   monitors use it. An injected state-change error (91, 189, 10107, 11600,
+ *   ...) moves topologyVersion on and pushes a hello to every stream.
+ * - --replset NAME answers as the primary of a one-member replica set (setName,
+ *   hosts, electionId; $clusterTime and operationTime on every reply), so
+ *   drivers send retryable writes: insert/update/delete/findAndModify with lsid
+ *   and txnNumber run once per txnNumber and session, a retry gets the recorded
+ *   reply (the "drop-reply" fault loses one to make drivers retry);
+ *   endSessions forgets sessions. Transactions are refused.
+ * - hello with loadBalanced: true gets a serviceId, as behind a load balancer.
  *
  * Query language: equality (an array matches when it contains the value),
  * $eq $ne $gt $gte $lt $lte (within one BSON type bracket) $in $nin $exists
@@ -20,7 +36,7 @@
  * A control socket (Unix stream path, "@name" for the abstract namespace, or a
  * 127.0.0.1 TCP port when the argument is numeric)
  * takes one command per line so tests can inject faults at run time: delay, drop,
- * drop-next, error, refuse, stop/start, reset, clear, stats. Each gets one reply
+ * drop-next, drop-reply, error, refuse, stop/start, reset, clear, stats. Each gets one reply
  * line starting with "ok" or "err". drop-next and error count data commands
  * only (everything but hello/isMaster and endSessions), so the driver's
  * monitoring traffic never consumes an injected fault.
@@ -65,17 +81,21 @@
 #define MD_READ_CHUNK 65536
 #define MD_NS_MAX 300
 #define MD_DEFAULT_LIFETIME 600
+#define MD_MAX_SESSIONS 4096
+#define MD_MAX_AWAIT_MS 600000
 
 enum { OP_REPLY = 1, OP_QUERY = 2004, OP_COMPRESSED = 2012, OP_MSG = 2013 };
 
 #define MSG_CHECKSUM_PRESENT 0x1u
 #define MSG_MORE_TO_COME 0x2u
+#define MSG_EXHAUST_ALLOWED 0x10000u
 #define REPLY_QUERY_FAILURE 0x2u
 #define REPLY_AWAIT_CAPABLE 0x8u
 
 enum {
 	E_BAD_VALUE = 2,
 	E_FAILED_TO_PARSE = 9,
+	E_ILLEGAL_OPERATION = 20,
 	E_UNAUTHORIZED = 13,
 	E_TYPE_MISMATCH = 14,
 	E_NS_NOT_FOUND = 26,
@@ -89,6 +109,7 @@ enum {
 	E_INVALID_NS = 73,
 	E_INDEX_OPTIONS_CONFLICT = 85,
 	E_INDEX_KEY_SPECS_CONFLICT = 86,
+	E_TRANSACTION_TOO_OLD = 225,
 	E_UNSUPPORTED_OP_QUERY = 352,
 	E_BSON_TOO_LARGE = 10334,
 	E_DUPLICATE_KEY = 11000,
@@ -107,6 +128,7 @@ static const struct {
 	{ 9, "FailedToParse" },
 	{ 13, "Unauthorized" },
 	{ 14, "TypeMismatch" },
+	{ 20, "IllegalOperation" },
 	{ 26, "NamespaceNotFound" },
 	{ 27, "IndexNotFound" },
 	{ 28, "PathNotViable" },
@@ -122,6 +144,7 @@ static const struct {
 	{ 89, "NetworkTimeout" },
 	{ 91, "ShutdownInProgress" },
 	{ 189, "PrimarySteppedDown" },
+	{ 225, "TransactionTooOld" },
 	{ 262, "ExceededTimeLimit" },
 	{ 352, "UnsupportedOpQueryCommand" },
 	{ 9001, "SocketException" },
@@ -184,6 +207,23 @@ struct conn {
 	uint8_t *in;
 	size_t in_len, in_cap;
 	struct chunk *head, *tail;
+	/* An exhaust hello stream (streaming SDAM monitoring): while stream_cmd
+	 * is set, a hello reply with moreToCome goes out every stream_every ms,
+	 * each answering the previous one (stream_to), until the client closes. */
+	bson_t *stream_cmd;
+	char stream_db[80];
+	int64_t stream_due, stream_every;
+	int32_t stream_to;
+};
+
+/* Retryable-write state of one logical session (lsid.id): the last
+ * txnNumber executed and its reply, replayed when the driver retries. */
+struct session {
+	uint8_t id[64];
+	uint32_t idlen;
+	int64_t txn;
+	int64_t used; /* monotonic ms, for eviction when the table is full */
+	bson_t *reply;
 };
 
 struct ctl {
@@ -200,7 +240,8 @@ typedef void (*cmd_fn)(struct server *s, const struct cmdctx *x, bson_t *r);
 struct cmd_def {
 	const char *name;
 	cmd_fn fn;
-	bool data; /* faults apply; hello and endSessions are exempt */
+	bool data;      /* faults apply; hello and endSessions are exempt */
+	bool retryable; /* a retryable write: txnNumber replays its reply */
 };
 
 struct cmdctx {
@@ -230,8 +271,17 @@ struct server {
 	uint64_t drop_next, err_left;
 	int err_code;
 	bool refuse, stopped;
+	uint64_t drop_reply;
+	/* topology: standalone, or a one-member replica set named replset */
+	const char *replset;
+	bson_oid_t process_id; /* topologyVersion.processId, serviceId */
+	int64_t tv_counter;    /* topologyVersion.counter: moves on an injected state change */
+	uint32_t cluster_secs, cluster_inc;
+	struct session *sessions;
+	size_t nsessions, capsessions;
 	/* counters */
 	uint64_t served, data_served, accepted;
+	uint64_t with_lsid, retryable, retried, streamed;
 	uint64_t *cmd_counts;
 };
 
@@ -2020,12 +2070,72 @@ static int coll_arg(const struct cmdctx *x, const char **name, struct mderr *err
 	return 0;
 }
 
+/* The awaitable form of hello (streaming monitoring): maxAwaitTimeMS with the
+ * topologyVersion the client last saw. 1 and *wait_ms when the reply must wait
+ * (the client's topologyVersion is ours: nothing changed), 0 when it is due at
+ * once, -1 with err when the two fields are malformed. */
+static int hello_await(const struct server *s, const bson_t *cmd, int64_t *wait_ms, struct mderr *err)
+{
+	bson_t tv;
+	bool has_tv, has_wait = bson_has_field(cmd, "maxAwaitTimeMS");
+	bson_iter_t it;
+
+	*wait_ms = 0;
+	if (opt_doc(cmd, "topologyVersion", &tv, &has_tv, err) ||
+	    opt_i64(cmd, "maxAwaitTimeMS", 0, wait_ms, err))
+		return -1;
+	if (has_wait != has_tv)
+		return fail(err, E_FAILED_TO_PARSE, "topologyVersion and maxAwaitTimeMS go together");
+	if (!has_wait)
+		return 0;
+	if (*wait_ms < 0 || *wait_ms > MD_MAX_AWAIT_MS)
+		return fail(err, E_BAD_VALUE, "maxAwaitTimeMS must be 0-%d", MD_MAX_AWAIT_MS);
+	if (!bson_iter_init_find(&it, &tv, "processId") || !BSON_ITER_HOLDS_OID(&it) ||
+	    !bson_oid_equal(bson_iter_oid(&it), &s->process_id))
+		return 0; /* another process (a restart): the client is out of date */
+	if (!bson_iter_init_find(&it, &tv, "counter") || !BSON_ITER_HOLDS_NUMBER(&it))
+		return fail(err, E_TYPE_MISMATCH, "topologyVersion.counter must be a number");
+	return bson_iter_as_int64(&it) == s->tv_counter ? 1 : 0;
+}
+
 static void cmd_hello(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	(void)s;
+	struct mderr err = { 0 };
+	int64_t wait_ms;
+	bson_t doc, arr;
+	char host[32];
+
+	if (hello_await(s, x->cmd, &wait_ms, &err) < 0) {
+		reply_fail(r, &err);
+		return;
+	}
+	snprintf(host, sizeof host, "127.0.0.1:%d", s->port);
 	if (opt_bool(x->cmd, "helloOk", false))
 		BSON_APPEND_BOOL(r, "helloOk", true);
 	BSON_APPEND_BOOL(r, strcmp(x->name, "hello") == 0 ? "isWritablePrimary" : "ismaster", true);
+	BSON_APPEND_DOCUMENT_BEGIN(r, "topologyVersion", &doc);
+	BSON_APPEND_OID(&doc, "processId", &s->process_id);
+	BSON_APPEND_INT64(&doc, "counter", s->tv_counter);
+	bson_append_document_end(r, &doc);
+	if (s->replset) {
+		bson_oid_t election;
+
+		bson_oid_init_from_string(&election, "7fffffff0000000000000001");
+		BSON_APPEND_UTF8(r, "setName", s->replset);
+		BSON_APPEND_INT32(r, "setVersion", 1);
+		BSON_APPEND_ARRAY_BEGIN(r, "hosts", &arr);
+		BSON_APPEND_UTF8(&arr, "0", host);
+		bson_append_array_end(r, &arr);
+		BSON_APPEND_UTF8(r, "primary", host);
+		BSON_APPEND_UTF8(r, "me", host);
+		BSON_APPEND_BOOL(r, "secondary", false);
+		BSON_APPEND_OID(r, "electionId", &election);
+	}
+	/* Behind a load balancer (a mongos) every connection names its service. */
+	if (opt_bool(x->cmd, "loadBalanced", false)) {
+		BSON_APPEND_UTF8(r, "msg", "isdbgrid");
+		BSON_APPEND_OID(r, "serviceId", &s->process_id);
+	}
 	BSON_APPEND_INT32(r, "maxBsonObjectSize", MD_MAX_BSON);
 	BSON_APPEND_INT32(r, "maxMessageSizeBytes", MD_MAX_MSG);
 	BSON_APPEND_INT32(r, "maxWriteBatchSize", MD_MAX_WRITE_BATCH);
@@ -2043,6 +2153,142 @@ static void cmd_ok(struct server *s, const struct cmdctx *x, bson_t *r)
 	(void)s;
 	(void)x;
 	BSON_APPEND_DOUBLE(r, "ok", 1.0);
+}
+
+/* ---------------------------------------------------------------- sessions */
+
+/* The binary id of a session document {id: UUID}; false when it has none. */
+static bool session_id(const bson_value_t *v, const uint8_t **id, uint32_t *len)
+{
+	bson_t doc;
+	bson_iter_t it;
+
+	if (!val_doc(v, &doc) || !bson_iter_init_find(&it, &doc, "id") || !BSON_ITER_HOLDS_BINARY(&it))
+		return false;
+	bson_iter_binary(&it, NULL, len, id);
+	return *len > 0 && *len <= sizeof ((struct session *)0)->id;
+}
+
+static struct session *session_find(struct server *s, const uint8_t *id, uint32_t len)
+{
+	for (size_t i = 0; i < s->nsessions; i++)
+		if (s->sessions[i].idlen == len && memcmp(s->sessions[i].id, id, len) == 0)
+			return &s->sessions[i];
+	return NULL;
+}
+
+static void session_remove(struct server *s, struct session *ss)
+{
+	if (ss->reply)
+		bson_destroy(ss->reply);
+	*ss = s->sessions[--s->nsessions];
+}
+
+/* The session's slot, made when new (the least recently used one is evicted
+ * when the table is full, as a server expires idle sessions). */
+static struct session *session_get(struct server *s, const uint8_t *id, uint32_t len)
+{
+	struct session *ss = session_find(s, id, len);
+
+	if (!ss) {
+		if (s->nsessions == MD_MAX_SESSIONS) {
+			size_t old = 0;
+
+			for (size_t i = 1; i < s->nsessions; i++)
+				if (s->sessions[i].used < s->sessions[old].used)
+					old = i;
+			session_remove(s, &s->sessions[old]);
+		}
+		s->sessions = grow(s->sessions, &s->capsessions, s->nsessions + 1, sizeof *s->sessions);
+		ss = &s->sessions[s->nsessions++];
+		memset(ss, 0, sizeof *ss);
+		memcpy(ss->id, id, len);
+		ss->idlen = len;
+		ss->txn = -1;
+	}
+	ss->used = now_ms();
+	return ss;
+}
+
+static void sessions_clear(struct server *s)
+{
+	while (s->nsessions > 0)
+		session_remove(s, &s->sessions[s->nsessions - 1]);
+}
+
+static void cmd_end_sessions(struct server *s, const struct cmdctx *x, bson_t *r)
+{
+	struct mderr err = { 0 };
+	bson_iter_t it, ids;
+
+	if (!bson_iter_init_find(&it, x->cmd, "endSessions") || !BSON_ITER_HOLDS_ARRAY(&it) ||
+	    !bson_iter_recurse(&it, &ids)) {
+		fail(&err, E_TYPE_MISMATCH, "BSON field 'endSessions' must be an array of session ids");
+		reply_fail(r, &err);
+		return;
+	}
+	while (bson_iter_next(&ids)) {
+		const uint8_t *id;
+		uint32_t len;
+		struct session *ss;
+
+		if (!session_id(bson_iter_value(&ids), &id, &len)) {
+			fail(&err, E_TYPE_MISMATCH, "endSessions: each element must be {id: UUID}");
+			reply_fail(r, &err);
+			return;
+		}
+		if ((ss = session_find(s, id, len)) != NULL)
+			session_remove(s, ss);
+	}
+	BSON_APPEND_DOUBLE(r, "ok", 1.0);
+}
+
+/* Runs a retryable write (txnNumber with lsid): a txnNumber seen before on
+ * this session replays the reply it got instead of writing twice, an older
+ * one is refused, a newer one runs and is remembered when it succeeds. */
+static void run_retryable(struct server *s, const struct cmdctx *x, const struct cmd_def *def,
+			  const bson_value_t *lsid, bson_t *r)
+{
+	struct mderr err = { 0 };
+	const uint8_t *id;
+	uint32_t len;
+	struct session *ss;
+	bson_iter_t it;
+	int64_t txn = -1;
+
+	if (!bson_iter_init_find(&it, x->cmd, "txnNumber") ||
+	    (!BSON_ITER_HOLDS_INT64(&it) && !BSON_ITER_HOLDS_INT32(&it)) || (txn = bson_iter_as_int64(&it)) < 0)
+		fail(&err, E_TYPE_MISMATCH, "BSON field 'txnNumber' must be a non-negative integer");
+	else if (!lsid)
+		fail(&err, E_INVALID_OPTIONS, "Transaction number requires a session ID to also be specified");
+	else if (bson_has_field(x->cmd, "startTransaction") || bson_has_field(x->cmd, "autocommit"))
+		fail(&err, E_ILLEGAL_OPERATION, "mongo_double: multi-document transactions are not supported");
+	if (err.code) {
+		reply_fail(r, &err);
+		return;
+	}
+	session_id(lsid, &id, &len); /* checked by run_command */
+	ss = session_get(s, id, len);
+	s->retryable++;
+	if (txn < ss->txn) {
+		fail(&err, E_TRANSACTION_TOO_OLD, "Cannot start transaction %lld on session because a newer "
+		     "transaction %lld has already started", (long long)txn, (long long)ss->txn);
+		reply_fail(r, &err);
+		return;
+	}
+	if (txn == ss->txn && ss->reply) {
+		s->retried++;
+		bson_reinit(r);
+		bson_concat(r, ss->reply);
+		return;
+	}
+	def->fn(s, x, r);
+	ss->txn = txn;
+	if (ss->reply)
+		bson_destroy(ss->reply);
+	ss->reply = NULL;
+	if (bson_iter_init_find(&it, r, "ok") && bson_iter_as_double(&it) == 1.0)
+		ss->reply = bson_copy(r);
 }
 
 static void cmd_build_info(struct server *s, const struct cmdctx *x, bson_t *r)
@@ -3201,33 +3447,67 @@ static void cmd_drop_database(struct server *s, const struct cmdctx *x, bson_t *
 }
 
 static const struct cmd_def commands[] = {
-	{ "hello", cmd_hello, false },
-	{ "isMaster", cmd_hello, false },
-	{ "ismaster", cmd_hello, false },
-	{ "endSessions", cmd_ok, false },
-	{ "ping", cmd_ok, true },
-	{ "buildInfo", cmd_build_info, true },
-	{ "buildinfo", cmd_build_info, true },
-	{ "insert", cmd_insert, true },
-	{ "find", cmd_find, true },
-	{ "getMore", cmd_get_more, true },
-	{ "killCursors", cmd_kill_cursors, true },
-	{ "update", cmd_update, true },
-	{ "delete", cmd_delete, true },
-	{ "findAndModify", cmd_find_and_modify, true },
-	{ "findandmodify", cmd_find_and_modify, true },
-	{ "count", cmd_count, true },
-	{ "aggregate", cmd_aggregate, true },
-	{ "createIndexes", cmd_create_indexes, true },
-	{ "listIndexes", cmd_list_indexes, true },
-	{ "dropIndexes", cmd_drop_indexes, true },
-	{ "listCollections", cmd_list_collections, true },
-	{ "create", cmd_create, true },
-	{ "drop", cmd_drop, true },
-	{ "dropDatabase", cmd_drop_database, true },
+	{ "hello", cmd_hello, false, false },
+	{ "isMaster", cmd_hello, false, false },
+	{ "ismaster", cmd_hello, false, false },
+	{ "endSessions", cmd_end_sessions, false, false },
+	{ "ping", cmd_ok, true, false },
+	{ "buildInfo", cmd_build_info, true, false },
+	{ "buildinfo", cmd_build_info, true, false },
+	{ "insert", cmd_insert, true, true },
+	{ "find", cmd_find, true, false },
+	{ "getMore", cmd_get_more, true, false },
+	{ "killCursors", cmd_kill_cursors, true, false },
+	{ "update", cmd_update, true, true },
+	{ "delete", cmd_delete, true, true },
+	{ "findAndModify", cmd_find_and_modify, true, true },
+	{ "findandmodify", cmd_find_and_modify, true, true },
+	{ "count", cmd_count, true, false },
+	{ "aggregate", cmd_aggregate, true, false },
+	{ "createIndexes", cmd_create_indexes, true, false },
+	{ "listIndexes", cmd_list_indexes, true, false },
+	{ "dropIndexes", cmd_drop_indexes, true, false },
+	{ "listCollections", cmd_list_collections, true, false },
+	{ "create", cmd_create, true, false },
+	{ "drop", cmd_drop, true, false },
+	{ "dropDatabase", cmd_drop_database, true, false },
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+/* "Not primary" and "node is recovering/shutting down" errors: the server's
+ * state changed (SDAM). */
+static bool is_state_change(int code)
+{
+	static const int codes[] = { 91, 189, 10058, 10107, 11600, 11602, 13435, 13436 };
+
+	for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+		if (codes[i] == code)
+			return true;
+	return false;
+}
+
+/* An injected state change, as a real server shows one: topologyVersion moves
+ * on, the error carries the new one, and every streaming monitor gets a fresh
+ * hello at once. Whichever a driver sees first, it ends up knowing the server
+ * is back (the error is stale against the newer hello, or the hello follows
+ * the error), instead of waiting out maxAwaitTimeMS with the server unknown. */
+static void state_change(struct server *s, struct mderr *err)
+{
+	bson_t tv;
+
+	s->tv_counter++;
+	for (size_t i = 0; i < s->nconns; i++)
+		if (s->conns[i]->stream_cmd)
+			s->conns[i]->stream_due = 0;
+	if (!err->has_extra)
+		bson_init(&err->extra);
+	err->has_extra = true;
+	BSON_APPEND_DOCUMENT_BEGIN(&err->extra, "topologyVersion", &tv);
+	BSON_APPEND_OID(&tv, "processId", &s->process_id);
+	BSON_APPEND_INT64(&tv, "counter", s->tv_counter);
+	bson_append_document_end(&err->extra, &tv);
+}
 
 /* Runs one command with faults applied; returns true if the connection must
  * be closed instead of answered. */
@@ -3236,6 +3516,7 @@ static bool run_command(struct server *s, struct conn *c, const char *db, const 
 	struct mderr err = { 0 };
 	struct cmdctx x = { db, "", cmd, c };
 	const struct cmd_def *def = NULL;
+	const bson_value_t *lsid = NULL;
 	bson_iter_t it;
 	size_t i;
 
@@ -3262,19 +3543,43 @@ static bool run_command(struct server *s, struct conn *c, const char *db, const 
 		if (s->err_left > 0) {
 			s->err_left--;
 			fail(&err, s->err_code, "mongo_double: injected error %d", s->err_code);
+			if (is_state_change(s->err_code))
+				state_change(s, &err);
 			reply_fail(r, &err);
+			err_clear(&err);
 			return false;
 		}
 	}
-	if (!def)
+	if (bson_iter_init_find(&it, cmd, "lsid")) {
+		const uint8_t *id;
+		uint32_t len;
+
+		lsid = bson_iter_value(&it);
+		s->with_lsid++;
+		if (!session_id(lsid, &id, &len))
+			fail(&err, E_TYPE_MISMATCH, "BSON field 'lsid' must be {id: UUID}");
+	}
+	if (err.code)
+		;
+	else if (!def)
 		fail(&err, E_CMD_NOT_FOUND, "no such command: '%s'", x.name);
 	else if (!valid_db(db))
 		fail(&err, E_INVALID_NS, "Invalid database name: '%s'", db);
+	else if (!def->retryable && bson_has_field(cmd, "txnNumber"))
+		fail(&err, E_INVALID_OPTIONS, "txnNumber may only be provided for retryable write commands");
 	if (err.code) {
 		reply_fail(r, &err);
 		return false;
 	}
-	def->fn(s, &x, r);
+	if (def->retryable && bson_has_field(cmd, "txnNumber"))
+		run_retryable(s, &x, def, lsid, r);
+	else
+		def->fn(s, &x, r);
+	/* drop-reply: the command took effect, its answer is lost */
+	if (def->data && s->drop_reply > 0) {
+		s->drop_reply--;
+		return true;
+	}
 	return false;
 }
 
@@ -3292,8 +3597,9 @@ static uint32_t crc32c(const uint8_t *p, size_t n)
 	return ~crc;
 }
 
-static void conn_queue(struct server *s, struct conn *c, int32_t response_to, int32_t opcode,
-		       const uint8_t *prefix, size_t plen, const bson_t *doc)
+/* Queues one reply; returns the requestID it carries. */
+static int32_t conn_queue(struct server *s, struct conn *c, int32_t response_to, int32_t opcode,
+			  const uint8_t *prefix, size_t plen, const bson_t *doc)
 {
 	size_t len = 16 + plen + doc->len;
 	struct chunk *ch = bson_malloc(sizeof *ch + len);
@@ -3313,6 +3619,7 @@ static void conn_queue(struct server *s, struct conn *c, int32_t response_to, in
 	else
 		c->head = ch;
 	c->tail = ch;
+	return s->next_request_id;
 }
 
 static bool parse_doc(const uint8_t *p, size_t avail, bson_t *out, size_t *used)
@@ -3366,6 +3673,109 @@ static bool merge_sections(const bson_t *body, const struct sequence *seq, size_
 	return true;
 }
 
+/* A replica-set member's gossip: $clusterTime (signed with a zero key, as a
+ * server without keys does) and operationTime, moving forward on every reply. */
+static void append_cluster_time(struct server *s, bson_t *r)
+{
+	static const uint8_t zero_hash[20];
+	uint32_t now = (uint32_t)time(NULL);
+	bson_t ct, sig;
+
+	if (now > s->cluster_secs) {
+		s->cluster_secs = now;
+		s->cluster_inc = 0;
+	}
+	s->cluster_inc++;
+	BSON_APPEND_DOCUMENT_BEGIN(r, "$clusterTime", &ct);
+	BSON_APPEND_TIMESTAMP(&ct, "clusterTime", s->cluster_secs, s->cluster_inc);
+	BSON_APPEND_DOCUMENT_BEGIN(&ct, "signature", &sig);
+	BSON_APPEND_BINARY(&sig, "hash", BSON_SUBTYPE_BINARY, zero_hash, sizeof zero_hash);
+	BSON_APPEND_INT64(&sig, "keyId", 0);
+	bson_append_document_end(&ct, &sig);
+	bson_append_document_end(r, &ct);
+	BSON_APPEND_TIMESTAMP(r, "operationTime", s->cluster_secs, s->cluster_inc);
+}
+
+static bool is_hello(const bson_t *cmd)
+{
+	bson_iter_t it;
+	const char *name;
+
+	if (!bson_iter_init(&it, cmd) || !bson_iter_next(&it))
+		return false;
+	name = bson_iter_key(&it);
+	return strcmp(name, "hello") == 0 || strcmp(name, "isMaster") == 0 || strcmp(name, "ismaster") == 0;
+}
+
+static bool reply_ok(const bson_t *r)
+{
+	bson_iter_t it;
+
+	return bson_iter_init_find(&it, r, "ok") && bson_iter_as_double(&it) == 1.0;
+}
+
+static void stream_end(struct conn *c)
+{
+	if (c->stream_cmd)
+		bson_destroy(c->stream_cmd);
+	c->stream_cmd = NULL;
+}
+
+/* Sends the next reply of an exhaust hello stream when it is due and the
+ * previous one has left. */
+static void stream_tick(struct server *s, struct conn *c, int64_t now)
+{
+	uint8_t prefix[5] = { 0 };
+	struct cmdctx x = { c->stream_db, "", c->stream_cmd, c };
+	bson_iter_t it;
+	bson_t r;
+
+	if (!c->stream_cmd || c->dead || c->head || now < c->stream_due)
+		return;
+	if (bson_iter_init(&it, c->stream_cmd) && bson_iter_next(&it))
+		x.name = bson_iter_key(&it);
+	bson_init(&r);
+	cmd_hello(s, &x, &r);
+	if (s->replset)
+		append_cluster_time(s, &r);
+	wr32(prefix, MSG_MORE_TO_COME);
+	c->stream_to = conn_queue(s, c, c->stream_to, OP_MSG, prefix, sizeof prefix, &r);
+	c->stream_due = now + c->stream_every;
+	s->streamed++;
+	bson_destroy(&r);
+}
+
+/* Queues the reply to an OP_MSG command. An awaitable hello (the client's
+ * topologyVersion is current) is answered after maxAwaitTimeMS; with the
+ * exhaustAllowed flag it starts a stream of replies with moreToCome instead,
+ * the way a server feeds a driver's streaming monitor. */
+static void queue_op_msg_reply(struct server *s, struct conn *c, const char *db, const bson_t *cmd,
+			       uint32_t flags, int32_t req_id, const bson_t *reply)
+{
+	uint8_t prefix[5] = { 0 };
+	struct mderr err = { 0 };
+	int64_t wait_ms = 0;
+	int await = 0;
+
+	if (is_hello(cmd) && reply_ok(reply) && bson_has_field(cmd, "maxAwaitTimeMS"))
+		await = hello_await(s, cmd, &wait_ms, &err); /* ok reply: the fields are valid */
+	if (await >= 0 && bson_has_field(cmd, "maxAwaitTimeMS") && (flags & MSG_EXHAUST_ALLOWED) &&
+	    is_hello(cmd) && reply_ok(reply)) {
+		/* The stream starts at once when the client's topologyVersion is
+		 * stale, after maxAwaitTimeMS when it is current. */
+		stream_end(c);
+		c->stream_cmd = bson_copy(cmd);
+		snprintf(c->stream_db, sizeof c->stream_db, "%s", db);
+		c->stream_every = wait_ms < 100 ? 100 : wait_ms;
+		c->stream_due = await == 1 ? now_ms() + wait_ms : 0;
+		c->stream_to = req_id;
+		return;
+	}
+	conn_queue(s, c, req_id, OP_MSG, prefix, sizeof prefix, reply);
+	if (await == 1)
+		c->tail->due += wait_ms;
+}
+
 /* Handles one OP_MSG; returns false on a protocol error (connection closes). */
 static bool handle_op_msg(struct server *s, struct conn *c, const uint8_t *msg, size_t len, int32_t req_id)
 {
@@ -3375,7 +3785,6 @@ static bool handle_op_msg(struct server *s, struct conn *c, const uint8_t *msg, 
 	bool have_body = false, close_conn;
 	bson_iter_t it;
 	uint32_t flags;
-	uint8_t prefix[5] = { 0 };
 
 	if (len < 21)
 		return false;
@@ -3436,8 +3845,12 @@ static bool handle_op_msg(struct server *s, struct conn *c, const uint8_t *msg, 
 	} else {
 		close_conn = run_command(s, c, bson_iter_utf8(&it, NULL), &cmd, &reply);
 	}
+	if (!close_conn && s->replset)
+		append_cluster_time(s, &reply);
 	if (!close_conn && !(flags & MSG_MORE_TO_COME))
-		conn_queue(s, c, req_id, OP_MSG, prefix, sizeof prefix, &reply);
+		queue_op_msg_reply(s, c, bson_iter_init_find(&it, &cmd, "$db") && BSON_ITER_HOLDS_UTF8(&it)
+					 ? bson_iter_utf8(&it, NULL) : "admin",
+				   &cmd, flags, req_id, &reply);
 	bson_destroy(&reply);
 	bson_destroy(&cmd);
 	return !close_conn;
@@ -3511,6 +3924,7 @@ static bool handle_message(struct server *s, struct conn *c, const uint8_t *msg,
 	int32_t req_id = (int32_t)rd32(msg + 4);
 	uint32_t opcode = rd32(msg + 12);
 
+	stream_end(c); /* a client that speaks again has left the stream */
 	if (opcode == OP_MSG)
 		return handle_op_msg(s, c, msg, len, req_id);
 	if (opcode == OP_QUERY)
@@ -3523,6 +3937,7 @@ static bool handle_message(struct server *s, struct conn *c, const uint8_t *msg,
 
 static void conn_free(struct conn *c)
 {
+	stream_end(c);
 	while (c->head) {
 		struct chunk *next = c->head->next;
 
@@ -3728,6 +4143,7 @@ static void reset_faults(struct server *s)
 	s->drop_next = 0;
 	s->err_left = 0;
 	s->err_code = 0;
+	s->drop_reply = 0;
 	s->refuse = false;
 }
 
@@ -3739,6 +4155,7 @@ static void clear_data(struct server *s)
 	for (size_t i = 0; i < s->ncurs; i++)
 		cursor_free(s->curs[i]);
 	s->ncurs = 0;
+	sessions_clear(s);
 }
 
 static void format_stats(const struct server *s, char *out, size_t len)
@@ -3748,9 +4165,12 @@ static void format_stats(const struct server *s, char *out, size_t len)
 	for (size_t i = 0; i < s->nconns; i++)
 		nopen += !s->conns[i]->dead;
 	used = (size_t)snprintf(out, len,
-				"ok served=%llu data=%llu accepted=%llu open=%zu cursors=%zu listening=%d",
+				"ok served=%llu data=%llu accepted=%llu open=%zu cursors=%zu listening=%d"
+				" lsid=%llu retryable=%llu retried=%llu sessions=%zu streamed=%llu",
 				(unsigned long long)s->served, (unsigned long long)s->data_served,
-				(unsigned long long)s->accepted, nopen, s->ncurs, !s->stopped);
+				(unsigned long long)s->accepted, nopen, s->ncurs, !s->stopped,
+				(unsigned long long)s->with_lsid, (unsigned long long)s->retryable,
+				(unsigned long long)s->retried, s->nsessions, (unsigned long long)s->streamed);
 	for (size_t i = 0; i <= N_COMMANDS && used + 64 < len; i++) {
 		if (s->cmd_counts[i])
 			used += (size_t)snprintf(out + used, len - used, " %s=%llu",
@@ -3792,6 +4212,8 @@ static void ctl_exec(struct server *s, struct ctl *k, char *line)
 		drop_all(s);
 	} else if (strcmp(cmd, "drop-next") == 0 && (!a1 || parse_count(a1, 0, UINT32_MAX, &n))) {
 		s->drop_next = n;
+	} else if (strcmp(cmd, "drop-reply") == 0 && (!a1 || parse_count(a1, 0, UINT32_MAX, &n))) {
+		s->drop_reply = n;
 	} else if (strcmp(cmd, "error") == 0 && parse_count(a1, 1, INT32_MAX, &v) &&
 		   (!a2 || parse_count(a2, 0, UINT32_MAX, &n))) {
 		s->err_code = (int)v;
@@ -3899,8 +4321,10 @@ static void serve(struct server *s, int64_t deadline, const sigset_t *waitmask)
 
 		if (now >= deadline)
 			break;
-		for (size_t i = 0; i < s->nconns; i++)
+		for (size_t i = 0; i < s->nconns; i++) {
+			stream_tick(s, s->conns[i], now);
 			conn_flush(s->conns[i], now);
+		}
 		sweep(s);
 		nctls = s->nctls;
 		nconns = s->nconns;
@@ -3917,6 +4341,8 @@ static void serve(struct server *s, int64_t deadline, const sigset_t *waitmask)
 			};
 			if (c->head && c->head->due > now && c->head->due < wake)
 				wake = c->head->due;
+			if (c->stream_cmd && !c->head && c->stream_due < wake)
+				wake = c->stream_due > now ? c->stream_due : now;
 		}
 		ts.tv_sec = (wake - now) / 1000;
 		ts.tv_nsec = (long)((wake - now) % 1000) * 1000000L;
@@ -3971,12 +4397,14 @@ static int write_port_file(const char *path, int port, int ctl_port)
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: mongo_double [--port N] [--port-file FILE] [--control PATH|@NAME|PORT]\n"
-		   "                    [--max-lifetime SECONDS (default 600)] [--verbose]\n"
+		   "                    [--max-lifetime SECONDS (default 600)] [--replset NAME] [--verbose]\n"
 		   "A MongoDB wire-protocol test double bound to 127.0.0.1. The port file gets the\n"
 		   "bound port (and the control port on a second line when --control is numeric).\n"
 		   "The control socket is a Unix stream socket (@NAME: abstract namespace).\n"
-		   "Control lines: delay MS | drop | drop-next [N] | error CODE [N] | refuse on|off |\n"
-		   "               stop | start | reset | clear | stats | ping\n");
+		   "--replset: answer as the primary of a one-member replica set (drivers then send\n"
+		   "retryable writes with txnNumber and gossip $clusterTime); default: standalone.\n"
+		   "Control lines: delay MS | drop | drop-next [N] | drop-reply [N] | error CODE [N] |\n"
+		   "               refuse on|off | stop | start | reset | clear | stats | ping\n");
 }
 
 int main(int argc, char **argv)
@@ -3987,6 +4415,7 @@ int main(int argc, char **argv)
 		{ "control", required_argument, NULL, 'c' },
 		{ "max-lifetime", required_argument, NULL, 'l' },
 		{ "verbose", no_argument, NULL, 'v' },
+		{ "replset", required_argument, NULL, 'r' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -4017,6 +4446,11 @@ int main(int argc, char **argv)
 			break;
 		case 'v':
 			s.verbose = true;
+			break;
+		case 'r':
+			if (!*optarg || strlen(optarg) > 64)
+				goto bad_usage;
+			s.replset = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -4065,6 +4499,7 @@ int main(int argc, char **argv)
 	}
 	s.cmd_counts = bson_malloc0((N_COMMANDS + 1) * sizeof *s.cmd_counts);
 	s.next_cursor_id = ((int64_t)(time(NULL) & 0xFFFF) << 32) + 1;
+	bson_oid_init(&s.process_id, NULL);
 	if (!rc)
 		serve(&s, now_ms() + (int64_t)lifetime * 1000, &waitmask);
 
@@ -4079,6 +4514,7 @@ int main(int argc, char **argv)
 	bson_free(s.ctls);
 	bson_free(s.colls);
 	bson_free(s.curs);
+	bson_free(s.sessions);
 	bson_free(s.cmd_counts);
 	if (s.lfd >= 0)
 		close(s.lfd);

@@ -5,11 +5,14 @@
  * it on an ephemeral 127.0.0.1 port with a private control socket, so a test
  * can point libmongoc at md.uri and inject faults with mdouble_cmd():
  *
- *   delay MS | drop | drop-next [N] | error CODE [N] | refuse on|off |
- *   stop | start | reset | clear | stats | ping
+ *   delay MS | drop | drop-next [N] | drop-reply [N] | error CODE [N] |
+ *   refuse on|off | stop | start | reset | clear | stats | ping
  *
- * "error" and "drop-next" count only data commands (everything except
- * hello/isMaster and endSessions), so driver monitoring never consumes them.
+ * "error", "drop-next" and "drop-reply" count only data commands (everything
+ * except hello/isMaster and endSessions), so driver monitoring never consumes
+ * them. drop-next closes the connection before the command runs, drop-reply
+ * after it took effect (a retryable write then replays). These helpers start
+ * a standalone; the binary's --replset NAME makes it a replica-set primary.
  * The binary is found through $MONGO_DOUBLE, ./tests/mongo_double, next to
  * the running test executable (or its parent when run from .libs/), or
  * ./mongo_double. The double dies with the thread that started it

@@ -1,15 +1,19 @@
 /* test_auth.c - unit tests for src/auth.c: argon2id password hashes, HS256 JWT
  * signing and verification (including the usual attacks on JWT verifiers),
- * and Bearer header parsing.
+ * and Bearer header parsing. Drop-in for the Node app: bcrypt hashes (one
+ * made by bcryptjs, others by libxcrypt here) and tokens signed by npm
+ * jsonwebtoken, embedded once (tests/mongoose has both packages).
  */
 #include "../src/auth.h"
 
 #include <check.h>
+#include <crypt.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define B64URL sodium_base64_VARIANT_URLSAFE_NO_PADDING
 #define NOW 1700000000
@@ -207,6 +211,118 @@ START_TEST(test_dummy_verify_runs_once_initialised_from_many_threads)
 		ck_assert_int_eq(pthread_join(t[i], NULL), 0);
 	auth_dummy_verify(NULL, 0);
 	auth_dummy_verify("another guess", 13);
+}
+END_TEST
+
+/* ---- passwords: bcrypt from the Node app ------------------------------ */
+
+/* bcryptjs 2.4.3: bcrypt.hashSync("node-password-42", 12), as the Node app's
+ * pre-save hook stores it. */
+#define BCRYPTJS_HASH "$2a$12$t2mqYNhVeDDDabUOnkWF..0qbCFdp0oz2.GFCfPCTrgsYdPxG769K"
+#define BCRYPTJS_PW "node-password-42"
+
+/* A bcrypt hash of pw made by libxcrypt itself with prefix ("$2b$", "$2y$"). */
+static void crypt_hash(const char *prefix, unsigned long cost, const char *pw, char out[128])
+{
+	char setting[CRYPT_GENSALT_OUTPUT_SIZE];
+	struct crypt_data *cd = calloc(1, sizeof *cd);
+	const char *h;
+
+	ck_assert_ptr_nonnull(cd);
+	ck_assert_ptr_nonnull(crypt_gensalt_rn(prefix, cost, NULL, 0, setting, (int)sizeof setting));
+	h = crypt_rn(pw, setting, cd, (int)sizeof *cd);
+	ck_assert_ptr_nonnull(h);
+	ck_assert_uint_eq(strlen(h), 60);
+	memcpy(out, h, 61);
+	free(cd);
+}
+
+START_TEST(test_password_verifies_a_bcryptjs_hash_of_cost_12)
+{
+	ck_assert_int_eq(auth_password_verify(BCRYPTJS_HASH, BCRYPTJS_PW, strlen(BCRYPTJS_PW)), 1);
+	ck_assert_int_eq(auth_password_verify(BCRYPTJS_HASH, "node-password-43", 16), 0);
+	ck_assert_int_eq(auth_password_verify(BCRYPTJS_HASH, BCRYPTJS_PW, strlen(BCRYPTJS_PW) - 1), 0);
+	ck_assert_int_eq(auth_password_needs_rehash(BCRYPTJS_HASH), 1);
+	ck_assert_int_eq(auth_is_bcrypt_hash(BCRYPTJS_HASH), 1);
+	/* verifying it announced cost 12: every verify now pads with bcrypt 12 */
+	ck_assert_int_ge(auth_bcrypt_padding_cost(), 12);
+}
+END_TEST
+
+START_TEST(test_password_verifies_bcrypt_hashes_made_by_crypt)
+{
+	char h2b[128], h2y[128], hlong[128];
+	char pw72[80], pw73[80];
+
+	crypt_hash("$2b$", 5, "crypt-made pw", h2b);
+	ck_assert_int_eq(strncmp(h2b, "$2b$05$", 7), 0);
+	ck_assert_int_eq(auth_password_verify(h2b, "crypt-made pw", 13), 1);
+	ck_assert_int_eq(auth_password_verify(h2b, "crypt-made pX", 13), 0);
+	ck_assert_int_eq(auth_password_verify(h2b, "", 0), 0);
+	ck_assert_int_eq(auth_password_needs_rehash(h2b), 1);
+	crypt_hash("$2y$", 4, "with $2y$", h2y);
+	ck_assert_int_eq(auth_password_verify(h2y, "with $2y$", 9), 1);
+	ck_assert_int_eq(auth_password_verify(h2y, "with $2b$", 9), 0);
+	/* only len bytes count, and a NUL inside the password never matches
+	 * (crypt would see the shorter C string) */
+	ck_assert_int_eq(auth_password_verify(h2b, "crypt-made pw and more", 13), 1);
+	ck_assert_int_eq(auth_password_verify(h2b, "crypt-made pw\0x", 15), 0);
+	/* bcrypt uses 72 bytes: a 73rd byte changes nothing, as in bcryptjs */
+	memset(pw72, 'q', 72);
+	memcpy(pw73, pw72, 72);
+	pw73[72] = 'Z';
+	pw72[72] = pw73[73] = '\0';
+	crypt_hash("$2b$", 4, pw72, hlong);
+	ck_assert_int_eq(auth_password_verify(hlong, pw73, 73), 1);
+	ck_assert_int_eq(auth_password_verify(hlong, pw72, 71), 0);
+}
+END_TEST
+
+START_TEST(test_password_refuses_malformed_bcrypt_hashes)
+{
+	char h[128];
+
+	crypt_hash("$2b$", 4, "pw", h);
+	ck_assert_int_eq(auth_password_verify(h, "pw", 2), 1);
+	h[2] = 'x'; /* $2x$: the buggy variant, never written by bcryptjs */
+	ck_assert_int_eq(auth_password_verify(h, "pw", 2), -1);
+	ck_assert_int_eq(auth_password_needs_rehash(h), -1);
+	h[2] = 'b';
+	h[59] = '\0'; /* 59 characters */
+	ck_assert_int_eq(auth_password_verify(h, "pw", 2), -1);
+	ck_assert_int_eq(auth_is_bcrypt_hash(h), 0);
+	ck_assert_int_eq(auth_password_verify("$2b$03$abcdefghijklmnopqrstuuabcdefghijklmnopqrstuvwxyz01234", "pw", 2),
+	                 -1);
+	ck_assert_int_eq(auth_password_verify("$2b$1x$abcdefghijklmnopqrstuuabcdefghijklmnopqrstuvwxyz01234", "pw", 2),
+	                 -1);
+	ck_assert_int_eq(auth_password_verify("$2b$04$abcdefghijklmnopqrstu!abcdefghijklmnopqrstuvwxyz01234", "pw", 2),
+	                 -1);
+	ck_assert_int_eq(auth_password_verify("$2b$04$abcdefghijklmnopqrstuuabcdefghijklmnopqrstuvwxyz0123", "pw", 2),
+	                 -1);
+	ck_assert_int_eq(auth_is_bcrypt_hash(NULL), 0);
+}
+END_TEST
+
+START_TEST(test_expect_bcrypt_turns_on_padding_for_every_verify)
+{
+	char h[AUTH_HASH_MAX];
+	/* 0 in a fresh process; an earlier test may have verified bcrypt when
+	 * check does not fork (CK_FORK=no) */
+	int before = auth_bcrypt_padding_cost();
+
+	ck_assert_int_eq(auth_expect_bcrypt(3), -1);
+	ck_assert_int_eq(auth_expect_bcrypt(32), -1);
+	ck_assert_int_eq(auth_bcrypt_padding_cost(), before);
+	ck_assert_int_eq(auth_expect_bcrypt(5), 0);
+	ck_assert_int_eq(auth_bcrypt_padding_cost(), before > 5 ? before : 5);
+	ck_assert_int_eq(auth_expect_bcrypt(4), 0);
+	ck_assert_int_eq(auth_bcrypt_padding_cost(), before > 5 ? before : 5); /* the highest cost stays */
+	/* argon2id verifies and the dummy verify still answer the same with padding */
+	ck_assert_int_eq(auth_password_hash("padded-pw", 9, h), 0);
+	ck_assert_int_eq(auth_password_verify(h, "padded-pw", 9), 1);
+	ck_assert_int_eq(auth_password_verify(h, "padded-px", 9), 0);
+	auth_dummy_verify("padded-pw", 9);
+	auth_dummy_verify(NULL, 0);
 }
 END_TEST
 
@@ -699,6 +815,102 @@ START_TEST(test_jwt_result_names_are_lower_case)
 }
 END_TEST
 
+/* ---- JWT: tokens issued by the Node app -------------------------------- */
+
+/* npm jsonwebtoken 9: jwt.sign({userId, email, iat, exp}, KEY) with the key
+ * above, as the Node app signs {userId, email} (HS256, typ JWT). */
+#define NODE_UID "5f1d7a3b9c2e4d6f8a0b1c2d"
+#define NODE_TOKEN_2100                                                                                                \
+	"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ1c2VySWQiOiI1ZjFkN2EzYjljMmU0ZDZmOGEwYjFjMmQiLCJlbWFpbCI6Im5v"        \
+	"ZGUudXNlckBleGFtcGxlLmNvbSIsImlhdCI6MTcwMDAwMDAwMCwiZXhwIjo0MTAyNDQ0ODAwfQ.lza4_cSnyE19Ne5_6DTWRBMiZAXy"      \
+	"EKTk3q3P7x20VsA"
+/* iat 1600000000, exp one day later */
+#define NODE_TOKEN_2020                                                                                                \
+	"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ1c2VySWQiOiI1ZjFkN2EzYjljMmU0ZDZmOGEwYjFjMmQiLCJlbWFpbCI6Im5v"        \
+	"ZGUudXNlckBleGFtcGxlLmNvbSIsImlhdCI6MTYwMDAwMDAwMCwiZXhwIjoxNjAwMDg2NDAwfQ.h1LI1QBTkGmdFD8TkTu0KS2C04C_"      \
+	"pLXJkNQRkWN6fc4"
+
+START_TEST(test_jwt_accepts_a_node_app_token_until_it_expires)
+{
+	struct jwt_claims c;
+
+	memset(&c, 0x55, sizeof c);
+	ck_assert_int_eq(jwt_verify(KEY, KEYLEN, NODE_TOKEN_2100, strlen(NODE_TOKEN_2100), (int64_t)time(NULL), 60, &c),
+	                 JWT_OK);
+	ck_assert_str_eq(c.sub, NODE_UID);
+	ck_assert_str_eq(c.email, "node.user@example.com");
+	ck_assert_str_eq(c.role, "");
+	ck_assert_int_eq(c.issuer, JWT_ISSUER_NODE);
+	ck_assert_int_eq(c.iat, 1700000000);
+	ck_assert_int_eq(c.exp, 4102444800LL);
+	/* the same checks as ours: expiry, key, tampering */
+	ck_assert_int_eq(jwt_verify(KEY, KEYLEN, NODE_TOKEN_2100, strlen(NODE_TOKEN_2100), 4102444800LL + 61, 60, &c),
+	                 JWT_EXPIRED);
+	ck_assert_str_eq(c.sub, "");
+	ck_assert_int_eq(jwt_verify((const unsigned char *)"another key of at least 32 bytes!!", 34, NODE_TOKEN_2100,
+	                            strlen(NODE_TOKEN_2100), NOW, 60, NULL),
+	                 JWT_BAD_SIGNATURE);
+	ck_assert_int_eq(jwt_verify(KEY, KEYLEN, NODE_TOKEN_2020, strlen(NODE_TOKEN_2020), (int64_t)time(NULL), 60, &c),
+	                 JWT_EXPIRED);
+	ck_assert_int_eq(jwt_verify(KEY, KEYLEN, NODE_TOKEN_2020, strlen(NODE_TOKEN_2020), 1600000000 + 3600, 60, &c),
+	                 JWT_OK);
+	ck_assert_str_eq(c.sub, NODE_UID);
+}
+END_TEST
+
+START_TEST(test_jwt_own_tokens_report_resil_as_issuer)
+{
+	struct jwt_claims c = claims("admin"), out;
+	char tok[JWT_MAX + 1];
+
+	c.issuer = JWT_ISSUER_NODE; /* ignored: jwt_sign issues resil's shape only */
+	sign_ok(&c, tok, sizeof tok);
+	ck_assert_int_eq(verify(tok, &out), JWT_OK);
+	ck_assert_int_eq(out.issuer, JWT_ISSUER_RESIL);
+	ck_assert_str_eq(out.sub, SUB);
+	ck_assert_str_eq(out.role, "admin");
+	segment(tok, 1, tok, sizeof tok);
+	ck_assert_ptr_null(strstr(tok, "userId"));
+}
+END_TEST
+
+START_TEST(test_jwt_rejects_ambiguous_or_bad_node_claims)
+{
+	/* sub and userId together: which user? */
+	ck_assert_int_eq(verify_forged(HDR, "{\"sub\":\"" SUB "\",\"userId\":\"" SUB "\",\"email\":\"a@b\","
+	                                    "\"role\":\"user\",\"iat\":1,\"exp\":2000000000}"),
+	                 JWT_MALFORMED);
+	ck_assert_int_eq(verify_forged(HDR, "{\"userId\":\"5F1D7A3B9C2E4D6F8A0B1C2D\",\"email\":\"a@b\",\"iat\":1,"
+	                                    "\"exp\":2000000000}"),
+	                 JWT_MALFORMED);
+	ck_assert_int_eq(
+	    verify_forged(HDR, "{\"userId\":{\"$gt\":\"\"},\"email\":\"a@b\",\"iat\":1,\"exp\":2000000000}"),
+	    JWT_MALFORMED);
+	ck_assert_int_eq(verify_forged(HDR, "{\"userId\":\"" SUB "\",\"iat\":1,\"exp\":2000000000}"), JWT_MALFORMED);
+	/* jsonwebtoken without expiresIn: no exp, never accepted */
+	ck_assert_int_eq(verify_forged(HDR, "{\"userId\":\"" SUB "\",\"email\":\"a@b\",\"iat\":1}"), JWT_MALFORMED);
+	ck_assert_int_eq(verify_forged(HDR, "{\"userId\":\"" SUB "\",\"email\":\"a@b\",\"iat\":1,\"exp\":1700000000,"
+	                                    "\"nbf\":1700000061}"),
+	                 JWT_NOT_YET_VALID);
+	/* a role in a Node token is ignored, never trusted */
+	{
+		char tok[JWT_MAX + 1];
+		struct jwt_claims c;
+
+		forge(tok, sizeof tok, HDR,
+		      "{\"userId\":\"" SUB "\",\"email\":\"a@b\",\"role\":\"admin\",\"iat\":1,\"exp\":2000000000}", KEY,
+		      KEYLEN);
+		ck_assert_int_eq(verify(tok, &c), JWT_OK);
+		ck_assert_str_eq(c.role, "");
+		ck_assert_int_eq(c.issuer, JWT_ISSUER_NODE);
+	}
+	/* other algorithms stay refused for Node tokens too */
+	ck_assert_int_eq(verify_forged("{\"alg\":\"HS512\",\"typ\":\"JWT\"}",
+	                               "{\"userId\":\"" SUB "\",\"email\":\"a@b\",\"iat\":1,\"exp\":2000000000}"),
+	                 JWT_BAD_ALG);
+}
+END_TEST
+
 /* ---- Bearer ----------------------------------------------------------- */
 
 static int bearer(const char *v, const char *expect)
@@ -777,6 +989,10 @@ static Suite *auth_suite(void)
 	add(s, "password_malformed", test_password_verify_reports_malformed_hashes_as_errors, 0);
 	add(s, "password_rehash", test_password_needs_rehash_flags_weaker_or_argon2i_hashes, 0);
 	add(s, "password_dummy", test_dummy_verify_runs_once_initialised_from_many_threads, slow);
+	add(s, "password_bcryptjs", test_password_verifies_a_bcryptjs_hash_of_cost_12, slow);
+	add(s, "password_bcrypt_crypt", test_password_verifies_bcrypt_hashes_made_by_crypt, slow);
+	add(s, "password_bcrypt_malformed", test_password_refuses_malformed_bcrypt_hashes, slow);
+	add(s, "password_bcrypt_padding", test_expect_bcrypt_turns_on_padding_for_every_verify, slow);
 	add(s, "jwt_round_trip", test_jwt_sign_verify_round_trips, 0);
 	add(s, "jwt_hmac", test_jwt_signature_is_hmac_sha256_of_the_first_two_segments, 0);
 	add(s, "jwt_rfc7515", test_jwt_verify_accepts_rfc7515_example_signature, 0);
@@ -801,6 +1017,9 @@ static Suite *auth_suite(void)
 	add(s, "jwt_expired", test_jwt_rejects_expired_tokens_beyond_skew, 0);
 	add(s, "jwt_future", test_jwt_rejects_tokens_issued_in_the_future_beyond_skew, 0);
 	add(s, "jwt_result_str", test_jwt_result_names_are_lower_case, 0);
+	add(s, "jwt_node_token", test_jwt_accepts_a_node_app_token_until_it_expires, 0);
+	add(s, "jwt_own_issuer", test_jwt_own_tokens_report_resil_as_issuer, 0);
+	add(s, "jwt_node_claims", test_jwt_rejects_ambiguous_or_bad_node_claims, 0);
 	add(s, "bearer_ok", test_bearer_extracts_the_token, 0);
 	add(s, "bearer_bad", test_bearer_rejects_other_shapes, 0);
 	return s;

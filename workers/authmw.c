@@ -7,6 +7,12 @@
  * changes (a generation counter in the shared scoreboard), so deactivation
  * takes effect at once everywhere while /api/users/me stays off the
  * database on the hot path.
+ *
+ * auth_resolve is that whole token -> principal path (verify, cache, load)
+ * for every caller: mw_auth here, and the chat's upgrade and Socket.IO
+ * CONNECT (chat_upgrade.c). A load bound to an HTTP request goes through
+ * api_call (the request's deadline, 504 when it passes); one for a
+ * WebSocket owns a plain store op with its own deadline.
  */
 #include "autoconfig.h"
 
@@ -29,6 +35,7 @@
 #define JWT_SKEW_S 5
 #define USER_CACHE_SIZE 1024
 #define USER_CACHE_TTL_MS 5000
+#define AUTH_LOAD_TIMEOUT_MS 10000 /* a load bound to no request (WebSocket CONNECT) */
 #define LOGIN_FAIL_MAX 5
 #define LOGIN_FAIL_WINDOW_MS (15 * 60 * 1000)
 
@@ -36,11 +43,7 @@ static struct ratelimit *g_rl;
 static const struct resil_config *g_cfg;
 
 struct cached_user {
-	char id[25];
-	char username[32];
-	char email[256];
-	char role[16];
-	int active;
+	struct principal p; /* p.id[0] == '\0': an empty slot */
 	uint64_t at_ms;
 	int generation;
 	bson_t *doc; /* the stored user document (owned), for GET /api/users/me */
@@ -136,26 +139,172 @@ static unsigned cache_slot(const char *id)
 	return h % USER_CACHE_SIZE;
 }
 
+/* ------------------------------------------------- token -> principal */
+
+/* The cached user with this id (24 lower-case hex digits), if fresh and
+ * of this generation. Only with a scoreboard: without one no other worker
+ * could tell us that a user changed. */
+static struct cached_user *cache_lookup(const char *id, int gen)
+{
+	struct cached_user *u = &user_cache[cache_slot(id)];
+	if (sb() && u->p.id[0] && strcmp(u->p.id, id) == 0 && u->generation == gen &&
+	    now_ms() - u->at_ms < USER_CACHE_TTL_MS)
+		return u;
+	return NULL;
+}
+
+/* Store a loaded, active user document; returns its slot. */
+static struct cached_user *cache_fill(const bson_oid_t *id, int gen, const bson_t *doc)
+{
+	struct cached_user u;
+	memset(&u, 0, sizeof(u));
+	store_id_format(id, u.p.id);
+	u.p.oid = *id;
+	const char *s;
+	if ((s = api_doc_str(doc, "username")))
+		snprintf(u.p.username, sizeof(u.p.username), "%s", s);
+	if ((s = api_doc_str(doc, "email")))
+		snprintf(u.p.email, sizeof(u.p.email), "%s", s);
+	s = api_doc_str(doc, "role");
+	snprintf(u.p.role, sizeof(u.p.role), "%s",
+	         s && (strcmp(s, "admin") == 0 || strcmp(s, "clinician") == 0) ? s : "user");
+	u.at_ms = now_ms();
+	u.generation = gen;
+	u.doc = bson_copy(doc);
+	struct cached_user *slot = &user_cache[cache_slot(u.p.id)];
+	if (slot->doc)
+		bson_destroy(slot->doc);
+	*slot = u;
+	return slot;
+}
+
+/* The outcome of a user load. */
+static void loaded(const bson_oid_t *id, int gen, enum store_err err, const bson_t *doc, struct auth_result *r)
+{
+	memset(r, 0, sizeof(*r));
+	if (err == STORE_NOT_FOUND || (err == STORE_OK && !api_doc_bool(doc, "isActive", 1))) {
+		r->status = AUTH_GONE;
+	} else if (err != STORE_OK) {
+		r->status = AUTH_STORE;
+		r->err = err;
+	} else {
+		struct cached_user *u = cache_fill(id, gen, doc);
+		r->status = AUTH_OK;
+		r->who = &u->p;
+		r->doc = u->doc;
+	}
+}
+
+/* Who waits for a load bound to a request (in its arena). */
+struct auth_wait {
+	auth_cb cb;
+	void *ud;
+};
+
+static void req_loaded(struct api_call *c, enum store_err err)
+{
+	struct auth_wait *w = c->data;
+	struct auth_result r;
+	loaded(&c->op.id, (int)c->n, err, c->op.result, &r);
+	w->cb(w->ud, &r);
+}
+
+/* A load without a request: the op and who waits for it (malloc'd). */
+struct auth_load {
+	struct store_op op;
+	auth_cb cb;
+	void *ud;
+	int generation;
+};
+
+static void load_done(struct store_op *op, enum store_err err)
+{
+	struct auth_load *l = op->user;
+	struct auth_result r;
+	loaded(&op->id, l->generation, err, op->result, &r);
+	l->cb(l->ud, &r);
+	store_op_clear(&l->op);
+	free(l);
+}
+
+enum auth_status auth_resolve(struct http_request *req, const char *tok, size_t len, auth_cb cb, void *ud,
+                              struct auth_result *now)
+{
+	memset(now, 0, sizeof(*now));
+	if (!tok || !len)
+		return now->status = AUTH_MISSING;
+	struct jwt_claims cl;
+	bson_oid_t id;
+	enum jwt_result jr =
+		jwt_verify(g_cfg->jwt_secret, g_cfg->jwt_secret_len, tok, len, (int64_t)time(NULL), JWT_SKEW_S, &cl);
+	if (jr != JWT_OK || store_id_parse(cl.sub, strlen(cl.sub), &id) < 0) {
+		log_info(&(struct log_ctx){.request_id = req ? req->request_id : NULL}, "token rejected",
+		         LF_STR("reason", jr != JWT_OK ? jwt_result_str(jr) : "subject is not an id"));
+		return now->status = AUTH_INVALID;
+	}
+	int gen = users_generation();
+	char hex[25]; /* the id as the cache spells it, whatever case the token used */
+	store_id_format(&id, hex);
+	struct cached_user *u = cache_lookup(hex, gen);
+	if (u) {
+		now->who = &u->p;
+		now->doc = u->doc;
+		return now->status = AUTH_OK;
+	}
+	if (req) {
+		struct auth_wait *w = http_alloc(req, sizeof(*w));
+		struct api_call *c = w ? api_call_new(req, STORE_OP_FIND_BY_ID, COLL_USERS, req_loaded) : NULL;
+		if (!c) {
+			app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+			return AUTH_PENDING;
+		}
+		w->cb = cb;
+		w->ud = ud;
+		c->data = w;
+		c->n = gen;
+		c->op.id = id;
+		api_call_submit(c); /* answers the request itself on failure */
+		return AUTH_PENDING;
+	}
+	struct auth_load *l = calloc(1, sizeof(*l));
+	struct store *st = api_store();
+	if (!l) {
+		now->err = STORE_UNAVAILABLE;
+		return now->status = AUTH_STORE;
+	}
+	store_op_init(&l->op, STORE_OP_FIND_BY_ID, COLL_USERS);
+	l->op.id = id;
+	l->op.done = load_done;
+	l->op.user = l;
+	l->op.deadline_ms = jobs_now_ms() + AUTH_LOAD_TIMEOUT_MS;
+	l->cb = cb;
+	l->ud = ud;
+	l->generation = gen;
+	if (!st || store_submit(st, &l->op) < 0) {
+		store_op_clear(&l->op);
+		free(l);
+		now->err = STORE_UNAVAILABLE;
+		return now->status = AUTH_STORE;
+	}
+	return AUTH_PENDING;
+}
+
+/* ---------------------------------------------------------- mw_auth */
+
 /* The principal and the document it was loaded from, in the request's arena. */
 struct auth_state {
 	struct principal p;
 	const bson_t *doc; /* valid until the chain next yields (see authmw.h) */
 };
 
-static int set_ctx(struct http_request *req, const struct cached_user *u)
+static int set_ctx(struct http_request *req, const struct auth_result *r)
 {
 	struct app_ctx *ctx = app_ctx(req);
 	struct auth_state *as = http_alloc(req, sizeof(*as));
 	if (!as)
 		return -1;
-	memset(as, 0, sizeof(*as));
-	snprintf(as->p.id, sizeof(as->p.id), "%s", u->id);
-	if (store_id_parse(u->id, strlen(u->id), &as->p.oid) < 0)
-		return -1;
-	snprintf(as->p.username, sizeof(as->p.username), "%s", u->username);
-	snprintf(as->p.email, sizeof(as->p.email), "%s", u->email);
-	snprintf(as->p.role, sizeof(as->p.role), "%s", u->role);
-	as->doc = u->doc;
+	as->p = *r->who;
+	as->doc = r->doc;
 	ctx->principal = as;
 	ctx->principal_id = as->p.id;
 	return 0;
@@ -174,40 +323,30 @@ int auth_is_admin(struct http_request *req)
 	return me && strcmp(me->role, "admin") == 0;
 }
 
-static void user_loaded(struct api_call *c, enum store_err err)
+/* mw_auth's answer to an outcome: APP_NEXT, or APP_DONE once answered. */
+static int mw_auth_answer(struct http_request *req, const struct auth_result *r)
 {
-	struct http_request *req = c->req;
-	if (err == STORE_NOT_FOUND || (err == STORE_OK && !api_doc_bool(c->op.result, "isActive", 1))) {
-		app_fail(req, 401, "UNAUTHORIZED", "user no longer exists or is inactive");
-		return;
+	switch (r->status) {
+	case AUTH_OK:
+		if (set_ctx(req, r) < 0)
+			return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+		return APP_NEXT;
+	case AUTH_MISSING:
+		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
+	case AUTH_GONE:
+		return app_fail(req, 401, "UNAUTHORIZED", "user no longer exists or is inactive");
+	case AUTH_STORE:
+		return api_fail_store(req, r->err, NULL);
+	default:
+		return app_fail(req, 403, "FORBIDDEN", "invalid or expired token");
 	}
-	if (err != STORE_OK) {
-		api_fail_store(req, err, NULL);
-		return;
-	}
-	struct cached_user u;
-	memset(&u, 0, sizeof(u));
-	store_id_format(&c->op.id, u.id);
-	const char *s;
-	if ((s = api_doc_str(c->op.result, "username")))
-		snprintf(u.username, sizeof(u.username), "%s", s);
-	if ((s = api_doc_str(c->op.result, "email")))
-		snprintf(u.email, sizeof(u.email), "%s", s);
-	s = api_doc_str(c->op.result, "role");
-	snprintf(u.role, sizeof(u.role), "%s", s && (strcmp(s, "admin") == 0 || strcmp(s, "clinician") == 0) ? s : "user");
-	u.active = 1;
-	u.at_ms = now_ms();
-	u.generation = (int)c->n;
-	u.doc = bson_copy(c->op.result);
-	struct cached_user *slot = &user_cache[cache_slot(u.id)];
-	if (slot->doc)
-		bson_destroy(slot->doc);
-	*slot = u;
-	if (set_ctx(req, slot) < 0) {
-		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
-		return;
-	}
-	app_next(req);
+}
+
+static void mw_auth_loaded(void *ud, const struct auth_result *r)
+{
+	struct http_request *req = ud;
+	if (mw_auth_answer(req, r) == APP_NEXT)
+		app_next(req);
 }
 
 int mw_auth(struct http_request *req)
@@ -233,30 +372,10 @@ int mw_auth(struct http_request *req)
 		}
 		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
 	}
-	struct jwt_claims cl;
-	enum jwt_result jr =
-		jwt_verify(g_cfg->jwt_secret, g_cfg->jwt_secret_len, tok, tl, (int64_t)time(NULL), JWT_SKEW_S, &cl);
-	if (jr != JWT_OK) {
-		log_info(&(struct log_ctx){.request_id = req->request_id}, "token rejected",
-		         LF_STR("reason", jwt_result_str(jr)));
-		return app_fail(req, 403, "FORBIDDEN", "invalid or expired token");
-	}
-	int gen = users_generation();
-	struct cached_user *u = &user_cache[cache_slot(cl.sub)];
-	if (sb() && strcmp(u->id, cl.sub) == 0 && u->generation == gen && now_ms() - u->at_ms < USER_CACHE_TTL_MS) {
-		if (set_ctx(req, u) < 0)
-			return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
-		return APP_NEXT;
-	}
-	struct api_call *c = api_call_new(req, STORE_OP_FIND_BY_ID, STORE_USERS, user_loaded);
-	if (!c)
-		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
-	if (store_id_parse(cl.sub, strlen(cl.sub), &c->op.id) < 0) {
-		free(c);
-		return app_fail(req, 403, "FORBIDDEN", "invalid or expired token");
-	}
-	c->n = gen;
-	return api_call_submit(c);
+	struct auth_result r;
+	if (auth_resolve(req, tok, tl, mw_auth_loaded, req, &r) == AUTH_PENDING)
+		return APP_DONE;
+	return mw_auth_answer(req, &r);
 }
 
 const bson_t *authmw_user_doc(struct http_request *req)

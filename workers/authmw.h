@@ -8,12 +8,18 @@
  * bad signature, alg other than HS256, expired -> 403 FORBIDDEN; user since
  * deleted or deactivated -> 401. On success auth_principal(req) is the
  * caller: id, username, email and role from the database, not the token.
+ *
+ * auth_resolve is the one way a token becomes a principal: mw_auth, the
+ * WebSocket upgrade and Socket.IO's CONNECT packet all go through it, and
+ * differ only in how they answer each outcome.
  */
 #ifndef RESIL_AUTHMW_H
 #define RESIL_AUTHMW_H
 
 #include "app.h"
 #include "auth.h"
+
+#include "store.h"
 
 #include <bson/bson.h>
 
@@ -28,6 +34,42 @@ struct principal {
 	char email[256];
 	char role[16];
 };
+
+/* What a token resolved to. */
+enum auth_status {
+	AUTH_OK = 0,  /* r->who is the principal */
+	AUTH_MISSING, /* no token (HTTP: 401 "access token required") */
+	AUTH_INVALID, /* malformed, bad signature, alg other than HS256, expired,
+	               * or a subject that is no id (HTTP: 403) */
+	AUTH_GONE,    /* the user was deleted or deactivated (401) */
+	AUTH_STORE,   /* the user could not be loaded; r->err says why */
+	AUTH_PENDING  /* returned only: the user is being loaded, cb follows */
+};
+
+struct auth_result {
+	enum auth_status status;
+	enum store_err err;          /* AUTH_STORE */
+	const struct principal *who; /* AUTH_OK */
+	const bson_t *doc;           /* AUTH_OK: the stored user document, or NULL */
+};
+/* who and doc point into the per-worker user cache: valid only until the
+ * loop runs other work (copy what must last). */
+typedef void (*auth_cb)(void *ud, const struct auth_result *r);
+
+/* Resolve tok[0..len): verify the HS256 JWT, then find its user in the
+ * per-worker cache (a few seconds old at most, dropped in every worker on
+ * any user write), loading it through the store on a miss.
+ *
+ * Returns the outcome with *now filled and cb not called, or AUTH_PENDING:
+ * cb(ud, r) then runs exactly once, later, on the loop (r valid only
+ * during the call), and ud must stay valid until then.
+ * req (may be NULL) names the request for the log line and binds the load
+ * to it: its deadline bounds the load, and when the deadline passes first
+ * (504) or the load cannot be submitted (503) the request is answered here
+ * and cb is not called. Without a request the load has its own 10 s
+ * deadline, and a load that cannot be submitted is AUTH_STORE. */
+enum auth_status auth_resolve(struct http_request *req, const char *tok, size_t len, auth_cb cb, void *ud,
+                              struct auth_result *now);
 
 /* The caller mw_auth authenticated, or NULL (anonymous request). */
 const struct principal *auth_principal(struct http_request *req);

@@ -42,6 +42,7 @@
 #include "autoconfig.h"
 
 #include "api.h"
+#include "audit.h"
 #include "handlers.h"
 #include "httpclient.h"
 #include "json.h"
@@ -60,7 +61,6 @@
 #include <yajl/yajl_gen.h>
 
 #define SYNC_MAX_BODY (1u << 20)
-#define GS(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
 
 static int fail_nomem(struct http_request *req)
 {
@@ -175,20 +175,20 @@ static void sync_fallback(struct sync *s)
 		return;
 	}
 	yajl_gen_map_open(g);
-	GS(g, "success");
+	json_gen_cstr(g, "success");
 	yajl_gen_bool(g, 0);
-	GS(g, "error");
-	GS(g, "external api circuit open, try again later");
-	GS(g, "code");
-	GS(g, "CIRCUIT_OPEN");
-	GS(g, "fallback");
+	json_gen_cstr(g, "error");
+	json_gen_cstr(g, "external api circuit open, try again later");
+	json_gen_cstr(g, "code");
+	json_gen_cstr(g, "CIRCUIT_OPEN");
+	json_gen_cstr(g, "fallback");
 	yajl_gen_bool(g, 1);
 	if (bson_init_static(&doc, s->patient.data, s->patient.len)) {
-		GS(g, "data");
+		json_gen_cstr(g, "data");
 		patients_gen(g, &doc, true);
 	}
-	GS(g, "requestId");
-	GS(g, req->request_id);
+	json_gen_cstr(g, "requestId");
+	json_gen_cstr(g, req->request_id);
 	yajl_gen_map_close(g);
 	const unsigned char *buf;
 	size_t len;
@@ -233,6 +233,7 @@ struct sync_job {
 	bson_t *fields;  /* the merge, consumed by the store */
 	uint32_t nfields;
 	bson_t *patient; /* result */
+	struct audit_actor actor;
 };
 
 static void sync_job_cleanup(struct api_job *j)
@@ -427,6 +428,14 @@ static void load_work(struct api_job *j)
 {
 	struct sync_job *sj = (struct sync_job *)j;
 	sj->patient = api_find_by_id(j, COLL_PATIENTS, &sj->id);
+	/* Audited before anything of the record can be sent (the merge, the
+	 * unchanged record or the breaker's fallback all carry it). */
+	static const char *const sensitive[] = {"ssn", "medicalRecord", NULL};
+	char hex[25];
+	store_id_format(&sj->id, hex);
+	const char *outcome = sj->patient ? "success" : j->err == STORE_NOT_FOUND ? "not_found" : "failed";
+	if (audit_log_as(&sj->actor, "patient.sync", hex, sj->patient ? sensitive : NULL, outcome) < 0 && sj->patient)
+		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "audit trail unavailable");
 }
 
 static void load_done(struct api_job *j, struct http_request *req)
@@ -493,6 +502,7 @@ int patient_sync_route(struct http_request *req)
 	if (!sj)
 		return fail_nomem(req);
 	api_job_reads(&sj->base);
+	audit_actor_from(&sj->actor, req);
 	return api_job_submit(&sj->base);
 }
 

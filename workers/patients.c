@@ -22,10 +22,13 @@
  *
  * Every route is one job (api.h). The record's wire format is
  * patients_gen(): the fields are listed, so nothing else stored is sent.
+ * Every access is audited (audit.h) by the job, before the answer: if the
+ * record cannot be written the route answers 503 and sends no data.
  */
 #include "autoconfig.h"
 
 #include "api.h"
+#include "audit.h"
 #include "authmw.h"
 #include "handlers.h"
 #include "json.h"
@@ -42,7 +45,6 @@
 #define PATIENTS_DEFAULT_LIMIT 25
 #define PATIENTS_MAX_LIMIT 100
 
-#define GS(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
 #define STATUSES "active", "inactive", "discharged"
 
 static const struct vrule create_rules[] = {
@@ -176,7 +178,10 @@ void patients_send(struct http_request *req, int status, const bson_t *patient)
 struct list_job {
 	struct api_job base;
 	struct api_list list;
+	struct audit_actor actor;
 };
+
+static const char MSG_NO_AUDIT[] = "audit trail unavailable";
 
 static void list_item(void *g, const bson_t *patient, const struct api_list *l)
 {
@@ -186,7 +191,11 @@ static void list_item(void *g, const bson_t *patient, const struct api_list *l)
 
 static void list_work(struct api_job *j)
 {
-	api_list_run(j, &((struct list_job *)j)->list);
+	struct list_job *lj = (struct list_job *)j;
+	int rc = api_list_run(j, &lj->list);
+	/* Lists never carry ssn or medicalRecord: no sensitive field disclosed. */
+	if (audit_log_as(&lj->actor, "patient.list", NULL, NULL, rc == 0 ? "success" : "failed") < 0 && rc == 0)
+		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", MSG_NO_AUDIT);
 }
 
 static void list_done(struct api_job *j, struct http_request *req)
@@ -213,6 +222,7 @@ static int patients_list(struct http_request *req)
 		return fail_nomem(req);
 	lj->base.cleanup = list_cleanup;
 	api_job_reads(&lj->base);
+	audit_actor_from(&lj->actor, req);
 	lj->list = (struct api_list){.coll = COLL_PATIENTS, .page = page, .limit = limit};
 	if ((status && store_filter_str(&lj->list.filter, "status", STORE_EQ, status) < 0) ||
 	    store_filter_sort(&lj->list.filter, "createdAt", -1) < 0)
@@ -229,7 +239,20 @@ struct patient_job {
 	bson_t *fields; /* INSERT / UPDATE input, consumed by the store */
 	bson_t *result;
 	int status;
+	struct audit_actor actor;
+	const char *action;
 };
+
+/* The sensitive fields a full record of doc discloses. */
+static void disclosed(const bson_t *doc, const char *out[3])
+{
+	int n = 0;
+	if (doc && bson_has_field(doc, "ssn"))
+		out[n++] = "ssn";
+	if (doc && bson_has_field(doc, "medicalRecord"))
+		out[n++] = "medicalRecord";
+	out[n] = NULL;
+}
 
 static void patient_cleanup(struct api_job *j)
 {
@@ -248,11 +271,19 @@ static void patient_work(struct api_job *j)
 	bson_oid_copy(&pj->id, &op.id);
 	op.doc = pj->fields;
 	pj->fields = NULL;
-	if (api_run(j, &op) == 0) {
+	int rc = api_run(j, &op);
+	if (rc == 0) {
 		pj->result = op.result;
 		op.result = NULL;
 	}
+	char hex[25];
+	store_id_format(pj->kind == STORE_OP_INSERT ? &op.id : &pj->id, hex);
 	store_op_clear(&op);
+	const char *fields[3];
+	disclosed(pj->result, fields);
+	const char *outcome = rc == 0 ? "success" : j->err == STORE_NOT_FOUND ? "not_found" : "failed";
+	if (audit_log_as(&pj->actor, pj->action, hex, fields, outcome) < 0 && rc == 0)
+		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", MSG_NO_AUDIT); /* and no data is sent */
 }
 
 static void patient_done(struct api_job *j, struct http_request *req)
@@ -284,6 +315,11 @@ static int patient_op(struct http_request *req, int kind, bson_t *fields, int st
 	pj->id = id;
 	pj->fields = fields;
 	pj->status = status;
+	audit_actor_from(&pj->actor, req);
+	pj->action = kind == STORE_OP_FIND_BY_ID ? "patient.read"
+	             : kind == STORE_OP_INSERT   ? "patient.create"
+	             : kind == STORE_OP_UPDATE_BY_ID ? "patient.update"
+	                                             : "patient.delete";
 	if (kind == STORE_OP_FIND_BY_ID)
 		api_job_reads(&pj->base);
 	return api_job_submit(&pj->base);
@@ -340,12 +376,12 @@ int patients_routes(struct app *app)
 	if (patient_sync_init() < 0)
 		return -1;
 	int rc = 0;
-	rc |= app_get(app, "/api/patients", mw_auth, mw_clinician, patients_list);
-	rc |= app_get(app, "/api/patients/:id", mw_auth, mw_clinician, patients_get);
-	rc |= app_post(app, "/api/patients", mw_auth, mw_admin, patients_create);
-	rc |= app_patch(app, "/api/patients/:id", mw_auth, mw_admin, patients_patch);
-	rc |= app_delete(app, "/api/patients/:id", mw_auth, mw_admin, patients_delete);
-	rc |= app_post(app, "/api/patients/:id/sync", mw_auth, mw_admin, patient_sync_route);
+	rc |= app_get(app, "/api/patients", mw_audit, mw_auth, mw_clinician, patients_list);
+	rc |= app_get(app, "/api/patients/:id", mw_audit, mw_auth, mw_clinician, patients_get);
+	rc |= app_post(app, "/api/patients", mw_audit, mw_auth, mw_admin, patients_create);
+	rc |= app_patch(app, "/api/patients/:id", mw_audit, mw_auth, mw_admin, patients_patch);
+	rc |= app_delete(app, "/api/patients/:id", mw_audit, mw_auth, mw_admin, patients_delete);
+	rc |= app_post(app, "/api/patients/:id/sync", mw_audit, mw_auth, mw_admin, patient_sync_route);
 	return rc;
 }
 

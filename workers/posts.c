@@ -45,7 +45,6 @@
 #define POSTS_CACHE_BYTES_MAX (4u * 1024 * 1024)
 #define CATEGORY_KEY_MAX 208 /* 50 code points of up to 4 bytes, NUL */
 
-#define GS(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
 
 static const struct vrule create_rules[] = {
 	V_STRING("title", V_REQUIRED, 1, 200),
@@ -176,7 +175,7 @@ static int fail_nomem(struct http_request *req)
 static void gen_str_field(yajl_gen g, const bson_t *doc, const char *field)
 {
 	bson_iter_t it;
-	GS(g, field);
+	json_gen_cstr(g, field);
 	if (bson_iter_init_find(&it, doc, field) && BSON_ITER_HOLDS_UTF8(&it)) {
 		uint32_t n;
 		const char *s = bson_iter_utf8(&it, &n);
@@ -189,7 +188,7 @@ static void gen_str_field(yajl_gen g, const bson_t *doc, const char *field)
 static void gen_date_field(yajl_gen g, const bson_t *doc, const char *field)
 {
 	bson_iter_t it;
-	GS(g, field);
+	json_gen_cstr(g, field);
 	if (bson_iter_init_find(&it, doc, field) && BSON_ITER_HOLDS_DATE_TIME(&it))
 		api_gen_iso(g, bson_iter_date_time(&it));
 	else
@@ -198,9 +197,9 @@ static void gen_date_field(yajl_gen g, const bson_t *doc, const char *field)
 
 static void gen_opt_str(yajl_gen g, const char *key, const char *s)
 {
-	GS(g, key);
+	json_gen_cstr(g, key);
 	if (s)
-		GS(g, s);
+		json_gen_cstr(g, s);
 	else
 		yajl_gen_null(g);
 }
@@ -214,7 +213,7 @@ static void gen_post(yajl_gen g, const bson_t *post, const bson_t *author)
 	bson_oid_t aid;
 	char hex[25];
 	yajl_gen_map_open(g);
-	GS(g, "id");
+	json_gen_cstr(g, "id");
 	if (api_doc_oid(post, "_id", &aid) == 0) {
 		store_id_format(&aid, hex);
 		yajl_gen_string(g, (const unsigned char *)hex, 24);
@@ -225,9 +224,9 @@ static void gen_post(yajl_gen g, const bson_t *post, const bson_t *author)
 	gen_str_field(g, post, "content");
 	if (bson_iter_init_find(&it, post, "category") && BSON_ITER_HOLDS_UTF8(&it))
 		gen_str_field(g, post, "category");
-	GS(g, "author");
+	json_gen_cstr(g, "author");
 	yajl_gen_map_open(g);
-	GS(g, "id");
+	json_gen_cstr(g, "id");
 	if (api_doc_oid(post, "author", &aid) == 0) {
 		store_id_format(&aid, hex);
 		yajl_gen_string(g, (const unsigned char *)hex, 24);

@@ -20,6 +20,7 @@
 #include "api.h"
 #include "authmw.h"
 #include "handlers.h"
+#include "message.h"
 #include "validate.h"
 
 #include <stdio.h>
@@ -31,8 +32,6 @@
 #define ROOMS_PAGE_MAX 100
 #define HISTORY_DEFAULT 50
 #define HISTORY_MAX 100
-
-#define GS(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
 
 static const struct vrule room_rules[] = {
     V_STRING("name", V_REQUIRED, 1, 100),
@@ -75,60 +74,6 @@ static int room_has_member(const bson_t *room, const bson_oid_t *user)
 		if (BSON_ITER_HOLDS_OID(&child) && bson_oid_equal(bson_iter_oid(&child), user))
 			return 1;
 	return 0;
-}
-
-static void gen_oid(yajl_gen g, const bson_oid_t *id)
-{
-	char hex[25];
-	store_id_format(id, hex);
-	yajl_gen_string(g, (const unsigned char *)hex, 24);
-}
-
-/* {id, roomId, content, sender: {id, username}, createdAt} - the shape
- * the WebSocket chat sends as new_message, too. */
-static void gen_message(yajl_gen g, const bson_t *m)
-{
-	bson_oid_t oid;
-	bson_iter_t it;
-	const char *s;
-	yajl_gen_map_open(g);
-	GS(g, "id");
-	if (api_doc_oid(m, "_id", &oid) == 0)
-		gen_oid(g, &oid);
-	else
-		yajl_gen_null(g);
-	GS(g, "roomId");
-	if (api_doc_oid(m, "room", &oid) == 0)
-		gen_oid(g, &oid);
-	else
-		yajl_gen_null(g);
-	GS(g, "content");
-	if (bson_iter_init_find(&it, m, "content") && BSON_ITER_HOLDS_UTF8(&it)) {
-		uint32_t len;
-		s = bson_iter_utf8(&it, &len);
-		yajl_gen_string(g, (const unsigned char *)s, len);
-	} else {
-		yajl_gen_null(g);
-	}
-	GS(g, "sender");
-	yajl_gen_map_open(g);
-	GS(g, "id");
-	if (api_doc_oid(m, "sender", &oid) == 0)
-		gen_oid(g, &oid);
-	else
-		yajl_gen_null(g);
-	GS(g, "username");
-	if ((s = api_doc_str(m, "senderName")))
-		GS(g, s);
-	else
-		yajl_gen_null(g);
-	yajl_gen_map_close(g);
-	GS(g, "createdAt");
-	if (bson_iter_init_find(&it, m, "createdAt") && BSON_ITER_HOLDS_DATE_TIME(&it))
-		api_gen_iso(g, bson_iter_date_time(&it));
-	else
-		yajl_gen_null(g);
-	yajl_gen_map_close(g);
 }
 
 /* The one wire format of a room. */
@@ -385,7 +330,7 @@ static void history_done(struct api_job *j, struct http_request *req)
 	/* Fetched newest first (so the limit keeps the latest); sent oldest first. */
 	yajl_gen_array_open(g);
 	for (size_t i = rj->found.ndocs; i-- > 0;)
-		gen_message(g, rj->found.docs[i]);
+		message_gen(g, rj->found.docs[i]);
 	yajl_gen_array_close(g);
 	app_send_gen(req, 200);
 }
@@ -429,7 +374,7 @@ static void send_done(struct api_job *j, struct http_request *req)
 		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 		return;
 	}
-	gen_message(g, rj->result);
+	message_gen(g, rj->result);
 	/* Stored first, then broadcast: WebSocket members see REST-posted
 	 * messages too (best effort: a full bus is logged by the chat). */
 	chat_publish_message(rj->result);

@@ -5,6 +5,7 @@
 #include "routes.h"
 
 #include "api.h"
+#include "audit.h"
 #include "authmw.h"
 #include "handlers.h"
 #include "log.h"
@@ -36,6 +37,10 @@ int routes_register(struct app *app, struct worker *w)
 int routes_start(struct worker *w)
 {
 	char err[512];
+	if (audit_open(w->cfg, err, sizeof(err)) < 0) {
+		log_error(NULL, "cannot open the audit trail", LF_STR("error", err));
+		return -1;
+	}
 	if (api_open_store(w->base, w->cfg, err, sizeof(err)) < 0) {
 		log_error(NULL, "cannot open the database", LF_STR("error", err));
 		return -1;
@@ -53,4 +58,5 @@ void routes_stop(struct worker *w)
 	api_close_store();
 	authmw_shutdown();
 	chat_stop(); /* after the store: its last callbacks may still broadcast */
+	audit_close();
 }

@@ -20,13 +20,4 @@ enum app_coll { COLL_USERS = 0, COLL_POSTS, COLL_PATIENTS, COLL_ROOMS, COLL_MESS
 /* The reference API's schema (collections in enum app_coll order). */
 extern const struct store_schema app_schema;
 
-/* Compatibility names for handlers written before the schema moved out of
- * src/; new code uses the COLL_* names. To be removed with those handlers. */
-#define STORE_USERS COLL_USERS
-#define STORE_POSTS COLL_POSTS
-#define STORE_PATIENTS COLL_PATIENTS
-#define STORE_ROOMS COLL_ROOMS
-#define STORE_MESSAGES COLL_MESSAGES
-#define STORE_NCOLL COLL_COUNT
-
 #endif

@@ -11,6 +11,7 @@
 #include "autoconfig.h"
 
 #include "worker.h"
+#include "audit.h"
 
 #include "api.h"
 #include "app.h"
@@ -78,6 +79,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	case SIGUSR1:
 		if (log_reopen() < 0)
 			log_error(NULL, "cannot reopen log file", LF_STR("error", strerror(errno)));
+		if (audit_reopen() < 0)
+			log_error(NULL, "cannot reopen the audit trail", LF_STR("error", strerror(errno)));
 		break;
 	default:
 		break;
