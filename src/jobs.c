@@ -355,8 +355,8 @@ static int start_threads(struct job_pool *p)
 }
 
 struct job_pool *jobs_create(struct event_base *base, unsigned nthreads, unsigned max_queue,
-                             int (*thread_init)(void *ud, unsigned idx),
-                             void (*thread_fini)(void *ud, unsigned idx), void *ud)
+                             int (*thread_init)(void *ud, unsigned idx), void (*thread_fini)(void *ud, unsigned idx),
+                             void *ud)
 {
 	return jobs_create_lanes(base, nthreads, 0, max_queue, thread_init, thread_fini, ud);
 }
@@ -467,8 +467,7 @@ int jobs_submit(struct job_pool *p, struct job *j)
 		queue_push(queue_of(p, j), j);
 		p->nqueued++;
 		p->submitted++;
-		if (pthread_cond_signal(p->nwrite && !j->slow && j->lane != JOB_LANE_READ ? &p->wcond : &p->qcond) !=
-		    0)
+		if (pthread_cond_signal(p->nwrite && !j->slow && j->lane != JOB_LANE_READ ? &p->wcond : &p->qcond) != 0)
 			abort();
 	}
 	unlock(&p->qlock);

@@ -66,9 +66,9 @@ enum job_lane {
 struct job {
 	void (*work)(struct job *job);             /* runs on a pool thread */
 	void (*done)(struct job *job, int status); /* runs on the loop thread, once */
-	uint64_t deadline_ms; /* CLOCK_MONOTONIC ms (jobs_now_ms()); 0 = none */
-	bool slow;            /* may block long: at most half the (reader) threads run slow jobs */
-	int lane;             /* enum job_lane; set before jobs_submit(), not changed while queued */
+	uint64_t deadline_ms;                      /* CLOCK_MONOTONIC ms (jobs_now_ms()); 0 = none */
+	bool slow;                                 /* may block long: at most half the (reader) threads run slow jobs */
+	int lane;              /* enum job_lane; set before jobs_submit(), not changed while queued */
 	atomic_bool abandoned; /* set by jobs_abandon(); work() may poll it to stop early */
 	struct {               /* private to jobs.c */
 		struct job *prev, *next;
@@ -82,16 +82,16 @@ struct job {
 struct jobs_stats {
 	unsigned threads;
 	unsigned max_queue;
-	unsigned queued;          /* waiting for a thread now */
-	unsigned running;         /* inside work() now */
-	unsigned running_slow;    /* of which marked slow */
+	unsigned queued;             /* waiting for a thread now */
+	unsigned running;            /* inside work() now */
+	unsigned running_slow;       /* of which marked slow */
 	uint64_t longest_running_ms; /* age of the oldest job inside work() (0 = none) */
-	uint64_t submitted;       /* accepted by jobs_submit() */
-	uint64_t completed;       /* done() called with JOB_OK */
-	uint64_t expired;         /* done() called with JOB_EXPIRED */
-	uint64_t cancelled;       /* done() called with JOB_CANCELLED */
-	uint64_t rejected;        /* jobs_submit() refused with EAGAIN (queue full) */
-	uint64_t wakeups;         /* loop wake-ups that delivered completions */
+	uint64_t submitted;          /* accepted by jobs_submit() */
+	uint64_t completed;          /* done() called with JOB_OK */
+	uint64_t expired;            /* done() called with JOB_EXPIRED */
+	uint64_t cancelled;          /* done() called with JOB_CANCELLED */
+	uint64_t rejected;           /* jobs_submit() refused with EAGAIN (queue full) */
+	uint64_t wakeups;            /* loop wake-ups that delivered completions */
 };
 
 /* Start a pool of nthreads (1..256) threads whose completions are delivered on
@@ -101,8 +101,8 @@ struct jobs_stats {
  * succeeded). Pool threads block all signals. Call after fork, on the loop
  * thread. Returns the pool, or NULL with errno set (nothing left running). */
 struct job_pool *jobs_create(struct event_base *base, unsigned nthreads, unsigned max_queue,
-                             int (*thread_init)(void *ud, unsigned idx),
-                             void (*thread_fini)(void *ud, unsigned idx), void *ud);
+                             int (*thread_init)(void *ud, unsigned idx), void (*thread_fini)(void *ud, unsigned idx),
+                             void *ud);
 
 /* Like jobs_create() with lanes: threads 0..nwrite-1 serve the write lane,
  * threads nwrite..nwrite+nread-1 the read lane and slow jobs (nread >= 1;

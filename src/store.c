@@ -61,7 +61,7 @@ struct store {
 	struct job_pool *pool;
 	struct breaker breaker;
 	bson_context_t *oidctx;
-	struct store_opts o; /* defaults resolved */
+	struct store_opts o;     /* defaults resolved */
 	_Atomic int db_state;    /* reads reach the database */
 	_Atomic int write_state; /* writes reach it (set by write-lane outcomes) */
 	atomic_bool setup_done;
@@ -197,7 +197,8 @@ static int schema_check(const struct store_schema *s, char *err, size_t errlen)
 			}
 			for (unsigned k = 0; k < STORE_INDEX_KEYS_MAX && ix->keys[k].field; k++)
 				if (!field_ok(ix->keys[k].field) || (ix->keys[k].dir != 1 && ix->keys[k].dir != -1)) {
-					snprintf(err, errlen, "store schema: %s: index %s: bad key", co->name, ix->name);
+					snprintf(err, errlen, "store schema: %s: index %s: bad key", co->name,
+					         ix->name);
 					return -1;
 				}
 		}
@@ -1056,8 +1057,8 @@ int store_submit(struct store *st, struct store_op *op)
 		op->job.slow = false;
 		/* The health ping probes the write lane while writes fail or the
 		 * set-up is pending, so it notices when they heal. */
-		op->job.lane = op_writes(op) || (op->priv.internal && (!atomic_load(&st->setup_done) ||
-		                                                       !atomic_load(&st->write_state)))
+		op->job.lane = op_writes(op) || (op->priv.internal &&
+		                                 (!atomic_load(&st->setup_done) || !atomic_load(&st->write_state)))
 		                   ? JOB_LANE_WRITE
 		                   : JOB_LANE_READ;
 		if (jobs_submit(st->pool, &op->job) != 0) {

@@ -170,9 +170,9 @@ enum store_cond_op {
 	STORE_CONTAINS /* the array field has an element equal to value */
 };
 
-#define STORE_FILTER_MAX 8 /* AND-ed conditions per filter */
-#define STORE_FIELD_MAX 32 /* field name bytes including the NUL */
-#define STORE_IN_MAX 256   /* values per IN condition */
+#define STORE_FILTER_MAX 8   /* AND-ed conditions per filter */
+#define STORE_FIELD_MAX 32   /* field name bytes including the NUL */
+#define STORE_IN_MAX 256     /* values per IN condition */
 #define STORE_BATCH_MAX 1024 /* documents per INSERT_MANY */
 
 struct store_cond {
@@ -223,17 +223,17 @@ struct store_op {
 	struct job job; /* private: the job-pool work item */
 
 	/* request */
-	int kind;                         /* enum store_kind */
-	int coll;                         /* index into the registered schema's collections */
-	bson_oid_t id;                    /* *_BY_ID */
-	bson_t *doc;                      /* INSERT: the fields; UPDATE: fields to $set (may be NULL); owned */
+	int kind;      /* enum store_kind */
+	int coll;      /* index into the registered schema's collections */
+	bson_oid_t id; /* *_BY_ID */
+	bson_t *doc;   /* INSERT: the fields; UPDATE: fields to $set (may be NULL); owned */
 	/* INSERT_MANY: documents inserted in order, as one transaction where the
 	 * backend has them (SQLite); owned, freed by store_op_clear(). On an
 	 * error, docs[0..ndocs) are the ones that were stored before it (none on
 	 * SQLite, a prefix on MongoDB) and err tells why the rest were not. */
 	bson_t **batch;
 	size_t nbatch;
-	bson_oid_t *batch_ids; /* private: one id per batch document, set at submit */
+	bson_oid_t *batch_ids;            /* private: one id per batch document, set at submit */
 	struct store_filter filter;       /* FIND, FIND_ONE, COUNT */
 	char push_field[STORE_FIELD_MAX]; /* UPDATE: add_to_set field ("" = none) */
 	struct store_value push_value;    /* UPDATE: value added to that array if absent */
@@ -329,10 +329,14 @@ struct store *store_open(const char *uri, struct event_base *base, const struct 
  * ESHUTDOWN: store closing): done() will not run. */
 int store_submit(struct store *st, struct store_op *op);
 
-/* Run op synchronously on the calling thread with its own database handle
- * (start-up, tests, tools), through the breaker and retry policy; sets
- * op->err and returns it; done() is not called. Any thread but must not race
- * store_close(). */
+/* Run op synchronously on the calling thread, through the breaker and
+ * retry policy; sets op->err and returns it; done() is not called. On one
+ * of the store's pool threads (a route's job) it uses that thread's handle:
+ * a write from a JOB_LANE_READ job is refused with STORE_INTERNAL (logged),
+ * so a job that may write is submitted with JOB_LANE_WRITE (a slow one runs
+ * on a reader thread and writes through that thread's handle). Elsewhere
+ * (start-up, tests, tools) it uses a write-capable handle shared under a
+ * lock. Any thread but must not race store_close(). */
 enum store_err store_exec(struct store *st, struct store_op *op);
 
 /* Stop the pool (every outstanding done() runs before it returns, cancelled

@@ -414,7 +414,8 @@ static enum store_err do_insert_many(struct mg_ctx *ctx, mongoc_collection_t *co
 		if (!mongoc_collection_insert_one(coll, op->docs[i], NULL, &reply, &e))
 			err = map_err(ctx, &e, &reply, op, call, t0, "insert");
 		bson_destroy(&reply);
-		if (err == STORE_DUPLICATE_KEY && i == first && call->attempt > 1 && strcmp(op->dup_field, "_id") == 0) {
+		if (err == STORE_DUPLICATE_KEY && i == first && call->attempt > 1 &&
+		    strcmp(op->dup_field, "_id") == 0) {
 			op->dup_field[0] = '\0';
 			err = STORE_OK;
 		}

@@ -66,8 +66,8 @@
 #define SQ_CACHE 32     /* prepared statements kept per connection */
 #define SQ_SQL_MAX 8192 /* longest generated statement */
 #define SQ_SETUP_WAIT_MS 30000
-#define SQ_PROGRESS_OPS 4000 /* VM steps between deadline checks */
-#define SQ_WAL_AUTOCHECKPOINT 1000          /* pages (4 KiB): ~4 MiB of WAL */
+#define SQ_PROGRESS_OPS 4000                 /* VM steps between deadline checks */
+#define SQ_WAL_AUTOCHECKPOINT 1000           /* pages (4 KiB): ~4 MiB of WAL */
 #define SQ_WAL_LIMIT_BYTES (4 * 1024 * 1024) /* WAL truncated to this on restart */
 
 /* ---- handles ------------------------------------------------------------ */
@@ -587,8 +587,8 @@ static int sq_conn_open(void *vctx, bool writer, void **connp, char *err, size_t
 	if (rc != SQLITE_OK) {
 		snprintf(err, errlen, "cannot open database %s: %s", ctx->path,
 		         rc == SQLITE_READONLY ? "the file is read-only"
-		         : c->db            ? sqlite3_errmsg(c->db)
-		                            : sqlite3_errstr(rc));
+		         : c->db               ? sqlite3_errmsg(c->db)
+		                               : sqlite3_errstr(rc));
 		sqlite3_close(c->db);
 		free(c);
 		return -1;
@@ -641,8 +641,8 @@ static int migrate(struct sq_conn *c, char *err, size_t errlen)
 	if (rc == SQLITE_OK)
 		rc = sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
 	if (rc != SQLITE_OK) {
-		snprintf(err, errlen, "database %s: migration to version %d failed: %s", c->ctx->path,
-		         nver, sqlite3_errmsg(c->db));
+		snprintf(err, errlen, "database %s: migration to version %d failed: %s", c->ctx->path, nver,
+		         sqlite3_errmsg(c->db));
 		rollback(c);
 	} else if (v < nver) {
 		log_info(NULL, "sqlite: schema migrated", LF_INT("from", v), LF_INT("to", nver));
@@ -718,7 +718,8 @@ static bson_t *row_doc(sqlite3_stmt *st, int col)
 }
 
 /* INSERT or UPDATE one row: id, doc, then the mirrored columns. */
-static int write_row(struct sq_conn *c, const struct store_collection *co, const bson_oid_t *id, const bson_t *doc, bool update)
+static int write_row(struct sq_conn *c, const struct store_collection *co, const bson_oid_t *id, const bson_t *doc,
+                     bool update)
 {
 	char sql[4096]; /* STORE_COLUMNS_MAX identifiers fit */
 	size_t n = 0;
@@ -765,8 +766,7 @@ static int write_row(struct sq_conn *c, const struct store_collection *co, const
 
 /* Rewrite the collection's array mirror for document id from doc's array
  * (doc NULL: the document is gone). */
-static int sync_mirror(struct sq_conn *c, const struct store_collection *co, const bson_oid_t *id,
-                       const bson_t *doc)
+static int sync_mirror(struct sq_conn *c, const struct store_collection *co, const bson_oid_t *id, const bson_t *doc)
 {
 	const struct store_array_mirror *m = co->mirror;
 	char sql[256];

@@ -29,6 +29,7 @@ struct tjob {
 	struct gate *gate;
 	atomic_int work_runs;
 	atomic_int ran_lane; /* jobs_thread_lane() inside work() */
+	atomic_int job_lane; /* jobs_job_lane() inside work() */
 	int done_calls;
 	int status;
 	bool work_off_loop;
@@ -82,6 +83,7 @@ static void tjob_work(struct job *job)
 
 	atomic_fetch_add(&t->work_runs, 1);
 	atomic_store(&t->ran_lane, jobs_thread_lane());
+	atomic_store(&t->job_lane, jobs_job_lane());
 	t->work_off_loop = !pthread_equal(pthread_self(), loop_thread);
 	if (t->gate) {
 		sem_post(&t->gate->started);
@@ -665,6 +667,9 @@ START_TEST(test_jobs_read_lane_jobs_never_wait_behind_blocked_writes)
 	}
 	ck_assert_int_eq(slow.done_calls, 1);
 	ck_assert_int_eq(atomic_load(&slow.ran_lane), JOB_LANE_READ);
+	ck_assert_int_eq(atomic_load(&slow.job_lane), JOB_LANE_WRITE); /* the job's own lane */
+	ck_assert_int_eq(atomic_load(&reads[0].job_lane), JOB_LANE_READ);
+	ck_assert_int_eq(jobs_job_lane(), -1);
 	ck_assert_int_eq(w1.done_calls + w2.done_calls, 0);
 	ck_assert_int_eq(atomic_load(&w2.work_runs), 0);
 
@@ -747,21 +752,21 @@ static Suite *jobs_suite(void)
 		const char *name;
 		const TTest *test;
 	} cases[] = {
-		{"run_1000_jobs", test_jobs_run_1000_jobs_off_loop_and_complete_each_once_on_loop},
-		{"batched_completions", test_jobs_deliver_completions_that_pile_up_in_one_wakeup},
-		{"queue_full", test_jobs_submit_fails_with_eagain_when_queue_is_full},
-		{"deadline", test_jobs_with_a_passed_deadline_expire_without_running_work},
-		{"abandon_before_start", test_jobs_abandoned_before_start_are_cancelled_without_running},
-		{"abandon_while_running", test_jobs_abandoned_while_running_still_get_done_once},
-		{"abandon_after_finish", test_jobs_abandoned_after_finishing_keep_their_status},
-		{"thread_init_fini", test_jobs_thread_init_and_fini_run_once_per_thread_with_its_data},
-		{"thread_init_failure", test_jobs_create_fails_cleanly_when_a_thread_init_fails},
-		{"invalid_job", test_jobs_submit_rejects_a_job_without_callbacks},
-		{"free_in_flight", test_jobs_free_cancels_queued_and_finishes_running_jobs_once},
-		{"slow_limit", test_jobs_slow_jobs_leave_a_thread_for_quick_ones},
-		{"lanes", test_jobs_read_lane_jobs_never_wait_behind_blocked_writes},
-		{"no_lanes", test_jobs_without_lanes_run_every_job_on_any_thread},
-		{"loop_latency", test_jobs_slow_work_does_not_delay_loop_timers},
+	    {"run_1000_jobs", test_jobs_run_1000_jobs_off_loop_and_complete_each_once_on_loop},
+	    {"batched_completions", test_jobs_deliver_completions_that_pile_up_in_one_wakeup},
+	    {"queue_full", test_jobs_submit_fails_with_eagain_when_queue_is_full},
+	    {"deadline", test_jobs_with_a_passed_deadline_expire_without_running_work},
+	    {"abandon_before_start", test_jobs_abandoned_before_start_are_cancelled_without_running},
+	    {"abandon_while_running", test_jobs_abandoned_while_running_still_get_done_once},
+	    {"abandon_after_finish", test_jobs_abandoned_after_finishing_keep_their_status},
+	    {"thread_init_fini", test_jobs_thread_init_and_fini_run_once_per_thread_with_its_data},
+	    {"thread_init_failure", test_jobs_create_fails_cleanly_when_a_thread_init_fails},
+	    {"invalid_job", test_jobs_submit_rejects_a_job_without_callbacks},
+	    {"free_in_flight", test_jobs_free_cancels_queued_and_finishes_running_jobs_once},
+	    {"slow_limit", test_jobs_slow_jobs_leave_a_thread_for_quick_ones},
+	    {"lanes", test_jobs_read_lane_jobs_never_wait_behind_blocked_writes},
+	    {"no_lanes", test_jobs_without_lanes_run_every_job_on_any_thread},
+	    {"loop_latency", test_jobs_slow_work_does_not_delay_loop_timers},
 	};
 
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -278,13 +278,14 @@ static void route_done(struct job *job, int status)
 	r->done = true;
 }
 
-static void run_route(struct route_job *r, int lane)
+static void run_route(struct route_job *r, int lane, bool slow)
 {
 	memset(r, 0, sizeof *r);
 	r->st = T.st;
 	r->job.work = route_work;
 	r->job.done = route_done;
 	r->job.lane = lane;
+	r->job.slow = slow;
 	ck_assert_int_eq(jobs_submit(store_job_pool(T.st), &r->job), 0);
 	ck_assert(loop_until(&r->done, OP_LIMIT_MS));
 }
@@ -296,15 +297,24 @@ START_TEST(test_sqlite_route_job_writes_only_on_the_write_lane)
 	enum store_err err;
 
 	open_store(&o);
-	run_route(&r, JOB_LANE_READ);
+	run_route(&r, JOB_LANE_READ, false);
 	ck_assert_int_eq(r.read_err, STORE_OK);
 	ck_assert_int_eq(r.write_err, STORE_INTERNAL); /* refused, not run */
 	ck_assert_int_eq(count_posts(&err), 0);
-	run_route(&r, JOB_LANE_WRITE);
+	run_route(&r, JOB_LANE_READ, true); /* slow: still a read-lane job */
+	ck_assert_int_eq(r.write_err, STORE_INTERNAL);
+	ck_assert_int_eq(count_posts(&err), 0);
+	run_route(&r, JOB_LANE_WRITE, false);
 	ck_assert_int_eq(r.read_err, STORE_OK);
 	ck_assert_int_eq(r.seen, 0);
 	ck_assert_int_eq(r.write_err, STORE_OK);
 	ck_assert_int_eq(count_posts(&err), 1);
+	/* A slow write-lane job (hash, then store) runs on a reader thread and
+	 * may write from there. */
+	run_route(&r, JOB_LANE_WRITE, true);
+	ck_assert_int_eq(r.seen, 1);
+	ck_assert_int_eq(r.write_err, STORE_OK);
+	ck_assert_int_eq(count_posts(&err), 2);
 	ck_assert_int_eq(err, STORE_OK);
 }
 END_TEST
@@ -493,6 +503,113 @@ START_TEST(test_sqlite_bad_schema_and_uri_still_fail_open)
 }
 END_TEST
 
+/* ---- compatibility ------------------------------------------------------ */
+
+/* The tables the build before the schema moved to workers/ created (schema
+ * version 1), written here byte for byte as a fixture. */
+static const char legacy_v1[] =
+    "CREATE TABLE users (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at,"
+    "  email UNIQUE, username UNIQUE);"
+    "CREATE TABLE posts (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, category, author);"
+    "CREATE INDEX posts_created ON posts (created_at, id);"
+    "CREATE INDEX posts_category ON posts (category, created_at, id);"
+    "CREATE INDEX posts_author ON posts (author, created_at, id);"
+    "CREATE TABLE patients (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, status);"
+    "CREATE INDEX patients_status ON patients (status, created_at, id);"
+    "CREATE TABLE rooms (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, owner);"
+    "CREATE INDEX rooms_owner ON rooms (owner);"
+    "CREATE TABLE room_members (member NOT NULL, room_id TEXT NOT NULL, PRIMARY KEY (member, room_id))"
+    "  WITHOUT ROWID;"
+    "CREATE INDEX room_members_room ON room_members (room_id);"
+    "CREATE TABLE messages (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, room);"
+    "CREATE INDEX messages_room ON messages (room, created_at, id);"
+    "PRAGMA user_version = 1;";
+
+/* Rooms of member m (array-contains through the mirror table). */
+static size_t rooms_of(const bson_oid_t *m)
+{
+	struct store_op op;
+	size_t n;
+
+	store_op_init(&op, STORE_OP_FIND, COLL_ROOMS);
+	ck_assert_int_eq(store_filter_oid(&op.filter, "members", STORE_CONTAINS, m), 0);
+	ck_assert_int_eq(run_op(&op), STORE_OK);
+	n = op.ndocs;
+	store_op_clear(&op);
+	return n;
+}
+
+START_TEST(test_sqlite_database_of_the_previous_build_keeps_working)
+{
+	struct store_opts o = {.pool_size = 2, .ping_interval_ms = 60000};
+	bson_oid_t room, alice, bob;
+	char hex[25];
+	bson_t *doc, arr;
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	struct store_op op;
+
+	bson_oid_init(&room, NULL);
+	bson_oid_init(&alice, NULL);
+	bson_oid_init(&bob, NULL);
+	doc = bson_new();
+	BSON_APPEND_OID(doc, "_id", &room);
+	BSON_APPEND_UTF8(doc, "name", "old room");
+	BSON_APPEND_OID(doc, "owner", &alice);
+	BSON_APPEND_ARRAY_BEGIN(doc, "members", &arr);
+	BSON_APPEND_OID(&arr, "0", &alice);
+	bson_append_array_end(doc, &arr);
+	BSON_APPEND_DATE_TIME(doc, "createdAt", 1700000000000);
+	BSON_APPEND_DATE_TIME(doc, "updatedAt", 1700000000000);
+	bson_oid_to_string(&room, hex);
+	ck_assert_int_eq(sqlite3_open(T.path, &db), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_exec(db, legacy_v1, NULL, NULL, NULL), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "INSERT INTO rooms (id, doc, created_at, owner) VALUES (?, ?, ?, ?)", -1,
+	                                    &st, NULL),
+	                 SQLITE_OK);
+	sqlite3_bind_text(st, 1, hex, 24, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 2, bson_get_data(doc), (int)doc->len, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, 1700000000000);
+	sqlite3_bind_blob(st, 4, alice.bytes, 12, SQLITE_STATIC);
+	ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
+	sqlite3_finalize(st);
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "INSERT INTO room_members (member, room_id) VALUES (?, ?)", -1, &st, NULL),
+	                 SQLITE_OK);
+	sqlite3_bind_blob(st, 1, alice.bytes, 12, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, hex, 24, SQLITE_STATIC);
+	ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	bson_destroy(doc);
+
+	open_store(&o);
+	ck_assert_uint_eq(rooms_of(&alice), 1);
+	ck_assert_uint_eq(rooms_of(&bob), 0);
+	/* Membership written now lands in the old mirror table too. */
+	store_op_init(&op, STORE_OP_UPDATE_BY_ID, COLL_ROOMS);
+	bson_oid_copy(&room, &op.id);
+	ck_assert_int_eq(store_op_add_to_set_oid(&op, "members", &bob), 0);
+	ck_assert_int_eq(run_op(&op), STORE_OK);
+	store_op_clear(&op);
+	ck_assert_uint_eq(rooms_of(&bob), 1);
+	store_close(T.st);
+	T.st = NULL;
+	ck_assert_int_eq(sqlite3_open(T.path, &db), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT count(*) FROM room_members WHERE room_id = ?", -1, &st, NULL),
+	                 SQLITE_OK);
+	sqlite3_bind_text(st, 1, hex, 24, SQLITE_STATIC);
+	ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+	ck_assert_int_eq(sqlite3_column_int(st, 0), 2);
+	sqlite3_finalize(st);
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+	ck_assert_int_eq(sqlite3_column_int(st, 0), (int)app_schema.nsqlite_migrations);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+}
+END_TEST
+
 static Suite *sqlite_suite(void)
 {
 	const struct {
@@ -506,6 +623,7 @@ static Suite *sqlite_suite(void)
 	    {"read_only", test_sqlite_read_only_file_at_open_heals_when_fixed},
 	    {"unreadable", test_sqlite_unreadable_file_at_open_heals_when_fixed},
 	    {"fatal_open", test_sqlite_bad_schema_and_uri_still_fail_open},
+	    {"legacy_db", test_sqlite_database_of_the_previous_build_keeps_working},
 	};
 	Suite *s = suite_create("store_sqlite");
 

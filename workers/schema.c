@@ -34,8 +34,7 @@ static const struct store_index posts_ix[] = {
 };
 static const struct store_index patients_ix[] = {{"status_1", {{"status", 1}}, false}};
 static const struct store_index rooms_ix[] = {{"members_1", {{"members", 1}}, false}};
-static const struct store_index messages_ix[] = {
-    {"room_1_createdAt_1", {{"room", 1}, {"createdAt", 1}}, false}};
+static const struct store_index messages_ix[] = {{"room_1_createdAt_1", {{"room", 1}, {"createdAt", 1}}, false}};
 
 static const struct store_collection collections[COLL_COUNT] = {
     [COLL_USERS] = {"users", users_cols, N(users_cols), NULL, users_ix, N(users_ix)},
