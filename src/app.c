@@ -18,10 +18,13 @@
 #include <yajl/yajl_gen.h>
 
 #define APP_MAX_MW 16
+#define APP_MAX_GUARDS 4
 
 struct route_entry {
 	char pattern[192]; /* "GET /api/posts/:id", for crash reports */
 	app_fn chain[APP_MAX_CHAIN + 1];
+	int methods;
+	int64_t body_limit; /* unguarded routes: 0 = APP_PUBLIC_BODY_LIMIT */
 };
 
 struct app {
@@ -29,6 +32,11 @@ struct app {
 	void (*route_hook)(struct http_request *req, const char *route);
 	app_fn mw[APP_MAX_MW];
 	int nmw;
+	struct {
+		app_fn mw;
+		app_guard_fn guard;
+	} guards[APP_MAX_GUARDS];
+	int nguards;
 	struct route_entry **chains; /* owned route entries */
 	size_t nchains;
 };
@@ -70,6 +78,17 @@ void app_use(struct app *a, app_fn mw)
 		abort(); /* a programming error, found at start-up */
 }
 
+/* "GET /api/posts/:id": the first method and the pattern. */
+static void route_name(int methods, const char *pattern, char *out, size_t outlen)
+{
+	char allow[96];
+	router_allow_string(methods, allow, sizeof(allow));
+	char *sp = strchr(allow, ',');
+	if (sp)
+		*sp = '\0';
+	snprintf(out, outlen, "%s %s", allow, pattern);
+}
+
 int app_route(struct app *a, int methods, const char *pattern, const app_fn *chain)
 {
 	size_t n = 0;
@@ -81,12 +100,8 @@ int app_route(struct app *a, int methods, const char *pattern, const app_fn *cha
 	if (!copy)
 		return -1;
 	memcpy(copy->chain, chain, n * sizeof(*chain));
-	char allow[96];
-	router_allow_string(methods, allow, sizeof(allow));
-	char *sp = strchr(allow, ',');
-	if (sp)
-		*sp = '\0';
-	snprintf(copy->pattern, sizeof(copy->pattern), "%s %s", allow, pattern);
+	route_name(methods, pattern, copy->pattern, sizeof(copy->pattern));
+	copy->methods = methods;
 	struct route_entry **nc = realloc(a->chains, (a->nchains + 1) * sizeof(*nc));
 	if (!nc) {
 		free(copy);
@@ -97,6 +112,54 @@ int app_route(struct app *a, int methods, const char *pattern, const app_fn *cha
 	if (router_add(a->router, methods, pattern, copy) < 0)
 		return -1;
 	return 0;
+}
+
+int app_guard(struct app *a, app_fn mw, app_guard_fn guard)
+{
+	if (a->nguards >= APP_MAX_GUARDS || !mw || !guard)
+		return -1;
+	a->guards[a->nguards].mw = mw;
+	a->guards[a->nguards].guard = guard;
+	a->nguards++;
+	return 0;
+}
+
+int app_body_limit(struct app *a, int methods, const char *pattern, int64_t limit)
+{
+	char name[192];
+	route_name(methods, pattern, name, sizeof(name));
+	for (size_t i = 0; i < a->nchains; i++) {
+		struct route_entry *re = a->chains[i];
+		if (re->methods == methods && strcmp(re->pattern, name) == 0) {
+			re->body_limit = limit;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+int app_headers(struct http_request *req, void *ud)
+{
+	struct app *a = ud;
+	void *route = NULL;
+	struct route_params params;
+	int allow = 0;
+	if (router_match(a->router, req->method, req->path, req->path_len, &route, &params, &allow) != ROUTER_FOUND) {
+		req->body_limit = APP_PUBLIC_BODY_LIMIT; /* answered 404/405 without it */
+		return HTTP_HEADERS_READ_BODY;
+	}
+	const struct route_entry *re = route;
+	int guarded = 0;
+	for (const app_fn *fn = re->chain; *fn; fn++)
+		for (int g = 0; g < a->nguards; g++)
+			if (a->guards[g].mw == *fn) {
+				guarded = 1;
+				if (a->guards[g].guard(req) != APP_NEXT)
+					return HTTP_HEADERS_SKIP_BODY;
+			}
+	if (!guarded)
+		req->body_limit = re->body_limit > 0 ? re->body_limit : APP_PUBLIC_BODY_LIMIT;
+	return HTTP_HEADERS_READ_BODY;
 }
 
 static void ctx_free(struct http_request *req)

@@ -64,6 +64,34 @@ int app_route(struct app *app, int methods, const char *pattern, const app_fn *c
 #define app_put(a, p, ...) app_route(a, HTTP_M_PUT, p, APP_CHAIN_(__VA_ARGS__))
 #define app_delete(a, p, ...) app_route(a, HTTP_M_DELETE, p, APP_CHAIN_(__VA_ARGS__))
 
+/* Header-time guards. A middleware that decides from the headers alone
+ * (authentication) can come with a guard, a predicate run when a request's
+ * headers are complete and before its body is read, on every route whose
+ * chain contains that middleware:
+ *
+ *   app_guard(app, mw_auth, auth_guard);
+ *
+ * The guard returns APP_NEXT to let the body in, or APP_DONE when the
+ * middleware will refuse the request anyway: the request is then dispatched
+ * at once without its body (req->body_skipped; body parsing is skipped) so
+ * that the middleware answers it, and its connection is closed after the
+ * answer. A guard only reads the request; it never sends.
+ *
+ * Body limits by route: a request that passed a guard may send up to the
+ * server's body limit; one to a route without a guard (a public route, so
+ * an unauthenticated request) or to no route gets APP_PUBLIC_BODY_LIMIT,
+ * unless app_body_limit() gave that route its own. Returns 0 or -1 (too
+ * many guards). */
+#define APP_PUBLIC_BODY_LIMIT (16 * 1024)
+typedef int (*app_guard_fn)(const struct http_request *req);
+int app_guard(struct app *app, app_fn mw, app_guard_fn guard);
+/* Body limit of an unguarded route registered with exactly this method
+ * mask and pattern (register, login: a little more than the public
+ * default). 0 or -1 (no such route). */
+int app_body_limit(struct app *app, int methods, const char *pattern, int64_t limit);
+/* Entry point for http_server_opts.on_headers (ud = struct app *). */
+int app_headers(struct http_request *req, void *ud);
+
 /* Entry point for http_server_opts.on_request (ud = struct app *). */
 void app_handle(struct http_request *req, void *ud);
 /* Continue the chain after asynchronous middleware. */

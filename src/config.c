@@ -11,6 +11,8 @@
 #define _GNU_SOURCE
 #include "config.h"
 
+#include "cidr.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
@@ -47,6 +49,7 @@ enum key_type {
 	KT_TOKEN,    /* visible ASCII, empty = unset */
 	KT_INT,      /* int64 in [min, max] */
 	KT_NAME,     /* user or group name, empty = unset */
+	KT_CIDRS,    /* comma-separated networks, empty = none */
 };
 
 enum key_id {
@@ -54,7 +57,9 @@ enum key_id {
 	K_LOG_FORMAT, K_LOG_FILE, K_AUDIT_LOG, K_CORS_ORIGINS, K_RATE_LIMIT, K_BODY_LIMIT, K_SHUTDOWN_TIMEOUT,
 	K_WORKER_TIMEOUT, K_MAX_MEMORY, K_EXT_URL, K_EXT_KEY, K_EXT_TIMEOUT, K_MAX_CONNECTIONS, K_WS_MESSAGE_RATE,
 	K_KEEPALIVE_TIMEOUT, K_HEADER_TIMEOUT, K_REQUEST_TIMEOUT, K_LISTEN_TIMEOUT, K_DB_POOL_SIZE,
-	K_JOB_THREADS, K_USER, K_GROUP, K_COUNT
+	K_JOB_THREADS, K_USER, K_GROUP,
+	K_TRUST_PROXY,
+	K_COUNT
 };
 
 struct key_def {
@@ -154,6 +159,10 @@ static const struct key_def keys[K_COUNT] = {
 		    .help = "user the workers run as (unset: not changed)"},
 	[K_GROUP] = {"group", "RESIL_GROUP", KT_NAME, FIELD(group), .def = "", .doc_def = "unset",
 		     .example = "resil", .help = "group the workers run as (unset: not changed)"},
+	[K_TRUST_PROXY] = {"trust_proxy", "RESIL_TRUST_PROXY", KT_CIDRS, FIELD(trust_proxy), .def = "",
+			   .doc_def = "empty: trust none", .example = "10.0.0.0/8, ::1",
+			   .help = "comma-separated CIDRs of trusted proxies: from these peers the client address is the "
+				   "right-most X-Forwarded-For (else Forwarded) address not itself trusted"},
 };
 
 static const char *const env_names[] = {"development", "production"};
@@ -560,6 +569,13 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 		return 0;
 	case KT_ORIGINS:
 		return set_origins(c, k, v, who, err, errlen);
+	case KT_CIDRS: {
+		struct cidr_list l;
+		char why[160];
+		if (cidr_list_parse(v, &l, why, sizeof(why)) < 0)
+			return errf(err, errlen, "%s: %s", who, why);
+		return set_string(c, k, v, who, err, errlen);
+	}
 	case KT_URL:
 		if (*v) {
 			size_t skip = strncmp(v, "https://", 8) == 0 ? 8 : strncmp(v, "http://", 7) == 0 ? 7 : 0;
@@ -1024,6 +1040,7 @@ static const char *key_value(const struct resil_config *c, const struct key_def 
 	case KT_URL:
 	case KT_TOKEN:
 	case KT_NAME:
+	case KT_CIDRS:
 		return field;
 	}
 	abort();

@@ -12,6 +12,8 @@
 
 #include "http.h"
 
+#include "cidr.h"
+
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -65,6 +67,9 @@ struct http_conn {
 	int host_count;
 	int content_length_seen;
 	int expect_continue;
+	int out_paused;           /* output over HTTP_OUTPUT_HIGH: not reading or parsing */
+	int resume;               /* output fell below HTTP_OUTPUT_LOW: parse again */
+	int more;                 /* yielded after REQUESTS_PER_TURN with input left */
 	char remote_ip[64];
 };
 
@@ -81,6 +86,8 @@ struct http_server {
 	void (*on_drained)(void *ud);
 	void *drained_ud;
 	struct event *drain_ev;
+	struct event *drain_timer;      /* drain timeout: close what is left */
+	struct event *accept_retry;     /* re-enable the listener after an accept error */
 	struct http_request *free_reqs; /* small cache of request structs */
 	size_t fixed_len;               /* strlen(opts.fixed_headers), once */
 	int nfree_reqs;
@@ -265,6 +272,7 @@ static int on_message_begin(llhttp_t *p)
 			return -1;
 		}
 		memcpy(c->req->remote_ip, c->remote_ip, sizeof(c->remote_ip));
+		memcpy(c->req->peer_ip, c->remote_ip, sizeof(c->remote_ip));
 	}
 	c->state = CONN_READING;
 	c->in_header_value = 0;
@@ -400,6 +408,58 @@ static void parse_traceparent(struct http_request *r, const char *v, size_t n)
 	r->trace_id[32] = '\0';
 }
 
+/* Every value of a repeated header joined with ", " (RFC 9110 5.3), in
+ * the arena; NULL when absent. */
+static const char *header_joined(struct http_request *r, const char *name, size_t *len)
+{
+	size_t nl = strlen(name), total = 0;
+	int n = 0;
+	for (int i = 0; i < r->nheaders; i++)
+		if (r->headers[i].name_len == nl && strncasecmp(r->headers[i].name, name, nl) == 0) {
+			total += r->headers[i].value_len + 2;
+			n++;
+		}
+	if (n == 0)
+		return NULL;
+	if (n == 1)
+		return http_header_get(r, name, len);
+	char *out = http_alloc(r, total + 1), *w = out;
+	if (!out)
+		return NULL;
+	for (int i = 0; i < r->nheaders; i++)
+		if (r->headers[i].name_len == nl && strncasecmp(r->headers[i].name, name, nl) == 0) {
+			if (w != out) {
+				*w++ = ',';
+				*w++ = ' ';
+			}
+			memcpy(w, r->headers[i].value, r->headers[i].value_len);
+			w += r->headers[i].value_len;
+		}
+	*w = '\0';
+	*len = (size_t)(w - out);
+	return out;
+}
+
+/* Behind a trusted proxy the client address is the one it forwarded. */
+static void resolve_client_address(struct http_request *r, const struct cidr_list *trusted)
+{
+	size_t xl = 0, fl = 0;
+	const char *xff = header_joined(r, "x-forwarded-for", &xl);
+	const char *fwd = header_joined(r, "forwarded", &fl);
+	char client[CIDR_ADDRSTRLEN];
+	cidr_client_address(trusted, r->peer_ip, xff, xff ? xl : 0, fwd, fwd ? fl : 0, client);
+	snprintf(r->remote_ip, sizeof(r->remote_ip), "%s", client);
+}
+
+/* The smaller of the server's body limit and the request's own. */
+static int64_t request_body_limit(const struct http_request *r)
+{
+	int64_t limit = r->server->opts.body_limit;
+	if (r->body_limit > 0 && (limit <= 0 || r->body_limit < limit))
+		limit = r->body_limit;
+	return limit;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
 	struct http_conn *c = p->data;
@@ -464,16 +524,31 @@ static int on_headers_complete(llhttp_t *p)
 	v = http_header_get(r, "traceparent", &vl);
 	if (v)
 		parse_traceparent(r, v, vl);
+	if (s->opts.trust_proxy && s->opts.trust_proxy->n > 0)
+		resolve_client_address(r, s->opts.trust_proxy);
 
-	if ((p->flags & F_CONTENT_LENGTH) && s->opts.body_limit > 0 &&
-	    p->content_length > (uint64_t)s->opts.body_limit) {
+	r->has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
+	r->keep_alive = llhttp_should_keep_alive(p);
+	if (r->has_body && s->opts.on_headers &&
+	    s->opts.on_headers(r, s->opts.ud) == HTTP_HEADERS_SKIP_BODY) {
+		/* Refused from the headers alone: dispatch now, never read the
+		 * body, and end the connection after the answer (the unread body
+		 * is what follows in the stream). */
+		r->body_skipped = 1;
+		r->keep_alive = 0;
+		c->close_after = 1;
+		c->linger = 1;
+		c->state = CONN_DISPATCHED;
+		evtimer_del(c->timer);
+		return HPE_PAUSED;
+	}
+	int64_t limit = request_body_limit(r);
+	if ((p->flags & F_CONTENT_LENGTH) && limit > 0 && p->content_length > (uint64_t)limit) {
 		c->err_status = 413;
 		c->err_code = "PAYLOAD_TOO_LARGE";
 		c->err_msg = "request body too large";
 		return -1;
 	}
-	r->has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
-	r->keep_alive = llhttp_should_keep_alive(p);
 
 	v = http_header_get(r, "expect", &vl);
 	if (v) {
@@ -500,7 +575,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
 	struct http_conn *c = p->data;
 	struct http_request *r = c->req;
-	int64_t limit = c->server->opts.body_limit;
+	int64_t limit = request_body_limit(r);
 	if (limit > 0 && (uint64_t)r->body_len + len > (uint64_t)limit) {
 		c->err_status = 413;
 		c->err_code = "PAYLOAD_TOO_LARGE";
@@ -872,6 +947,8 @@ static size_t write_head(struct http_request *r, struct evbuffer *out, size_t bo
 }
 #undef PUT
 
+#define SMALL_BODY 2048
+
 void http_send(struct http_request *r)
 {
 	struct http_conn *c = r->conn;
@@ -916,7 +993,15 @@ void http_send(struct http_request *r)
 	int close = !r->keep_alive || r->res.close || s->draining || c->close_after || c->eof || c->parser.upgrade;
 	size_t bytes = write_head(r, out, body_len, gz, close);
 	if (r->method != HTTP_M_HEAD && body_len) {
-		evbuffer_add_buffer(out, gz ? zbody : body);
+		struct evbuffer *b = gz ? zbody : body;
+		unsigned char *flat;
+		/* A small body is copied behind its head: moving its mostly empty
+		 * chain would leave each queued response holding several times
+		 * its size (what the output bound counts is bytes). */
+		if (body_len <= SMALL_BODY && (flat = evbuffer_pullup(b, -1)) != NULL)
+			evbuffer_add(out, flat, body_len);
+		else
+			evbuffer_add_buffer(out, b);
 		bytes += body_len;
 	}
 	if (zbody)
@@ -1001,6 +1086,7 @@ static void conn_write_error(struct http_conn *c, int status, const char *code, 
 			return;
 		}
 		memcpy(c->req->remote_ip, c->remote_ip, sizeof(c->remote_ip));
+		memcpy(c->req->peer_ip, c->remote_ip, sizeof(c->remote_ip));
 	}
 	struct http_request *r = c->req;
 	if (!r->request_id[0])
@@ -1032,12 +1118,16 @@ static void conn_write_error(struct http_conn *c, int status, const char *code, 
  */
 
 #define READ_CHUNK 16384
-#define MAX_BUFFERED_INPUT (64 * 1024) /* while a request is dispatched */
+#define MAX_BUFFERED_INPUT (64 * 1024) /* unparsed input: stop reading beyond */
+/* Pipelined requests answered in one turn before the other connections
+ * get theirs: the rest waits for the socket to be writable again, which
+ * goes through the event loop like any other event. */
+#define REQUESTS_PER_TURN 64
 
 static void conn_update_read(struct http_conn *c)
 {
-	int want = c->state != CONN_CLOSING && !c->eof &&
-	           (c->state != CONN_DISPATCHED || evbuffer_get_length(c->in) < MAX_BUFFERED_INPUT);
+	int want = c->state != CONN_CLOSING && !c->eof && !c->out_paused &&
+	           evbuffer_get_length(c->in) < MAX_BUFFERED_INPUT;
 	if (c->state == CONN_LINGERING)
 		want = 1;
 	if (want && !c->reading) {
@@ -1047,6 +1137,27 @@ static void conn_update_read(struct http_conn *c)
 		event_del(c->rev);
 		c->reading = 0;
 	}
+}
+
+/* Nothing is being parsed: wait for the client to take what is queued (a
+ * send timeout, restarted on every progress) or, once it has, for its next
+ * request (the keep-alive timeout). */
+static void conn_wait_idle(struct http_conn *c)
+{
+	struct http_server *s = c->server;
+	evtimer_add(c->timer, evbuffer_get_length(c->out) ? s->tv_body : s->tv_keepalive);
+}
+
+static int conn_waiting(const struct http_conn *c)
+{
+	return c->out_paused || (c->state == CONN_IDLE && evbuffer_get_length(c->in) == 0);
+}
+
+/* 1 if the client has sent bytes we have not read yet. */
+static int conn_input_pending(const struct http_conn *c)
+{
+	char b;
+	return c->fd >= 0 && recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 1;
 }
 
 /* Write what is queued. Returns -1 if the connection was freed. */
@@ -1065,6 +1176,10 @@ static int conn_flush(struct http_conn *c)
 			}
 			if (c->state == CONN_CLOSING)
 				evtimer_add(c->timer, c->server->tv_body);
+			if (c->out_paused && evbuffer_get_length(c->out) < HTTP_OUTPUT_LOW) {
+				c->out_paused = 0;
+				c->resume = 1;
+			}
 			return 0;
 		}
 		/* EPIPE, ECONNRESET: the client is gone. */
@@ -1075,8 +1190,15 @@ static int conn_flush(struct http_conn *c)
 		event_del(c->wev);
 		c->writing = 0;
 	}
+	if (c->out_paused) {
+		c->out_paused = 0;
+		c->resume = 1;
+	}
 	if (c->state == CONN_CLOSING) {
-		if (c->linger)
+		/* Unread input (a request pipelined behind the one we answered
+		 * with Connection: close) would make close() send a reset that
+		 * can destroy our last response in flight: linger instead. */
+		if (c->linger || evbuffer_get_length(c->in) > 0 || conn_input_pending(c))
 			conn_start_linger(c);
 		else
 			conn_free(c);
@@ -1088,11 +1210,32 @@ static int conn_flush(struct http_conn *c)
 static void conn_process(struct http_conn *c)
 {
 	struct http_server *s = c->server;
+	int turn = 0;
+	c->more = 0;
 	c->in_process++;
+again:
 	while (!c->dead && c->state != CONN_DISPATCHED && c->state != CONN_CLOSING) {
 		size_t avail = evbuffer_get_length(c->in);
 		if (avail == 0)
 			break;
+		if (c->state == CONN_IDLE && turn >= REQUESTS_PER_TURN) {
+			c->more = 1;
+			break;
+		}
+		if (c->state == CONN_IDLE && evbuffer_get_length(c->out) >= HTTP_OUTPUT_HIGH) {
+			/* Output backpressure: the client does not read what it
+			 * asked for. Give the socket what it takes; if the bound is
+			 * still exceeded, stop reading and parsing this connection
+			 * until the client drains it below HTTP_OUTPUT_LOW. */
+			if (conn_flush(c) < 0)
+				break;
+			c->resume = 0;
+			if (evbuffer_get_length(c->out) >= HTTP_OUTPUT_HIGH) {
+				c->out_paused = 1;
+				s->stats.paused++;
+				break;
+			}
+		}
 		struct evbuffer_iovec v;
 		if (evbuffer_peek(c->in, -1, NULL, &v, 1) < 1)
 			break;
@@ -1119,6 +1262,7 @@ static void conn_process(struct http_conn *c)
 			if (s->draining)
 				r->res.close = 1;
 			c->served++;
+			turn++;
 			s->opts.on_request(r, s->opts.ud);
 			/* Answered synchronously: state is IDLE again and the loop
 			 * goes on with pipelined input; otherwise we wait. */
@@ -1147,12 +1291,27 @@ static void conn_process(struct http_conn *c)
 		return;
 	if (conn_flush(c) < 0)
 		return;
-	if (c->state == CONN_IDLE && evbuffer_get_length(c->in) == 0) {
-		if (c->eof) {
+	if (c->resume && !c->more) {
+		/* The socket took enough of a paused connection's output. */
+		c->resume = 0;
+		c->in_process++;
+		goto again;
+	}
+	c->resume = 0;
+	if (c->more) {
+		/* Yielded: continue when the socket is writable (conn_write_cb);
+		 * a client that never takes its answers meets the send timeout. */
+		if (!c->writing) {
+			event_add(c->wev, NULL);
+			c->writing = 1;
+		}
+		conn_wait_idle(c);
+	} else if (conn_waiting(c)) {
+		if (c->eof && !c->out_paused && evbuffer_get_length(c->out) == 0) {
 			conn_free(c);
 			return;
 		}
-		evtimer_add(c->timer, s->tv_keepalive);
+		conn_wait_idle(c);
 	}
 	conn_update_read(c);
 }
@@ -1161,7 +1320,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct http_conn *c = arg;
 	(void)what;
-	for (int rounds = 0; rounds < 4; rounds++) {
+	for (int rounds = 0; rounds < 4 && evbuffer_get_length(c->in) < MAX_BUFFERED_INPUT; rounds++) {
 		struct evbuffer_iovec iov;
 		if (evbuffer_reserve_space(c->in, READ_CHUNK, &iov, 1) < 1) {
 			conn_free(c);
@@ -1204,9 +1363,19 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 
 static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
 {
+	struct http_conn *c = arg;
 	(void)fd;
 	(void)what;
-	conn_flush(arg);
+	if (conn_flush(c) < 0)
+		return;
+	if (c->resume || c->more) {
+		c->resume = 0;
+		c->more = 0;
+		conn_process(c); /* parses what waited, re-arms timer and reads */
+		return;
+	}
+	if (conn_waiting(c))
+		conn_wait_idle(c); /* progress: the send timeout starts again */
 }
 
 /* Lingering close: we answered an error while the client may still be
@@ -1233,6 +1402,12 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 		conn_write_error(c, 408, "REQUEST_TIMEOUT", "request timeout"); /* flushes or frees c */
 		return;
 	}
+	if (c->state == CONN_IDLE && !c->out_paused && evbuffer_get_length(c->out) == 0 && conn_input_pending(c)) {
+		/* The keep-alive timeout raced a request that is already in the
+		 * socket: answer it rather than close under it. */
+		conn_read_cb(c->fd, EV_READ, c);
+		return;
+	}
 	conn_free(c);
 }
 
@@ -1243,6 +1418,8 @@ static void server_check_drained(struct http_server *s)
 	if (s->draining && !s->conns && s->stats.inflight == 0 && s->on_drained && !s->drain_ev) {
 		void (*fn)(void *) = s->on_drained;
 		s->on_drained = NULL;
+		if (s->drain_timer)
+			evtimer_del(s->drain_timer);
 		fn(s->drained_ud);
 	}
 }
@@ -1316,10 +1493,9 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	struct http_server *s = arg;
 	(void)l;
 	(void)salen;
-	if (s->draining) {
-		close(fd);
-		return;
-	}
+	/* Accepted while draining (the listener is disabled, so only in a
+	 * batch libevent accepted before): still served, with
+	 * Connection: close. */
 	if (s->opts.max_connections > 0 && s->stats.connections >= s->opts.max_connections) {
 		/* Best effort: the socket is fresh, the small reply fits. */
 		ssize_t w = send(fd, reject_503, sizeof(reject_503) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -1385,6 +1561,29 @@ static void ms_to_tv(int64_t ms, struct timeval *tv)
 	tv->tv_usec = (suseconds_t)((ms % 1000) * 1000);
 }
 
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_server *s = arg;
+	(void)fd;
+	(void)what;
+	if (!s->draining)
+		evconnlistener_enable(s->listener);
+}
+
+/* accept() failed for a reason libevent does not retry by itself: out of
+ * descriptors (EMFILE, ENFILE), or the listening socket was shut down by
+ * the supervisor at shutdown (EINVAL). Left enabled, the listener would
+ * spin on a socket that stays readable: pause it and try again shortly,
+ * unless this server is draining anyway. */
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+	struct http_server *s = arg;
+	struct timeval tv = {0, 100 * 1000};
+	evconnlistener_disable(l);
+	if (!s->draining)
+		evtimer_add(s->accept_retry, &tv);
+}
+
 struct http_server *http_server_new(struct event_base *base, int listen_fd, const struct http_server_opts *opts)
 {
 	struct http_server *s = calloc(1, sizeof(*s));
@@ -1425,10 +1624,16 @@ struct http_server *http_server_new(struct event_base *base, int listen_fd, cons
 	s->settings.on_message_complete = on_message_complete;
 
 	s->listener = evconnlistener_new(base, accept_cb, s, LEV_OPT_CLOSE_ON_EXEC, -1, listen_fd);
-	if (!s->listener) {
+	s->accept_retry = evtimer_new(base, accept_retry_cb, s);
+	if (!s->listener || !s->accept_retry) {
+		if (s->listener)
+			evconnlistener_free(s->listener);
+		if (s->accept_retry)
+			event_free(s->accept_retry);
 		free(s);
 		return NULL;
 	}
+	evconnlistener_set_error_cb(s->listener, accept_error_cb);
 	return s;
 }
 
@@ -1442,6 +1647,17 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
 	server_check_drained(s);
 }
 
+/* The drain timeout ended: close every connection left. Requests still
+ * with the application become orphans and are released when answered. */
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_server *s = arg;
+	(void)fd;
+	(void)what;
+	while (s->conns)
+		conn_free(s->conns);
+}
+
 void http_server_drain(struct http_server *s, void (*on_drained)(void *ud), void *ud)
 {
 	s->draining = 1;
@@ -1449,18 +1665,18 @@ void http_server_drain(struct http_server *s, void (*on_drained)(void *ud), void
 	s->drained_ud = ud;
 	if (s->listener)
 		evconnlistener_disable(s->listener);
-	/* Close idle keep-alive connections now; busy ones close after their
-	 * response (http_send sees draining). */
-	struct http_conn *c = s->conns;
-	while (c) {
-		struct http_conn *next = c->next;
-		char b;
-		if (c->state == CONN_IDLE && c->served && evbuffer_get_length(c->in) == 0 &&
-		    evbuffer_get_length(c->out) == 0 && recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) < 0)
-			conn_free(c);
-		else
-			c->close_after = 1;
-		c = next;
+	evtimer_del(s->accept_retry);
+	/* Nothing is closed here: the next response on every connection says
+	 * Connection: close (http_send and conn_process see draining), and an
+	 * idle keep-alive connection closes when its keep-alive timer ends
+	 * (after answering a request that raced it), so no request already
+	 * sent is lost. What is left when the drain timeout ends is closed. */
+	if (s->opts.drain_timeout_ms > 0 && !s->drain_timer) {
+		struct timeval tv;
+		ms_to_tv(s->opts.drain_timeout_ms, &tv);
+		s->drain_timer = evtimer_new(s->base, drain_timeout_cb, s);
+		if (s->drain_timer)
+			evtimer_add(s->drain_timer, &tv);
 	}
 	/* Report from the loop, never from inside the caller. */
 	if (!s->drain_ev) {
@@ -1490,6 +1706,10 @@ void http_server_free(struct http_server *s)
 		conn_free(s->conns);
 	if (s->drain_ev)
 		event_free(s->drain_ev);
+	if (s->drain_timer)
+		event_free(s->drain_timer);
+	if (s->accept_retry)
+		event_free(s->accept_retry);
 	if (s->listener)
 		evconnlistener_free(s->listener);
 	while (s->free_reqs) {

@@ -12,6 +12,19 @@
  * application let go of it. Handlers may answer later (after a job on the
  * thread pool): they keep the request pointer and call http_send(); if the
  * client went away meanwhile, http_send() just releases the request.
+ *
+ * Output backpressure: a connection whose unsent output (pipelined
+ * responses included) reaches HTTP_OUTPUT_HIGH is neither read nor parsed
+ * until the client has taken it below HTTP_OUTPUT_LOW; the kernel's socket
+ * buffers then hold the client back. A client that takes nothing for the
+ * body timeout is dropped. So a worker holds at most about
+ * max_connections x (HTTP_OUTPUT_HIGH + one response) of output.
+ *
+ * Draining (http_server_drain) closes nothing under a client: in-flight
+ * requests finish, the next response on each connection carries
+ * Connection: close, idle keep-alive connections close when their
+ * keep-alive timer ends (a request that raced the timer is answered
+ * first), and the drain timeout closes whatever is left.
  */
 #ifndef RESIL_HTTP_H
 #define RESIL_HTTP_H
@@ -20,6 +33,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+struct cidr_list;
 struct event_base;
 struct evbuffer;
 struct http_server;
@@ -29,6 +43,8 @@ struct http_conn;
 #define HTTP_MAX_URL_BYTES 8192     /* beyond: 414 */
 #define HTTP_MAX_HEADERS 100        /* beyond: 431 */
 #define HTTP_ARENA_BYTES 4096
+#define HTTP_OUTPUT_HIGH (1024 * 1024) /* unsent bytes per connection: stop reading */
+#define HTTP_OUTPUT_LOW (256 * 1024)   /* ... until the client took it below this */
 
 enum http_method {
 	HTTP_M_OTHER = 0,
@@ -76,8 +92,17 @@ struct http_request {
 	char *body;                 /* NUL-terminated, may be NULL */
 	size_t body_len;
 	int has_body;
+	/* Set at header time by http_server_opts.on_headers: a body limit
+	 * for this request below the server's (0: the server's), and whether
+	 * the request was dispatched without reading its body. */
+	int64_t body_limit;
+	int body_skipped;
 	uint64_t start_ns;          /* CLOCK_MONOTONIC at first byte */
+	/* The client address: the peer's, or behind a trusted proxy the one
+	 * it forwarded (http_server_opts.trust_proxy); peer_ip is always the
+	 * socket's peer. */
 	char remote_ip[64];
+	char peer_ip[64];
 	char request_id[130];
 	char trace_id[33];
 	struct http_response res;
@@ -99,7 +124,19 @@ struct http_server_opts {
 	int64_t max_connections;      /* beyond: 503 and close */
 	int64_t header_timeout_ms;    /* complete headers within this (slowloris) */
 	int64_t keepalive_timeout_ms; /* idle between requests */
-	int64_t body_timeout_ms;      /* body inactivity */
+	int64_t body_timeout_ms;      /* body inactivity; client not reading our output */
+	int64_t drain_timeout_ms;     /* http_server_drain closes what is left after it; 0: never */
+	/* Trusted proxies (owned by the caller, outlives the server); NULL or
+	 * empty: the client address is always the peer's. */
+	const struct cidr_list *trust_proxy;
+	/* Called when the headers of a request with a body are complete,
+	 * before any of the body is read (Expect: 100-continue is answered
+	 * after it); may be NULL. It may lower req->body_limit. Returning
+	 * HTTP_HEADERS_SKIP_BODY dispatches the request at once with
+	 * req->body_skipped set and no body: the application must answer it
+	 * without one (a refusal); the connection is then closed, after
+	 * discarding input for a moment so that the client reads the answer. */
+	int (*on_headers)(struct http_request *req, void *ud);
 	/* Called for each complete request. The application must eventually
 	 * call http_send(req) exactly once. */
 	void (*on_request)(struct http_request *req, void *ud);
@@ -113,19 +150,24 @@ struct http_server_opts {
 	void *ud;
 };
 
+enum { HTTP_HEADERS_READ_BODY = 0, HTTP_HEADERS_SKIP_BODY = 1 };
+
 struct http_stats {
 	uint64_t requests;   /* completed */
 	uint64_t connections_total;
 	int64_t connections; /* open now */
 	int64_t inflight;    /* requests dispatched, not yet sent */
 	uint64_t rejected;   /* over the connection cap */
+	uint64_t paused;     /* times a connection hit HTTP_OUTPUT_HIGH */
 };
 
 /* Create a server accepting on an already bound, listening fd (inherited
  * from the supervisor). The fd is not closed by the server. NULL on error. */
 struct http_server *http_server_new(struct event_base *base, int listen_fd, const struct http_server_opts *opts);
-/* Stop accepting, close idle connections, send Connection: close on the
- * rest; on_drained() runs once when no connection is left. */
+/* Stop accepting, answer the next request of every connection with
+ * Connection: close, close idle keep-alive connections when their
+ * keep-alive timer ends and everything after drain_timeout_ms;
+ * on_drained() runs once when no connection or request is left. */
 void http_server_drain(struct http_server *s, void (*on_drained)(void *ud), void *ud);
 int http_server_draining(const struct http_server *s);
 /* Close everything now (pending requests become orphans) and free. */

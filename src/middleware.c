@@ -119,7 +119,9 @@ int app_parse_urlencoded(struct http_request *req); /* app.c */
 
 int mw_body(struct http_request *req)
 {
-	if (!req->has_body)
+	/* body_skipped: refused at header time (app_headers), the chain
+	 * answers without the body. */
+	if (!req->has_body || req->body_skipped)
 		return APP_NEXT;
 	size_t cl;
 	const char *ct = http_header_get(req, "content-type", &cl);

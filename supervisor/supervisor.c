@@ -47,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -508,6 +509,13 @@ static void begin_shutdown(struct supervisor *s, int immediate)
 		return;
 	s->stopping = 1;
 	sdn_send("STOPPING=1");
+	/* Stop accepting at once, in every process: the listening socket is
+	 * shared with the workers, and shutting it down (not just closing our
+	 * descriptor) takes it out of the listen state, so a new connection is
+	 * refused instead of waiting in a backlog nobody will accept from.
+	 * (A binary upgrade that hands the socket on must not come here.) */
+	if (s->listen_fd >= 0 && shutdown(s->listen_fd, SHUT_RD) < 0 && errno != ENOTCONN)
+		log_warn(NULL, "cannot shut the listening socket down", LF_STR("error", strerror(errno)));
 	log_info(NULL, immediate ? "immediate shutdown" : "graceful shutdown", LF_INT("workers", s->target),
 	         LF_INT("timeoutMs", immediate ? 0 : s->cfg->shutdown_timeout_ms));
 	if (s->roll.active)

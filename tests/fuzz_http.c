@@ -214,6 +214,18 @@ static int fz_auth(struct http_request *req)
 	return APP_NEXT;
 }
 
+/* fz_auth's header-time guard: the same check, so a refused upload is
+ * answered by fz_auth without its body. */
+static int fz_auth_guard(const struct http_request *req)
+{
+	size_t n;
+	const char *v = http_header_get(req, "authorization", &n);
+	return v && n == 11 && memcmp(v, "Bearer fuzz", 11) == 0 ? APP_NEXT : APP_DONE;
+}
+
+/* FZ_INET peers (127.0.0.1) are trusted proxies: forwarded headers count. */
+static struct cidr_list fz_trust;
+
 static const struct vrule fz_register_rules[] = {
 	V_STRING("username", V_REQUIRED, 3, 20, .charset = V_CHARSET_WORD),
 	V_EMAIL("email", V_REQUIRED),
@@ -456,6 +468,10 @@ static void fz_init(void)
 	rc |= app_get(fz_app, "/api/big", fz_big);
 	rc |= app_get(fz_app, "/api/bug", fz_bug);
 	rc |= app_get(fz_app, "/ws", fz_ws);
+	rc |= app_guard(fz_app, fz_auth, fz_auth_guard);
+	rc |= app_body_limit(fz_app, HTTP_M_POST, "/api/auth/register", 2 * APP_PUBLIC_BODY_LIMIT);
+	char err[128];
+	rc |= cidr_list_parse("127.0.0.0/8, 10.0.0.0/8, ::1", &fz_trust, err, sizeof(err));
 	if (rc)
 		abort();
 
@@ -536,6 +552,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		.header_timeout_ms = 600000,
 		.keepalive_timeout_ms = 600000,
 		.body_timeout_ms = 600000,
+		.trust_proxy = &fz_trust,
+		.on_headers = app_headers,
 		.on_request = app_handle,
 		.on_complete = mw_access_log,
 		.fixed_headers = mw_security_headers(),

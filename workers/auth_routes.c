@@ -392,5 +392,7 @@ int auth_routes(struct app *app)
 	int rc = 0;
 	rc |= app_post(app, "/api/auth/register", auth_register);
 	rc |= app_post(app, "/api/auth/login", auth_login);
+	rc |= app_body_limit(app, HTTP_M_POST, "/api/auth/register", 64 * 1024);
+	rc |= app_body_limit(app, HTTP_M_POST, "/api/auth/login", 64 * 1024);
 	return rc;
 }

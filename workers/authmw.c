@@ -83,10 +83,30 @@ void authmw_users_changed(void)
 	cache_clear();
 }
 
+/* mw_auth's header-time guard (app_guard): the token checks mw_auth makes
+ * without the database. A request that fails them is answered by mw_auth
+ * before its body is read, so an anonymous upload costs no memory. */
+static int auth_guard(const struct http_request *req)
+{
+	size_t hl, tl;
+	const char *tok;
+	const char *h = http_header_get(req, "authorization", &hl);
+	if (!h || hl == 0 || auth_bearer_token(h, hl, &tok, &tl) < 0)
+		return APP_DONE;
+	struct jwt_claims cl;
+	if (jwt_verify(g_cfg->jwt_secret, g_cfg->jwt_secret_len, tok, tl, (int64_t)time(NULL), JWT_SKEW_S, &cl) !=
+	    JWT_OK)
+		return APP_DONE;
+	return APP_NEXT;
+}
+
 void authmw_init(struct ratelimit *rl, const struct resil_config *cfg)
 {
 	g_rl = rl;
 	g_cfg = cfg;
+	struct worker *w = worker_current();
+	if (w && w->app && app_guard(w->app, mw_auth, auth_guard) < 0)
+		log_error(NULL, "cannot register the authentication guard");
 }
 
 struct ratelimit *authmw_limiter(void)
@@ -389,6 +409,8 @@ static void rate_headers(struct http_request *req, const struct rl_result *r)
 	http_add_header(req, "RateLimit-Remaining", v);
 	snprintf(v, sizeof(v), "%llu", (unsigned long long)((r->reset_ms + 999) / 1000));
 	http_add_header(req, "RateLimit-Reset", v);
+	snprintf(v, sizeof(v), "%u;w=%llu", r->limit, (unsigned long long)((g_cfg->rate_limit_window_ms + 999) / 1000));
+	http_add_header(req, "RateLimit-Policy", v);
 }
 
 int mw_rate_limit(struct http_request *req)

@@ -15,6 +15,7 @@
 
 #include "api.h"
 #include "app.h"
+#include "cidr.h"
 #include "handlers.h"
 #include "http.h"
 #include "log.h"
@@ -202,12 +203,24 @@ int worker_run(const struct worker_opts *opts)
 		w.exit_code = WORKER_EXIT_FATAL;
 		goto out;
 	}
+	/* Validated when the configuration was loaded. */
+	struct cidr_list trust_proxy;
+	char cidr_err[160];
+	if (cidr_list_parse(w.cfg->trust_proxy, &trust_proxy, cidr_err, sizeof(cidr_err)) < 0) {
+		log_error(NULL, "invalid trust_proxy", LF_STR("error", cidr_err));
+		w.exit_code = WORKER_EXIT_FATAL;
+		goto out;
+	}
 	struct http_server_opts ho = {
 		.body_limit = w.cfg->body_limit,
 		.max_connections = w.cfg->max_connections,
 		.header_timeout_ms = w.cfg->header_timeout_ms,
 		.keepalive_timeout_ms = w.cfg->keepalive_timeout_ms,
 		.body_timeout_ms = w.cfg->request_timeout_ms,
+		/* A little inside the supervisor's SIGKILL deadline. */
+		.drain_timeout_ms = w.cfg->shutdown_timeout_ms - w.cfg->shutdown_timeout_ms / 10,
+		.trust_proxy = &trust_proxy,
+		.on_headers = app_headers,
 		.on_request = app_handle,
 		.on_complete = mw_access_log,
 		.fixed_headers = mw_security_headers(),
