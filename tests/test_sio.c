@@ -236,6 +236,35 @@ START_TEST(test_sio_encodes_events_from_json_texts)
 }
 END_TEST
 
+START_TEST(test_sio_encodes_acks_with_their_id_that_decode_back)
+{
+	char buf[64];
+	int n = sio_encode_ack(buf, sizeof(buf), 7, "{\"ok\":true}", 11);
+	ck_assert_int_eq(n, 16);
+	ck_assert_str_eq(buf, "437[{\"ok\":true}]");
+	ck_assert_int_eq(sio_decode(buf, (size_t)n, &pk), 0);
+	ck_assert_int_eq(pk.type, SIO_ACK);
+	ck_assert_int_eq(pk.has_ack, 1);
+	ck_assert_uint_eq(pk.ack, 7);
+	ck_assert(data_is("[{\"ok\":true}]"));
+	/* The largest id a client may send fits in the overhead. */
+	n = sio_encode_ack(buf, sizeof(buf), (uint64_t)INT64_MAX, "1", 1);
+	ck_assert_int_eq(n, 1 + SIO_ACK_OVERHEAD);
+	ck_assert_str_eq(buf, "439223372036854775807[1]");
+	ck_assert_int_eq(sio_decode(buf, (size_t)n, &pk), 0);
+	ck_assert_uint_eq(pk.ack, (uint64_t)INT64_MAX);
+	ck_assert_int_eq(sio_encode_ack(buf, sizeof(buf), 0, "0", 1), 6);
+	ck_assert_str_eq(buf, "430[0]");
+	/* Refused: an id the decoder would refuse, no data, too small a buffer. */
+	ck_assert_int_eq(sio_encode_ack(buf, sizeof(buf), (uint64_t)INT64_MAX + 1, "1", 1), -1);
+	ck_assert_int_eq(sio_encode_ack(buf, sizeof(buf), 1, "", 0), -1);
+	ck_assert_int_eq(sio_encode_ack(buf, 5, 12, "{}", 2), -1);
+	ck_assert_int_eq(sio_encode_ack(buf, 7, 12, "{}", 2), -1);
+	ck_assert_int_eq(sio_encode_ack(buf, 8, 12, "{}", 2), 8); /* no room for the NUL is fine */
+	ck_assert_int_eq(memcmp(buf, "4312[{}]", 8), 0);
+}
+END_TEST
+
 START_TEST(test_sio_formats_session_ids_as_16_hex_digits)
 {
 	char sid[17];
@@ -263,6 +292,7 @@ static Suite *sio_suite(void)
 	    {"encode_open_connect", test_sio_encodes_open_and_connect},
 	    {"encode_connect_error", test_sio_encodes_connect_errors_escaped_with_their_namespace},
 	    {"encode_event", test_sio_encodes_events_from_json_texts},
+	    {"encode_ack", test_sio_encodes_acks_with_their_id_that_decode_back},
 	    {"sid", test_sio_formats_session_ids_as_16_hex_digits},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

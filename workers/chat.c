@@ -14,6 +14,13 @@
  * Events are generated once as {"event":NAME,"data":DATA}, the /ws
  * framing; a Socket.IO socket gets the same event re-framed as
  * 42[NAME,DATA] by the codec in sio.c.
+ *
+ * On /socket.io/ the Node app's handler is the reference: join, leave and
+ * typing take a bare room id too; an event that carries an ack id is
+ * answered 43<id>[{"ok":true,...}] / [{"ok":false,"error":...}] (the
+ * failure then replaces the `error` event); send_message needs the room's
+ * stored membership, not a join; and the socket is in its user's personal
+ * room from CONNECT on. The one event in flight per socket owns the ack.
  */
 #include "autoconfig.h"
 
@@ -91,7 +98,7 @@ void chat_cmd_free(struct chat_cmd *cmd)
 	cmd->doc = NULL;
 }
 
-static int parse_event(struct chat_cmd *cmd, const char *ev, size_t el, const struct json_value *data)
+static int parse_event(struct chat_cmd *cmd, const char *ev, size_t el, const struct json_value *data, int sio)
 {
 	static const struct {
 		const char *name;
@@ -108,8 +115,14 @@ static int parse_event(struct chat_cmd *cmd, const char *ev, size_t el, const st
 		cmd->error = "unknown event";
 		return -1;
 	}
+	if (sio && cmd->kind != EV_SEND && data && data->type == JSON_STRING) {
+		/* socket.emit('join_room', roomId) */
+		cmd->room_ok = store_id_parse(data->s, data->len, &cmd->room) == 0;
+		goto room;
+	}
 	if (!data || data->type != JSON_OBJECT) {
-		cmd->error = "data must be an object";
+		cmd->error =
+		    sio && cmd->kind != EV_SEND ? "data must be a room id or an object" : "data must be an object";
 		return -1;
 	}
 	size_t rl;
@@ -123,6 +136,7 @@ static int parse_event(struct chat_cmd *cmd, const char *ev, size_t el, const st
 			return -1;
 		}
 	}
+room:
 	if (!cmd->room_ok && cmd->kind != EV_JOIN) {
 		cmd->error = "roomId must be a valid id";
 		return -1;
@@ -143,7 +157,7 @@ int chat_parse(const char *msg, size_t len, struct chat_cmd *cmd)
 		cmd->error = "event name required";
 		return -1;
 	}
-	return parse_event(cmd, ev, el, json_get(cmd->doc, "data"));
+	return parse_event(cmd, ev, el, json_get(cmd->doc, "data"), 0);
 }
 
 int chat_parse_sio(const char *msg, size_t len, struct chat_cmd *cmd)
@@ -151,7 +165,7 @@ int chat_parse_sio(const char *msg, size_t len, struct chat_cmd *cmd)
 	memset(cmd, 0, sizeof(*cmd));
 	const struct json_value *name, *arg;
 	switch (sio_event_decode(msg, len, CHAT_JSON_DEPTH, &cmd->doc, &name, &arg)) {
-	case SIO_EVENT_OK: return parse_event(cmd, name->s, name->len, arg);
+	case SIO_EVENT_OK: return parse_event(cmd, name->s, name->len, arg, 1);
 	case SIO_EVENT_NO_NAME: cmd->error = "event name required"; return -1;
 	default: cmd->error = "invalid JSON"; return -1;
 	}
@@ -254,6 +268,84 @@ void chat_send_error(struct ws_conn *c, const char *message)
 	chat_send_gen(c);
 }
 
+/* ---- Socket.IO acknowledgements */
+
+static void ack_send(struct ws_conn *c)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	const unsigned char *json;
+	size_t len;
+	cs->ack_pending = 0;
+	if (yajl_gen_get_buf(g.gen, &json, &len) != yajl_gen_status_ok || ws_conn_closing(c) ||
+	    len > SIZE_MAX - SIO_ACK_OVERHEAD - 1)
+		return;
+	size_t cap = len + SIO_ACK_OVERHEAD + 1;
+	char stack[4096];
+	char *out = cap <= sizeof(stack) ? stack : malloc(cap);
+	if (!out)
+		return;
+	int n = sio_encode_ack(out, cap, cs->ack_id, (const char *)json, len);
+	if (n > 0)
+		ws_send_text(c, out, (size_t)n);
+	if (out != stack)
+		free(out);
+}
+
+/* The generator at a fresh top level, inside {"ok":OK */
+static yajl_gen ack_open(int ok)
+{
+	yajl_gen gn = g.gen;
+	yajl_gen_clear(gn);
+	yajl_gen_reset(gn, NULL);
+	yajl_gen_map_open(gn);
+	json_gen_cstr(gn, "ok");
+	yajl_gen_bool(gn, ok);
+	return gn;
+}
+
+yajl_gen chat_ack_begin(struct ws_conn *c)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	return cs->ack_pending ? ack_open(1) : NULL;
+}
+
+void chat_ack_end(struct ws_conn *c)
+{
+	yajl_gen_map_close(g.gen);
+	ack_send(c);
+}
+
+void chat_ack_message(struct ws_conn *c, const bson_t *msg)
+{
+	yajl_gen gn = chat_ack_begin(c);
+	if (!gn)
+		return;
+	json_gen_cstr(gn, "message");
+	message_gen_mongoose(gn, msg);
+	chat_ack_end(c);
+}
+
+void chat_fail(struct ws_conn *c, const char *message)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	if (!cs->ack_pending) {
+		chat_send_error(c, message);
+		return;
+	}
+	yajl_gen gn = ack_open(0);
+	json_gen_cstr(gn, "error");
+	json_gen_cstr(gn, message);
+	yajl_gen_map_close(gn);
+	ack_send(c);
+}
+
+/* The event is over: an ack it asked for and nobody answered says ok. */
+static void ack_flush(struct ws_conn *c)
+{
+	if (chat_ack_begin(c))
+		chat_ack_end(c);
+}
+
 const char *chat_store_message(enum store_err err)
 {
 	switch (err) {
@@ -273,7 +365,18 @@ struct chat_op {
 	struct ws_conn *c;
 	chat_step step;
 	bson_oid_t room;
+	char *name;  /* join: the room's name, for the ack */
+	bson_t *doc; /* send: the message, until handed to the group commit */
 };
+
+static void op_free(struct chat_op *o)
+{
+	store_op_clear(&o->op);
+	free(o->name);
+	if (o->doc)
+		bson_destroy(o->doc);
+	free(o);
+}
 
 static void op_done(struct store_op *sop, enum store_err err)
 {
@@ -282,8 +385,7 @@ static void op_done(struct store_op *sop, enum store_err err)
 	struct chat_sock *cs = ws_conn_app(c);
 	cs->busy = 0;
 	o->step(o, c, err); /* may submit the next call (busy again) */
-	store_op_clear(&o->op);
-	free(o);
+	op_free(o);
 	if (!cs->busy) {
 		chat_sock_resume(c);
 		return;
@@ -312,9 +414,8 @@ static int op_submit(struct chat_op *o)
 	struct chat_sock *cs = ws_conn_app(c);
 	struct store *st = api_store();
 	if (!st || store_submit(st, &o->op) < 0) {
-		store_op_clear(&o->op);
-		free(o);
-		chat_send_error(c, "service unavailable");
+		op_free(o);
+		chat_fail(c, "service unavailable");
 		return -1;
 	}
 	cs->busy = 1;
@@ -330,18 +431,26 @@ static void history_loaded(struct chat_op *o, struct ws_conn *c, enum store_err 
 	if (ws_conn_closing(c))
 		return;
 	if (err != STORE_OK) {
-		chat_send_error(c, chat_store_message(err));
+		chat_fail(c, chat_store_message(err));
 		chat_rooms_release_hold(cs, &o->room, NULL, 0);
 		return;
 	}
-	/* Fetched newest first (so the limit keeps the latest); sent oldest first. */
+	/* Fetched newest first (so the limit keeps the latest); sent oldest
+	 * first; in the Mongoose shape too for the Node app's clients. */
 	yajl_gen gn = chat_gen_begin("recent_messages");
 	yajl_gen_array_open(gn);
 	for (size_t i = o->op.ndocs; i-- > 0;)
-		message_gen(gn, o->op.docs[i]);
+		(cs->sio ? message_gen_mongoose : message_gen)(gn, o->op.docs[i]);
 	yajl_gen_array_close(gn);
 	chat_send_gen(c);
 	chat_rooms_release_hold(cs, &o->room, o->op.docs, o->op.ndocs);
+	if ((gn = chat_ack_begin(c))) {
+		json_gen_cstr(gn, "roomId");
+		gen_oid(gn, &o->room);
+		json_gen_cstr(gn, "roomName");
+		json_gen_cstr(gn, o->name ? o->name : "");
+		chat_ack_end(c);
+	}
 }
 
 static int room_has_member(const bson_t *room, const bson_oid_t *user)
@@ -362,16 +471,15 @@ static void room_loaded(struct chat_op *o, struct ws_conn *c, enum store_err err
 	if (ws_conn_closing(c))
 		return;
 	if (err == STORE_NOT_FOUND || (err == STORE_OK && !room_has_member(o->op.result, &cs->user))) {
-		chat_send_error(c, "access denied to room");
+		chat_fail(c, "access denied to room");
 		return;
 	}
 	if (err != STORE_OK) {
-		chat_send_error(c, chat_store_message(err));
+		chat_fail(c, chat_store_message(err));
 		return;
 	}
 	if (chat_rooms_join(cs, &o->room, 1) < 0) {
-		chat_send_error(c,
-		                cs->nrooms >= CHAT_ROOMS_PER_SOCKET ? "too many rooms joined" : "service unavailable");
+		chat_fail(c, chat_rooms_full(cs) ? "too many rooms joined" : "service unavailable");
 		return;
 	}
 	const char *name = api_doc_str(o->op.result, "name");
@@ -386,16 +494,16 @@ static void room_loaded(struct chat_op *o, struct ws_conn *c, enum store_err err
 
 	struct chat_op *h = op_new(c, STORE_OP_FIND, COLL_MESSAGES, history_loaded);
 	if (!h) {
-		chat_send_error(c, "service unavailable");
+		chat_fail(c, "service unavailable");
 		chat_rooms_release_hold(cs, &o->room, NULL, 0);
 		return;
 	}
 	h->room = o->room;
-	if (store_filter_oid(&h->op.filter, "room", STORE_EQ, &o->room) < 0 ||
+	if ((cs->ack_pending && !(h->name = strdup(name ? name : ""))) ||
+	    store_filter_oid(&h->op.filter, "room", STORE_EQ, &o->room) < 0 ||
 	    store_filter_sort(&h->op.filter, "createdAt", -1) < 0) {
-		store_op_clear(&h->op);
-		free(h);
-		chat_send_error(c, "service unavailable");
+		op_free(h);
+		chat_fail(c, "service unavailable");
 		chat_rooms_release_hold(cs, &o->room, NULL, 0);
 		return;
 	}
@@ -407,12 +515,12 @@ static void room_loaded(struct chat_op *o, struct ws_conn *c, enum store_err err
 static void do_join(struct ws_conn *c, const struct chat_cmd *cmd)
 {
 	if (!cmd->room_ok) {
-		chat_send_error(c, "access denied to room");
+		chat_fail(c, "access denied to room");
 		return;
 	}
 	struct chat_op *o = op_new(c, STORE_OP_FIND_BY_ID, COLL_ROOMS, room_loaded);
 	if (!o) {
-		chat_send_error(c, "service unavailable");
+		chat_fail(c, "service unavailable");
 		return;
 	}
 	o->room = cmd->room;
@@ -422,29 +530,66 @@ static void do_join(struct ws_conn *c, const struct chat_cmd *cmd)
 
 /* ---- send_message: stored by the group commit, then published */
 
+/* The Socket.IO sender's room, loaded: a member (in the stored room) may
+ * send without having joined, as in the Node app. */
+static void send_checked(struct chat_op *o, struct ws_conn *c, enum store_err err)
+{
+	struct chat_sock *cs = ws_conn_app(c);
+	if (ws_conn_closing(c))
+		return;
+	if (err == STORE_NOT_FOUND || (err == STORE_OK && !room_has_member(o->op.result, &cs->user))) {
+		chat_fail(c, "access denied to room");
+		return;
+	}
+	if (err != STORE_OK) {
+		chat_fail(c, chat_store_message(err));
+		return;
+	}
+	if (chat_batch_add(c, o->doc) < 0) {
+		chat_fail(c, "server busy, try again");
+		return;
+	}
+	o->doc = NULL; /* the group commit's now */
+}
+
 static void do_send(struct ws_conn *c, const struct chat_cmd *cmd)
 {
 	struct chat_sock *cs = ws_conn_app(c);
-	if (!chat_rooms_is_member(cs, &cmd->room)) {
-		chat_send_error(c, "join the room first");
+	int joined = chat_rooms_is_member(cs, &cmd->room);
+	if (!joined && !cs->sio) {
+		chat_fail(c, "join the room first");
 		return;
 	}
 	if (cmd->content_len > INT32_MAX) {
-		chat_send_error(c, "content must be 1-2000 characters");
+		chat_fail(c, "content must be 1-2000 characters");
 		return;
 	}
 	if (chat_batch_full()) {
-		chat_send_error(c, "server busy, try again");
+		chat_fail(c, "server busy, try again");
 		return;
 	}
 	bson_t *doc = bson_new();
 	if (!doc || !bson_append_oid(doc, "room", 4, &cmd->room) || !bson_append_oid(doc, "sender", 6, &cs->user) ||
 	    !bson_append_utf8(doc, "senderName", 10, cs->username, -1) ||
-	    !bson_append_utf8(doc, "content", 7, cmd->content, (int)cmd->content_len) || chat_batch_add(c, doc) < 0) {
-		if (doc)
-			bson_destroy(doc);
-		chat_send_error(c, "service unavailable");
+	    !bson_append_utf8(doc, "content", 7, cmd->content, (int)cmd->content_len))
+		goto fail;
+	if (joined) {
+		if (chat_batch_add(c, doc) < 0)
+			goto fail;
+		return;
 	}
+	struct chat_op *o = op_new(c, STORE_OP_FIND_BY_ID, COLL_ROOMS, send_checked);
+	if (!o)
+		goto fail;
+	o->room = cmd->room;
+	o->op.id = cmd->room;
+	o->doc = doc;
+	op_submit(o); /* frees doc on failure */
+	return;
+fail:
+	if (doc)
+		bson_destroy(doc);
+	chat_fail(c, "service unavailable");
 }
 
 /* ---- typing: straight to the others in the room, never stored */
@@ -453,7 +598,7 @@ static void do_typing(struct ws_conn *c, const struct chat_cmd *cmd)
 {
 	struct chat_sock *cs = ws_conn_app(c);
 	if (!chat_rooms_is_member(cs, &cmd->room)) {
-		chat_send_error(c, "join the room first");
+		chat_fail(c, "join the room first");
 		return;
 	}
 	int start = cmd->kind == EV_TYPING_START;
@@ -469,14 +614,14 @@ static void do_typing(struct ws_conn *c, const struct chat_cmd *cmd)
 	const char *buf;
 	size_t len;
 	if (chat_gen_end(&buf, &len) == 0)
-		chat_rooms_publish(&cmd->room, NULL, cs->tag, buf, len);
+		chat_rooms_publish(&cmd->room, NULL, cs->tag, buf, len, NULL, 0);
 }
 
 /* ---------------------------------------------------------- Socket.IO
  *
  * Engine.IO v4 over the websocket transport only (no long-polling), the
- * default namespace, no binary events; an acknowledgement id is accepted
- * and the event handled, but no ack is sent. The token comes with the
+ * default namespace, no binary events; an event's acknowledgement id is
+ * answered when the event is over (see chat_ack_begin). The token comes with the
  * upgrade (?token= or Authorization), as on /ws, or in the CONNECT
  * packet's auth object. */
 
@@ -501,6 +646,10 @@ void chat_sio_connected(struct ws_conn *c)
 {
 	struct chat_sock *cs = ws_conn_app(c);
 	char sid[17], ok[SIO_CONNECT_MAX];
+	if (chat_rooms_join_user(cs) < 0) { /* io.to(`user_${id}`) reaches it from now on */
+		chat_sio_refuse(c, "server busy, try again", WS_TRY_AGAIN_LATER);
+		return;
+	}
 	sio_sid(cs, sid);
 	int n = sio_encode_connect(ok, sizeof(ok), sid);
 	cs->sio_ns = 1;
@@ -558,6 +707,8 @@ static int sio_packet(struct ws_conn *c, const char **msg, size_t *len)
 			goto unsupported;
 		*msg = pk.data;
 		*len = pk.data_len;
+		cs->ack_pending = (uint8_t)pk.has_ack;
+		cs->ack_id = pk.ack;
 		return 0;
 	default: break;
 	}
@@ -575,7 +726,7 @@ static void handle_event(struct ws_conn *c, const char *msg, size_t len)
 	if (cs->sio && sio_packet(c, &msg, &len) != 0)
 		return; /* an Engine.IO / Socket.IO control packet, handled */
 	if ((cs->sio ? chat_parse_sio(msg, len, &cmd) : chat_parse(msg, len, &cmd)) < 0) {
-		chat_send_error(c, cmd.error);
+		chat_fail(c, cmd.error);
 		chat_cmd_free(&cmd);
 		return;
 	}
@@ -586,6 +737,8 @@ static void handle_event(struct ws_conn *c, const char *msg, size_t len)
 	default: do_typing(c, &cmd); break;
 	}
 	chat_cmd_free(&cmd);
+	if (!cs->busy)
+		ack_flush(c);
 }
 
 static void process_pending(struct ws_conn *c)
@@ -608,6 +761,7 @@ void chat_sock_resume(struct ws_conn *c)
 {
 	struct chat_sock *cs = ws_conn_app(c);
 	cs->busy = 0;
+	ack_flush(c);       /* the event that waited is over */
 	process_pending(c); /* may make the socket busy again */
 	ws_conn_unref(c);
 }

@@ -52,10 +52,13 @@ struct chat_sock {
 	int limited; /* an error was sent for the current run of refusals */
 	struct chat_pending *ph, *pt;
 	uint32_t npending;
-	int busy;       /* a store call for this socket is in flight */
-	uint8_t sio;    /* Socket.IO v4 client on /socket.io/ (Engine.IO framing) */
-	uint8_t sio_ns; /* its "/" namespace is connected */
-	uint8_t authed; /* user known (always, except a Socket.IO socket before CONNECT) */
+	int busy;            /* a store call for this socket is in flight */
+	uint8_t sio;         /* Socket.IO v4 client on /socket.io/ (Engine.IO framing) */
+	uint8_t sio_ns;      /* its "/" namespace is connected */
+	uint8_t authed;      /* user known (always, except a Socket.IO socket before CONNECT) */
+	uint8_t user_room;   /* in its user's personal room (chat_rooms.c) */
+	uint8_t ack_pending; /* the Socket.IO event being handled asked for an ack */
+	uint64_t ack_id;
 };
 
 /* What the upgrade knows of a new socket (ws_upgrade's init argument). */
@@ -95,6 +98,19 @@ yajl_gen chat_gen_begin(const char *event);
 int chat_gen_end(const char **out, size_t *len);
 void chat_send_gen(struct ws_conn *c);
 void chat_send_error(struct ws_conn *c, const char *message);
+/* The event being handled failed: its acknowledgement says so
+ * ({"ok":false,"error":MESSAGE}) when it asked for one, else an `error`
+ * event. */
+void chat_fail(struct ws_conn *c, const char *message);
+/* Answer the acknowledgement of the event being handled, if it asked for
+ * one: chat_ack_begin gives the generator inside {"ok":true, (NULL: no ack
+ * is pending); write key/value pairs, then chat_ack_end sends it. An event
+ * finished without an answer is acknowledged with {"ok":true} alone. */
+yajl_gen chat_ack_begin(struct ws_conn *c);
+void chat_ack_end(struct ws_conn *c);
+/* send_message's acknowledgement: {"ok":true,"message":MSG}, msg the
+ * stored document in its Mongoose shape. */
+void chat_ack_message(struct ws_conn *c, const bson_t *msg);
 /* An event as generated here, as a Socket.IO EVENT in a new frame (NULL
  * if it is not one, or no memory). */
 struct ws_frame *chat_sio_frame(const char *json, size_t len);
@@ -116,7 +132,19 @@ struct chat_cmd {
  * ["name", data] into cmd. 0, or -1 with cmd->error set; free cmd with
  * chat_cmd_free() either way. */
 int chat_parse(const char *msg, size_t len, struct chat_cmd *cmd);
+/* Socket.IO only: join_room, leave_room and typing_* also take a bare room
+ * id (["join_room","<24 hex>"]), as the Node app's clients send it. */
 int chat_parse_sio(const char *msg, size_t len, struct chat_cmd *cmd);
 void chat_cmd_free(struct chat_cmd *cmd);
+
+/* ---- chat_rooms.c: addressing users (their personal rooms) */
+
+/* Send an event (JSON text as chat_gen_end gives it) to every Socket.IO
+ * socket of user, in every worker. 0, or -1 (the chat is down, or the bus
+ * full: logged). */
+int chat_notify_user(const bson_oid_t *user, const char *json, size_t len);
+/* added_to_room {roomId, roomName} to user, from room (a rooms document).
+ * For a route's done() on the loop (POST /api/rooms/:id/members). */
+int chat_notify_added_to_room(const bson_oid_t *user, const bson_t *room);
 
 #endif

@@ -51,10 +51,14 @@ static void batch_done(struct store_op *sop, enum store_err err)
 	for (size_t i = 0; i < b->n; i++) {
 		struct ws_conn *c = b->c[i];
 		if (i < b->op.ndocs) {
-			if (chat_publish_message(b->op.docs[i]) < 0 && !ws_conn_closing(c))
-				chat_send_error(c, "message stored but not delivered, server busy");
+			if (chat_publish_message(b->op.docs[i]) < 0) {
+				if (!ws_conn_closing(c))
+					chat_fail(c, "message stored but not delivered, server busy");
+			} else {
+				chat_ack_message(c, b->op.docs[i]);
+			}
 		} else if (!ws_conn_closing(c)) {
-			chat_send_error(c, chat_store_message(err));
+			chat_fail(c, chat_store_message(err));
 		}
 	}
 	q.inflight = 1; /* what the releases queue waits for the next batch */
@@ -115,7 +119,7 @@ static void batch_submit(void)
 		for (size_t i = 0; i < n; i++) {
 			struct ws_conn *c = q.queue[i].c;
 			if (!ws_conn_closing(c))
-				chat_send_error(c, "service unavailable");
+				chat_fail(c, "service unavailable");
 			chat_sock_resume(c);
 		}
 		q.inflight = 0;

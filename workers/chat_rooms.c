@@ -9,10 +9,17 @@
  * worker, this one included, receives all records from the supervisor in
  * one total order and queues one shared frame (built once, reference
  * counted) on each local member socket, plus one Socket.IO variant for
- * the Socket.IO members. While a socket's join loads the room's history,
- * live frames for it are held (bounded) and released after
- * recent_messages, minus the messages the history already contained, so
- * the socket sees each message once and in order.
+ * the Socket.IO members (or, when the publisher gave one, a Socket.IO text
+ * of its own: new_message carries more fields there). While a socket's
+ * join loads the room's history, live frames for it are held (bounded) and
+ * released after recent_messages, minus the messages the history already
+ * contained, so the socket sees each message once and in order.
+ *
+ * Every authenticated Socket.IO socket is also in its user's personal room
+ * (the Node app's `user_<id>`): a registry entry keyed by the user's id and
+ * marked personal, so it can never be confused with a chat room of the
+ * same id. Records addressed to a user reach every socket of theirs, on
+ * every worker, the same way.
  */
 #include "autoconfig.h"
 
@@ -21,6 +28,7 @@
 #include "api.h"
 #include "bus.h"
 #include "handlers.h"
+#include "json.h"
 #include "log.h"
 #include "message.h"
 #include "ws.h"
@@ -30,10 +38,13 @@
 
 #define CHAT_JOIN_HOLD 128 /* live frames held while a join loads history */
 
-/* Bus record: kind, room id, message id (zero: none), excluded socket tag
- * (zero: none), then the event's JSON text. */
+/* Bus record: kind, room (or user) id, message id (zero: none), excluded
+ * socket tag (zero: none), the length of the /ws text (32 bits), the
+ * event's /ws JSON text, then its Socket.IO JSON text (empty: the /ws text
+ * re-framed). Integers little-endian. */
 #define REC_ROOM_EVENT 1
-#define REC_HDR (1 + 12 + 12 + 8)
+#define REC_USER_EVENT 2 /* to a user's personal room */
+#define REC_HDR (1 + 12 + 12 + 8 + 4)
 
 struct held {
 	struct ws_frame *f;
@@ -53,6 +64,7 @@ struct room_member {
 
 struct room {
 	bson_oid_t id;
+	int personal;      /* a user's personal room: id is the user's */
 	struct room *next; /* hash chain */
 	struct room_member *m;
 	uint32_t n, cap;
@@ -76,20 +88,20 @@ uint32_t chat_rooms_count(void)
 
 /* ------------------------------------------------------------ registry */
 
-static uint32_t room_hash(const bson_oid_t *id)
+static uint32_t room_hash(const bson_oid_t *id, int personal)
 {
-	uint32_t h = 2166136261u;
+	uint32_t h = personal ? 2166136261u ^ 0x5bd1e995u : 2166136261u;
 	for (int i = 0; i < 12; i++)
 		h = (h ^ id->bytes[i]) * 16777619u;
 	return h;
 }
 
-static struct room *room_find(const bson_oid_t *id)
+static struct room *room_find(const bson_oid_t *id, int personal)
 {
 	if (!reg.nbuckets)
 		return NULL;
-	for (struct room *r = reg.buckets[room_hash(id) & (reg.nbuckets - 1)]; r; r = r->next)
-		if (bson_oid_equal(&r->id, id))
+	for (struct room *r = reg.buckets[room_hash(id, personal) & (reg.nbuckets - 1)]; r; r = r->next)
+		if (r->personal == personal && bson_oid_equal(&r->id, id))
 			return r;
 	return NULL;
 }
@@ -104,7 +116,7 @@ static int registry_grow(void)
 		struct room *r = reg.buckets[i], *next;
 		for (; r; r = next) {
 			next = r->next;
-			uint32_t k = room_hash(&r->id) & (nb - 1);
+			uint32_t k = room_hash(&r->id, r->personal) & (nb - 1);
 			r->next = b[k];
 			b[k] = r;
 		}
@@ -115,9 +127,9 @@ static int registry_grow(void)
 	return 0;
 }
 
-static struct room *room_get(const bson_oid_t *id)
+static struct room *room_get(const bson_oid_t *id, int personal)
 {
-	struct room *r = room_find(id);
+	struct room *r = room_find(id, personal);
 	if (r)
 		return r;
 	if (reg.nrooms >= reg.nbuckets && registry_grow() < 0)
@@ -126,7 +138,8 @@ static struct room *room_get(const bson_oid_t *id)
 	if (!r)
 		return NULL;
 	r->id = *id;
-	uint32_t k = room_hash(id) & (reg.nbuckets - 1);
+	r->personal = personal;
+	uint32_t k = room_hash(id, personal) & (reg.nbuckets - 1);
 	r->next = reg.buckets[k];
 	reg.buckets[k] = r;
 	reg.nrooms++;
@@ -138,7 +151,7 @@ static void room_release(struct room *r)
 {
 	if (r->n)
 		return;
-	struct room **pp = &reg.buckets[room_hash(&r->id) & (reg.nbuckets - 1)];
+	struct room **pp = &reg.buckets[room_hash(&r->id, r->personal) & (reg.nbuckets - 1)];
 	while (*pp && *pp != r)
 		pp = &(*pp)->next;
 	if (*pp)
@@ -167,14 +180,20 @@ static int member_index(const struct chat_sock *cs, const struct room *r)
 
 static struct room_member *member_get(struct chat_sock *cs, const bson_oid_t *id)
 {
-	struct room *r = room_find(id);
+	struct room *r = room_find(id, 0);
 	int k = r ? member_index(cs, r) : -1;
 	return k < 0 ? NULL : &r->m[cs->rooms[k].idx];
 }
 
-int chat_rooms_join(struct chat_sock *cs, const bson_oid_t *id, int hold)
+int chat_rooms_full(const struct chat_sock *cs)
 {
-	struct room *r = room_get(id);
+	return cs->nrooms - cs->user_room >= CHAT_ROOMS_PER_SOCKET;
+}
+
+/* Make cs a member of the room (personal: the user's room) id. */
+static int join(struct chat_sock *cs, const bson_oid_t *id, int personal, int hold)
+{
+	struct room *r = room_get(id, personal);
 	if (!r)
 		return -1;
 	struct room_member *m;
@@ -183,7 +202,7 @@ int chat_rooms_join(struct chat_sock *cs, const bson_oid_t *id, int hold)
 		m = &r->m[cs->rooms[k].idx];
 		goto joined;
 	}
-	if (cs->nrooms >= CHAT_ROOMS_PER_SOCKET)
+	if (!personal && chat_rooms_full(cs))
 		goto fail;
 	if (cs->nrooms == cs->caprooms) {
 		uint16_t nc = cs->caprooms ? (uint16_t)(cs->caprooms * 2) : 2;
@@ -204,6 +223,8 @@ int chat_rooms_join(struct chat_sock *cs, const bson_oid_t *id, int hold)
 	r->m[r->n] = (struct room_member){.s = cs};
 	cs->rooms[cs->nrooms++] = (struct chat_member_ref){.room = r, .idx = r->n};
 	m = &r->m[r->n++];
+	if (personal)
+		cs->user_room = 1;
 joined:
 	if (hold && !m->hold)
 		m->hold = calloc(1, sizeof(*m->hold)); /* NULL: no holding, live frames flow at once */
@@ -211,6 +232,16 @@ joined:
 fail:
 	room_release(r);
 	return -1;
+}
+
+int chat_rooms_join(struct chat_sock *cs, const bson_oid_t *id, int hold)
+{
+	return join(cs, id, 0, hold);
+}
+
+int chat_rooms_join_user(struct chat_sock *cs)
+{
+	return join(cs, &cs->user, 1, 0);
 }
 
 int chat_rooms_is_member(struct chat_sock *cs, const bson_oid_t *room)
@@ -223,6 +254,8 @@ static void member_remove_at(struct chat_sock *cs, int k)
 	struct room *r = cs->rooms[k].room;
 	uint32_t idx = cs->rooms[k].idx;
 	hold_free(r->m[idx].hold);
+	if (r->personal)
+		cs->user_room = 0;
 	uint32_t last = r->n - 1;
 	if (idx != last) {
 		r->m[idx] = r->m[last];
@@ -244,7 +277,7 @@ static void member_remove_at(struct chat_sock *cs, int k)
 
 void chat_rooms_leave(struct chat_sock *cs, const bson_oid_t *id)
 {
-	struct room *r = room_find(id);
+	struct room *r = room_find(id, 0);
 	int k = r ? member_index(cs, r) : -1;
 	if (k >= 0)
 		member_remove_at(cs, k);
@@ -277,35 +310,77 @@ void chat_rooms_release_hold(struct chat_sock *cs, const bson_oid_t *room, bson_
 
 /* ------------------------------------------------------------ broadcast */
 
-int chat_rooms_publish(const bson_oid_t *room, const bson_oid_t *mid, uint64_t exclude, const char *json, size_t len)
+/* Write one record to the bus (see REC_HDR). 0 or -1. */
+static int publish(int kind, const bson_oid_t *id, const bson_oid_t *mid, uint64_t exclude, const char *json,
+                   size_t len, const char *sio_json, size_t sio_len)
 {
 	unsigned char rec[REC_HDR + 16384];
 	unsigned char *p = rec;
 	unsigned char *heap = NULL;
 	if (!reg.bus)
 		return -1;
-	if (len > sizeof(rec) - REC_HDR) {
-		if (len > BUS_MAX_MSG - REC_HDR)
-			return -1;
-		heap = malloc(REC_HDR + len);
+	if (len > BUS_MAX_MSG - REC_HDR || sio_len > BUS_MAX_MSG - REC_HDR - len) {
+		log_warn(NULL, "chat broadcast dropped: too large", LF_INT("bytes", (int64_t)(len + sio_len)));
+		return -1;
+	}
+	size_t total = REC_HDR + len + sio_len;
+	if (total > sizeof(rec)) {
+		heap = malloc(total);
 		if (!heap)
 			return -1;
 		p = heap;
 	}
-	p[0] = REC_ROOM_EVENT;
-	memcpy(p + 1, room->bytes, 12);
+	p[0] = (unsigned char)kind;
+	memcpy(p + 1, id->bytes, 12);
 	if (mid)
 		memcpy(p + 13, mid->bytes, 12);
 	else
 		memset(p + 13, 0, 12);
 	for (int i = 0; i < 8; i++)
 		p[25 + i] = (unsigned char)(exclude >> (8 * i));
+	for (int i = 0; i < 4; i++)
+		p[33 + i] = (unsigned char)((uint32_t)len >> (8 * i));
 	memcpy(p + REC_HDR, json, len);
-	int rc = bus_publish(reg.bus, p, REC_HDR + len);
+	if (sio_len)
+		memcpy(p + REC_HDR + len, sio_json, sio_len);
+	int rc = bus_publish(reg.bus, p, total);
 	free(heap);
 	if (rc < 0)
-		log_warn(NULL, "chat broadcast dropped: bus queue full", LF_INT("bytes", (int64_t)len));
+		log_warn(NULL, "chat broadcast dropped: bus queue full", LF_INT("bytes", (int64_t)total));
 	return rc;
+}
+
+int chat_rooms_publish(const bson_oid_t *room, const bson_oid_t *mid, uint64_t exclude, const char *json, size_t len,
+                       const char *sio_json, size_t sio_len)
+{
+	return publish(REC_ROOM_EVENT, room, mid, exclude, json, len, sio_json, sio_len);
+}
+
+int chat_notify_user(const bson_oid_t *user, const char *json, size_t len)
+{
+	return publish(REC_USER_EVENT, user, NULL, 0, json, len, NULL, 0);
+}
+
+int chat_notify_added_to_room(const bson_oid_t *user, const bson_t *room)
+{
+	bson_oid_t id;
+	const char *name = api_doc_str(room, "name");
+	if (!reg.bus || api_doc_oid(room, "_id", &id) < 0)
+		return -1;
+	char hex[25];
+	store_id_format(&id, hex);
+	yajl_gen gn = chat_gen_begin("added_to_room");
+	yajl_gen_map_open(gn);
+	json_gen_cstr(gn, "roomId");
+	json_gen_cstr(gn, hex);
+	json_gen_cstr(gn, "roomName");
+	json_gen_cstr(gn, name ? name : "");
+	yajl_gen_map_close(gn);
+	const char *buf;
+	size_t len;
+	if (chat_gen_end(&buf, &len) < 0)
+		return -1;
+	return chat_notify_user(user, buf, len);
 }
 
 int chat_publish_message(const bson_t *msg)
@@ -314,12 +389,23 @@ int chat_publish_message(const bson_t *msg)
 	if (!reg.bus || api_doc_oid(msg, "room", &room) < 0)
 		return -1;
 	int has_mid = api_doc_oid(msg, "_id", &mid) == 0;
+	/* The /ws text is copied: the generator is reused for the Socket.IO one. */
 	message_gen(chat_gen_begin("new_message"), msg);
 	const char *buf;
 	size_t len;
 	if (chat_gen_end(&buf, &len) < 0)
 		return -1;
-	return chat_rooms_publish(&room, has_mid ? &mid : NULL, 0, buf, len);
+	char *plain = malloc(len ? len : 1);
+	if (!plain)
+		return -1;
+	memcpy(plain, buf, len);
+	message_gen_mongoose(chat_gen_begin("new_message"), msg);
+	size_t sio_len;
+	int rc = -1;
+	if (chat_gen_end(&buf, &sio_len) == 0)
+		rc = chat_rooms_publish(&room, has_mid ? &mid : NULL, 0, plain, len, buf, sio_len);
+	free(plain);
+	return rc;
 }
 
 static void hold_frame(struct join_hold *h, struct ws_frame *f, const bson_oid_t *mid)
@@ -338,7 +424,7 @@ static void hold_frame(struct join_hold *h, struct ws_frame *f, const bson_oid_t
 static void deliver(const unsigned char *rec, size_t len, void *ud)
 {
 	(void)ud;
-	if (len < REC_HDR || rec[0] != REC_ROOM_EVENT)
+	if (len < REC_HDR || (rec[0] != REC_ROOM_EVENT && rec[0] != REC_USER_EVENT))
 		return;
 	bson_oid_t room, mid;
 	memcpy(room.bytes, rec + 1, 12);
@@ -348,11 +434,22 @@ static void deliver(const unsigned char *rec, size_t len, void *ud)
 	uint64_t exclude = 0;
 	for (int i = 0; i < 8; i++)
 		exclude |= (uint64_t)rec[25 + i] << (8 * i);
-	struct room *r = room_find(&room);
+	uint32_t plain_len = 0;
+	for (int i = 0; i < 4; i++)
+		plain_len |= (uint32_t)rec[33 + i] << (8 * i);
+	if (plain_len > len - REC_HDR)
+		return;
+	struct room *r = room_find(&room, rec[0] == REC_USER_EVENT);
 	if (!r || !r->n)
 		return;
 	const char *json = (const char *)rec + REC_HDR;
-	struct ws_frame *f = ws_frame_text(json, len - REC_HDR);
+	const char *sio_json = json + plain_len;
+	size_t sio_len = len - REC_HDR - plain_len;
+	if (!sio_len) {
+		sio_json = json;
+		sio_len = plain_len;
+	}
+	struct ws_frame *f = ws_frame_text(json, plain_len);
 	struct ws_frame *fs = NULL; /* the Socket.IO variant, made on first use */
 	if (!f)
 		return;
@@ -364,7 +461,7 @@ static void deliver(const unsigned char *rec, size_t len, void *ud)
 		if (exclude && m->s->tag == exclude)
 			continue;
 		if (m->s->sio) {
-			if (!fs && !(fs = chat_sio_frame(json, len - REC_HDR)))
+			if (!fs && !(fs = chat_sio_frame(sio_json, sio_len)))
 				continue;
 			mf = fs;
 		}

@@ -2,7 +2,7 @@
  *
  *   if (chat_rooms_join(cs, &room, 1) == 0) ... room_joined, history ...
  *   chat_rooms_release_hold(cs, &room, history, n);
- *   chat_rooms_publish(&room, &message_id, 0, json, len);
+ *   chat_rooms_publish(&room, &message_id, 0, json, len, NULL, 0);
  */
 #ifndef RESIL_CHAT_ROOMS_H
 #define RESIL_CHAT_ROOMS_H
@@ -23,6 +23,12 @@ uint32_t chat_rooms_count(void);
  * back instead of sent (while its history loads). 0, or -1: no memory, or
  * cs is in CHAT_ROOMS_PER_SOCKET rooms already. */
 int chat_rooms_join(struct chat_sock *cs, const bson_oid_t *room, int hold);
+/* Make cs (authenticated) a member of its user's personal room, which does
+ * not count against CHAT_ROOMS_PER_SOCKET. 0, or -1: no memory. */
+int chat_rooms_join_user(struct chat_sock *cs);
+/* 1 if cs may join no more chat rooms. */
+int chat_rooms_full(const struct chat_sock *cs);
+/* 1 if cs joined the chat room (its personal room is not one). */
 int chat_rooms_is_member(struct chat_sock *cs, const bson_oid_t *room);
 void chat_rooms_leave(struct chat_sock *cs, const bson_oid_t *room);
 void chat_rooms_leave_all(struct chat_sock *cs);
@@ -32,7 +38,10 @@ void chat_rooms_release_hold(struct chat_sock *cs, const bson_oid_t *room, bson_
 
 /* Publish an event (JSON text as chat_gen_end gives it) to every member
  * socket of room in every worker, except the socket tagged exclude (0:
- * none). mid: the message it carries, or NULL. 0, or -1 (bus full: logged). */
-int chat_rooms_publish(const bson_oid_t *room, const bson_oid_t *mid, uint64_t exclude, const char *json, size_t len);
+ * none). mid: the message it carries, or NULL. sio_json: the event as
+ * Socket.IO sockets get it, when it differs (NULL, 0: the same event).
+ * 0, or -1 (bus full or too large: logged). */
+int chat_rooms_publish(const bson_oid_t *room, const bson_oid_t *mid, uint64_t exclude, const char *json, size_t len,
+                       const char *sio_json, size_t sio_len);
 
 #endif

@@ -22,5 +22,13 @@
  * so the object always has the same keys. Never fails on a document: yajl's
  * own state errors are left for the caller's yajl_gen_get_buf to report. */
 void message_gen(yajl_gen g, const bson_t *msg);
+/* The same object with the Mongoose document's fields beside resil's, for
+ * the Node app's Socket.IO clients (SPEC section 7):
+ *
+ *   {"id", "_id", "roomId", "room", "content",
+ *    "sender": {"id", "_id", "username"}, "createdAt", "updatedAt"}
+ *
+ * updatedAt falls back to createdAt when the document has none. */
+void message_gen_mongoose(yajl_gen g, const bson_t *msg);
 
 #endif

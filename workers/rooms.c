@@ -19,6 +19,7 @@
 
 #include "api.h"
 #include "authmw.h"
+#include "chat.h"
 #include "handlers.h"
 #include "message.h"
 #include "validate.h"
@@ -284,6 +285,16 @@ static void add_member_work(struct api_job *j)
 	store_op_clear(&op);
 }
 
+/* The room as for every route, and the added user's sockets hear of it
+ * (added_to_room through their personal room, on every worker; best
+ * effort: a full bus is logged by the chat). */
+static void add_member_done(struct api_job *j, struct http_request *req)
+{
+	struct room_job *rj = (struct room_job *)j;
+	send_room_done(j, req);
+	chat_notify_added_to_room(&rj->target, rj->result);
+}
+
 static int rooms_add_member(struct http_request *req)
 {
 	if (check_body(req, member_rules) < 0)
@@ -293,7 +304,7 @@ static int rooms_add_member(struct http_request *req)
 	bson_oid_t target;
 	if (!uid || store_id_parse(uid, len, &target) < 0)
 		return app_fail(req, 500, "INTERNAL", "internal server error"); /* the rule let it through */
-	struct room_job *rj = room_job_for(req, add_member_work, send_room_done, 200);
+	struct room_job *rj = room_job_for(req, add_member_work, add_member_done, 200);
 	if (!rj)
 		return APP_DONE;
 	rj->target = target;

@@ -245,6 +245,19 @@ int sio_encode_event(char *buf, size_t cap, const char *name_json, size_t name_l
 	return (int)o.n;
 }
 
+int sio_encode_ack(char *buf, size_t cap, uint64_t id, const char *data_json, size_t data_len)
+{
+	if (id > INT64_MAX || !data_len)
+		return -1;
+	struct out o = {.buf = buf, .cap = cap};
+	char num[24];
+	int k = snprintf(num, sizeof(num), "43%llu[", (unsigned long long)id);
+	put(&o, num, (size_t)k);
+	put(&o, data_json, data_len);
+	put(&o, "]", 1);
+	return finish(&o);
+}
+
 void sio_sid_format(uint64_t v, char sid[17])
 {
 	static const char hex[] = "0123456789abcdef";

@@ -87,6 +87,11 @@ int sio_encode_connect_error(char *buf, size_t cap, const char *nsp, size_t nsp_
 #define SIO_EVENT_OVERHEAD 5
 int sio_encode_event(char *buf, size_t cap, const char *name_json, size_t name_len, const char *data_json,
                      size_t data_len);
+/* ACK: 43ID[DATA] answering the EVENT that carried ack id (below 2^63),
+ * with data_json one JSON value (the callback's single argument). Needs
+ * SIO_ACK_OVERHEAD bytes beyond data_len (a NUL is added when it fits). */
+#define SIO_ACK_OVERHEAD 23 /* "43", up to 19 digits, "[" and "]" */
+int sio_encode_ack(char *buf, size_t cap, uint64_t id, const char *data_json, size_t data_len);
 /* A session id from 64 bits: 16 lower-case hex digits and a NUL. */
 void sio_sid_format(uint64_t v, char sid[17]);
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Socket.IO v4 compatibility on /socket.io/ (SPEC section 7, optional part):
-Engine.IO v4 over the websocket transport, spoken here packet by packet with
-python3-websockets, and once with the npm socket.io-client when node can
-load it (installed into bench/ws/ by `npm install`; the test says why when
-it cannot run)."""
+"""Socket.IO v4 compatibility on /socket.io/ (SPEC section 7, last
+paragraphs): Engine.IO v4 over the websocket transport, spoken here packet by
+packet with python3-websockets, and with the npm socket.io-client running the
+Node app's client calls (installed into bench/ws/ by `npm install`; the test
+says why when it cannot run). The Node handler's semantics: bare room ids,
+acknowledgements, send without join, the personal room and added_to_room, the
+Mongoose-shaped new_message; /ws unchanged."""
 import asyncio
 import json
 import os
@@ -51,6 +53,44 @@ async def sio_recv(ws, timeout=10):
         return arr[0], arr[1] if len(arr) > 1 else None
 
 
+async def sio_ack(ws, want_id, timeout=10):
+    """The next packet, which must be the ACK with want_id: its arguments."""
+    while True:
+        p = await asyncio.wait_for(ws.recv(), timeout)
+        if p == "2":
+            await ws.send("3")
+            continue
+        prefix = "43%d[" % want_id
+        assert p.startswith(prefix), (want_id, p)
+        return json.loads(p[len(prefix) - 1:])
+
+
+async def silent(ws, seconds=0.5):
+    """Nothing but pings arrives on ws for a while."""
+    try:
+        while True:
+            p = await asyncio.wait_for(ws.recv(), seconds)
+            if p == "2":
+                await ws.send("3")
+                continue
+            raise AssertionError("unexpected: %s" % p)
+    except asyncio.TimeoutError:
+        return True
+
+
+MONGOOSE_KEYS = {"id", "_id", "roomId", "room", "content", "sender", "createdAt", "updatedAt"}
+
+
+def assert_mongoose_message(m, rid, user, content):
+    """new_message as the Node app's clients read it, beside resil's fields."""
+    assert set(m) == MONGOOSE_KEYS, m
+    assert m["_id"] == m["id"] and len(m["id"]) == 24, m
+    assert m["room"] == m["roomId"] == rid, m
+    assert m["sender"] == {"id": user["id"], "_id": user["id"], "username": user["name"]}, m
+    assert m["content"] == content, m
+    assert m["updatedAt"] == m["createdAt"] and m["createdAt"].endswith("Z"), m
+
+
 async def sio_connect(srv, user):
     ws = await websockets.connect(sio_url(srv, user), max_size=2 ** 20)
     opened = await asyncio.wait_for(ws.recv(), 10)
@@ -82,12 +122,14 @@ def test_handshake_connect_and_chat_events():
         assert opened["pingTimeout"] == 20000 and opened["maxPayload"] == 65536
         assert len(opened["sid"]) == 16 and ok["sid"] == opened["sid"]
         assert await sio_join(ws, rid) == []
-        # An acknowledgement id is accepted (acks themselves are not sent).
+        # An acknowledgement id is answered with the stored message.
         await ws.send("427" + json.dumps(["send_message", {"roomId": rid, "content": "hi ✓"}]))
+        ack = await sio_ack(ws, 7)
+        assert len(ack) == 1 and ack[0]["ok"] is True and set(ack[0]) == {"ok", "message"}, ack
         name, m = await sio_recv(ws)
-        assert name == "new_message" and m["content"] == "hi ✓" and m["roomId"] == rid, (name, m)
-        assert m["sender"] == {"id": a["id"], "username": a["name"]}
-        assert set(m) == {"id", "roomId", "content", "sender", "createdAt"}
+        assert name == "new_message", (name, m)
+        assert_mongoose_message(m, rid, a, "hi ✓")
+        assert ack[0]["message"] == m
         # A second socket of another member: typing reaches the others only.
         wb, _, _ = await sio_connect(srv, b)
         recent = await sio_join(wb, rid)
@@ -177,7 +219,9 @@ def test_refusals_and_bad_packets():
         await ws.send("40")
         assert (await recv_raw(ws)).startswith("40{")
         for bad, want in (("42{nope", "invalid JSON"), ("42[]", "event name required"), ("42[7]", "event name required"),
-                          ('42["dance",{}]', "unknown event"), ('42["join_room"]', "data must be an object"),
+                          ('42["dance",{}]', "unknown event"),
+                          ('42["join_room"]', "data must be a room id or an object"),
+                          ('42["send_message","%s"]' % ("0" * 24), "data must be an object"),
                           ("45-[]", "unsupported packet"), ("42/x,[]", "unsupported packet")):
             await ws.send(bad)
             assert await sio_recv(ws) == ("error", {"message": want}), bad
@@ -222,7 +266,8 @@ def test_token_in_the_connect_packets_auth_object():
         assert await sio_join(ws, rid) == []
         await ws.send("42" + json.dumps(["send_message", {"roomId": rid, "content": "auth object"}]))
         name, m = await sio_recv(ws)
-        assert name == "new_message" and m["sender"] == {"id": a["id"], "username": a["name"]}, (name, m)
+        assert name == "new_message", (name, m)
+        assert_mongoose_message(m, rid, a, "auth object")
         await ws.close()
         # Events right behind the CONNECT wait for it.
         wb = await websockets.connect(sio_url(srv, None))
@@ -294,6 +339,153 @@ def test_engineio_pings_keep_an_answering_client_and_drop_a_silent_one():
     assert_sanitizer_clean(logs)
 
 
+def test_bare_ids_acks_and_send_without_join():
+    srv = server()
+    a, b, out = API.user("ba"), API.user("bb"), API.user("bo")
+    rid = API.room(a, [b], name="bare ids")
+
+    async def run():
+        wa, _, _ = await sio_connect(srv, a)
+        wb, _, _ = await sio_connect(srv, b)
+        wo, _, _ = await sio_connect(srv, out)
+        # socket.emit('join_room', roomId, cb): room_joined, recent_messages, then the ack.
+        await wa.send("421" + json.dumps(["join_room", rid]))
+        assert await sio_recv(wa) == ("room_joined", {"roomId": rid, "roomName": "bare ids"})
+        assert await sio_recv(wa) == ("recent_messages", [])
+        assert await sio_ack(wa, 1) == [{"ok": True, "roomId": rid, "roomName": "bare ids"}]
+        # A bare id without an ack: no ack, the same events.
+        await wb.send("42" + json.dumps(["join_room", rid]))
+        assert (await sio_recv(wb))[0] == "room_joined"
+        assert (await sio_recv(wb))[0] == "recent_messages"
+        # Refusals answer the ack instead of an `error` event.
+        await wo.send("422" + json.dumps(["join_room", rid]))
+        assert await sio_ack(wo, 2) == [{"ok": False, "error": "access denied to room"}]
+        await wo.send("423" + json.dumps(["join_room", "not-an-id"]))
+        assert await sio_ack(wo, 3) == [{"ok": False, "error": "access denied to room"}]
+        await wo.send("424" + json.dumps(["dance", rid]))
+        assert await sio_ack(wo, 4) == [{"ok": False, "error": "unknown event"}]
+        await wo.send("42" + json.dumps(["join_room", rid]))
+        assert await sio_recv(wo) == ("error", {"message": "access denied to room"})
+        # Typing with bare ids; acks say ok; the other member hears it.
+        await wa.send("425" + json.dumps(["typing_start", rid]))
+        assert await sio_ack(wa, 5) == [{"ok": True}]
+        assert await sio_recv(wb) == ("user_typing", {"userId": a["id"], "username": a["name"]})
+        await wa.send("42" + json.dumps(["typing_stop", rid]))
+        assert await sio_recv(wb) == ("user_stopped_typing", {"userId": a["id"]})
+        await wo.send("426" + json.dumps(["typing_start", rid]))
+        assert await sio_ack(wo, 6) == [{"ok": False, "error": "join the room first"}]
+        # B leaves (bare id, ack) and sends without being joined: the
+        # stored membership is what counts; A, joined, gets it.
+        await wb.send("427" + json.dumps(["leave_room", rid]))
+        assert await sio_ack(wb, 7) == [{"ok": True}]
+        await wb.send("428" + json.dumps(["send_message", {"roomId": rid, "content": "no join needed"}]))
+        ack = await sio_ack(wb, 8)
+        assert ack[0]["ok"] is True, ack
+        assert_mongoose_message(ack[0]["message"], rid, b, "no join needed")
+        name, m = await sio_recv(wa)
+        assert name == "new_message" and m == ack[0]["message"], (name, m)
+        await silent(wb, 0.3)  # not in the room: no new_message for B
+        # Without an ack id as well; a non-member is refused either way.
+        await wb.send("42" + json.dumps(["send_message", {"roomId": rid, "content": "again"}]))
+        name, m = await sio_recv(wa)
+        assert name == "new_message" and m["content"] == "again", (name, m)
+        await wo.send("429" + json.dumps(["send_message", {"roomId": rid, "content": "intruder"}]))
+        assert await sio_ack(wo, 9) == [{"ok": False, "error": "access denied to room"}]
+        await wo.send("42" + json.dumps(["send_message", {"roomId": "0" * 24, "content": "nowhere"}]))
+        assert await sio_recv(wo) == ("error", {"message": "access denied to room"})
+        await wo.send("4210" + json.dumps(["send_message", {"roomId": rid, "content": ""}]))
+        assert await sio_ack(wo, 10) == [{"ok": False, "error": "content must be 1-2000 characters"}]
+        await silent(wa, 0.3)  # the refused ones were never delivered
+        # Acks of queued events come back in order, each once.
+        for i in range(11, 16):
+            await wa.send("42%d" % i + json.dumps(["typing_stop", rid]))
+        for i in range(11, 16):
+            assert await sio_ack(wa, i) == [{"ok": True}]
+        # recent_messages on /socket.io/ carry the Mongoose fields too.
+        await wa.send("4216" + json.dumps(["join_room", {"roomId": rid}]))
+        await sio_recv(wa)
+        name, recent = await sio_recv(wa)
+        assert name == "recent_messages" and [x["content"] for x in recent] == ["no join needed", "again"], recent
+        assert all(set(x) == MONGOOSE_KEYS for x in recent), recent
+        assert (await sio_ack(wa, 16))[0]["ok"] is True
+        for w in (wa, wb, wo):
+            await w.close()
+
+    asyncio.run(run())
+
+
+def test_plain_websocket_protocol_is_unchanged():
+    srv = server()
+    a, b = API.user("pa"), API.user("pb")
+    rid = API.room(a, [b])
+
+    async def run():
+        w = await websockets.connect(ws_url(srv, b), max_size=2 ** 20)
+        await w.send(json.dumps({"event": "join_room", "data": rid}))
+        assert await recv_event(w) == {"event": "error", "data": {"message": "data must be an object"}}
+        await w.send(ev("send_message", roomId=rid, content="not joined"))
+        assert await recv_event(w) == {"event": "error", "data": {"message": "join the room first"}}
+        await join(w, rid)
+        await w.send(ev("send_message", roomId=rid, content="plain"))
+        e = await recv_event(w)
+        assert e["event"] == "new_message", e
+        assert set(e["data"]) == {"id", "roomId", "content", "sender", "createdAt"}, e
+        assert e["data"]["sender"] == {"id": b["id"], "username": b["name"]}
+        # The REST history keeps resil's shape as well.
+        st, _, doc = srv.json("GET", "/api/rooms/%s/messages" % rid, None, {"Authorization": "Bearer " + a["token"]})
+        assert st == 200 and [set(x) for x in doc["data"]] == [{"id", "roomId", "content", "sender", "createdAt"}]
+        # added_to_room is for Socket.IO sockets: a /ws socket hears nothing.
+        rid2 = API.room(a, [b], name="later")
+        try:
+            e = await recv_event(w, 0.5)
+            raise AssertionError("unexpected on /ws: %s" % e)
+        except asyncio.TimeoutError:
+            pass
+        assert rid2
+        await w.close()
+
+    asyncio.run(run())
+
+
+def test_personal_room_gets_added_to_room_on_every_socket_across_workers():
+    srv = server()
+    owner, b, other = API.user("po"), API.user("pb"), API.user("px")
+
+    async def run():
+        socks, pids = [], set()
+        # B's sockets, until they sit on both workers (bounded).
+        while len(socks) < 3 or (len(pids) < 2 and len(socks) < 12):
+            s, _, _ = await sio_connect(srv, b)
+            pids.add(worker_of(srv, s.response_headers["X-Request-ID"]))
+            socks.append(s)
+        ws_other, _, _ = await sio_connect(srv, other)
+        st, _, doc = srv.json("POST", "/api/rooms", {"name": "surprise"}, {"Authorization": "Bearer " + owner["token"]})
+        assert st == 201, doc
+        rid = doc["data"]["id"]
+        st, _, doc = srv.json("POST", "/api/rooms/%s/members" % rid, {"userId": b["id"]},
+                              {"Authorization": "Bearer " + owner["token"]})
+        assert st == 200 and b["id"] in doc["data"]["members"], doc
+        for s in socks:
+            assert await sio_recv(s) == ("added_to_room", {"roomId": rid, "roomName": "surprise"})
+        await silent(ws_other, 0.3)
+        # The added user joins with the Node client's call and is in.
+        await socks[-1].send("421" + json.dumps(["join_room", rid]))
+        assert await sio_recv(socks[-1]) == ("room_joined", {"roomId": rid, "roomName": "surprise"})
+        # A socket that left is no longer addressed; the others still are.
+        await socks[0].close()
+        st, _, _ = srv.json("POST", "/api/rooms/%s/members" % rid, {"userId": b["id"]},
+                            {"Authorization": "Bearer " + owner["token"]})
+        assert st == 200
+        for s in socks[1:-1]:
+            assert await sio_recv(s) == ("added_to_room", {"roomId": rid, "roomName": "surprise"})
+        for s in socks[1:] + [ws_other]:
+            await s.close()
+        return len(pids)
+
+    workers = asyncio.run(run())
+    assert workers == 2, "sockets on %d worker(s)" % workers
+
+
 def node_client_dir():
     """bench/ws has socket.io-client in its package.json; install it there
     when node and npm exist and it is missing. Returns (dir, why_not)."""
@@ -321,7 +513,7 @@ def test_npm_socketio_client_connects_with_the_websocket_transport():
     a, b = API.user("n"), API.user("n")
     rid = API.room(a, [b])
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sio_client.js")
-    r = subprocess.run(["node", script, str(srv.port), rid, a["token"], b["token"]], cwd=d,
+    r = subprocess.run(["node", script, str(srv.port), rid, a["token"], b["token"], b["id"]], cwd=d,
                        capture_output=True, timeout=60)
     out = r.stdout.decode()
     assert r.returncode == 0, (out, r.stderr.decode()[-2000:])
@@ -332,6 +524,19 @@ def test_npm_socketio_client_connects_with_the_websocket_transport():
     assert res["error"] == {"message": "content must be 1-2000 characters"}
     assert res["bad_token"] == "connect_error"
     assert res["auth_object"]["content"] == "hello from socket.io-client", res
+    # The Node app's client calls: bare ids, acks, send without join, the
+    # personal room (sockets spread over the server's 2 workers).
+    assert res["join_ack"] == {"ok": True, "roomId": rid, "roomName": "general"}, res
+    assert res["typing_bare"] == {"userId": a["id"], "username": a["name"]}
+    assert res["stopped_bare"] == {"userId": a["id"]}
+    assert res["send_ack"]["ok"] is True, res
+    b_user = {"id": b["id"], "name": b["name"]}
+    assert_mongoose_message(res["send_ack"]["message"], rid, b_user, "sent without joining")
+    assert res["send_without_join"] == res["send_ack"]["message"], res
+    assert res["added"] == [{"roomId": res["room2"], "roomName": "added later"}] * 2, res
+    assert res["join2_ack"] == {"ok": True, "roomId": res["room2"], "roomName": "added later"}, res
+    assert res["leave_ack"] == {"ok": True}
+    assert res["denied_ack"] == {"ok": False, "error": "access denied to room"}, res
 
 
 if __name__ == "__main__":
@@ -340,6 +545,9 @@ if __name__ == "__main__":
             test_handshake_connect_and_chat_events,
             test_socketio_and_plain_websocket_clients_share_rooms_across_workers,
             test_refusals_and_bad_packets,
+            test_bare_ids_acks_and_send_without_join,
+            test_plain_websocket_protocol_is_unchanged,
+            test_personal_room_gets_added_to_room_on_every_socket_across_workers,
             test_token_in_the_connect_packets_auth_object,
             test_engineio_pings_keep_an_answering_client_and_drop_a_silent_one,
             test_npm_socketio_client_connects_with_the_websocket_transport,
