@@ -642,6 +642,7 @@ const char *http_status_text(int st)
 	case 426: return "Upgrade Required";
 	case 429: return "Too Many Requests";
 	case 431: return "Request Header Fields Too Large";
+	case 499: return "Client Closed Request"; /* nginx's: never seen by the client */
 	case 500: return "Internal Server Error";
 	case 501: return "Not Implemented";
 	case 502: return "Bad Gateway";
@@ -957,8 +958,11 @@ void http_send(struct http_request *r)
 		return;
 	r->sent = 1;
 	if (!c) {
-		/* The client went away while the application worked. */
+		/* The client went away while the application worked: nothing is
+		 * sent, but the request is logged with the status it ended with. */
 		s->stats.inflight--;
+		if (s->opts.on_complete)
+			s->opts.on_complete(r, 0, s->opts.ud);
 		request_free(r);
 		server_check_drained(s);
 		return;
@@ -1348,7 +1352,13 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
 			conn_free(c);
 			return;
 		}
-		/* Half-close after a complete request: still answer it. */
+		/* EOF while the application works on a request that can be
+		 * abandoned: the client is gone (nginx's 499). Otherwise a
+		 * half-close after a complete request still gets its answer. */
+		if (c->state == CONN_DISPATCHED && c->req && c->req->on_abort) {
+			conn_free(c);
+			return;
+		}
 		c->eof = 1;
 		break;
 	}
@@ -1448,6 +1458,11 @@ static void conn_free(struct http_conn *c)
 		if (c->state == CONN_DISPATCHED && !r->sent) {
 			/* The application still holds it; http_send frees it. */
 			r->conn = NULL;
+			if (r->on_abort) {
+				void (*abort_fn)(struct http_request *) = r->on_abort;
+				r->on_abort = NULL;
+				abort_fn(r); /* may answer: r is released then; not touched below */
+			}
 		} else {
 			request_free(r);
 		}

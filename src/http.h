@@ -110,6 +110,14 @@ struct http_request {
 	/* Application state. */
 	void *app_data[8];          /* slots owned by the application layers */
 	void (*on_free)(struct http_request *); /* app cleanup, once */
+	/* Called once, on the loop, when the client goes away while the
+	 * application holds the request (dispatched, not yet answered): it may
+	 * stop the work it started and answer at once (the answer is dropped
+	 * and the request released) or answer later as usual. May be NULL.
+	 * While it is set, end of input from the client counts as going away
+	 * (as nginx's 499); without it a client that half-closes after its
+	 * request still gets the answer. */
+	void (*on_abort)(struct http_request *);
 	/* Private. */
 	char hbuf[HTTP_MAX_HEADER_BYTES + 64];
 	size_t hlen;

@@ -97,6 +97,19 @@ static void timer_fired(evutil_socket_t fd, short what, void *arg)
 	app_fail(req, 504, "TIMEOUT", "request timed out");
 }
 
+/* The client went away: stop the job or call in flight and release the
+ * request now (the access log records 499, as nginx does). */
+static void client_gone(struct http_request *req)
+{
+	struct req_timer *t = req->app_data[2];
+	if (!t || !t->expire)
+		return; /* nothing of ours in flight: whoever answers releases it */
+	t->expire(t->op);
+	t->expire = NULL;
+	t->op = NULL;
+	app_fail(req, 499, "CLIENT_CLOSED", "client closed request");
+}
+
 /* Arm (or re-use) the request's timer for op; returns the absolute deadline,
  * or 0 when it has already passed (the caller answers 504). */
 static uint64_t deadline_arm(struct http_request *req, void (*expire)(void *op), void *op)
@@ -121,6 +134,7 @@ static uint64_t deadline_arm(struct http_request *req, void (*expire)(void *op),
 		evtimer_add(t->ev, &tv);
 		t->chained_free = req->on_free;
 		req->on_free = timer_release;
+		req->on_abort = client_gone;
 		req->app_data[2] = t;
 	} else if (jobs_now_ms() >= t->deadline_ms) {
 		return 0;

@@ -4,6 +4,7 @@
  * (routes_register refuses and logs). */
 #include "autoconfig.h"
 
+#include "api.h"
 #include "handlers.h"
 #include "json.h"
 #include "log.h"
@@ -14,6 +15,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <yajl/yajl_gen.h>
 
@@ -94,6 +96,58 @@ static int slow(struct http_request *req)
 	return APP_DONE;
 }
 
+/* GET /__test/steps?n=N&ms=M: a route job of N store round trips, M ms
+ * apart, that logs how many it ran: a request abandoned by its client or
+ * its deadline stops between store calls. */
+struct steps_job {
+	struct api_job base;
+	long n, ms, ran;
+};
+
+static void steps_work(struct api_job *j)
+{
+	struct steps_job *sj = (struct steps_job *)j;
+	for (long i = 0; i < sj->n; i++) {
+		struct store_op op;
+		store_op_init(&op, STORE_OP_PING, 0);
+		enum store_err err = api_exec(j, &op);
+		store_op_clear(&op);
+		if (err != STORE_OK)
+			break;
+		sj->ran++;
+		struct timespec ts = {sj->ms / 1000, (sj->ms % 1000) * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	log_info(NULL, "test hook: steps job finished", LF_INT("steps", sj->ran), LF_INT("of", sj->n));
+}
+
+static void steps_done(struct api_job *j, struct http_request *req)
+{
+	yajl_gen g = app_gen(req);
+	if (!g) {
+		app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+		return;
+	}
+	yajl_gen_integer(g, ((struct steps_job *)j)->ran);
+	app_send_gen(req, 200);
+}
+
+static int steps(struct http_request *req)
+{
+	const struct json_value *q = app_query(req);
+	const char *n_s = q ? json_get_str(q, "n", NULL) : NULL;
+	const char *ms_s = q ? json_get_str(q, "ms", NULL) : NULL;
+	struct steps_job *sj = api_job_new(req, sizeof(*sj), steps_work, steps_done);
+	if (!sj)
+		return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+	sj->n = n_s ? strtol(n_s, NULL, 10) : 10;
+	sj->ms = ms_s ? strtol(ms_s, NULL, 10) : 100;
+	if (sj->n < 1 || sj->n > 1000 || sj->ms < 0 || sj->ms > 5000)
+		return api_job_drop(&sj->base);
+	api_job_reads(&sj->base);
+	return api_job_submit(&sj->base);
+}
+
 static int crash(struct http_request *req)
 {
 	(void)req;
@@ -125,6 +179,7 @@ int testhooks_routes(struct app *app, const struct resil_config *cfg)
 	                APP_CHAIN_(echo));
 	rc |= app_get(app, "/__test/slow", slow);
 	rc |= app_get(app, "/__test/crash", crash);
+	rc |= app_get(app, "/__test/steps", steps);
 	rc |= app_get(app, "/__test/hang", hang);
 	return rc;
 }
