@@ -113,9 +113,14 @@ struct supervisor {
 	struct event *sig_ev[10];
 	struct control *ctl;
 	struct ctl_client *stop_client;
+	/* Restart-only keys the last reload found changed (config.c names). */
+	const char *restart_needed[CONFIG_RESTART_KEYS_MAX];
+	int nrestart_needed;
 };
 
 /* supervisor.c */
+/* The last reload's restart-only keys as "listen, control" ("" if none). */
+void restart_needed_list(const struct supervisor *s, char *out, size_t outlen);
 /* Start a worker process for slot (as its replacement when replacement is
  * set); on failure the slot is left as it was and the error logged. */
 void spawn(struct supervisor *s, int slot, int replacement);

@@ -538,6 +538,18 @@ static void begin_shutdown(struct supervisor *s, int immediate)
 
 /* ------------------------------------------------------------ signals */
 
+void restart_needed_list(const struct supervisor *s, char *out, size_t outlen)
+{
+	size_t len = 0;
+	out[0] = '\0';
+	for (int i = 0; i < s->nrestart_needed && i < CONFIG_RESTART_KEYS_MAX; i++) {
+		int n = snprintf(out + len, outlen - len, "%s%s", i ? ", " : "", s->restart_needed[i]);
+		if (n < 0 || (size_t)n >= outlen - len)
+			break;
+		len += (size_t)n;
+	}
+}
+
 static int reload_config(struct supervisor *s, char *err, size_t errlen)
 {
 	struct resil_config *nc = calloc(1, sizeof(*nc));
@@ -550,21 +562,31 @@ static int reload_config(struct supervisor *s, char *err, size_t errlen)
 		free(nc);
 		return -1;
 	}
-	if (strcmp(nc->listen, s->cfg->listen) != 0)
-		log_warn(NULL, "listen address changes need a restart of resild; keeping the bound socket",
-		         LF_STR("listen", s->cfg->listen));
 	if (nc->jwt_secret_generated && s->cfg->jwt_secret_generated) {
 		/* Keep the development secret so tokens survive the reload. */
 		memcpy(nc->jwt_secret, s->cfg->jwt_secret, sizeof(nc->jwt_secret));
 		nc->jwt_secret_len = s->cfg->jwt_secret_len;
 	}
-	snprintf(nc->listen, sizeof(nc->listen), "%s", s->cfg->listen);
+	/* Keys read only at start keep their running values; say which ones
+	 * the file changed instead of reporting a reload that did not apply. */
+	s->nrestart_needed = config_restart_changes(nc, s->cfg, s->restart_needed, CONFIG_RESTART_KEYS_MAX);
+	if (s->nrestart_needed > 0) {
+		char list[128];
+		restart_needed_list(s, list, sizeof(list));
+		log_warn(NULL, "reload: these settings only take effect after a restart of resild; keeping the running values",
+		         LF_STR("restartNeeded", list));
+	}
 	log_set_level(nc->log_level);
+	/* A `resilctl scale` stays until the configured count itself changes. */
+	int workers_changed = nc->workers != s->cfg->workers;
 	int workers = nc->workers;
 	free(s->cfg);
 	s->cfg = nc;
-	if (workers != s->target)
+	if (workers_changed && workers != s->target)
 		scale_to(s, workers);
+	else if (!workers_changed && workers != s->target)
+		log_info(NULL, "reload keeps the scaled worker count (the configured workers did not change)",
+		         LF_INT("workers", s->target), LF_INT("configured", workers));
 	return 0;
 }
 

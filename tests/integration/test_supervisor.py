@@ -2,7 +2,8 @@
 """Black-box tests of resild's supervisor (SPEC sections 3 and 4) against
 the real binaries: crash restart with backoff, crash loop -> errored, hung
 worker kill, graceful drain on SIGTERM, zero-downtime reload under load,
-rejected reloads, scaling, every resilctl command, the control socket's
+rejected reloads, reloads that report restart-only keys, a scale that
+survives a reload, scaling, every resilctl command, the control socket's
 owner check, the systemd notify protocol, test hooks disabled in
 production, fatal start, process titles, and one worker id (log lines,
 titles, resilctl, /health probes) with no log line repeating a key.
@@ -549,6 +550,68 @@ def test_reload_under_load_loses_no_request_and_bad_config_is_rejected():
         shutil.rmtree(cdir, ignore_errors=True)
 
 
+def test_reload_reports_restart_only_keys_and_a_scale_survives_it():
+    """listen, control and log_file come from the file here (not the
+    environment, which would win over it): a reload that changes them
+    says so and keeps the running values; `resilctl scale` stays until
+    the file's workers value itself changes."""
+    import tempfile
+    cdir = tempfile.mkdtemp(prefix="resil-conf-")
+    conf = os.path.join(cdir, "resild.conf")
+    srv = Server(workers=2, env=dict(HOOKS), args=["-c", conf])
+    control = srv.env.pop("RESIL_CONTROL")
+    del srv.env["RESIL_LISTEN"], srv.env["RESIL_WORKERS"]
+    base = "listen = 127.0.0.1:%d\ncontrol = %s\nlog_level = debug\n" % (srv.port, control)
+    write_config(conf, base + "workers = 2\n")
+    try:
+        srv.start()
+        srv.env["RESIL_CONTROL"] = control  # for ctl() and resilctl(); the process got the file's
+        wait_for(lambda: all_ready(srv, 2), 15, "2 workers")
+        p = resilctl(srv, "scale", "3")
+        assert p.returncode == 0, p
+        wait_for(lambda: all_ready(srv, 3), 10, "3 workers")
+        gen = status(srv)["supervisor"]["generation"]
+
+        # workers unchanged in the file: the scale survives the reload
+        write_config(conf, base + "workers = 2\nbody_limit = 1m\n")
+        p = resilctl(srv, "reload")
+        assert p.returncode == 0 and p.stdout == "reloaded: generation %d\n" % (gen + 1), (p.stdout, p.stderr)
+        wait_for(lambda: all_ready(srv, 3), 10, "still 3 workers after the reload")
+        assert status(srv)["supervisor"]["workers_target"] == 3
+        assert log_events(srv, "reload keeps the scaled worker count")
+
+        # restart-only keys changed: reported, not applied, exit 0
+        other = os.path.join(cdir, "other.sock")
+        logf = os.path.join(cdir, "resild.log")
+        write_config(conf, "listen = 127.0.0.1:%d\ncontrol = %s\nlog_file = %s\nlog_level = debug\nworkers = 2\n"
+                     % (srv.port + 1 if srv.port < 65535 else srv.port - 1, other, logf))
+        p = resilctl(srv, "reload")
+        assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+        assert p.stdout == "reloaded: generation %d\nrestart needed for: listen, control, log_file\n" % (gen + 2), \
+            p.stdout
+        warns = log_events(srv, "only take effect after a restart")
+        assert warns and warns[-1]["level"] == "warn" and warns[-1]["restartNeeded"] == "listen, control, log_file", \
+            warns
+        assert log_events(srv, "a restart of resild is needed")
+        # the running values stay: same port, same control socket, no log file
+        assert get_once(srv.port) == 200
+        assert not os.path.exists(other) and not os.path.exists(logf)
+        doc = ctl(srv, {"cmd": "reload"})
+        assert doc["ok"] is True and doc["restart_needed"] == ["listen", "control", "log_file"], doc
+        wait_for(lambda: all_ready(srv, 3), 10, "3 workers after the reloads")
+
+        # the configured count itself changes: it wins over the scale
+        write_config(conf, base + "workers = 1\n")
+        p = resilctl(srv, "reload")
+        assert p.returncode == 0 and "restart needed" not in p.stdout, (p.stdout, p.stderr)
+        wait_for(lambda: all_ready(srv, 1), 10, "1 worker from the file")
+        assert status(srv)["supervisor"]["workers_target"] == 1
+        clean_exit(srv)
+    finally:
+        srv.cleanup()
+        shutil.rmtree(cdir, ignore_errors=True)
+
+
 def health_total(srv):
     st, _, doc = srv.json("GET", "/health")
     return doc["checks"]["workers"]["total"] if st == 200 else None
@@ -993,6 +1056,7 @@ if __name__ == "__main__":
         test_hung_worker_is_killed_after_the_worker_timeout,
         test_sigterm_lets_an_in_flight_slow_request_finish,
         test_reload_under_load_loses_no_request_and_bad_config_is_rejected,
+        test_reload_reports_restart_only_keys_and_a_scale_survives_it,
         test_ttin_ttou_and_scale_change_the_worker_count,
         test_every_resilctl_command_against_the_real_resild,
         test_control_socket_refuses_other_users,
