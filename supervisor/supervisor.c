@@ -335,6 +335,11 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	describe_status(status, how, sizeof(how));
 	char route[SB_ROUTE_LEN];
 	sb_get_route(&s->sb->entries[idx], route, sizeof(route));
+	/* A crash is a route's only while a request was in flight (the worker
+	 * clears the route when it goes idle; this also covers a death between
+	 * the two stores). */
+	if (atomic_load(&s->sb->entries[idx].inflight) <= 0)
+		route[0] = '\0';
 	int was_state = p->state;
 	uint64_t up = mono_ms() - p->started_ms;
 	int hung = p->hung_killed;
