@@ -62,7 +62,7 @@ static uint64_t mono_ms(void)
  * crash-loop test runs in seconds; honoured only where the test hook routes
  * are (RESIL_TEST_HOOKS=1 outside production, see workers/testhooks.c). The
  * doubling, the cap and the crash window stay as in production. */
-static uint64_t backoff_base_ms(const struct resil_config *cfg)
+uint64_t backoff_base_ms(const struct resil_config *cfg)
 {
 	const char *on = getenv("RESIL_TEST_HOOKS");
 	const char *v = getenv("RESIL_TEST_BACKOFF_MS");
@@ -255,6 +255,10 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
 		return; /* exited before ready: the SIGCHLD path handles it */
 	p->state = P_READY;
 	s->ever_ready = 1;
+	/* Its size before any traffic: a max_memory below it cannot be met by
+	 * recycling (monitor.c). */
+	if (monitor_read_rss(p->pid, &p->fresh_rss) < 0)
+		p->fresh_rss = 0;
 	struct slot *sl = &s->slots[p->slot];
 	log_info(NULL, "worker ready", LF_INT("worker", p->slot), LF_INT("workerPid", p->pid),
 	         LF_INT("generation", p->generation), LF_INT("startMs", (int64_t)(mono_ms() - p->started_ms)));
@@ -450,6 +454,9 @@ static void scale_to(struct supervisor *s, int n)
 		sl->fatal = 0;
 		sl->ncrash = 0;
 		sl->backoff_ms = 0;
+		sl->recycle_off = 0;
+		sl->recycle_backoff_ms = 0;
+		sl->recycle_not_before = 0;
 		if (sl->proc < 0 && !s->stopping)
 			spawn(s, i, 0);
 	}
@@ -582,6 +589,7 @@ static int reload_config(struct supervisor *s, char *err, size_t errlen)
 		         LF_STR("restartNeeded", list));
 	}
 	log_set_level(nc->log_level);
+	recycle_reset(s); /* max_memory may have changed */
 	/* A `resilctl scale` stays until the configured count itself changes. */
 	int workers_changed = nc->workers != s->cfg->workers;
 	int workers = nc->workers;

@@ -641,6 +641,77 @@ def test_reload_reports_restart_only_keys_and_a_scale_survives_it():
         shutil.rmtree(cdir, ignore_errors=True)
 
 
+def test_memory_limit_below_a_fresh_worker_is_reported_once_and_not_recycled():
+    """RESIL_MAX_MEMORY far below any worker's RSS used to recycle a
+    worker ~40 times in 8 s. Now a fresh worker over the limit is reported
+    once (error) and its slot is no longer recycled; the workers serve."""
+    srv = started(2, env={"RESIL_MAX_MEMORY": "64k"})
+    try:
+        pids = all_ready(srv, 2)
+        window = 3.0
+        t_end = time.monotonic() + window
+        while time.monotonic() < t_end:
+            assert get_once(srv.port) == 200
+            time.sleep(0.05)
+        recycles = log_events(srv, "over the memory limit; recycling")
+        assert len(recycles) <= 2, "%d recycles in %.0f s" % (len(recycles), window)
+        wait_for(lambda: log_events(srv, "below the memory of a freshly started worker"), 5, "the report")
+        reports = log_events(srv, "below the memory of a freshly started worker")
+        assert len(reports) == 1 and reports[0]["level"] == "error", reports
+        assert reports[0]["maxMemory"] == 65536 and reports[0]["rssBytes"] > 65536, reports
+        time.sleep(0.6)  # more ticks: still one report, no recycle, same workers
+        assert len(log_events(srv, "below the memory of a freshly started worker")) == 1
+        assert log_events(srv, "over the memory limit; recycling") == recycles
+        if not recycles:
+            assert all_ready(srv, 2) == pids
+        # a reload starts fresh workers: judged again, reported once again
+        p = resilctl(srv, "reload")
+        assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+        wait_for(lambda: len(log_events(srv, "below the memory of a freshly started worker")) == 2, 5,
+                 "the report after the reload")
+        time.sleep(0.6)
+        assert len(log_events(srv, "below the memory of a freshly started worker")) == 2
+        assert len(log_events(srv, "over the memory limit; recycling")) <= 2
+        clean_exit(srv)
+    finally:
+        srv.cleanup()
+
+
+def test_memory_recycles_of_one_slot_back_off_like_crash_restarts():
+    """A worker made to grow over the limit (a large request body held
+    incomplete) is recycled; the next recycle of the same slot waits 100 ms,
+    then 200 ms, then 400 ms (the crash-restart doubling). The recycle may
+    start while the body still streams in; a draining worker then ends the
+    held request at the request timeout (4 s here, long enough for the body
+    to arrive on a busy machine)."""
+    srv = started(1, env={"RESIL_MAX_MEMORY": "24m", "RESIL_BODY_LIMIT": "64m", "RESIL_REQUEST_TIMEOUT": "4s"})
+    try:
+        body_len = 48 * 1024 * 1024
+        chunk = b"x" * (1024 * 1024)
+        for n in range(1, 4):
+            pid = wait_for(lambda: all_ready(srv, 1), 10, "a ready worker")[0]
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            try:
+                s.sendall(("POST /__test/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                           "Content-Length: %d\r\n\r\n" % body_len).encode())
+                for _ in range(body_len // len(chunk) - 1):  # held incomplete: the worker keeps it all
+                    s.sendall(chunk)
+                ev = wait_for(lambda: [e for e in log_events(srv, "over the memory limit; recycling")
+                                       if e["workerPid"] == pid], 10, "recycle %d" % n)
+            finally:
+                s.close()
+            assert len(log_events(srv, "over the memory limit; recycling")) == n
+            wait_for(lambda: gone(pid), 15, "recycled worker %d gone" % pid)
+        rec = log_events(srv, "over the memory limit; recycling")
+        assert [e["nextRecycleAfterMs"] for e in rec] == [100, 200, 400], rec
+        assert [e["recycles"] for e in rec] == [1, 2, 3], rec
+        assert not log_events(srv, "below the memory of a freshly started worker")
+        assert all(w["restarts"] == 0 for w in status(srv)["workers"])
+        clean_exit(srv)
+    finally:
+        srv.cleanup()
+
+
 def health_total(srv):
     st, _, doc = srv.json("GET", "/health")
     return doc["checks"]["workers"]["total"] if st == 200 else None
@@ -1087,6 +1158,8 @@ if __name__ == "__main__":
         test_sigterm_lets_an_in_flight_slow_request_finish,
         test_reload_under_load_loses_no_request_and_bad_config_is_rejected,
         test_reload_reports_restart_only_keys_and_a_scale_survives_it,
+        test_memory_limit_below_a_fresh_worker_is_reported_once_and_not_recycled,
+        test_memory_recycles_of_one_slot_back_off_like_crash_restarts,
         test_ttin_ttou_and_scale_change_the_worker_count,
         test_every_resilctl_command_against_the_real_resild,
         test_control_socket_refuses_other_users,
