@@ -74,7 +74,8 @@ struct key_def {
 
 static const struct key_def keys[K_COUNT] = {
 	[K_LISTEN] = {"listen", "RESIL_LISTEN", KT_LISTEN, FIELD(listen), .def = "127.0.0.1:8080",
-		      .help = "address to listen on: IPv4:port, [IPv6]:port or unix:/path (port 0: any)", .restart_only = 1},
+		      .help = "address to listen on: IPv4:port, [IPv6]:port or unix:/path (port 0: any)",
+		      .restart_only = 1},
 	[K_WORKERS] = {"workers", "RESIL_WORKERS", KT_WORKERS, FIELD(workers), .def = "auto",
 		       .help = "worker processes: 1-256, or auto (= number of online CPUs)"},
 	[K_DB] = {"db", "RESIL_DB", KT_DB, FIELD(db), .def = "sqlite:data/resil.db",
@@ -85,7 +86,8 @@ static const struct key_def keys[K_COUNT] = {
 			       "fsynced at every commit) or normal (a power loss may drop the last commits)"},
 	[K_CONTROL] = {"control", "RESIL_CONTROL", KT_SOCKPATH, FIELD(control), .def = "./resild.sock",
 		       .doc_def = "$RUNTIME_DIRECTORY/control.sock, else ./resild.sock",
-		       .example = "/run/resild/control.sock", .help = "control socket path used by resilctl", .restart_only = 1},
+		       .example = "/run/resild/control.sock", .help = "control socket path used by resilctl",
+		       .restart_only = 1},
 	[K_ENV] = {"env", "RESIL_ENV", KT_ENV, FIELD(env), .def = "development",
 		   .help = "development or production"},
 	[K_JWT_SECRET] = {"jwt_secret", "RESIL_JWT_SECRET", KT_SECRET, FIELD(jwt_secret),

@@ -585,7 +585,8 @@ static int reload_config(struct supervisor *s, char *err, size_t errlen)
 	if (s->nrestart_needed > 0) {
 		char list[128];
 		restart_needed_list(s, list, sizeof(list));
-		log_warn(NULL, "reload: these settings only take effect after a restart of resild; keeping the running values",
+		log_warn(NULL,
+		         "reload: these settings only take effect after a restart of resild; keeping the running values",
 		         LF_STR("restartNeeded", list));
 	}
 	log_set_level(nc->log_level);
