@@ -2,14 +2,19 @@
 each request line is at info for 2xx/3xx, warn for every 4xx, error for 5xx,
 and is written whenever log_level admits its own level, so log_level=warn
 keeps 4xx and 5xx lines and drops 2xx. The 5xx comes from a write that
-waits past request_timeout (2 s) on a SQLite lock held by the test."""
+waits past request_timeout (2 s) on a SQLite lock held by the test. A
+daemon without log_file says, before it detaches, that later lines are
+discarded."""
 import os
 import sqlite3
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import Server, run_tests  # noqa: E402
+from harness import RESILD, Server, parse_log_line, run_tests  # noqa: E402
+
+RESILCTL = os.environ.get("RESILCTL") or os.path.join(os.path.dirname(__file__), "..", "..", "resilctl")
 
 
 def access_lines(srv, rid):
@@ -82,8 +87,36 @@ def test_info_level_logs_2xx_at_info_with_the_route_template():
         srv.cleanup()
 
 
+def test_daemon_without_log_file_says_where_its_logs_go():
+    """Without --foreground and log_file, stderr becomes /dev/null once
+    resild detaches: it says so on stderr first."""
+    srv = Server()  # only for its directory, port and environment; started by hand
+    control = srv.env["RESIL_CONTROL"]
+    try:
+        p = subprocess.run([RESILD], env=srv.env, cwd=srv.dir, capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, (p.returncode, p.stderr)
+        lines = [parse_log_line(l) for l in p.stderr.splitlines() if l.strip()]
+        where = [l for l in lines if "log lines after this one are discarded" in l["message"]]
+        assert len(where) == 1 and where[0]["level"] == "warn" and where[0]["logTo"] == "/dev/null", lines
+    finally:
+        deadline = time.time() + 15
+        while time.time() < deadline:  # stopped once up: the daemon runs on without us
+            try:
+                if srv.request("GET", "/health/live", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        st = subprocess.run([RESILCTL, "-s", control, "stop"], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+        srv.cleanup()
+    assert st.returncode == 0, (st.returncode, st.stdout, st.stderr)
+
+
 if __name__ == "__main__":
     run_tests([
         test_warn_level_keeps_4xx_and_5xx_lines_and_drops_2xx,
         test_info_level_logs_2xx_at_info_with_the_route_template,
+        test_daemon_without_log_file_says_where_its_logs_go,
     ])
