@@ -72,13 +72,15 @@ struct key_def {
 	const char *doc_def; /* default as documented, when it differs from def */
 	const char *example; /* value shown in the example file, when def is no example */
 	const char *help;    /* one-line meaning */
+	int restart_only;    /* read only at start: a reload reports a change and keeps the running value */
 };
 
 #define FIELD(f) .off = offsetof(struct resil_config, f), .cap = sizeof(((struct resil_config *)0)->f)
 
 static const struct key_def keys[K_COUNT] = {
 	[K_LISTEN] = {"listen", "RESIL_LISTEN", KT_LISTEN, FIELD(listen), .def = "127.0.0.1:8080",
-		      .help = "address to listen on: IPv4:port, [IPv6]:port or unix:/path (port 0: any)"},
+		      .help = "address to listen on: IPv4:port, [IPv6]:port or unix:/path (port 0: any)",
+		      .restart_only = 1},
 	[K_WORKERS] = {"workers", "RESIL_WORKERS", KT_WORKERS, FIELD(workers), .def = "auto",
 		       .help = "worker processes: 1-256, or auto (= number of online CPUs)"},
 	[K_DB] = {"db", "RESIL_DB", KT_DB, FIELD(db), .def = "sqlite:data/resil.db",
@@ -89,7 +91,8 @@ static const struct key_def keys[K_COUNT] = {
 			       "fsynced at every commit) or normal (a power loss may drop the last commits)"},
 	[K_CONTROL] = {"control", "RESIL_CONTROL", KT_SOCKPATH, FIELD(control), .def = "./resild.sock",
 		       .doc_def = "$RUNTIME_DIRECTORY/control.sock, else ./resild.sock",
-		       .example = "/run/resild/control.sock", .help = "control socket path used by resilctl"},
+		       .example = "/run/resild/control.sock", .help = "control socket path used by resilctl",
+		       .restart_only = 1},
 	[K_ENV] = {"env", "RESIL_ENV", KT_ENV, FIELD(env), .def = "development",
 		   .help = "development or production"},
 	[K_JWT_SECRET] = {"jwt_secret", "RESIL_JWT_SECRET", KT_SECRET, FIELD(jwt_secret),
@@ -103,10 +106,10 @@ static const struct key_def keys[K_COUNT] = {
 			 .help = "lowest level logged: debug, info, warn or error"},
 	[K_LOG_FORMAT] = {"log_format", "RESIL_LOG_FORMAT", KT_FORMAT, FIELD(log_format),
 			  .doc_def = "json in production, else pretty if stderr is a TTY, else json",
-			  .example = "json", .help = "log line format: json or pretty"},
+			  .example = "json", .help = "log line format: json or pretty", .restart_only = 1},
 	[K_LOG_FILE] = {"log_file", "RESIL_LOG_FILE", KT_PATH, FIELD(log_file), .def = "", .doc_def = "unset",
 			.example = "/var/log/resild/resild.log",
-			.help = "also append JSON log lines to this file (reopened on SIGUSR1)"},
+			.help = "also append JSON log lines to this file (reopened on SIGUSR1)", .restart_only = 1},
 	[K_AUDIT_LOG] = {"audit_log", "RESIL_AUDIT_LOG", KT_PATH, FIELD(audit_log), .def = "",
 			 .doc_def = "audit.log beside the SQLite database (MongoDB: in the working directory)",
 			 .example = "/var/lib/resil/audit.log",
@@ -1137,8 +1140,37 @@ void config_print_help(const char *progname)
 	printf("\nSettings (file key, environment variable). The environment overrides\n"
 	       "the file (-c), the command line overrides both.\n");
 	for (int i = 0; i < K_COUNT; i++)
-		printf("  %s, %s\n      %s\n      default: %s\n", keys[i].name, keys[i].env, keys[i].help,
-		       *doc_default(&keys[i]) ? doc_default(&keys[i]) : "unset");
+		printf("  %s, %s\n      %s\n      default: %s%s\n", keys[i].name, keys[i].env, keys[i].help,
+		       *doc_default(&keys[i]) ? doc_default(&keys[i]) : "unset",
+		       keys[i].restart_only ? " (restart only: a reload keeps the running value)" : "");
+}
+
+/* Only plain values are restart-only: strings (NUL-terminated in their
+ * field) and integers (compared bytewise). */
+static int key_is_string(enum key_type t)
+{
+	return t == KT_LISTEN || t == KT_SOCKPATH || t == KT_PATH;
+}
+
+int config_restart_changes(struct resil_config *loaded, const struct resil_config *running, const char **names,
+                           int max)
+{
+	int n = 0;
+	for (int i = 0; i < K_COUNT; i++) {
+		if (!keys[i].restart_only)
+			continue;
+		char *nv = (char *)loaded + keys[i].off;
+		const char *rv = (const char *)running + keys[i].off;
+		int differs = key_is_string(keys[i].type) ? strncmp(nv, rv, keys[i].cap) != 0
+		                                          : memcmp(nv, rv, keys[i].cap) != 0;
+		if (!differs)
+			continue;
+		memcpy(nv, rv, keys[i].cap);
+		if (n < max)
+			names[n] = keys[i].name;
+		n++;
+	}
+	return n;
 }
 
 /* roff-escape one line of text; cap: start it with a capital letter.
@@ -1187,6 +1219,8 @@ void config_print_man_keys(void)
 			printf("unset");
 		}
 		printf(".\n");
+		if (keys[i].restart_only)
+			printf(".br\nRestart only: a reload reports a change and keeps the running value.\n");
 	}
 }
 

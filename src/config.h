@@ -111,6 +111,15 @@ void config_print_example(FILE *out);
 /* Print the --help text (generated from the key table) to stdout. */
 void config_print_help(const char *progname);
 
+/* Keys read only at start (listen, control, log_file, log_format): for a
+ * reload, find the ones whose value in loaded differs from running, put
+ * running's value back into loaded (what is in effect stays what the
+ * configuration says is running) and store their names (static strings)
+ * in names[0..max). Returns how many differ. */
+#define CONFIG_RESTART_KEYS_MAX 8
+int config_restart_changes(struct resil_config *loaded, const struct resil_config *running, const char **names,
+                           int max);
+
 /* Print the key table as roff for man/resild.conf.5 (used by `make man`). */
 void config_print_man_keys(void);
 

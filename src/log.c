@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,6 +34,7 @@ static atomic_int g_level = LOG_LVL_INFO;
 static atomic_int g_json = 1;
 static atomic_int g_worker = -1;
 static atomic_int g_fd = 2;
+static atomic_int g_journal; /* the primary stream is systemd's journal */
 static atomic_int g_file_fd = -1;
 static atomic_int g_pid;
 static char *g_path; /* owned; written only by init/shutdown */
@@ -40,6 +42,8 @@ static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
 
 static const char *const level_json[] = {"debug", "info", "warn", "error"};
 static const char *const level_pretty[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
+/* sd-daemon(3) prefixes: SD_DEBUG, SD_INFO, SD_WARNING, SD_ERR. */
+static const char *const level_prio[] = {"<7>", "<6>", "<4>", "<3>"};
 static const char *const level_colour[] = {"\x1b[90m", "\x1b[32m", "\x1b[33m", "\x1b[31m"};
 #define ANSI_RESET "\x1b[0m"
 #define ANSI_DIM "\x1b[2m"
@@ -515,8 +519,34 @@ static int open_log_file(const char *path)
 	return fd;
 }
 
+int log_stream_is_journal(int fd)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	if (!js || !*js || fd < 0)
+		return 0;
+	char *end;
+	errno = 0;
+	unsigned long long dev = strtoull(js, &end, 10);
+	if (errno || end == js || *end != ':')
+		return 0;
+	const char *ip = end + 1;
+	unsigned long long ino = strtoull(ip, &end, 10);
+	if (errno || end == ip || *end)
+		return 0;
+	struct stat st;
+	if (fstat(fd, &st) != 0)
+		return 0;
+	return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+int log_to_journal(void)
+{
+	return atomic_load(&g_journal);
+}
+
 int log_init(int level, int json, const char *file, int worker)
 {
+	atomic_store(&g_journal, log_stream_is_journal(atomic_load(&g_fd)));
 	atomic_store(&g_level, clamp_level(level));
 	atomic_store(&g_json, json ? 1 : 0);
 	atomic_store(&g_worker, worker);
@@ -561,6 +591,7 @@ int log_enabled(int level)
 
 void log_set_fd(int fd)
 {
+	atomic_store(&g_journal, log_stream_is_journal(fd));
 	atomic_store(&g_fd, fd);
 }
 
@@ -1025,15 +1056,16 @@ static void emit_line(int i, int fd, const char *p, size_t n)
 		bt->need_flush(bt->ud);
 }
 
-/* Out of memory for a huge line: say so instead of writing a cut line. */
-static void build_oom(struct lbuf *b, const struct event *ev)
+/* Out of memory for a huge line: say so instead of writing a cut line.
+ * The first pre bytes (the journal priority) are kept. */
+static void build_oom(struct lbuf *b, const struct event *ev, size_t pre)
 {
 	struct event oom = {.level = ev->level,
 	                    .ts = ev->ts,
 	                    .ms = ev->ms,
 	                    .worker = ev->worker,
 	                    .message = "log line dropped: out of memory"};
-	b->len = 0;
+	b->len = pre;
 	b->failed = 0;
 	build_json(b, &oom);
 }
@@ -1069,20 +1101,27 @@ void log_emit(int level, const struct log_ctx *ctx, const char *message, const s
 	int fd = atomic_load_explicit(&g_fd, memory_order_relaxed);
 	int file_fd = atomic_load_explicit(&g_file_fd, memory_order_relaxed);
 	int oom = plan == NULL;
+	/* The journal reads "<N>" at the start of a line as its priority; the
+	 * log file never gets it. */
+	size_t pre = 0;
+	if (fd >= 0 && atomic_load_explicit(&g_journal, memory_order_relaxed)) {
+		lb_put(&b, level_prio[ev.level], 3);
+		pre = 3;
+	}
 
 	if (json) {
 		build_json(&b, &ev);
 		if (b.failed || oom)
-			build_oom(&b, &ev);
+			build_oom(&b, &ev, pre);
 		if (fd >= 0)
 			emit_line(0, fd, b.p, b.len);
 		if (file_fd >= 0)
-			emit_line(1, file_fd, b.p, b.len);
+			emit_line(1, file_fd, b.p + pre, b.len - pre);
 	} else {
 		if (fd >= 0) {
 			build_pretty(&b, &ev);
 			if (b.failed || oom)
-				build_oom(&b, &ev);
+				build_oom(&b, &ev, pre);
 			emit_line(0, fd, b.p, b.len);
 		}
 		if (file_fd >= 0) {
@@ -1090,7 +1129,7 @@ void log_emit(int level, const struct log_ctx *ctx, const char *message, const s
 			b.failed = 0;
 			build_json(&b, &ev);
 			if (b.failed || oom)
-				build_oom(&b, &ev);
+				build_oom(&b, &ev, 0);
 			emit_line(1, file_fd, b.p, b.len);
 		}
 	}

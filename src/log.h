@@ -64,8 +64,17 @@ void log_set_level(int level);
 int log_enabled(int level);
 /* Reopen the log file (SIGUSR1 / logrotate). Returns 0 or -1. */
 int log_reopen(void);
-/* Redirect the primary stream (default fd 2); tests use a pipe or file. */
+/* Redirect the primary stream (default fd 2); tests use a pipe or file.
+ * Like log_init, re-checks whether the stream is the journal. */
 void log_set_fd(int fd);
+/* 1 if fd is systemd's journal stream: JOURNAL_STREAM ("<dev>:<ino>")
+ * names fd's st_dev:st_ino. Lines to the primary stream then start with
+ * their syslog priority (sd-daemon(3): "<3>" error, "<4>" warn, "<6>"
+ * info, "<7>" debug) so `journalctl -p err` filters; the file never
+ * gets the prefix. */
+int log_stream_is_journal(int fd);
+/* 1 if the primary stream was found to be the journal. */
+int log_to_journal(void);
 /* Close the file; the logger keeps writing to the primary stream. */
 void log_shutdown(void);
 

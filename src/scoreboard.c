@@ -131,6 +131,48 @@ int sb_count_ready(const struct scoreboard *sb)
 	return n;
 }
 
+/* Rank for "worst": open (1) > half-open (2) > closed (0). */
+static int circuit_rank(int st)
+{
+	return st == 1 ? 2 : st == 2 ? 1 : 0;
+}
+
+int sb_circuits_merge(const struct scoreboard *sb, struct sb_circuit_sum *out, int max)
+{
+	int n = 0;
+	int hwm = atomic_load_explicit(&sb->hdr.entries_hwm, memory_order_relaxed);
+	if (hwm > SB_MAX_ENTRIES)
+		hwm = SB_MAX_ENTRIES;
+	for (int i = 0; i < hwm; i++) {
+		const struct sb_entry *e = &sb->entries[i];
+		if (atomic_load_explicit(&e->state, memory_order_relaxed) != SB_READY)
+			continue;
+		int nc = atomic_load_explicit(&e->ncircuits, memory_order_acquire);
+		for (int k = 0; k < nc && k < SB_MAX_CIRCUITS; k++) {
+			const struct sb_circuit *c = &e->circuits[k];
+			if (!c->name[0])
+				continue;
+			int st = atomic_load_explicit(&c->state, memory_order_relaxed);
+			if (st < 0 || st > 2)
+				st = 0;
+			int j = 0;
+			while (j < n && strncmp(out[j].name, c->name, sizeof(out[j].name)) != 0)
+				j++;
+			if (j == n) {
+				if (n >= max)
+					continue;
+				memset(&out[j], 0, sizeof(out[j]));
+				memcpy(out[j].name, c->name, sizeof(out[j].name) - 1);
+				n++;
+			}
+			out[j].count[st]++;
+			if (circuit_rank(st) > circuit_rank(out[j].worst))
+				out[j].worst = st;
+		}
+	}
+	return n;
+}
+
 const char *sb_state_name(int state)
 {
 	switch (state) {

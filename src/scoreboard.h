@@ -80,6 +80,18 @@ void sb_set_circuit(struct sb_entry *e, const char *name, int state);
 
 /* Readers: count READY entries (not draining). */
 int sb_count_ready(const struct scoreboard *sb);
+
+/* One circuit merged over workers: how many READY workers see it in each
+ * breaker state, and the worst of them (open over half-open over closed). */
+struct sb_circuit_sum {
+	char name[16];
+	int worst;    /* 0 closed, 1 open, 2 half-open */
+	int count[3]; /* indexed by state */
+};
+#define SB_MAX_CIRCUIT_NAMES 8
+/* Merge the breakers of every READY entry, by name, into out[0..max);
+ * returns the number of names (names beyond max are left out). */
+int sb_circuits_merge(const struct scoreboard *sb, struct sb_circuit_sum *out, int max);
 const char *sb_state_name(int state);
 uint64_t sb_now_mono_ms(void);
 uint64_t sb_now_real_ms(void);

@@ -165,13 +165,18 @@ void ctl_reply_scaled(struct ctl_client *c, int workers)
 	answer_send(c, g);
 }
 
-void ctl_reply_reloaded(struct ctl_client *c, unsigned generation)
+void ctl_reply_reloaded(struct ctl_client *c, unsigned generation, const char *const *names, int n)
 {
 	yajl_gen g = answer_open(c);
 	if (!g)
 		return;
 	json_gen_cstr(g, CTL_KEY_GENERATION);
 	yajl_gen_integer(g, generation);
+	json_gen_cstr(g, CTL_KEY_RESTART_NEEDED);
+	yajl_gen_array_open(g);
+	for (int i = 0; i < n; i++)
+		json_gen_cstr(g, names[i]);
+	yajl_gen_array_close(g);
 	answer_send(c, g);
 }
 

@@ -20,7 +20,7 @@
 #define CTL_CMD_STATUS "status"   /* answer: supervisor, workers, crashes_by_route */
 #define CTL_CMD_HEALTH "health"   /* answer: status, checks */
 #define CTL_CMD_RESTART "restart" /* "target": "all" or a worker id; answered when done: restarted [ids] */
-#define CTL_CMD_RELOAD "reload"   /* answered when done: generation */
+#define CTL_CMD_RELOAD "reload"   /* answered when done: generation, restart_needed [keys] */
 #define CTL_CMD_STOP "stop"       /* answered at once with the supervisor's pid, then resild stops */
 #define CTL_CMD_SCALE "scale"     /* "workers": N; answer: workers */
 
@@ -33,6 +33,7 @@
 #define CTL_KEY_PID "pid"
 #define CTL_KEY_RESTARTED "restarted"
 #define CTL_KEY_GENERATION "generation"
+#define CTL_KEY_RESTART_NEEDED "restart_needed" /* reload: changed keys only a restart applies */
 #define CTL_KEY_STATUS "status"
 #define CTL_KEY_CHECKS "checks"
 #define CTL_KEY_SUPERVISOR "supervisor"

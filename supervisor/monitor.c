@@ -3,6 +3,13 @@
  * status), its heartbeat in the scoreboard (older than RESIL_WORKER_TIMEOUT:
  * SIGKILL, and the restart policy takes over), and RESIL_MAX_MEMORY (over
  * it: a graceful recycle through roll.c). Also the systemd watchdog ping.
+ *
+ * Recycling backs off per slot like crash restarts (the next recycle of a
+ * slot waits 100 ms doubling to 15 s, back to 100 ms after 30 s without
+ * one), and a limit below a fresh worker's RSS (its RSS when it reported
+ * ready, sampled by ready_cb) is reported once and stops recycling for that slot
+ * until the next reload: replacing it would only start another worker
+ * just as big.
  */
 #include "autoconfig.h"
 
@@ -54,6 +61,57 @@ static int read_proc_stat(pid_t pid, uint64_t *ticks, uint64_t *rss)
 	return 0;
 }
 
+int monitor_read_rss(pid_t pid, uint64_t *rss)
+{
+	uint64_t ticks;
+	return read_proc_stat(pid, &ticks, rss);
+}
+
+void recycle_reset(struct supervisor *s)
+{
+	s->memory_limit_reported = 0;
+	for (int i = 0; i < SB_MAX_WORKERS; i++) {
+		s->slots[i].recycle_off = 0;
+		s->slots[i].recycle_backoff_ms = 0;
+		s->slots[i].recycle_last_ms = 0;
+		s->slots[i].recycle_not_before = 0;
+	}
+	/* The reload's new workers are judged by their own fresh RSS. */
+}
+
+/* A fresh worker is already over the limit: no recycle can help. */
+static void recycle_give_up(struct supervisor *s, struct proc *p, struct slot *sl, uint64_t rss)
+{
+	sl->recycle_off = 1;
+	if (s->memory_limit_reported)
+		return;
+	s->memory_limit_reported = 1;
+	log_error(NULL,
+	          "max_memory is below the memory of a freshly started worker; not recycling it (raise max_memory "
+	          "and reload)",
+	          LF_INT("worker", p->slot), LF_INT("workerPid", p->pid), LF_INT("rssBytes", rss),
+	          LF_INT("maxMemory", s->cfg->max_memory));
+}
+
+/* Over the limit: recycle now unless this slot's backoff says wait. */
+static void recycle_maybe(struct supervisor *s, struct proc *p, struct slot *sl, uint64_t rss, uint64_t now)
+{
+	if (now < sl->recycle_not_before)
+		return;
+	if (sl->recycle_backoff_ms == 0 || now - sl->recycle_last_ms >= BACKOFF_RESET_UP_MS)
+		sl->recycle_backoff_ms = backoff_base_ms(s->cfg);
+	uint64_t wait = sl->recycle_backoff_ms;
+	sl->recycle_backoff_ms = wait * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : wait * 2;
+	sl->recycle_last_ms = now;
+	sl->recycle_not_before = now + wait;
+	sl->recycles++;
+	log_warn(NULL, "worker over the memory limit; recycling it gracefully", LF_INT("worker", p->slot),
+	         LF_INT("workerPid", p->pid), LF_INT("rssBytes", rss), LF_INT("maxMemory", s->cfg->max_memory),
+	         LF_INT("recycles", sl->recycles), LF_INT("nextRecycleAfterMs", wait));
+	int slot = p->slot;
+	roll_start(s, 0, &slot, 1, NULL);
+}
+
 void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct supervisor *s = arg;
@@ -66,7 +124,8 @@ void tick_cb(evutil_socket_t fd, short what, void *arg)
 		if (p->state == P_NONE)
 			continue;
 		uint64_t ticks = 0, rss = 0;
-		if (read_proc_stat(p->pid, &ticks, &rss) == 0) {
+		int sampled = read_proc_stat(p->pid, &ticks, &rss) == 0;
+		if (sampled) {
 			if (p->cpu_prev_ms && now > p->cpu_prev_ms && hz > 0)
 				p->cpu_pct = (double)(ticks - p->cpu_prev_ticks) * 1000.0 * 100.0 / (double)hz /
 				             (double)(now - p->cpu_prev_ms);
@@ -86,14 +145,17 @@ void tick_cb(evutil_socket_t fd, short what, void *arg)
 			kill(p->pid, SIGKILL);
 			continue;
 		}
-		if (s->cfg->max_memory > 0 && p->state == P_READY && rss > (uint64_t)s->cfg->max_memory &&
-		    !s->roll.active && s->slots[p->slot].proc == i && s->slots[p->slot].pending < 0) {
-			log_warn(NULL, "worker over the memory limit; recycling it gracefully",
-			         LF_INT("worker", p->slot), LF_INT("workerPid", p->pid), LF_INT("rssBytes", rss),
-			         LF_INT("maxMemory", s->cfg->max_memory));
-			int slot = p->slot;
-			roll_start(s, 0, &slot, 1, NULL);
+		if (s->cfg->max_memory <= 0 || p->state != P_READY || !sampled)
+			continue;
+		struct slot *sl = &s->slots[p->slot];
+		if (rss <= (uint64_t)s->cfg->max_memory || sl->recycle_off)
+			continue;
+		if (p->fresh_rss > (uint64_t)s->cfg->max_memory) {
+			recycle_give_up(s, p, sl, rss);
+			continue;
 		}
+		if (!s->roll.active && sl->proc == i && sl->pending < 0)
+			recycle_maybe(s, p, sl, rss, now);
 	}
 }
 

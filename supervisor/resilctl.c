@@ -916,6 +916,25 @@ static int wait_stopped(yajl_val root, int64_t deadline, double limit_s)
 	return CTL_EXIT_OK;
 }
 
+/* A reload that changed restart-only keys still succeeded (exit 0); the
+ * keys it could not apply are listed for the operator. */
+static void print_restart_needed(yajl_val root)
+{
+	yajl_val a = get(root, CTL_KEY_RESTART_NEEDED);
+	if (!YAJL_IS_ARRAY(a) || a->u.array.len == 0)
+		return;
+	printf("restart needed for: ");
+	int first = 1;
+	for (size_t i = 0; i < a->u.array.len; i++) {
+		const char *k = YAJL_GET_STRING(a->u.array.values[i]);
+		if (!k)
+			continue;
+		printf("%s%s", first ? "" : ", ", k);
+		first = 0;
+	}
+	printf("\n");
+}
+
 static int render(const struct opts *o, yajl_val root, int64_t deadline, double limit_s)
 {
 	long long n;
@@ -937,6 +956,7 @@ static int render(const struct opts *o, yajl_val root, int64_t deadline, double 
 			printf("reloaded: generation %lld\n", n);
 		else
 			printf("reloaded\n");
+		print_restart_needed(root);
 		return CTL_EXIT_OK;
 	case CMD_STOP: return wait_stopped(root, deadline, limit_s);
 	case CMD_SCALE:

@@ -87,6 +87,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "resild: %s\n", err);
 		return 1;
 	}
+	/* A daemon's stderr becomes /dev/null: say where the lines go while
+	 * the operator can still read it. */
+	if (!cfg.foreground && cfg.log_file[0])
+		log_info(NULL, "daemonizing: log lines go to log_file", LF_STR("logFile", cfg.log_file));
+	else if (!cfg.foreground)
+		log_warn(NULL,
+		         "daemonizing without log_file: log lines after this one are discarded (set log_file, or run "
+		         "with --foreground under a service manager)",
+		         LF_STR("logTo", "/dev/null"));
 	if (!cfg.foreground && daemonize() < 0) {
 		fprintf(stderr, "resild: cannot daemonize\n");
 		return 1;

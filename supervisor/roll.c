@@ -50,7 +50,7 @@ static void roll_reply(struct supervisor *s, const char *error)
 	if (error)
 		ctl_reply_error(c, error);
 	else if (s->roll.is_reload)
-		ctl_reply_reloaded(c, s->generation);
+		ctl_reply_reloaded(c, s->generation, s->restart_needed, s->nrestart_needed);
 	else
 		ctl_reply_restarted(c, s->roll.done, s->roll.ndone);
 }
@@ -66,6 +66,12 @@ void roll_finish(struct supervisor *s, const char *error)
 	else
 		log_info(NULL, s->roll.is_reload ? "reload complete" : "restart complete",
 		         LF_INT("generation", s->generation), LF_INT("workers", s->roll.ndone));
+	if (!error && s->roll.is_reload && s->nrestart_needed > 0) {
+		char list[128];
+		restart_needed_list(s, list, sizeof(list));
+		log_warn(NULL, "reload complete, but a restart of resild is needed to apply some settings",
+		         LF_STR("restartNeeded", list));
+	}
 	if (s->roll.is_reload && sdn_enabled())
 		sdn_send("READY=1");
 	roll_reply(s, error);

@@ -54,6 +54,7 @@ struct proc {
 	uint64_t cpu_prev_ms;
 	double cpu_pct;
 	uint64_t rss;
+	uint64_t fresh_rss; /* RSS when it reported ready, before it served (0: unknown) */
 };
 
 struct slot {
@@ -68,6 +69,13 @@ struct slot {
 	int fatal;
 	struct event *restart_ev;
 	int restart_scheduled;
+	/* Memory recycling (monitor.c): backs off like crash restarts; off
+	 * once a fresh worker of this slot is already over max_memory. */
+	uint64_t recycle_backoff_ms;
+	uint64_t recycle_last_ms;     /* monotonic, 0: never */
+	uint64_t recycle_not_before;  /* monotonic ms */
+	unsigned recycles;
+	int recycle_off;
 };
 
 struct rolling {
@@ -113,9 +121,23 @@ struct supervisor {
 	struct event *sig_ev[10];
 	struct control *ctl;
 	struct ctl_client *stop_client;
+	/* Restart-only keys the last reload found changed (config.c names). */
+	const char *restart_needed[CONFIG_RESTART_KEYS_MAX];
+	int nrestart_needed;
+	int memory_limit_reported; /* "max_memory below a fresh worker" logged */
 };
 
 /* supervisor.c */
+/* First restart (and memory recycle) delay: BACKOFF_MIN_MS, or
+ * RESIL_TEST_BACKOFF_MS where test hooks are allowed. */
+uint64_t backoff_base_ms(const struct resil_config *cfg);
+/* monitor.c */
+/* Let memory recycling run again on every slot (after a reload). */
+void recycle_reset(struct supervisor *s);
+/* Resident memory of pid in bytes from /proc. 0 or -1. */
+int monitor_read_rss(pid_t pid, uint64_t *rss);
+/* The last reload's restart-only keys as "listen, control" ("" if none). */
+void restart_needed_list(const struct supervisor *s, char *out, size_t outlen);
 /* Start a worker process for slot (as its replacement when replacement is
  * set); on failure the slot is left as it was and the error logged. */
 void spawn(struct supervisor *s, int slot, int replacement);

@@ -63,7 +63,7 @@ static uint64_t mono_ms(void)
  * crash-loop test runs in seconds; honoured only where the test hook routes
  * are (RESIL_TEST_HOOKS=1 outside production, see workers/testhooks.c). The
  * doubling, the cap and the crash window stay as in production. */
-static uint64_t backoff_base_ms(const struct resil_config *cfg)
+uint64_t backoff_base_ms(const struct resil_config *cfg)
 {
 	const char *on = getenv("RESIL_TEST_HOOKS");
 	const char *v = getenv("RESIL_TEST_BACKOFF_MS");
@@ -256,6 +256,10 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
 		return; /* exited before ready: the SIGCHLD path handles it */
 	p->state = P_READY;
 	s->ever_ready = 1;
+	/* Its size before any traffic: a max_memory below it cannot be met by
+	 * recycling (monitor.c). */
+	if (monitor_read_rss(p->pid, &p->fresh_rss) < 0)
+		p->fresh_rss = 0;
 	struct slot *sl = &s->slots[p->slot];
 	log_info(NULL, "worker ready", LF_INT("worker", p->slot), LF_INT("workerPid", p->pid),
 	         LF_INT("generation", p->generation), LF_INT("startMs", (int64_t)(mono_ms() - p->started_ms)));
@@ -336,6 +340,11 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	describe_status(status, how, sizeof(how));
 	char route[SB_ROUTE_LEN];
 	sb_get_route(&s->sb->entries[idx], route, sizeof(route));
+	/* A crash is a route's only while a request was in flight (the worker
+	 * clears the route when it goes idle; this also covers a death between
+	 * the two stores). */
+	if (atomic_load(&s->sb->entries[idx].inflight) <= 0)
+		route[0] = '\0';
 	int was_state = p->state;
 	uint64_t up = mono_ms() - p->started_ms;
 	int hung = p->hung_killed;
@@ -446,6 +455,9 @@ static void scale_to(struct supervisor *s, int n)
 		sl->fatal = 0;
 		sl->ncrash = 0;
 		sl->backoff_ms = 0;
+		sl->recycle_off = 0;
+		sl->recycle_backoff_ms = 0;
+		sl->recycle_not_before = 0;
 		if (sl->proc < 0 && !s->stopping)
 			spawn(s, i, 0);
 	}
@@ -546,6 +558,18 @@ static void begin_shutdown(struct supervisor *s, int immediate)
 
 /* ------------------------------------------------------------ signals */
 
+void restart_needed_list(const struct supervisor *s, char *out, size_t outlen)
+{
+	size_t len = 0;
+	out[0] = '\0';
+	for (int i = 0; i < s->nrestart_needed && i < CONFIG_RESTART_KEYS_MAX; i++) {
+		int n = snprintf(out + len, outlen - len, "%s%s", i ? ", " : "", s->restart_needed[i]);
+		if (n < 0 || (size_t)n >= outlen - len)
+			break;
+		len += (size_t)n;
+	}
+}
+
 static int reload_config(struct supervisor *s, char *err, size_t errlen)
 {
 	struct resil_config *nc = calloc(1, sizeof(*nc));
@@ -558,21 +582,33 @@ static int reload_config(struct supervisor *s, char *err, size_t errlen)
 		free(nc);
 		return -1;
 	}
-	if (strcmp(nc->listen, s->cfg->listen) != 0)
-		log_warn(NULL, "listen address changes need a restart of resild; keeping the bound socket",
-		         LF_STR("listen", s->cfg->listen));
 	if (nc->jwt_secret_generated && s->cfg->jwt_secret_generated) {
 		/* Keep the development secret so tokens survive the reload. */
 		memcpy(nc->jwt_secret, s->cfg->jwt_secret, sizeof(nc->jwt_secret));
 		nc->jwt_secret_len = s->cfg->jwt_secret_len;
 	}
-	snprintf(nc->listen, sizeof(nc->listen), "%s", s->cfg->listen);
+	/* Keys read only at start keep their running values; say which ones
+	 * the file changed instead of reporting a reload that did not apply. */
+	s->nrestart_needed = config_restart_changes(nc, s->cfg, s->restart_needed, CONFIG_RESTART_KEYS_MAX);
+	if (s->nrestart_needed > 0) {
+		char list[128];
+		restart_needed_list(s, list, sizeof(list));
+		log_warn(NULL,
+		         "reload: these settings only take effect after a restart of resild; keeping the running values",
+		         LF_STR("restartNeeded", list));
+	}
 	log_set_level(nc->log_level);
+	recycle_reset(s); /* max_memory may have changed */
+	/* A `resilctl scale` stays until the configured count itself changes. */
+	int workers_changed = nc->workers != s->cfg->workers;
 	int workers = nc->workers;
 	free(s->cfg);
 	s->cfg = nc;
-	if (workers != s->target)
+	if (workers_changed && workers != s->target)
 		scale_to(s, workers);
+	else if (!workers_changed && workers != s->target)
+		log_info(NULL, "reload keeps the scaled worker count (the configured workers did not change)",
+		         LF_INT("workers", s->target), LF_INT("configured", workers));
 	return 0;
 }
 

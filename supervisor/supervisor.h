@@ -86,7 +86,8 @@ void control_close(struct control *ctl);
 void ctl_reply_error(struct ctl_client *c, const char *message);
 void ctl_reply_stopping(struct ctl_client *c, pid_t pid);
 void ctl_reply_scaled(struct ctl_client *c, int workers);
-void ctl_reply_reloaded(struct ctl_client *c, unsigned generation);
+/* names[0..n): restart-only keys the reload could not apply ("restart_needed"). */
+void ctl_reply_reloaded(struct ctl_client *c, unsigned generation, const char *const *names, int n);
 void ctl_reply_restarted(struct ctl_client *c, const int *ids, int n);
 /* Keep the client waiting for a later answer; returns 0. */
 int ctl_defer(struct ctl_client *c);

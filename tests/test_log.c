@@ -424,6 +424,59 @@ START_TEST(test_log_file_gets_json_and_reopen_follows_logrotate)
 }
 END_TEST
 
+/* JOURNAL_STREAM naming the primary stream: each line starts with its
+ * syslog priority; the log file gets plain JSON; a JOURNAL_STREAM naming
+ * another file (or none) adds nothing. */
+START_TEST(test_log_prefixes_syslog_priorities_when_stderr_is_the_journal)
+{
+	char path[] = "/tmp/test_log_journal.XXXXXX";
+	int tfd = mkstemp(path);
+	ck_assert_int_ge(tfd, 0);
+	close(tfd);
+	struct stat st;
+	ck_assert_int_eq(fstat(pipefd[1], &st), 0);
+	char js[64];
+	snprintf(js, sizeof(js), "%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+	ck_assert_int_eq(setenv("JOURNAL_STREAM", js, 1), 0);
+	ck_assert_int_eq(log_init(LOG_LVL_DEBUG, 1, path, 1), 0);
+	log_set_fd(pipefd[1]);
+	ck_assert_int_eq(log_to_journal(), 1);
+
+	static const struct {
+		int level;
+		const char *prio;
+	} want[] = {{LOG_LVL_ERROR, "<3>{"}, {LOG_LVL_WARN, "<4>{"}, {LOG_LVL_INFO, "<6>{"}, {LOG_LVL_DEBUG, "<7>{"}};
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		log_emit(want[i].level, NULL, "prio", (const struct log_field[]){LF_INT("n", (int)i)}, 1);
+		const char *got = drain();
+		ck_assert_msg(strncmp(got, want[i].prio, 4) == 0, "level %d: '%s'", want[i].level, got);
+		char err[128];
+		yajl_val v = yajl_tree_parse(got + 3, err, sizeof(err));
+		ck_assert_msg(v != NULL, "not JSON after the prefix: %s", got);
+		yajl_tree_free(v);
+	}
+	log_shutdown();
+	char *text = read_file(path);
+	ck_assert_int_eq(count_lines(text), 4);
+	for (const char *l = text; *l; l = strchr(l, '\n') + 1)
+		ck_assert_msg(l[0] == '{', "file line has a prefix: %s", l);
+
+	/* Same device, another inode: not the journal. */
+	snprintf(js, sizeof(js), "%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino + 1);
+	ck_assert_int_eq(setenv("JOURNAL_STREAM", js, 1), 0);
+	log_set_fd(pipefd[1]);
+	ck_assert_int_eq(log_to_journal(), 0);
+	log_info(NULL, "plain", LF_INT("n", 9));
+	ck_assert_int_eq(drain()[0], '{');
+	ck_assert_int_eq(setenv("JOURNAL_STREAM", "garbage", 1), 0);
+	ck_assert_int_eq(log_stream_is_journal(pipefd[1]), 0);
+	ck_assert_int_eq(unsetenv("JOURNAL_STREAM"), 0);
+	ck_assert_int_eq(log_stream_is_journal(pipefd[1]), 0);
+	log_set_fd(pipefd[1]);
+	unlink(path);
+}
+END_TEST
+
 START_TEST(test_log_pretty_line_has_message_and_no_secrets_while_file_gets_json)
 {
 	char path[] = "/tmp/test_log_pretty.XXXXXX";
@@ -741,6 +794,7 @@ static Suite *log_suite(void)
 	    {"token masking", test_log_masks_bearer_tokens_and_jwts_in_free_text},
 	    {"level filter", test_log_filters_events_below_the_level},
 	    {"log file", test_log_file_gets_json_and_reopen_follows_logrotate},
+	    {"journal priorities", test_log_prefixes_syslog_priorities_when_stderr_is_the_journal},
 	    {"pretty", test_log_pretty_line_has_message_and_no_secrets_while_file_gets_json},
 	    {"truncation", test_log_truncates_huge_values_with_an_ellipsis},
 	    {"null message", test_log_handles_null_message_and_empty_fields},

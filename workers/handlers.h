@@ -16,6 +16,10 @@ int users_routes(struct app *app);
 void users_gen(void *yajl_gen, const bson_t *user);
 /* Report another circuit breaker (name, state 0 closed / 1 open / 2 half-open) in /health. */
 void health_add_circuit(const char *name, int (*state)(void));
+/* Write this process's breaker states (the store's and the added ones)
+ * into its scoreboard entry e, for /health and resilctl to merge. */
+struct sb_entry;
+void health_publish_circuits(struct sb_entry *e);
 /* Rooms and their message history (rooms.c). */
 int rooms_routes(struct app *app);
 /* /api/posts with the per-worker list cache (posts.c); posts_stop frees the cache. */

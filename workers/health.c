@@ -1,7 +1,9 @@
 /* health.c - GET /health, /health/live, /health/ready (SPEC section 6).
  * Not rate limited, no auth. The aggregate view comes from the
- * scoreboard when a supervisor runs this worker; the two per-process
- * probes also say which worker answered. */
+ * scoreboard when a supervisor runs this worker: worker counts, and the
+ * circuits merged over every ready worker (each worker publishes its own
+ * breakers in its scoreboard entry), so every worker answers the same as
+ * `resilctl health`. The two per-process probes say which worker answered. */
 #include "autoconfig.h"
 
 #include "api.h"
@@ -60,7 +62,7 @@ void health_add_circuit(const char *name, int (*state)(void))
  * rather than through yajl (it is the hottest route of all). Every string
  * in it is ours and needs no escaping. */
 struct hbuf {
-	char b[768];
+	char b[1536];
 	size_t n;
 };
 
@@ -96,25 +98,68 @@ static const char *circuit_name(int st)
 	return st == 1 ? "open" : st == 2 ? "half-open" : "closed";
 }
 
+void health_publish_circuits(struct sb_entry *e)
+{
+	struct store *st = api_store();
+	if (st)
+		sb_set_circuit(e, store_backend_name(st), store_breaker_state(st));
+	for (int i = 0; i < nextra; i++)
+		sb_set_circuit(e, extra_circuits[i].name, extra_circuits[i].state());
+}
+
+/* This process's breakers only (no supervisor, or no ready worker yet). */
+static int local_circuits(struct sb_circuit_sum *out, int max)
+{
+	struct store *st = api_store();
+	int n = 0;
+	for (int i = -1; i < nextra && n < max; i++) {
+		const char *name = i < 0 ? (st ? store_backend_name(st) : NULL) : extra_circuits[i].name;
+		if (!name)
+			continue;
+		int state = i < 0 ? store_breaker_state(st) : extra_circuits[i].state();
+		if (state < 0 || state > 2)
+			state = 0;
+		memset(&out[n], 0, sizeof(out[n]));
+		snprintf(out[n].name, sizeof(out[n].name), "%s", name);
+		out[n].worst = state;
+		out[n].count[state] = 1;
+		n++;
+	}
+	return n;
+}
+
 static int health(struct http_request *req)
 {
 	struct worker *w = worker_current();
 	struct store *st = api_store();
 	int db_ok = st && store_db_state(st);
 	/* /health describes the service, not this process: a worker that is
-	 * draining (reload, scale down) still answers "healthy" while the
-	 * database is up and workers serve; /health/ready is the per-process
-	 * readiness probe and turns 503 while draining. */
+	 * draining (reload, scale down) still answers while the database is
+	 * up and workers serve; /health/ready is the per-process readiness
+	 * probe and turns 503 while draining. */
 	int serving = w->ready && !w->draining;
 	int total = 1, ready = serving;
+	struct sb_circuit_sum sums[SB_MAX_CIRCUIT_NAMES];
+	int nsums = 0;
 	if (w->sb) {
-		/* Aggregate over every worker of this resild. */
+		/* Aggregate over every worker of this resild. An errored or
+		 * restarting slot has no ready process: ready < total. */
 		total = atomic_load(&w->sb->hdr.workers_target);
 		ready = sb_count_ready(w->sb);
 		if (ready > total)
 			ready = total; /* old and new generation both up mid-reload */
+		if (w->sbe)
+			health_publish_circuits(w->sbe); /* ours fresher than the last heartbeat */
+		nsums = sb_circuits_merge(w->sb, sums, SB_MAX_CIRCUIT_NAMES);
 	}
-	int healthy = db_ok && (ready > 0 || serving);
+	if (nsums == 0)
+		nsums = local_circuits(sums, SB_MAX_CIRCUIT_NAMES);
+	/* Same verdict as `resilctl health`: healthy only when the database is
+	 * connected and every worker slot is ready. The HTTP status is 503
+	 * only when the service cannot answer (database down, nothing ready),
+	 * so a load balancer keeps an instance that lost one worker of four. */
+	int healthy = db_ok && ready >= total;
+	int answers = db_ok && (ready > 0 || serving);
 	struct hbuf h;
 	h.n = 0;
 	char ts[24];
@@ -130,30 +175,36 @@ static int health(struct http_request *req)
 	hint(&h, total);
 	HLIT(&h, ",\"ready\":");
 	hint(&h, ready);
+	/* circuits: the worst state per circuit (SPEC section 6 shape);
+	 * circuitsDetail: how many ready workers see each state. */
 	HLIT(&h, "},\"circuits\":{");
-	int first = 1;
-	if (st) {
-		HLIT(&h, "\"");
-		hstr(&h, store_backend_name(st));
-		HLIT(&h, "\":\"");
-		hstr(&h, circuit_name(store_breaker_state(st)));
-		HLIT(&h, "\"");
-		first = 0;
-	}
-	for (int i = 0; i < nextra; i++) {
-		if (!first)
+	for (int i = 0; i < nsums; i++) {
+		if (i)
 			HLIT(&h, ",");
 		HLIT(&h, "\"");
-		hstr(&h, extra_circuits[i].name);
+		hstr(&h, sums[i].name);
 		HLIT(&h, "\":\"");
-		hstr(&h, circuit_name(extra_circuits[i].state()));
+		hstr(&h, circuit_name(sums[i].worst));
 		HLIT(&h, "\"");
-		first = 0;
+	}
+	HLIT(&h, "},\"circuitsDetail\":{");
+	for (int i = 0; i < nsums; i++) {
+		if (i)
+			HLIT(&h, ",");
+		HLIT(&h, "\"");
+		hstr(&h, sums[i].name);
+		HLIT(&h, "\":{\"closed\":");
+		hint(&h, sums[i].count[0]);
+		HLIT(&h, ",\"open\":");
+		hint(&h, sums[i].count[1]);
+		HLIT(&h, ",\"halfOpen\":");
+		hint(&h, sums[i].count[2]);
+		HLIT(&h, "}");
 	}
 	HLIT(&h, "}}}");
 	evbuffer_add(http_body(req), h.b, h.n);
 	http_add_header(req, "Cache-Control", "no-store");
-	http_set_status(req, healthy ? 200 : 503);
+	http_set_status(req, answers ? 200 : 503);
 	http_send(req);
 	return APP_DONE;
 }

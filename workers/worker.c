@@ -116,9 +116,8 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 	if (st) {
 		atomic_store_explicit(&w->sbe->db_state, store_db_state(st) ? SB_DB_CONNECTED : SB_DB_DISCONNECTED,
 		                      memory_order_relaxed);
-		sb_set_circuit(w->sbe, store_backend_name(st), store_breaker_state(st));
 	}
-	sb_set_circuit(w->sbe, "external-api", patients_breaker_state());
+	health_publish_circuits(w->sbe);
 }
 
 /* Counters for the scoreboard (cheap relaxed stores). */
@@ -132,6 +131,9 @@ static void http_stats_cb(void *ud)
 	atomic_store_explicit(&w->sbe->requests, st->requests, memory_order_relaxed);
 	atomic_store_explicit(&w->sbe->inflight, st->inflight, memory_order_relaxed);
 	atomic_store_explicit(&w->sbe->connections, st->connections, memory_order_relaxed);
+	/* Nothing in flight: a later crash is not any route's. */
+	if (st->inflight == 0 && w->sbe->route[0])
+		sb_set_route(w->sbe, "");
 }
 
 static void route_hook(struct http_request *req, const char *route)

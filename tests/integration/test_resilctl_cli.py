@@ -332,6 +332,16 @@ def test_reload_reports_generation_or_the_config_error():
 
 
 @test
+def test_reload_lists_the_keys_that_need_a_restart_and_still_exits_0():
+    p, _ = with_server({"ok": True, "generation": 5, "restart_needed": ["listen", "control"]}, ["reload"])
+    expect(p, 0)
+    assert out(p) == "reloaded: generation 5\nrestart needed for: listen, control\n", out(p)
+    p, _ = with_server({"ok": True, "generation": 6, "restart_needed": []}, ["reload"])
+    expect(p, 0)
+    assert out(p) == "reloaded: generation 6\n", out(p)
+
+
+@test
 def test_scale_sends_worker_count():
     p, req = with_server({"ok": True, "workers": 4}, ["scale", "4"])
     expect(p, 0)

@@ -2,7 +2,8 @@
 """Black-box tests of resild's supervisor (SPEC sections 3 and 4) against
 the real binaries: crash restart with backoff, crash loop -> errored, hung
 worker kill, graceful drain on SIGTERM, zero-downtime reload under load,
-rejected reloads, scaling, every resilctl command, the control socket's
+rejected reloads, reloads that report restart-only keys, a scale that
+survives a reload, scaling, every resilctl command, the control socket's
 owner check, the systemd notify protocol, test hooks disabled in
 production, fatal start, process titles, and one worker id (log lines,
 titles, resilctl, /health probes) with no log line repeating a key.
@@ -14,6 +15,7 @@ waits only with bounded polls, and signals only processes it started
 Environment: RESILD, RESILCTL = binaries (default ../../resild and
 ../../resilctl from this file); TEST_ONLY = run tests whose name contains it.
 """
+import http.client
 import json
 import os
 import re
@@ -345,6 +347,29 @@ def test_crash_on_a_route_is_attributed_to_that_route():
         srv.cleanup()
 
 
+def test_idle_crash_is_not_attributed_to_the_last_route():
+    srv = started(1)
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+        c.request("GET", "/api/posts")
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200
+        c.close()
+        pid = all_ready(srv, 1)[0]
+        wait_for(lambda: workers(srv)[0]["inflight"] == 0, 5, "the request finished")
+        os.kill(pid, signal.SIGSEGV)
+        st = wait_for(lambda: (lambda s: s if s["workers"][0]["restarts"] == 1 and
+                               s["workers"][0]["state"] == "ready" else None)(status(srv)),
+                      5, "crashed worker restarted")
+        assert st["crashes_by_route"] == {"(no request)": 1}, st["crashes_by_route"]
+        died = log_events(srv, "worker died; restarting")
+        assert len(died) == 1 and died[0]["route"] is None, died
+        clean_exit(srv)
+    finally:
+        srv.cleanup()
+
+
 def test_crash_loop_marks_the_slot_errored_until_restart():
     # RESIL_TEST_BACKOFF_MS (honoured only with RESIL_TEST_HOOKS=1 outside
     # production, like the hook routes) lowers the first delay from 100 ms
@@ -385,8 +410,12 @@ def test_crash_loop_marks_the_slot_errored_until_restart():
         assert p.returncode == 0 and json.loads(p.stdout)["workers"][0]["state"] == "errored", p
         p = resilctl(srv, "health", "--json")
         assert p.returncode == 1 and json.loads(p.stdout)["status"] == "degraded", p
-        st, _, doc = srv.json("GET", "/health")
-        assert st == 200 and doc["checks"]["workers"] == {"total": 2, "ready": 1}, doc
+        # /health agrees with resilctl health: degraded (an errored slot),
+        # still 200 since the other worker serves
+        for _ in range(4):
+            st, _, doc = srv.json("GET", "/health")
+            assert st == 200 and doc["status"] == "degraded", (st, doc)
+            assert doc["checks"]["workers"] == {"total": 2, "ready": 1}, doc
         for _ in range(30):
             assert get_once(srv.port) == 200  # the other worker keeps serving
         p = resilctl(srv, "restart", "0")
@@ -394,6 +423,7 @@ def test_crash_loop_marks_the_slot_errored_until_restart():
         assert "restarted worker 0" in p.stdout, p.stdout
         w = wait_for(lambda: all_ready(srv, 2), 5, "worker 0 back")
         assert w[0] not in killed and w[1] == other, w
+        assert srv.json("GET", "/health")[2]["status"] == "healthy"
         print("  11 crashes -> errored in %.2f s" % took)
         clean_exit(srv)
     finally:
@@ -554,6 +584,139 @@ def test_reload_under_load_loses_no_request_and_bad_config_is_rejected():
     finally:
         srv.cleanup()
         shutil.rmtree(cdir, ignore_errors=True)
+
+
+def test_reload_reports_restart_only_keys_and_a_scale_survives_it():
+    """listen, control and log_file come from the file here (not the
+    environment, which would win over it): a reload that changes them
+    says so and keeps the running values; `resilctl scale` stays until
+    the file's workers value itself changes."""
+    import tempfile
+    cdir = tempfile.mkdtemp(prefix="resil-conf-")
+    conf = os.path.join(cdir, "resild.conf")
+    srv = Server(workers=2, env=dict(HOOKS), args=["-c", conf])
+    control = srv.env.pop("RESIL_CONTROL")
+    del srv.env["RESIL_LISTEN"], srv.env["RESIL_WORKERS"]
+    base = "listen = 127.0.0.1:%d\ncontrol = %s\nlog_level = debug\n" % (srv.port, control)
+    write_config(conf, base + "workers = 2\n")
+    try:
+        srv.start()
+        srv.env["RESIL_CONTROL"] = control  # for ctl() and resilctl(); the process got the file's
+        wait_for(lambda: all_ready(srv, 2), 15, "2 workers")
+        p = resilctl(srv, "scale", "3")
+        assert p.returncode == 0, p
+        wait_for(lambda: all_ready(srv, 3), 10, "3 workers")
+        gen = status(srv)["supervisor"]["generation"]
+
+        # workers unchanged in the file: the scale survives the reload
+        write_config(conf, base + "workers = 2\nbody_limit = 1m\n")
+        p = resilctl(srv, "reload")
+        assert p.returncode == 0 and p.stdout == "reloaded: generation %d\n" % (gen + 1), (p.stdout, p.stderr)
+        wait_for(lambda: all_ready(srv, 3), 10, "still 3 workers after the reload")
+        assert status(srv)["supervisor"]["workers_target"] == 3
+        assert log_events(srv, "reload keeps the scaled worker count")
+
+        # restart-only keys changed: reported, not applied, exit 0
+        other = os.path.join(cdir, "other.sock")
+        logf = os.path.join(cdir, "resild.log")
+        write_config(conf, "listen = 127.0.0.1:%d\ncontrol = %s\nlog_file = %s\nlog_level = debug\nworkers = 2\n"
+                     % (srv.port + 1 if srv.port < 65535 else srv.port - 1, other, logf))
+        p = resilctl(srv, "reload")
+        assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+        assert p.stdout == "reloaded: generation %d\nrestart needed for: listen, control, log_file\n" % (gen + 2), \
+            p.stdout
+        warns = log_events(srv, "only take effect after a restart")
+        assert warns and warns[-1]["level"] == "warn" and warns[-1]["restartNeeded"] == "listen, control, log_file", \
+            warns
+        assert log_events(srv, "a restart of resild is needed")
+        # the running values stay: same port, same control socket, no log file
+        assert get_once(srv.port) == 200
+        assert not os.path.exists(other) and not os.path.exists(logf)
+        doc = ctl(srv, {"cmd": "reload"})
+        assert doc["ok"] is True and doc["restart_needed"] == ["listen", "control", "log_file"], doc
+        wait_for(lambda: all_ready(srv, 3), 10, "3 workers after the reloads")
+
+        # the configured count itself changes: it wins over the scale
+        write_config(conf, base + "workers = 1\n")
+        p = resilctl(srv, "reload")
+        assert p.returncode == 0 and "restart needed" not in p.stdout, (p.stdout, p.stderr)
+        wait_for(lambda: all_ready(srv, 1), 10, "1 worker from the file")
+        assert status(srv)["supervisor"]["workers_target"] == 1
+        clean_exit(srv)
+    finally:
+        srv.cleanup()
+        shutil.rmtree(cdir, ignore_errors=True)
+
+
+def test_memory_limit_below_a_fresh_worker_is_reported_once_and_not_recycled():
+    """RESIL_MAX_MEMORY far below any worker's RSS used to recycle a
+    worker ~40 times in 8 s. Now a fresh worker over the limit is reported
+    once (error) and its slot is no longer recycled; the workers serve."""
+    srv = started(2, env={"RESIL_MAX_MEMORY": "64k"})
+    try:
+        pids = all_ready(srv, 2)
+        window = 3.0
+        t_end = time.monotonic() + window
+        while time.monotonic() < t_end:
+            assert get_once(srv.port) == 200
+            time.sleep(0.05)
+        recycles = log_events(srv, "over the memory limit; recycling")
+        assert len(recycles) <= 2, "%d recycles in %.0f s" % (len(recycles), window)
+        wait_for(lambda: log_events(srv, "below the memory of a freshly started worker"), 5, "the report")
+        reports = log_events(srv, "below the memory of a freshly started worker")
+        assert len(reports) == 1 and reports[0]["level"] == "error", reports
+        assert reports[0]["maxMemory"] == 65536 and reports[0]["rssBytes"] > 65536, reports
+        time.sleep(0.6)  # more ticks: still one report, no recycle, same workers
+        assert len(log_events(srv, "below the memory of a freshly started worker")) == 1
+        assert log_events(srv, "over the memory limit; recycling") == recycles
+        if not recycles:
+            assert all_ready(srv, 2) == pids
+        # a reload starts fresh workers: judged again, reported once again
+        p = resilctl(srv, "reload")
+        assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+        wait_for(lambda: len(log_events(srv, "below the memory of a freshly started worker")) == 2, 5,
+                 "the report after the reload")
+        time.sleep(0.6)
+        assert len(log_events(srv, "below the memory of a freshly started worker")) == 2
+        assert len(log_events(srv, "over the memory limit; recycling")) <= 2
+        clean_exit(srv)
+    finally:
+        srv.cleanup()
+
+
+def test_memory_recycles_of_one_slot_back_off_like_crash_restarts():
+    """A worker made to grow over the limit (a large request body held
+    incomplete) is recycled; the next recycle of the same slot waits 100 ms,
+    then 200 ms, then 400 ms (the crash-restart doubling). The recycle may
+    start while the body still streams in; a draining worker then ends the
+    held request at the request timeout (4 s here, long enough for the body
+    to arrive on a busy machine)."""
+    srv = started(1, env={"RESIL_MAX_MEMORY": "24m", "RESIL_BODY_LIMIT": "64m", "RESIL_REQUEST_TIMEOUT": "4s"})
+    try:
+        body_len = 48 * 1024 * 1024
+        chunk = b"x" * (1024 * 1024)
+        for n in range(1, 4):
+            pid = wait_for(lambda: all_ready(srv, 1), 10, "a ready worker")[0]
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            try:
+                s.sendall(("POST /__test/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                           "Content-Length: %d\r\n\r\n" % body_len).encode())
+                for _ in range(body_len // len(chunk) - 1):  # held incomplete: the worker keeps it all
+                    s.sendall(chunk)
+                ev = wait_for(lambda: [e for e in log_events(srv, "over the memory limit; recycling")
+                                       if e["workerPid"] == pid], 10, "recycle %d" % n)
+            finally:
+                s.close()
+            assert len(log_events(srv, "over the memory limit; recycling")) == n
+            wait_for(lambda: gone(pid), 15, "recycled worker %d gone" % pid)
+        rec = log_events(srv, "over the memory limit; recycling")
+        assert [e["nextRecycleAfterMs"] for e in rec] == [100, 200, 400], rec
+        assert [e["recycles"] for e in rec] == [1, 2, 3], rec
+        assert not log_events(srv, "below the memory of a freshly started worker")
+        assert all(w["restarts"] == 0 for w in status(srv)["workers"])
+        clean_exit(srv)
+    finally:
+        srv.cleanup()
 
 
 def health_total(srv):
@@ -996,10 +1159,14 @@ if __name__ == "__main__":
     run_tests([
         test_killed_worker_is_replaced_within_a_second_while_the_other_serves,
         test_crash_on_a_route_is_attributed_to_that_route,
+        test_idle_crash_is_not_attributed_to_the_last_route,
         test_crash_loop_marks_the_slot_errored_until_restart,
         test_hung_worker_is_killed_after_the_worker_timeout,
         test_sigterm_lets_an_in_flight_slow_request_finish,
         test_reload_under_load_loses_no_request_and_bad_config_is_rejected,
+        test_reload_reports_restart_only_keys_and_a_scale_survives_it,
+        test_memory_limit_below_a_fresh_worker_is_reported_once_and_not_recycled,
+        test_memory_recycles_of_one_slot_back_off_like_crash_restarts,
         test_ttin_ttou_and_scale_change_the_worker_count,
         test_every_resilctl_command_against_the_real_resild,
         test_control_socket_refuses_other_users,
