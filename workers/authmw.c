@@ -236,15 +236,19 @@ struct auth_wait {
 
 static enum auth_status step(struct auth_wait *w, struct auth_result *r);
 
+/* Answer the waiter. w is released first: cb may answer and free the
+ * request whose arena holds w (r points into the caches, not into w). */
 static void wait_finish(struct auth_wait *w, struct auth_result *r)
 {
+	auth_cb cb = w->cb;
+	void *ud = w->ud;
 	memcpy(r->sid, w->sid, sizeof(r->sid));
-	w->cb(w->ud, r);
 	if (w->user)
 		bson_destroy(w->user);
 	w->user = NULL;
 	if (!w->req)
 		free(w);
+	cb(ud, r);
 }
 
 /* A load finished: record it and take the next step. */
