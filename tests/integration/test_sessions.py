@@ -193,6 +193,12 @@ def test_logout_revokes_the_access_token_on_every_worker(S):
     assert st == 204 and body == b"", (st, body)
     on_every_worker(S, u["token"], 401)
     assert_401(*refresh(S, u["refresh"]))
+    # The WebSocket upgrade refuses it too (before the upgrade, SPEC section 7).
+    ws = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    for _ in range(4):
+        st, _, _ = S.request("GET", "/ws?token=" + u["token"], headers=ws)
+        assert st == 401, st
     on_every_worker(S, other["token"], 200)
     assert refresh(S, other["refreshToken"])[0] == 200
     st, doc = call(S, "POST", "/api/auth/logout")
