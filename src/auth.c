@@ -428,6 +428,13 @@ static int read_claims(yajl_val p, struct jwt_claims *c, int64_t *nbf)
 	*nbf = 0;
 	if ((v = member(p, "nbf")) && read_time(v, nbf))
 		return -1;
+	/* sid is optional (tokens issued before sessions, the Node app's):
+	 * when present it must be a 24-hex session id. */
+	if ((v = member(p, "sid"))) {
+		if (!YAJL_IS_STRING(v) || !is_hex24(v->u.string, strlen(v->u.string)))
+			return -1;
+		memcpy(c->sid, v->u.string, 25);
+	}
 	memcpy(c->sub, sub->u.string, 25);
 	memcpy(c->email, email->u.string, n + 1);
 	return 0;
@@ -463,7 +470,7 @@ int jwt_sign(const unsigned char *key, size_t keylen, const struct jwt_claims *c
 {
 	const unsigned char *json;
 	unsigned char mac[MAC_LEN];
-	size_t elen, jlen, need, pos;
+	size_t elen, jlen, need, pos, sidlen;
 	yajl_gen g;
 	int rc = -1;
 
@@ -480,12 +487,15 @@ int jwt_sign(const unsigned char *key, size_t keylen, const struct jwt_claims *c
 		return -1;
 	if (c->iat < 0 || c->exp < 0)
 		return -1;
+	sidlen = strnlen(c->sid, sizeof c->sid);
+	if (sidlen != 0 && (sidlen != 24 || !is_hex24(c->sid, 24)))
+		return -1;
 	if (!(g = yajl_gen_alloc(NULL)))
 		return -1;
 	if (!yajl_gen_config(g, yajl_gen_validate_utf8, 1) || yajl_gen_map_open(g) != yajl_gen_status_ok ||
 	    gen_str(g, "sub", c->sub, 24) || gen_str(g, "email", c->email, elen) ||
 	    gen_str(g, "role", c->role, strlen(c->role)) || gen_int(g, "iat", c->iat) || gen_int(g, "exp", c->exp) ||
-	    yajl_gen_map_close(g) != yajl_gen_status_ok || yajl_gen_get_buf(g, &json, &jlen) != yajl_gen_status_ok)
+	    (sidlen && gen_str(g, "sid", c->sid, 24)) || yajl_gen_map_close(g) != yajl_gen_status_ok || yajl_gen_get_buf(g, &json, &jlen) != yajl_gen_status_ok)
 		goto done;
 	/* encoded_len counts the NUL */
 	need = HEADER_B64_LEN + 1 + (sodium_base64_encoded_len(jlen, B64URL) - 1) + 1 + SIG_B64_LEN;

@@ -68,6 +68,8 @@ struct jwt_claims {
 	char email[256];        /* NUL-terminated, at most 255 bytes of UTF-8 */
 	char role[16];          /* a role word (1-15 of [a-z_]); "" in a Node token: the role is the user record's */
 	int64_t iat, exp;       /* seconds since the epoch, >= 0 */
+	char sid[25];           /* optional session (refresh family) id: 24 lower-case hex digits, or "" for
+	                         * none (Node tokens and resil tokens issued before sessions) */
 	enum jwt_issuer issuer; /* set by jwt_verify; jwt_sign always issues resil's shape */
 };
 
@@ -81,8 +83,9 @@ enum jwt_result {
 	JWT_BAD_KEY,       /* server error: key missing or shorter than JWT_KEY_MIN */
 };
 
-/* Sign c as an HS256 JWT into out (NUL-terminated). 0 on success; -1 when the key
- * is shorter than JWT_KEY_MIN, a claim is invalid (sub not 24-hex, role, email not
+/* Sign c as an HS256 JWT into out (NUL-terminated); a non-empty c->sid adds a "sid"
+ * claim. 0 on success; -1 when the key
+ * is shorter than JWT_KEY_MIN, a claim is invalid (sub or sid not 24-hex, role, email not
  * UTF-8 or unterminated, negative times) or outlen is too small (JWT_MAX + 1 always fits). */
 int jwt_sign(const unsigned char *key, size_t keylen, const struct jwt_claims *c, char *out, size_t outlen);
 

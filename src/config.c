@@ -53,7 +53,7 @@ enum key_type {
 };
 
 enum key_id {
-	K_LISTEN, K_WORKERS, K_DB, K_DB_SYNC, K_CONTROL, K_ENV, K_JWT_SECRET, K_JWT_EXPIRE, K_LOG_LEVEL,
+	K_LISTEN, K_WORKERS, K_DB, K_DB_SYNC, K_CONTROL, K_ENV, K_JWT_SECRET, K_JWT_EXPIRE, K_REFRESH_EXPIRE, K_LOG_LEVEL,
 	K_LOG_FORMAT, K_LOG_FILE, K_AUDIT_LOG, K_CORS_ORIGINS, K_RATE_LIMIT, K_BODY_LIMIT, K_SHUTDOWN_TIMEOUT,
 	K_WORKER_TIMEOUT, K_MAX_MEMORY, K_EXT_URL, K_EXT_KEY, K_EXT_TIMEOUT, K_MAX_CONNECTIONS, K_WS_MESSAGE_RATE,
 	K_KEEPALIVE_TIMEOUT, K_HEADER_TIMEOUT, K_REQUEST_TIMEOUT, K_LISTEN_TIMEOUT, K_DB_POOL_SIZE,
@@ -99,8 +99,10 @@ static const struct key_def keys[K_COUNT] = {
 			  .doc_def = "production: required; development: random per start",
 			  .example = "\"replace-with-at-least-32-random-bytes\"",
 			  .help = "HS256 signing key for access tokens, at least 32 bytes"},
-	[K_JWT_EXPIRE] = {"jwt_expire", "RESIL_JWT_EXPIRE", KT_SECONDS, FIELD(jwt_expire_s), .def = "7d",
-			  .help = "access token lifetime (e.g. 7d, 12h, 900s)"},
+	[K_JWT_EXPIRE] = {"jwt_expire", "RESIL_JWT_EXPIRE", KT_SECONDS, FIELD(jwt_expire_s), .def = "15m",
+			  .help = "access token lifetime (e.g. 15m, 12h, 900s)"},
+	[K_REFRESH_EXPIRE] = {"refresh_expire", "RESIL_REFRESH_EXPIRE", KT_SECONDS, FIELD(refresh_expire_s),
+			      .def = "30d", .help = "refresh token (session) lifetime (e.g. 30d, 12h)"},
 	[K_LOG_LEVEL] = {"log_level", "RESIL_LOG_LEVEL", KT_LEVEL, FIELD(log_level),
 			 .doc_def = "info in production, debug in development", .example = "info",
 			 .help = "lowest level logged: debug, info, warn or error"},

@@ -36,6 +36,7 @@ struct resil_config {
 	size_t jwt_secret_len;
 	int jwt_secret_generated; /* 1: random per start (development only) */
 	int64_t jwt_expire_s;
+	int64_t refresh_expire_s;
 	int log_level;          /* enum config_log_level */
 	int log_format;         /* enum config_log_format */
 	char log_file[1024];    /* empty: none */

@@ -353,6 +353,40 @@ START_TEST(test_jwt_sign_verify_round_trips)
 }
 END_TEST
 
+START_TEST(test_jwt_carries_an_optional_session_id)
+{
+	struct jwt_claims c = claims("user"), out;
+	char tok[JWT_MAX + 1], seg[JWT_MAX];
+
+	memcpy(c.sid, "0123456789abcdef01234567", 25);
+	sign_ok(&c, tok, sizeof tok);
+	segment(tok, 1, seg, sizeof seg);
+	ck_assert_str_eq(seg, "{\"sub\":\"" SUB "\",\"email\":\"alice@example.com\",\"role\":\"user\","
+	                      "\"iat\":1700000000,\"exp\":1700003600,\"sid\":\"0123456789abcdef01234567\"}");
+	ck_assert_int_eq(verify(tok, &out), JWT_OK);
+	ck_assert_str_eq(out.sid, "0123456789abcdef01234567");
+	/* Without one (tokens issued before sessions): no claim, "" back. */
+	c = claims("user");
+	sign_ok(&c, tok, sizeof tok);
+	ck_assert_int_eq(verify(tok, &out), JWT_OK);
+	ck_assert_str_eq(out.sid, "");
+	/* A bad sid is refused on both sides. */
+	memcpy(c.sid, "0123456789ABCDEF01234567", 25);
+	ck_assert_int_eq(jwt_sign(KEY, KEYLEN, &c, tok, sizeof tok), -1);
+	memcpy(c.sid, "0123", 5);
+	ck_assert_int_eq(jwt_sign(KEY, KEYLEN, &c, tok, sizeof tok), -1);
+	ck_assert_int_eq(verify_forged(HDR, "{\"sub\":\"" SUB "\",\"email\":\"a@b\",\"role\":\"user\",\"iat\":1,"
+	                                    "\"exp\":2000000000,\"sid\":\"xyz\"}"),
+	                 JWT_MALFORMED);
+	ck_assert_int_eq(verify_forged(HDR, "{\"sub\":\"" SUB "\",\"email\":\"a@b\",\"role\":\"user\",\"iat\":1,"
+	                                    "\"exp\":2000000000,\"sid\":7}"),
+	                 JWT_MALFORMED);
+	ck_assert_int_eq(verify_forged(HDR, "{\"sub\":\"" SUB "\",\"email\":\"a@b\",\"role\":\"user\",\"iat\":1,"
+	                                    "\"exp\":2000000000,\"sid\":\"0123456789abcdef01234567\"}"),
+	                 JWT_OK);
+}
+END_TEST
+
 START_TEST(test_jwt_signature_is_hmac_sha256_of_the_first_two_segments)
 {
 	struct jwt_claims c = claims("user");
@@ -994,6 +1028,7 @@ static Suite *auth_suite(void)
 	add(s, "password_bcrypt_malformed", test_password_refuses_malformed_bcrypt_hashes, slow);
 	add(s, "password_bcrypt_padding", test_expect_bcrypt_turns_on_padding_for_every_verify, slow);
 	add(s, "jwt_round_trip", test_jwt_sign_verify_round_trips, 0);
+	add(s, "jwt_session_id", test_jwt_carries_an_optional_session_id, 0);
 	add(s, "jwt_hmac", test_jwt_signature_is_hmac_sha256_of_the_first_two_segments, 0);
 	add(s, "jwt_rfc7515", test_jwt_verify_accepts_rfc7515_example_signature, 0);
 	add(s, "jwt_other_issuer", test_jwt_accepts_reordered_header_and_long_keys, 0);

@@ -131,7 +131,8 @@ START_TEST(test_defaults_follow_the_spec_table)
 	ck_assert_str_eq(c.db, "sqlite:data/resil.db");
 	ck_assert_str_eq(c.control, "./resild.sock");
 	ck_assert_int_eq(c.env, CONFIG_ENV_DEVELOPMENT);
-	ck_assert_int_eq(c.jwt_expire_s, 7 * 86400);
+	ck_assert_int_eq(c.jwt_expire_s, 15 * 60);
+	ck_assert_int_eq(c.refresh_expire_s, 30 * 86400);
 	ck_assert_int_eq(c.log_level, CONFIG_LOG_DEBUG);
 	ck_assert_int_eq(c.log_format, isatty(2) ? CONFIG_LOG_PRETTY : CONFIG_LOG_JSON);
 	ck_assert_str_eq(c.log_file, "");
@@ -750,7 +751,8 @@ static void print_help(void)
 
 static const char *const env_names[] = {
 	"RESIL_LISTEN", "RESIL_WORKERS", "RESIL_DB", "RESIL_DB_SYNC", "RESIL_CONTROL", "RESIL_ENV", "RESIL_JWT_SECRET",
-	"RESIL_JWT_EXPIRE", "RESIL_LOG_LEVEL", "RESIL_LOG_FORMAT", "RESIL_LOG_FILE", "RESIL_AUDIT_LOG", "RESIL_CORS_ORIGINS",
+	"RESIL_JWT_EXPIRE", "RESIL_REFRESH_EXPIRE", "RESIL_LOG_LEVEL", "RESIL_LOG_FORMAT", "RESIL_LOG_FILE",
+	"RESIL_AUDIT_LOG", "RESIL_CORS_ORIGINS",
 	"RESIL_RATE_LIMIT", "RESIL_BODY_LIMIT", "RESIL_SHUTDOWN_TIMEOUT", "RESIL_WORKER_TIMEOUT",
 	"RESIL_MAX_MEMORY", "RESIL_EXTERNAL_API_URL", "RESIL_EXTERNAL_API_KEY", "RESIL_EXTERNAL_API_TIMEOUT",
 	"RESIL_MAX_CONNECTIONS", "RESIL_WS_MESSAGE_RATE", "RESIL_KEEPALIVE_TIMEOUT", "RESIL_HEADER_TIMEOUT", "RESIL_REQUEST_TIMEOUT",

@@ -1006,7 +1006,7 @@ START_TEST(test_sqlite_schema_is_versioned_and_newer_schema_refused)
 	char mode[16] = "", err[256] = "";
 	struct store *st;
 
-	ck_assert_int_eq(query_int(T.path, "PRAGMA user_version", NULL, 0), 1);
+	ck_assert_int_eq(query_int(T.path, "PRAGMA user_version", NULL, 0), (int)app_schema.nsqlite_migrations);
 	query_int(T.path, "PRAGMA journal_mode", mode, sizeof mode);
 	ck_assert_str_eq(mode, "wal");
 	store_close(T.st);

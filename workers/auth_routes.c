@@ -1,5 +1,8 @@
-/* auth_routes.c - POST /api/auth/register and POST /api/auth/login (SPEC
- * section 6), and the password-hashing helper users.c shares.
+/* auth_routes.c - POST /api/auth/register, login, refresh and logout
+ * (SPEC section 6). Register and login open a session (sessions.h) and
+ * answer an access token carrying its id ("sid") with a refresh token;
+ * refresh rotates the refresh token; logout revokes the access token's
+ * session in every worker (the users generation drops their caches).
  *
  * Each route is one job (api.h) marked slow: argon2id runs on the worker's
  * job pool, never on the loop. Passwords are copied only into the job,
@@ -33,6 +36,7 @@
 #include "handlers.h"
 #include "log.h"
 #include "routes.h"
+#include "sessions.h"
 #include "validate.h"
 
 #include <ctype.h>
@@ -79,25 +83,45 @@ static int fail_unavailable(struct http_request *req)
 	return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 }
 
-/* 200/201 {"user": {...}, "token": "..."} for a stored user document. */
-static void reply_session(struct http_request *req, int status, const bson_t *user)
+/* Sign an access token for a stored user document in session sid into the
+ * request's arena; NULL (and answered 500) on failure. */
+static char *issue_token(struct http_request *req, const bson_t *user, const char *sid)
 {
 	char id[25];
 	bson_oid_t oid;
 	if (api_doc_oid(user, "_id", &oid) < 0) {
 		app_fail(req, 500, "INTERNAL", "internal server error");
-		return;
+		return NULL;
 	}
 	store_id_format(&oid, id);
 	const char *email = api_doc_str(user, "email");
 	const char *role = api_doc_str(user, "role");
 	char *token = http_alloc(req, JWT_MAX + 1);
-	if (!token || authmw_issue_token(id, email ? email : "", role ? role : "user", token, JWT_MAX + 1) < 0) {
+	if (!token || authmw_issue_token(id, email ? email : "", role ? role : "user", sid, token, JWT_MAX + 1) < 0) {
 		struct log_ctx lc = lctx(req);
 		log_error(&lc, "cannot issue token", LF_STR("userId", id));
 		app_fail(req, 500, "INTERNAL", "internal server error");
-		return;
+		return NULL;
 	}
+	return token;
+}
+
+/* Write "token" and "refreshToken" members into an open map. */
+static void gen_pair(yajl_gen g, const char *token, const struct session_new *s)
+{
+	yajl_gen_string(g, (const unsigned char *)"token", 5);
+	yajl_gen_string(g, (const unsigned char *)token, strlen(token));
+	yajl_gen_string(g, (const unsigned char *)"refreshToken", 12);
+	yajl_gen_string(g, (const unsigned char *)s->token, strlen(s->token));
+}
+
+/* 200/201 {"user": {...}, "token": "...", "refreshToken": "..."} for a
+ * stored user document and its new session. */
+static void reply_session(struct http_request *req, int status, const bson_t *user, const struct session_new *s)
+{
+	char *token = issue_token(req, user, s->family);
+	if (!token)
+		return;
 	yajl_gen g = app_gen(req);
 	if (!g) {
 		fail_unavailable(req);
@@ -106,8 +130,7 @@ static void reply_session(struct http_request *req, int status, const bson_t *us
 	yajl_gen_map_open(g);
 	yajl_gen_string(g, (const unsigned char *)"user", 4);
 	users_gen(g, user);
-	yajl_gen_string(g, (const unsigned char *)"token", 5);
-	yajl_gen_string(g, (const unsigned char *)token, strlen(token));
+	gen_pair(g, token, s);
 	yajl_gen_map_close(g);
 	app_send_gen(req, status);
 }
@@ -126,14 +149,27 @@ struct cred_job {
 	bool match;         /* login */
 	bool rehashed;      /* login: the stored hash was upgraded */
 	enum store_err rehash_err;
+	struct session_new session; /* the new refresh token (wiped after use) */
 };
 
 static void cred_cleanup(struct api_job *j)
 {
 	struct cred_job *cj = (struct cred_job *)j;
 	sodium_memzero(cj->pw, sizeof(cj->pw));
+	sodium_memzero(&cj->session, sizeof(cj->session));
 	if (cj->user)
 		bson_destroy(cj->user);
+}
+
+/* Pool thread: open a session for the job's user (register, login). */
+static void open_session(struct api_job *j, struct cred_job *cj)
+{
+	bson_oid_t id;
+	if (api_doc_oid(cj->user, "_id", &id) < 0) {
+		api_job_fail(j, 500, "INTERNAL", "internal server error");
+		return;
+	}
+	session_create(j, &id, worker_current()->cfg->refresh_expire_s, &cj->session);
 }
 
 static struct cred_job *cred_job_new(struct http_request *req, api_job_fn work, api_job_done_fn done,
@@ -251,6 +287,8 @@ static void register_work(struct api_job *j)
 	store_op_clear(&op);
 	if (cj->user && admin)
 		bootstrap(j, cj);
+	if (cj->user && !j->fail_status && j->err == STORE_OK)
+		open_session(j, cj);
 }
 
 static void register_done(struct api_job *j, struct http_request *req)
@@ -271,7 +309,7 @@ static void register_done(struct api_job *j, struct http_request *req)
 		log_warn(&lc, "first user registered on an empty database became admin (development only)",
 		         LF_STR("userId", id));
 	log_info(&lc, "user registered", LF_STR("userId", id), LF_STR("role", role ? role : "user"));
-	reply_session(req, 201, cj->user);
+	reply_session(req, 201, cj->user, &cj->session);
 }
 
 static int auth_register(struct http_request *req)
@@ -328,6 +366,8 @@ static void login_work(struct api_job *j)
 			cj->rehashed = cj->rehash_err == STORE_OK;
 		}
 	}
+	if (api_doc_bool(cj->user, "isActive", 1))
+		open_session(j, cj);
 out:
 	sodium_memzero(rehash, sizeof(rehash));
 	store_op_clear(&op);
@@ -358,7 +398,7 @@ static void login_done(struct api_job *j, struct http_request *req)
 	if (api_doc_oid(cj->user, "_id", &oid) == 0)
 		store_id_format(&oid, id);
 	log_info(&lc, "user logged in", LF_STR("userId", id));
-	reply_session(req, 200, cj->user);
+	reply_session(req, 200, cj->user, &cj->session);
 }
 
 static int auth_login(struct http_request *req)
@@ -387,6 +427,127 @@ static int auth_login(struct http_request *req)
 	return api_job_submit(&cj->base);
 }
 
+/* ------------------------------------------------------------ refresh */
+
+static const struct vrule refresh_rules[] = {
+    V_STRING("refreshToken", V_REQUIRED, 1, 128),
+    V_END,
+};
+
+struct refresh_job {
+	struct api_job base;
+	char token[SESSION_TOKEN_MAX + 1]; /* the presented one (wiped after use) */
+	size_t len;
+	struct session_new next;
+	bson_t *user;
+	bool reused;
+};
+
+static void refresh_cleanup(struct api_job *j)
+{
+	struct refresh_job *rj = (struct refresh_job *)j;
+	sodium_memzero(rj->token, sizeof(rj->token));
+	sodium_memzero(&rj->next, sizeof(rj->next));
+	if (rj->user)
+		bson_destroy(rj->user);
+	/* A reused token revoked its family: every worker must drop what it
+	 * cached about that session, even though the request failed. */
+	if (rj->reused)
+		authmw_users_changed();
+}
+
+static void refresh_work(struct api_job *j)
+{
+	struct refresh_job *rj = (struct refresh_job *)j;
+	session_rotate(j, rj->token, rj->len, worker_current()->cfg->refresh_expire_s, &rj->user, &rj->next,
+	               &rj->reused);
+	sodium_memzero(rj->token, sizeof(rj->token));
+}
+
+static void refresh_done(struct api_job *j, struct http_request *req)
+{
+	struct refresh_job *rj = (struct refresh_job *)j;
+	char *token = issue_token(req, rj->user, rj->next.family);
+	if (!token)
+		return;
+	yajl_gen g = app_gen(req);
+	if (!g) {
+		fail_unavailable(req);
+		return;
+	}
+	yajl_gen_map_open(g);
+	gen_pair(g, token, &rj->next);
+	yajl_gen_map_close(g);
+	app_send_gen(req, 200);
+}
+
+static int auth_refresh(struct http_request *req)
+{
+	const struct json_value *body = app_body(req);
+	struct verrors errs;
+	if (validate(body, refresh_rules, &errs) > 0)
+		return app_fail_validation(req, &errs);
+	size_t len;
+	const char *tok = json_get_str(body, "refreshToken", &len);
+	if (!tok || len > SESSION_TOKEN_MAX)
+		return app_fail(req, 401, "UNAUTHORIZED", "invalid or expired refresh token");
+	struct refresh_job *rj = api_job_new(req, sizeof(*rj), refresh_work, refresh_done);
+	if (!rj)
+		return fail_unavailable(req);
+	rj->base.cleanup = refresh_cleanup;
+	memcpy(rj->token, tok, len);
+	rj->len = len;
+	return api_job_submit(&rj->base);
+}
+
+/* ------------------------------------------------------------ logout */
+
+struct logout_job {
+	struct api_job base;
+	char sid[25];    /* the access token's session; "" for a token without one */
+	bson_oid_t user;
+};
+
+static void logout_work(struct api_job *j)
+{
+	struct logout_job *lj = (struct logout_job *)j;
+	if (lj->sid[0]) {
+		session_revoke_family(j, lj->sid);
+		return;
+	}
+	/* A token without a session (issued before sessions, or by the Node
+	 * app) can only be revoked with every older token of its user. */
+	bson_t *fields = BCON_NEW("tokensValidAfter", BCON_DATE_TIME(session_valid_after_now()));
+	if (!fields) {
+		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+		return;
+	}
+	bson_t *doc = api_update_by_id(j, COLL_USERS, &lj->user, fields);
+	if (doc)
+		bson_destroy(doc);
+}
+
+static void logout_done(struct api_job *j, struct http_request *req)
+{
+	struct logout_job *lj = (struct logout_job *)j;
+	struct log_ctx lc = {.request_id = req->request_id, .user_id = auth_principal(req)->id};
+	authmw_users_changed();
+	log_info(&lc, "logged out", LF_STR("scope", lj->sid[0] ? "session" : "all tokens"));
+	app_no_content(req);
+}
+
+static int auth_logout(struct http_request *req)
+{
+	struct logout_job *lj = api_job_new(req, sizeof(*lj), logout_work, logout_done);
+	if (!lj)
+		return fail_unavailable(req);
+	const char *sid = authmw_session_id(req);
+	if (sid)
+		snprintf(lj->sid, sizeof(lj->sid), "%s", sid);
+	lj->user = auth_principal(req)->oid;
+	return api_job_submit(&lj->base);
+}
+
 int auth_routes(struct app *app)
 {
 	int rc = 0;
@@ -394,5 +555,7 @@ int auth_routes(struct app *app)
 	rc |= app_post(app, "/api/auth/login", auth_login);
 	rc |= app_body_limit(app, HTTP_M_POST, "/api/auth/register", 64 * 1024);
 	rc |= app_body_limit(app, HTTP_M_POST, "/api/auth/login", 64 * 1024);
+	rc |= app_post(app, "/api/auth/refresh", auth_refresh);
+	rc |= app_post(app, "/api/auth/logout", mw_auth, auth_logout);
 	return rc;
 }

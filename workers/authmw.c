@@ -35,6 +35,7 @@
 #define JWT_SKEW_S 5
 #define USER_CACHE_SIZE 1024
 #define USER_CACHE_TTL_MS 5000
+#define SESSION_CACHE_SIZE 1024
 #define AUTH_LOAD_TIMEOUT_MS 10000 /* a load bound to no request (WebSocket CONNECT) */
 #define LOGIN_FAIL_MAX 5
 #define LOGIN_FAIL_WINDOW_MS (15 * 60 * 1000)
@@ -50,12 +51,21 @@ struct cached_user {
 };
 static struct cached_user user_cache[USER_CACHE_SIZE];
 
+struct cached_session {
+	char sid[25]; /* "" : an empty slot */
+	bool revoked;
+	uint64_t at_ms;
+	int generation;
+};
+static struct cached_session session_cache[SESSION_CACHE_SIZE];
+
 static void cache_clear(void)
 {
 	for (int i = 0; i < USER_CACHE_SIZE; i++)
 		if (user_cache[i].doc)
 			bson_destroy(user_cache[i].doc);
 	memset(user_cache, 0, sizeof(user_cache));
+	memset(session_cache, 0, sizeof(session_cache));
 }
 
 void authmw_shutdown(void)
@@ -119,7 +129,8 @@ static uint64_t now_ms(void)
 	return sb_now_mono_ms(); /* shared by every process: the limiter's clock */
 }
 
-int authmw_issue_token(const char *user_id, const char *email, const char *role, char *out, size_t outlen)
+int authmw_issue_token(const char *user_id, const char *email, const char *role, const char *sid, char *out,
+                       size_t outlen)
 {
 	struct jwt_claims c;
 	memset(&c, 0, sizeof(c));
@@ -128,6 +139,8 @@ int authmw_issue_token(const char *user_id, const char *email, const char *role,
 	snprintf(c.role, sizeof(c.role), "%s", role);
 	c.iat = (int64_t)time(NULL);
 	c.exp = c.iat + g_cfg->jwt_expire_s;
+	if (sid)
+		snprintf(c.sid, sizeof(c.sid), "%s", sid);
 	return jwt_sign(g_cfg->jwt_secret, g_cfg->jwt_secret_len, &c, out, outlen);
 }
 
@@ -178,53 +191,218 @@ static struct cached_user *cache_fill(const bson_oid_t *id, int gen, const bson_
 	return slot;
 }
 
-/* The outcome of a user load. */
-static void loaded(const bson_oid_t *id, int gen, enum store_err err, const bson_t *doc, struct auth_result *r)
+/* ---- session state: is a token's session (refresh family) revoked? ---- */
+
+/* Like cache_lookup: fresh, same generation, only with a scoreboard. */
+static struct cached_session *session_lookup(const char *sid, int gen)
 {
-	memset(r, 0, sizeof(*r));
-	if (err == STORE_NOT_FOUND || (err == STORE_OK && !api_doc_bool(doc, "isActive", 1))) {
-		r->status = AUTH_GONE;
-	} else if (err != STORE_OK) {
-		r->status = AUTH_STORE;
-		r->err = err;
-	} else {
-		struct cached_user *u = cache_fill(id, gen, doc);
-		r->status = AUTH_OK;
-		r->who = &u->p;
-		r->doc = u->doc;
-	}
+	struct cached_session *s = &session_cache[cache_slot(sid) % SESSION_CACHE_SIZE];
+	if (sb() && s->sid[0] && strcmp(s->sid, sid) == 0 && s->generation == gen &&
+	    now_ms() - s->at_ms < USER_CACHE_TTL_MS)
+		return s;
+	return NULL;
 }
 
-/* Who waits for a load bound to a request (in its arena). */
+static void session_fill(const char *sid, int gen, bool revoked)
+{
+	struct cached_session *s = &session_cache[cache_slot(sid) % SESSION_CACHE_SIZE];
+	snprintf(s->sid, sizeof(s->sid), "%s", sid);
+	s->revoked = revoked;
+	s->at_ms = now_ms();
+	s->generation = gen;
+}
+
+/* The user's tokensValidAfter (ms), 0 when unset. */
+static int64_t valid_after_ms(const bson_t *doc)
+{
+	bson_iter_t it;
+	if (doc && bson_iter_init_find(&it, doc, "tokensValidAfter") && BSON_ITER_HOLDS_DATE_TIME(&it))
+		return bson_iter_date_time(&it);
+	return 0;
+}
+
+/* The verdict for a token (iat, sid) of an active user whose document is
+ * doc, given its session's state. tokensValidAfter is stored truncated to
+ * the second (session_valid_after_now), so the fresh pair issued in the
+ * same second as a password change stays valid; older tokens of that
+ * second carry a sid whose family the change revoked. */
+static void decide(struct auth_result *r, const struct cached_user *u, int64_t iat, bool revoked)
+{
+	if (revoked || iat * 1000 < valid_after_ms(u->doc)) {
+		r->status = AUTH_GONE;
+		r->revoked = true;
+		return;
+	}
+	r->status = AUTH_OK;
+	r->who = &u->p;
+	r->doc = u->doc;
+}
+
+/* One resolution in progress (the request's arena, or malloc'd without a
+ * request). Loads run one at a time; each outcome is cached and the next
+ * step decides from the caches, or from the loaded values when there is no
+ * scoreboard (no cache). */
 struct auth_wait {
 	auth_cb cb;
 	void *ud;
+	struct http_request *req; /* NULL: malloc'd, loads own their op */
+	bson_oid_t id;
+	int gen;
+	int64_t iat;
+	char sid[25];
+	bson_t *user;      /* loaded user document (owned), NULL until loaded */
+	int session_state; /* -1 unknown, 0 live, 1 revoked */
 };
+
+static enum auth_status step(struct auth_wait *w, struct auth_result *r);
+
+/* Answer the waiter. w is released first: cb may answer and free the
+ * request whose arena holds w (r points into the caches, not into w). */
+static void wait_finish(struct auth_wait *w, struct auth_result *r)
+{
+	auth_cb cb = w->cb;
+	void *ud = w->ud;
+	memcpy(r->sid, w->sid, sizeof(r->sid));
+	if (w->user)
+		bson_destroy(w->user);
+	w->user = NULL;
+	if (!w->req)
+		free(w);
+	cb(ud, r);
+}
+
+/* A load finished: record it and take the next step. */
+static void wait_loaded(struct auth_wait *w, int coll, enum store_err err, bson_t **result)
+{
+	struct auth_result r;
+	memset(&r, 0, sizeof(r));
+	if (coll == COLL_USERS) {
+		if (err == STORE_NOT_FOUND || (err == STORE_OK && !api_doc_bool(*result, "isActive", 1))) {
+			r.status = AUTH_GONE;
+			wait_finish(w, &r);
+			return;
+		}
+		if (err == STORE_OK) {
+			w->user = *result;
+			*result = NULL;
+		}
+	} else if (err == STORE_OK || err == STORE_NOT_FOUND) {
+		w->session_state = err == STORE_OK; /* found a revoked document of the family */
+		session_fill(w->sid, w->gen, err == STORE_OK);
+		err = STORE_OK;
+	}
+	if (err != STORE_OK) {
+		r.status = AUTH_STORE;
+		r.err = err;
+		wait_finish(w, &r);
+		return;
+	}
+	if (step(w, &r) != AUTH_PENDING)
+		wait_finish(w, &r);
+}
 
 static void req_loaded(struct api_call *c, enum store_err err)
 {
-	struct auth_wait *w = c->data;
-	struct auth_result r;
-	loaded(&c->op.id, (int)c->n, err, c->op.result, &r);
-	w->cb(w->ud, &r);
+	wait_loaded(c->data, c->op.coll, err, &c->op.result);
 }
 
 /* A load without a request: the op and who waits for it (malloc'd). */
 struct auth_load {
 	struct store_op op;
-	auth_cb cb;
-	void *ud;
-	int generation;
+	struct auth_wait *w;
 };
 
 static void load_done(struct store_op *op, enum store_err err)
 {
 	struct auth_load *l = op->user;
-	struct auth_result r;
-	loaded(&op->id, l->generation, err, op->result, &r);
-	l->cb(l->ud, &r);
+	wait_loaded(l->w, op->coll, err, &op->result);
 	store_op_clear(&l->op);
 	free(l);
+}
+
+/* Start the load of coll for w: users by id, or "a revoked document of the
+ * session's family". 0, or -1 (r filled; with a request it is answered). */
+static int start_load(struct auth_wait *w, int coll, struct auth_result *r)
+{
+	int kind = coll == COLL_USERS ? STORE_OP_FIND_BY_ID : STORE_OP_FIND_ONE;
+	struct store_op *op;
+	struct api_call *c = NULL;
+	struct auth_load *l = NULL;
+	if (w->req) {
+		if (!(c = api_call_new(w->req, kind, coll, req_loaded))) {
+			app_fail(w->req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+			return -1;
+		}
+		c->data = w;
+		op = &c->op;
+	} else {
+		if (!(l = calloc(1, sizeof(*l))))
+			goto unavailable;
+		store_op_init(&l->op, kind, coll);
+		l->op.done = load_done;
+		l->op.user = l;
+		l->op.deadline_ms = jobs_now_ms() + AUTH_LOAD_TIMEOUT_MS;
+		l->w = w;
+		op = &l->op;
+	}
+	if (coll == COLL_USERS)
+		op->id = w->id;
+	else if (store_filter_str(&op->filter, "family", STORE_EQ, w->sid) < 0 ||
+	         store_filter_bool(&op->filter, "revoked", STORE_EQ, true) < 0)
+		goto fail;
+	if (c) {
+		api_call_submit(c); /* answers the request itself on failure */
+		return 0;
+	}
+	struct store *st = api_store();
+	if (st && store_submit(st, &l->op) == 0)
+		return 0;
+fail:
+	if (c) {
+		store_op_clear(&c->op);
+		free(c);
+		app_fail(w->req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+		return -1;
+	}
+	store_op_clear(&l->op);
+	free(l);
+unavailable:
+	r->status = AUTH_STORE;
+	r->err = STORE_UNAVAILABLE;
+	return -1;
+}
+
+/* Start the load of coll: AUTH_PENDING, or the failure (with a request it
+ * was answered: AUTH_PENDING too, and cb will not run). */
+static enum auth_status start(struct auth_wait *w, int coll, struct auth_result *r)
+{
+	if (start_load(w, coll, r) < 0 && !w->req)
+		return r->status;
+	return AUTH_PENDING;
+}
+
+/* Decide from what is known, or start the missing load. The session is
+ * checked first so that the user document, once loaded, is decided on at
+ * once and never held across a load. */
+static enum auth_status step(struct auth_wait *w, struct auth_result *r)
+{
+	bool revoked = false;
+	if (w->sid[0]) {
+		struct cached_session *s = session_lookup(w->sid, w->gen);
+		if (s)
+			revoked = s->revoked;
+		else if (w->session_state >= 0)
+			revoked = w->session_state == 1;
+		else
+			return start(w, COLL_SESSIONS, r);
+	}
+	char hex[25];
+	store_id_format(&w->id, hex);
+	struct cached_user *u = w->user ? cache_fill(&w->id, w->gen, w->user) : cache_lookup(hex, w->gen);
+	if (!u)
+		return start(w, COLL_USERS, r);
+	decide(r, u, w->iat, revoked);
+	return r->status;
 }
 
 enum auth_status auth_resolve(struct http_request *req, const char *tok, size_t len, auth_cb cb, void *ud,
@@ -243,50 +421,38 @@ enum auth_status auth_resolve(struct http_request *req, const char *tok, size_t 
 		return now->status = AUTH_INVALID;
 	}
 	int gen = users_generation();
+	/* The hot path: user and session both cached, nothing allocated. */
 	char hex[25]; /* the id as the cache spells it, whatever case the token used */
 	store_id_format(&id, hex);
 	struct cached_user *u = cache_lookup(hex, gen);
-	if (u) {
-		now->who = &u->p;
-		now->doc = u->doc;
-		return now->status = AUTH_OK;
+	struct cached_session *s = cl.sid[0] ? session_lookup(cl.sid, gen) : NULL;
+	if (u && (!cl.sid[0] || s)) {
+		decide(now, u, cl.iat, s && s->revoked);
+		memcpy(now->sid, cl.sid, sizeof(now->sid));
+		return now->status;
 	}
-	if (req) {
-		struct auth_wait *w = http_alloc(req, sizeof(*w));
-		struct api_call *c = w ? api_call_new(req, STORE_OP_FIND_BY_ID, COLL_USERS, req_loaded) : NULL;
-		if (!c) {
+	struct auth_wait *w = req ? http_alloc(req, sizeof(*w)) : calloc(1, sizeof(*w));
+	if (!w) {
+		if (req) {
 			app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 			return AUTH_PENDING;
 		}
-		w->cb = cb;
-		w->ud = ud;
-		c->data = w;
-		c->n = gen;
-		c->op.id = id;
-		api_call_submit(c); /* answers the request itself on failure */
-		return AUTH_PENDING;
-	}
-	struct auth_load *l = calloc(1, sizeof(*l));
-	struct store *st = api_store();
-	if (!l) {
 		now->err = STORE_UNAVAILABLE;
 		return now->status = AUTH_STORE;
 	}
-	store_op_init(&l->op, STORE_OP_FIND_BY_ID, COLL_USERS);
-	l->op.id = id;
-	l->op.done = load_done;
-	l->op.user = l;
-	l->op.deadline_ms = jobs_now_ms() + AUTH_LOAD_TIMEOUT_MS;
-	l->cb = cb;
-	l->ud = ud;
-	l->generation = gen;
-	if (!st || store_submit(st, &l->op) < 0) {
-		store_op_clear(&l->op);
-		free(l);
-		now->err = STORE_UNAVAILABLE;
-		return now->status = AUTH_STORE;
-	}
-	return AUTH_PENDING;
+	memset(w, 0, sizeof(*w));
+	w->cb = cb;
+	w->ud = ud;
+	w->req = req;
+	w->id = id;
+	w->gen = gen;
+	w->iat = cl.iat;
+	w->session_state = -1;
+	memcpy(w->sid, cl.sid, sizeof(w->sid));
+	enum auth_status st = step(w, now);
+	if (st != AUTH_PENDING && !req)
+		free(w); /* failed to start the load */
+	return st;
 }
 
 /* ---------------------------------------------------------- mw_auth */
@@ -294,6 +460,7 @@ enum auth_status auth_resolve(struct http_request *req, const char *tok, size_t 
 /* The principal and the document it was loaded from, in the request's arena. */
 struct auth_state {
 	struct principal p;
+	char sid[25]; /* the token's session, "" for none */
 	const bson_t *doc; /* valid until the chain next yields (see authmw.h) */
 };
 
@@ -304,6 +471,7 @@ static int set_ctx(struct http_request *req, const struct auth_result *r)
 	if (!as)
 		return -1;
 	as->p = *r->who;
+	memcpy(as->sid, r->sid, sizeof(as->sid));
 	as->doc = r->doc;
 	ctx->principal = as;
 	ctx->principal_id = as->p.id;
@@ -334,6 +502,8 @@ static int mw_auth_answer(struct http_request *req, const struct auth_result *r)
 	case AUTH_MISSING:
 		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
 	case AUTH_GONE:
+		if (r->revoked)
+			return app_fail(req, 401, "UNAUTHORIZED", "token has been revoked");
 		return app_fail(req, 401, "UNAUTHORIZED", "user no longer exists or is inactive");
 	case AUTH_STORE:
 		return api_fail_store(req, r->err, NULL);
@@ -376,6 +546,13 @@ int mw_auth(struct http_request *req)
 	if (auth_resolve(req, tok, tl, mw_auth_loaded, req, &r) == AUTH_PENDING)
 		return APP_DONE;
 	return mw_auth_answer(req, &r);
+}
+
+const char *authmw_session_id(struct http_request *req)
+{
+	struct app_ctx *ctx = app_ctx(req);
+	const struct auth_state *as = ctx ? ctx->principal : NULL;
+	return as && as->sid[0] ? as->sid : NULL;
 }
 
 const bson_t *authmw_user_doc(struct http_request *req)

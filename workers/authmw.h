@@ -6,7 +6,7 @@
  *
  * mw_auth: no token -> 401 UNAUTHORIZED "access token required"; malformed,
  * bad signature, alg other than HS256, expired -> 403 FORBIDDEN; user since
- * deleted or deactivated -> 401. On success auth_principal(req) is the
+ * deleted or deactivated, or the token revoked -> 401. On success auth_principal(req) is the
  * caller: id, username, email and role from the database, not the token.
  *
  * auth_resolve is the one way a token becomes a principal: mw_auth, the
@@ -51,6 +51,8 @@ struct auth_result {
 	enum store_err err;          /* AUTH_STORE */
 	const struct principal *who; /* AUTH_OK */
 	const bson_t *doc;           /* AUTH_OK: the stored user document, or NULL */
+	bool revoked;                /* AUTH_GONE: the token was revoked (logout, password or role change) */
+	char sid[25];                /* the token's session id, "" for none */
 };
 /* who and doc point into the per-worker user cache: valid only until the
  * loop runs other work (copy what must last). */
@@ -58,7 +60,10 @@ typedef void (*auth_cb)(void *ud, const struct auth_result *r);
 
 /* Resolve tok[0..len): verify the HS256 JWT, then find its user in the
  * per-worker cache (a few seconds old at most, dropped in every worker on
- * any user write), loading it through the store on a miss.
+ * any user write), loading it through the store on a miss. A token is
+ * revoked (AUTH_GONE, r->revoked) when its "sid" session family is revoked
+ * (cached the same way, loaded from the sessions collection on a miss) or
+ * its iat is before the user's tokensValidAfter.
  *
  * Returns the outcome with *now filled and cb not called, or AUTH_PENDING:
  * cb(ud, r) then runs exactly once, later, on the loop (r valid only
@@ -85,13 +90,17 @@ int mw_rate_limit(struct http_request *req);
 
 /* Set up (worker start): the shared limiter table and the JWT key. */
 void authmw_init(struct ratelimit *rl, const struct resil_config *cfg);
-/* Sign a token for a user document's fields. 0 or -1. */
-int authmw_issue_token(const char *user_id, const char *email, const char *role, char *out, size_t outlen);
+/* Sign a token for a user document's fields and session id (NULL: none). 0 or -1. */
+int authmw_issue_token(const char *user_id, const char *email, const char *role, const char *sid, char *out,
+                       size_t outlen);
+/* The session id of the token mw_auth accepted, or NULL (a token without one). */
+const char *authmw_session_id(struct http_request *req);
 /* Failed-login limiter per email: 1 if blocked now. */
 int authmw_login_blocked(const char *email, int64_t *retry_after_s);
 void authmw_login_failed(const char *email);
 void authmw_login_succeeded(const char *email);
-/* Invalidate cached user lookups in every worker (after a user write). */
+/* Invalidate cached user and session lookups in every worker (after a user
+ * write or a session revocation). */
 void authmw_users_changed(void);
 /* The authenticated user's stored document as mw_auth found it (a cache
  * entry at most a few seconds old, dropped on any user write), or NULL.

@@ -20,6 +20,11 @@ static const struct store_column patients_cols[] = {{"createdAt", "created_at"},
 static const struct store_column rooms_cols[] = {{"createdAt", "created_at"}, {"owner", "owner"}};
 static const struct store_column messages_cols[] = {{"createdAt", "created_at"}, {"room", "room"}};
 
+/* Refresh-token sessions (sessions.c): parentHash is unique so that a
+ * token can be spent once only. */
+static const struct store_column sessions_cols[] = {{"createdAt", "created_at"}, {"tokenHash", "token_hash"},
+    {"parentHash", "parent_hash"}, {"userId", "user_id"}, {"family", "family"}};
+
 static const struct store_array_mirror rooms_members = {
     .field = "members", .table = "room_members", .value_column = "member", .id_column = "room_id"};
 
@@ -36,12 +41,20 @@ static const struct store_index patients_ix[] = {{"status_1", {{"status", 1}}, f
 static const struct store_index rooms_ix[] = {{"members_1", {{"members", 1}}, false}};
 static const struct store_index messages_ix[] = {{"room_1_createdAt_1", {{"room", 1}, {"createdAt", 1}}, false}};
 
+static const struct store_index sessions_ix[] = {
+    {"tokenHash_1", {{"tokenHash", 1}}, true},
+    {"parentHash_1", {{"parentHash", 1}}, true},
+    {"userId_1", {{"userId", 1}}, false},
+    {"family_1", {{"family", 1}}, false},
+};
+
 static const struct store_collection collections[COLL_COUNT] = {
     [COLL_USERS] = {"users", users_cols, N(users_cols), NULL, users_ix, N(users_ix)},
     [COLL_POSTS] = {"posts", posts_cols, N(posts_cols), NULL, posts_ix, N(posts_ix)},
     [COLL_PATIENTS] = {"patients", patients_cols, N(patients_cols), NULL, patients_ix, N(patients_ix)},
     [COLL_ROOMS] = {"rooms", rooms_cols, N(rooms_cols), &rooms_members, rooms_ix, N(rooms_ix)},
     [COLL_MESSAGES] = {"messages", messages_cols, N(messages_cols), NULL, messages_ix, N(messages_ix)},
+    [COLL_SESSIONS] = {"sessions", sessions_cols, N(sessions_cols), NULL, sessions_ix, N(sessions_ix)},
 };
 
 /* Forward-only: step i brings PRAGMA user_version from i to i + 1. Never
@@ -62,6 +75,10 @@ static const char *const sqlite_migrations[] = {
     "CREATE INDEX room_members_room ON room_members (room_id);"
     "CREATE TABLE messages (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at, room);"
     "CREATE INDEX messages_room ON messages (room, created_at, id);",
+    "CREATE TABLE sessions (id TEXT PRIMARY KEY NOT NULL, doc BLOB NOT NULL, created_at,"
+    "  token_hash UNIQUE, parent_hash UNIQUE, user_id, family);"
+    "CREATE INDEX sessions_user ON sessions (user_id);"
+    "CREATE INDEX sessions_family ON sessions (family);",
 };
 
 const struct store_schema app_schema = {

@@ -15,7 +15,7 @@
 
 #include "store.h"
 
-enum app_coll { COLL_USERS = 0, COLL_POSTS, COLL_PATIENTS, COLL_ROOMS, COLL_MESSAGES, COLL_COUNT };
+enum app_coll { COLL_USERS = 0, COLL_POSTS, COLL_PATIENTS, COLL_ROOMS, COLL_MESSAGES, COLL_SESSIONS, COLL_COUNT };
 
 /* The reference API's schema (collections in enum app_coll order). */
 extern const struct store_schema app_schema;

@@ -9,6 +9,12 @@
  * answers 204 (like posts and patients) and is idempotent; a PATCH without
  * any updatable field is 400 VALIDATION_ERROR. Every write bumps the auth
  * cache generation (authmw_users_changed) so all workers see it at once.
+ *
+ * Revocation: a password change (one's own needs currentPassword, checked
+ * in the job), an admin's role change and DELETE set the target's
+ * tokensValidAfter and revoke their refresh sessions. One's own password
+ * change answers data = the user object with "token" and "refreshToken"
+ * added (a fresh session), so a client keeps working.
  */
 #include "autoconfig.h"
 
@@ -16,7 +22,10 @@
 #include "authmw.h"
 #include "handlers.h"
 #include "log.h"
+#include "sessions.h"
 #include "validate.h"
+#include "config.h"
+#include "routes.h"
 
 #include <ctype.h>
 #include <sodium.h>
@@ -36,6 +45,7 @@ static const struct vrule patch_rules[] = {
     V_STRING("username", V_OPTIONAL, 3, 20, .charset = V_CHARSET_WORD),
     V_EMAIL("email", V_OPTIONAL),
     V_STRING("password", V_OPTIONAL, 8, 128),
+    V_STRING("currentPassword", V_OPTIONAL, 1, 128),
     V_ENUM("role", V_OPTIONAL, "user", "clinician", "admin"),
     V_BOOL("isActive", V_OPTIONAL),
     V_END,
@@ -85,6 +95,11 @@ struct user_job {
 	bson_t *fields;     /* PATCH: $set (without the password hash) */
 	char pw[PW_MAX_BYTES + 1]; /* PATCH: the new password, wiped after use */
 	size_t pwlen;
+	char cur[PW_MAX_BYTES + 1]; /* PATCH of one's own password: the current one, wiped after use */
+	size_t curlen;
+	bool self_pw;       /* one's own password change: verify cur, answer a fresh pair */
+	bool revoke;        /* password, role change or DELETE: revoke the target's tokens */
+	struct session_new session; /* self_pw: the fresh refresh token */
 	bson_t *user;       /* result */
 };
 
@@ -92,6 +107,8 @@ static void user_cleanup(struct api_job *j)
 {
 	struct user_job *uj = (struct user_job *)j;
 	sodium_memzero(uj->pw, sizeof(uj->pw));
+	sodium_memzero(uj->cur, sizeof(uj->cur));
+	sodium_memzero(&uj->session, sizeof(uj->session));
 	if (uj->fields)
 		bson_destroy(uj->fields);
 	if (uj->user)
@@ -194,9 +211,32 @@ static int users_list(struct http_request *req)
 
 /* ------------------------------------------------------------ writes */
 
+/* One's own password change: the current password must verify. */
+static int verify_current(struct api_job *j, struct user_job *uj)
+{
+	bson_t *doc = api_find_by_id(j, COLL_USERS, &uj->id);
+	if (!doc)
+		return -1;
+	const char *hash = api_doc_str(doc, "passwordHash");
+	int ok = hash && strlen(hash) < AUTH_HASH_MAX ? auth_password_verify(hash, uj->cur, uj->curlen) == 1 : 0;
+	if (!hash)
+		auth_dummy_verify(uj->cur, uj->curlen);
+	sodium_memzero(uj->cur, sizeof(uj->cur));
+	bson_destroy(doc);
+	if (!ok)
+		return api_job_fail(j, 401, "UNAUTHORIZED", "current password is incorrect");
+	return 0;
+}
+
 static void write_work(struct api_job *j)
 {
 	struct user_job *uj = (struct user_job *)j;
+	if (uj->self_pw && verify_current(j, uj) < 0)
+		return;
+	if (uj->revoke && !BSON_APPEND_DATE_TIME(uj->fields, "tokensValidAfter", session_valid_after_now())) {
+		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+		return;
+	}
 	if (uj->pwlen) {
 		char hash[AUTH_HASH_MAX];
 		int rc = auth_password_hash(uj->pw, uj->pwlen, hash);
@@ -210,6 +250,45 @@ static void write_work(struct api_job *j)
 	}
 	uj->user = api_update_by_id(j, COLL_USERS, &uj->id, uj->fields);
 	uj->fields = NULL; /* consumed */
+	if (!uj->user || !uj->revoke)
+		return;
+	/* tokensValidAfter refuses older access tokens; revoking the sessions
+	 * refuses their refresh tokens, and the access tokens of this second. */
+	if (session_revoke_user(j, &uj->id) < 0 || !uj->self_pw)
+		return;
+	session_create(j, &uj->id, worker_current()->cfg->refresh_expire_s, &uj->session);
+}
+
+/* 200 with data = the user object plus the fresh "token" and
+ * "refreshToken" of a password change (SPEC section 6 does not shape the
+ * pair; the user object stays data, as for every other PATCH). */
+static void reply_user_pair(struct http_request *req, const bson_t *doc, const struct session_new *s)
+{
+	char id[25];
+	store_id_format(&auth_principal(req)->oid, id);
+	const char *email = api_doc_str(doc, "email");
+	const char *role = api_doc_str(doc, "role");
+	char *token = http_alloc(req, JWT_MAX + 1);
+	if (!token || authmw_issue_token(id, email ? email : "", role ? role : "user", s->family, token,
+	                                 JWT_MAX + 1) < 0) {
+		app_fail(req, 500, "INTERNAL", "internal server error");
+		return;
+	}
+	yajl_gen g = app_gen(req);
+	if (!g) {
+		fail_unavailable(req);
+		return;
+	}
+	yajl_gen_map_open(g);
+	api_gen_ids(g, doc);
+	for (const char *const *f = user_fields; *f; f++)
+		api_gen_field(g, doc, *f);
+	yajl_gen_string(g, (const unsigned char *)"token", 5);
+	yajl_gen_string(g, (const unsigned char *)token, strlen(token));
+	yajl_gen_string(g, (const unsigned char *)"refreshToken", 12);
+	yajl_gen_string(g, (const unsigned char *)s->token, strlen(s->token));
+	yajl_gen_map_close(g);
+	app_send_gen(req, 200);
 }
 
 static void write_done(struct api_job *j, struct http_request *req)
@@ -220,8 +299,12 @@ static void write_done(struct api_job *j, struct http_request *req)
 	struct log_ctx lc = {.request_id = req->request_id, .user_id = auth_principal(req)->id};
 	authmw_users_changed();
 	log_info(&lc, uj->deactivate ? "user deactivated" : "user updated", LF_STR("targetUserId", id));
+	if (uj->revoke)
+		log_info(&lc, "user's tokens revoked", LF_STR("targetUserId", id));
 	if (uj->deactivate)
 		app_no_content(req);
+	else if (uj->self_pw)
+		reply_user_pair(req, uj->user, &uj->session);
 	else
 		reply_user(req, 200, uj->user);
 }
@@ -273,6 +356,19 @@ static int users_patch(struct http_request *req)
 	const char *pw = has_value(body, "password") ? json_get_str(body, "password", &pwlen) : NULL;
 	if (pw && pwlen > PW_MAX_BYTES)
 		return app_fail(req, 400, "VALIDATION_ERROR", "validation failed: password too long");
+	/* Changing one's own password proves the current one (SPEC section 6). */
+	bool self = bson_oid_equal(&auth_principal(req)->oid, &id);
+	size_t curlen = 0;
+	const char *cur = has_value(body, "currentPassword") ? json_get_str(body, "currentPassword", &curlen) : NULL;
+	if (pw && self && !cur) {
+		errs = (struct verrors){.count = 1};
+		snprintf(errs.details[0].field, sizeof(errs.details[0].field), "currentPassword");
+		snprintf(errs.details[0].message, sizeof(errs.details[0].message),
+		         "currentPassword is required to change your password");
+		return app_fail_validation(req, &errs);
+	}
+	if (cur && curlen > PW_MAX_BYTES)
+		return app_fail(req, 400, "VALIDATION_ERROR", "validation failed: currentPassword too long");
 	static const char *const updatable[] = {"username", "email", "role", "isActive", "password", NULL};
 	int any = 0;
 	for (const char *const *k = updatable; *k; k++)
@@ -292,8 +388,16 @@ static int users_patch(struct http_request *req)
 	if (pw) {
 		memcpy(uj->pw, pw, pwlen);
 		uj->pwlen = pwlen;
+		uj->revoke = true;
 		api_job_slow(&uj->base); /* argon2id */
+		if (self) {
+			memcpy(uj->cur, cur, curlen);
+			uj->curlen = curlen;
+			uj->self_pw = true;
+		}
 	}
+	if (admin && has_value(body, "role"))
+		uj->revoke = true;
 	return api_job_submit(&uj->base);
 }
 
@@ -306,6 +410,7 @@ static int users_delete(struct http_request *req)
 	if (!uj)
 		return fail_unavailable(req);
 	uj->deactivate = true;
+	uj->revoke = true;
 	if (!(uj->fields = BCON_NEW("isActive", BCON_BOOL(false))))
 		return api_job_drop(&uj->base);
 	return api_job_submit(&uj->base);

@@ -217,7 +217,8 @@ def test_secrets_pass_through_requests_without_being_logged():
     st, _, doc = srv.json("POST", "/api/auth/login", {"email": "frank.sender@example.com", "password": "pw-frank-secret"})
     assert st == 200, (st, doc)
     TOKENS.append(doc["data"]["token"])
-    st, _, doc = srv.json("PATCH", "/api/users/%s" % uid, {"password": "N3w-Passw0rd-xyz"}, auth(tok))
+    st, _, doc = srv.json("PATCH", "/api/users/%s" % uid, {"password": "N3w-Passw0rd-xyz", "currentPassword": "pw-frank-secret"},
+                          auth(tok))
     assert st == 200, (st, doc)
     # A forged token in the Authorization header.
     forged = tok[:-4] + ("AAAA" if not tok.endswith("AAAA") else "BBBB")

@@ -174,8 +174,10 @@ class Ctx:
         return pw
 
     def note(self, st, doc):
-        if isinstance(doc, dict) and isinstance(doc.get("data"), dict) and "token" in doc["data"]:
-            self.tokens.add(doc["data"]["token"])
+        if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
+            for k in ("token", "refreshToken"):
+                if k in doc["data"]:
+                    self.tokens.add(doc["data"][k])
         return st, doc
 
     def register(self, username, email, password):
@@ -250,7 +252,8 @@ def assert_validation(st, doc, fields):
 def test_register_returns_user_and_token_and_first_user_is_admin(c):
     st, doc = c.admin_reg
     assert st == 201 and doc["success"] is True, doc
-    assert set(doc["data"]) == {"user", "token"}
+    assert set(doc["data"]) == {"user", "token", "refreshToken"}
+    assert re.match(r"^[A-Za-z0-9_-]{43}$", doc["data"]["refreshToken"]), doc["data"]["refreshToken"]
     assert_user(doc["data"]["user"], username="root_admin", email="root.admin@example.com", role="admin",
                 isActive=True)
     tok = doc["data"]["token"]
@@ -345,7 +348,9 @@ def test_login_returns_user_and_token(c):
     st, _, doc = c.login("ROOT.admin@example.com", c.admin_pw)
     assert st == 200, doc
     assert_user(doc["data"]["user"], id=c.admin_id, role="admin", email="root.admin@example.com")
+    assert set(doc["data"]) == {"user", "token", "refreshToken"}, doc["data"]
     assert claims_of(doc["data"]["token"])["sub"] == c.admin_id
+    assert HEX24.match(claims_of(doc["data"]["token"])["sid"])
     st, _, me = c.call("GET", "/api/users/me", doc["data"]["token"])
     assert st == 200 and me["data"]["id"] == c.admin_id
 
@@ -510,17 +515,40 @@ def test_user_updates_own_profile_and_password(c):
     new_email = c.uniq("N") + "@Example.ORG"
     new_pw = c.password()
     c.emails.add(new_email)
-    st, _, doc = c.call("PATCH", "/api/users/" + user["id"], tok,
-                        {"username": new_name, "email": new_email, "password": new_pw, "ignored": 1})
+    body = {"username": new_name, "email": new_email, "password": new_pw, "ignored": 1}
+    st, _, doc = c.call("PATCH", "/api/users/" + user["id"], tok, body)
+    assert_validation(st, doc, ["currentPassword"])
+    st, _, doc = c.call("PATCH", "/api/users/" + user["id"], tok, dict(body, currentPassword=pw + "x"))
+    assert_error(st, doc, 401, "UNAUTHORIZED")
+    assert c.call("GET", "/api/users/me", tok)[0] == 200  # nothing changed
+    st, _, doc = c.call("PATCH", "/api/users/" + user["id"], tok, dict(body, currentPassword=pw))
     assert st == 200, doc
-    assert_user(doc["data"], id=user["id"], username=new_name, email=new_email.lower(), role="user")
-    assert doc["data"]["updatedAt"] >= user["updatedAt"]
+    c.note(st, doc)
+    data = dict(doc["data"])
+    fresh, refresh = data.pop("token"), data.pop("refreshToken")
+    assert_user(data, id=user["id"], username=new_name, email=new_email.lower(), role="user")
+    assert data["updatedAt"] >= user["updatedAt"]
     assert c.login(email, pw)[0] == 401
     assert c.login(new_email, pw)[0] == 401
     st, _, doc = c.login(new_email.lower(), new_pw)
     assert st == 200 and doc["data"]["user"]["username"] == new_name, doc
-    st, _, doc = c.call("GET", "/api/users/me", tok)
-    assert st == 200 and doc["data"]["email"] == new_email.lower(), doc
+    for _ in range(4):  # the old token is revoked, the fresh one works (both workers)
+        assert_error(*c.call("GET", "/api/users/me", tok)[::2], 401, "UNAUTHORIZED")
+        st, _, doc = c.call("GET", "/api/users/me", fresh)
+        assert st == 200 and doc["data"]["email"] == new_email.lower(), doc
+    st, _, doc = c.S.json("POST", "/api/auth/refresh", {"refreshToken": refresh})
+    assert st == 200, doc
+    c.note(st, doc)
+
+
+def test_admin_sets_another_users_password_without_current_password(c):
+    user, tok, email, pw = c.new_user()
+    new_pw = c.password()
+    st, _, doc = c.call("PATCH", "/api/users/" + user["id"], c.admin, {"password": new_pw})
+    assert st == 200 and "token" not in doc["data"], doc
+    assert_user(doc["data"], id=user["id"])
+    assert_error(*c.call("GET", "/api/users/me", tok)[::2], 401, "UNAUTHORIZED")
+    assert c.login(email, new_pw)[0] == 200
 
 
 def test_patch_validation_and_duplicates(c):
@@ -560,16 +588,24 @@ def test_permissions_on_writes(c):
 
 
 def test_admin_changes_role_and_it_takes_effect_everywhere(c):
-    user, tok, _, _ = c.new_user()
+    user, tok, email, pw = c.new_user()
     for _ in range(4):  # warm both workers' auth caches
         assert c.call("GET", "/api/users", tok)[0] == 403
     st, _, doc = c.call("PATCH", "/api/users/" + user["id"], c.admin, {"role": "admin"})
     assert st == 200 and doc["data"]["role"] == "admin", doc
+    for _ in range(4):  # a role change revokes the user's tokens
+        assert_error(*c.call("GET", "/api/users", tok)[::2], 401, "UNAUTHORIZED")
+    st, _, doc = c.login(email, pw)
+    assert st == 200, doc
+    tok = doc["data"]["token"]
     for _ in range(4):
         st, _, doc = c.call("GET", "/api/users", tok)
         assert st == 200, doc
     st, _, doc = c.call("PATCH", "/api/users/" + user["id"], tok, {"role": "user"})  # now allowed
     assert st == 200 and doc["data"]["role"] == "user"
+    st, _, doc = c.login(email, pw)
+    assert st == 200, doc
+    tok = doc["data"]["token"]
     for _ in range(4):
         assert c.call("GET", "/api/users", tok)[0] == 403
 
@@ -593,9 +629,11 @@ def test_soft_delete_deactivates_and_revokes_tokens(c):
     assert st == 204  # idempotent
     st, _, doc = c.call("PATCH", "/api/users/" + user["id"], c.admin, {"isActive": True})
     assert st == 200 and doc["data"]["isActive"] is True
-    for _ in range(4):
-        assert c.call("GET", "/api/users/me", tok)[0] == 200
-    assert c.login(email, pw)[0] == 200
+    for _ in range(4):  # reactivation does not bring the revoked token back
+        assert c.call("GET", "/api/users/me", tok)[0] == 401
+    st, _, doc = c.login(email, pw)
+    assert st == 200, doc
+    assert c.call("GET", "/api/users/me", doc["data"]["token"])[0] == 200
 
 
 def test_concurrent_first_registrations_leave_exactly_one_admin(c):
@@ -670,6 +708,7 @@ TESTS = [
     test_unknown_and_ill_formed_ids_are_404,
     test_list_is_admin_only_and_paginated,
     test_user_updates_own_profile_and_password,
+    test_admin_sets_another_users_password_without_current_password,
     test_patch_validation_and_duplicates,
     test_permissions_on_writes,
     test_admin_changes_role_and_it_takes_effect_everywhere,
