@@ -3,6 +3,7 @@
 #include "autoconfig.h"
 
 #include "api.h"
+#include "auth.h"
 
 #include "json.h"
 #include "log.h"
@@ -45,6 +46,8 @@ int api_open_store(struct event_base *base, const struct resil_config *cfg, char
 		.sync = cfg->db_sync == CONFIG_DB_SYNC_NORMAL ? STORE_SYNC_NORMAL : STORE_SYNC_FULL,
 	};
 	store_register_schema(&app_schema);
+	if (strncmp(cfg->db, "mongodb", 7) == 0)
+		auth_expect_bcrypt(12); /* the Node app's bcryptjs cost: unknown users cost as much from the start */
 	g_store = store_open(cfg->db, base, &so, err, errlen);
 	return g_store ? 0 : -1;
 }

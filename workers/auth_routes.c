@@ -275,7 +275,7 @@ static void register_work(struct api_job *j)
 		admin = err == STORE_NOT_FOUND;
 	}
 	store_op_init(&op, STORE_OP_INSERT, COLL_USERS);
-	op.doc = BCON_NEW("username", BCON_UTF8(cj->username), "email", BCON_UTF8(cj->email), "passwordHash",
+	op.doc = BCON_NEW("username", BCON_UTF8(cj->username), "email", BCON_UTF8(cj->email), "password",
 	                  BCON_UTF8(hash), "role", BCON_UTF8(admin ? "admin" : "user"), "isActive", BCON_BOOL(true));
 	sodium_memzero(hash, sizeof(hash));
 	if (!op.doc)
@@ -343,7 +343,7 @@ static void login_work(struct api_job *j)
 		j->err = err;
 		goto out;
 	}
-	const char *hash = err == STORE_OK ? api_doc_str(op.result, "passwordHash") : NULL;
+	const char *hash = err == STORE_OK ? users_password_hash(op.result) : NULL;
 	if (hash && strlen(hash) < AUTH_HASH_MAX) {
 		cj->match = auth_password_verify(hash, cj->pw, cj->pwlen) == 1;
 		if (cj->match && auth_password_needs_rehash(hash) == 1 && auth_password_hash(cj->pw, cj->pwlen, rehash) < 0)
@@ -360,7 +360,7 @@ static void login_work(struct api_job *j)
 		bson_oid_t id;
 		store_op_clear(&op);
 		store_op_init(&op, STORE_OP_UPDATE_BY_ID, COLL_USERS);
-		if (api_doc_oid(cj->user, "_id", &id) == 0 && (op.doc = BCON_NEW("passwordHash", BCON_UTF8(rehash)))) {
+		if (api_doc_oid(cj->user, "_id", &id) == 0 && (op.doc = BCON_NEW("password", BCON_UTF8(rehash)))) {
 			bson_oid_copy(&id, &op.id);
 			cj->rehash_err = api_exec(j, &op);
 			cj->rehashed = cj->rehash_err == STORE_OK;

@@ -14,6 +14,10 @@ int auth_routes(struct app *app);
  * (a yajl_gen value; NULL doc: null). */
 int users_routes(struct app *app);
 void users_gen(void *yajl_gen, const bson_t *user);
+/* The stored password hash: `password` as the Node app's Mongoose model
+ * keeps it (bcrypt or, once resil re-hashed it, argon2id), else
+ * `passwordHash` of databases written by resil before 0.2. NULL: none. */
+const char *users_password_hash(const bson_t *user);
 /* Report another circuit breaker (name, state 0 closed / 1 open / 2 half-open) in /health. */
 void health_add_circuit(const char *name, int (*state)(void));
 /* Write this process's breaker states (the store's and the added ones)

@@ -313,6 +313,50 @@ static int rooms_add_member(struct http_request *req)
 
 /* ---- GET /api/rooms/:id/messages -------------------------------------- */
 
+/* Messages written by the Node app carry no senderName: look the senders
+ * up (one IN query) and add it to those messages, so every message of a
+ * history names its sender. A failed lookup leaves the names out. */
+static void name_senders(struct api_job *j, struct store_op *found)
+{
+	bson_oid_t ids[STORE_IN_MAX];
+	size_t nids = 0;
+	for (size_t i = 0; i < found->ndocs && nids < STORE_IN_MAX; i++) {
+		bson_oid_t id;
+		if (bson_has_field(found->docs[i], "senderName") || api_doc_oid(found->docs[i], "sender", &id) < 0)
+			continue;
+		size_t k = 0;
+		while (k < nids && !bson_oid_equal(&ids[k], &id))
+			k++;
+		if (k == nids)
+			bson_oid_copy(&id, &ids[nids++]);
+	}
+	if (nids == 0)
+		return;
+	struct store_op users;
+	store_op_init(&users, STORE_OP_FIND, COLL_USERS);
+	if (store_filter_in_oids(&users.filter, "_id", ids, nids) == 0 && api_exec(j, &users) == STORE_OK) {
+		for (size_t i = 0; i < found->ndocs; i++) {
+			bson_oid_t sid, uid;
+			if (bson_has_field(found->docs[i], "senderName") || api_doc_oid(found->docs[i], "sender", &sid) < 0)
+				continue;
+			for (size_t u = 0; u < users.ndocs; u++) {
+				const char *name = api_doc_str(users.docs[u], "username");
+				if (api_doc_oid(users.docs[u], "_id", &uid) < 0 || !bson_oid_equal(&uid, &sid) || !name)
+					continue;
+				bson_t *named = bson_copy(found->docs[i]);
+				if (named && BSON_APPEND_UTF8(named, "senderName", name)) {
+					bson_destroy(found->docs[i]);
+					found->docs[i] = named;
+				} else if (named) {
+					bson_destroy(named);
+				}
+				break;
+			}
+		}
+	}
+	store_op_clear(&users);
+}
+
 static void history_work(struct api_job *j)
 {
 	struct room_job *rj = (struct room_job *)j;
@@ -327,7 +371,8 @@ static void history_work(struct api_job *j)
 		return;
 	}
 	store_filter_page(&rj->found.filter, 0, rj->limit);
-	api_run(j, &rj->found);
+	if (api_run(j, &rj->found) == 0)
+		name_senders(j, &rj->found);
 }
 
 static void history_done(struct api_job *j, struct http_request *req)

@@ -56,6 +56,12 @@ static int fail_unavailable(struct http_request *req)
 	return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 }
 
+const char *users_password_hash(const bson_t *user)
+{
+	const char *h = api_doc_str(user, "password");
+	return h && h[0] == '$' ? h : api_doc_str(user, "passwordHash");
+}
+
 void users_gen(void *g, const bson_t *user)
 {
 	api_gen_object(g, user, user_fields);
@@ -217,7 +223,7 @@ static int verify_current(struct api_job *j, struct user_job *uj)
 	bson_t *doc = api_find_by_id(j, COLL_USERS, &uj->id);
 	if (!doc)
 		return -1;
-	const char *hash = api_doc_str(doc, "passwordHash");
+	const char *hash = users_password_hash(doc);
 	int ok = hash && strlen(hash) < AUTH_HASH_MAX ? auth_password_verify(hash, uj->cur, uj->curlen) == 1 : 0;
 	if (!hash)
 		auth_dummy_verify(uj->cur, uj->curlen);
@@ -241,7 +247,7 @@ static void write_work(struct api_job *j)
 		char hash[AUTH_HASH_MAX];
 		int rc = auth_password_hash(uj->pw, uj->pwlen, hash);
 		sodium_memzero(uj->pw, sizeof(uj->pw));
-		if (rc < 0 || !BSON_APPEND_UTF8(uj->fields, "passwordHash", hash)) {
+		if (rc < 0 || !BSON_APPEND_UTF8(uj->fields, "password", hash)) {
 			sodium_memzero(hash, sizeof(hash));
 			api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "server busy, try again");
 			return;
