@@ -118,6 +118,8 @@ int audit_write(const struct audit_rec *r)
 		yajl_gen_string(g, (const unsigned char *)*f, strlen(*f));
 	yajl_gen_array_close(g);
 	gen_str(g, "outcome", r->outcome);
+	if (r->target_user_id)
+		gen_str(g, "targetUserId", r->target_user_id);
 	yajl_gen_map_close(g);
 	const unsigned char *buf;
 	size_t len;
@@ -156,6 +158,17 @@ int audit_log_as(const struct audit_actor *a, const char *action, const char *pa
 	                      .patient_id = patient_id,
 	                      .fields = fields,
 	                      .outcome = outcome};
+	return audit_write(&r);
+}
+
+int audit_role_change(const struct audit_actor *a, const char *target, const char *outcome)
+{
+	struct audit_rec r = {.request_id = a->request_id,
+	                      .actor_id = a->id[0] ? a->id : NULL,
+	                      .actor_role = a->role[0] ? a->role : NULL,
+	                      .action = "user.role_change",
+	                      .outcome = outcome,
+	                      .target_user_id = target};
 	return audit_write(&r);
 }
 

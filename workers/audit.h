@@ -32,6 +32,7 @@ struct audit_rec {
 	const char *patient_id; /* NULL: none (a list) */
 	const char *const *fields; /* NULL-terminated, may be NULL */
 	const char *outcome;
+	const char *target_user_id; /* user.role_change only, else NULL */
 };
 
 /* Who acts, copied from the request on the loop for a job to audit with. */
@@ -44,6 +45,10 @@ void audit_actor_from(struct audit_actor *a, struct http_request *req);
 /* audit_write() with the actor's fields. */
 int audit_log_as(const struct audit_actor *a, const char *action, const char *patient_id,
                  const char *const *fields, const char *outcome);
+
+/* A role change of target (a user id): action user.role_change, with the
+ * target as targetUserId (the one extra key, on these records only). */
+int audit_role_change(const struct audit_actor *a, const char *target, const char *outcome);
 
 /* Open the trail (worker start, after fork). 0, or -1 with a reason. */
 int audit_open(const struct resil_config *cfg, char *err, size_t errlen);

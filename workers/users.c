@@ -19,6 +19,7 @@
 #include "autoconfig.h"
 
 #include "api.h"
+#include "audit.h"
 #include "authmw.h"
 #include "handlers.h"
 #include "log.h"
@@ -107,6 +108,8 @@ struct user_job {
 	bool revoke;        /* password, role change or DELETE: revoke the target's tokens */
 	struct session_new session; /* self_pw: the fresh refresh token */
 	bson_t *user;       /* result */
+	struct audit_actor actor; /* a role change is audited */
+	bool role_change;
 };
 
 static void user_cleanup(struct api_job *j)
@@ -256,6 +259,12 @@ static void write_work(struct api_job *j)
 	}
 	uj->user = api_update_by_id(j, COLL_USERS, &uj->id, uj->fields);
 	uj->fields = NULL; /* consumed */
+	if (uj->role_change) {
+		char target[25];
+		store_id_format(&uj->id, target);
+		if (audit_role_change(&uj->actor, target, uj->user ? "success" : "failed") < 0 && uj->user)
+			api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "audit trail unavailable");
+	}
 	if (!uj->user || !uj->revoke)
 		return;
 	/* tokensValidAfter refuses older access tokens; revoking the sessions
@@ -402,8 +411,11 @@ static int users_patch(struct http_request *req)
 			uj->self_pw = true;
 		}
 	}
-	if (admin && has_value(body, "role"))
+	if (admin && has_value(body, "role")) {
 		uj->revoke = true;
+		uj->role_change = true;
+		audit_actor_from(&uj->actor, req);
+	}
 	return api_job_submit(&uj->base);
 }
 

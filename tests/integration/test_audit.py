@@ -29,7 +29,8 @@ def records(path):
     with open(path) as f:
         lines = [json.loads(line) for line in f]
     for r in lines:
-        assert set(r) == KEYS, r
+        extra = {"targetUserId"} if r.get("action") == "user.role_change" else set()
+        assert set(r) == KEYS | extra, r
     return lines
 
 
@@ -68,6 +69,7 @@ def test_every_patient_access_is_audited_before_the_answer():
         r = by_req[list_id]
         assert (r["action"], r["patientId"], r["fields"], r["outcome"]) == ("patient.list", None, [], "success"), r
         actions = [(r["action"], r["actorRole"], r["outcome"]) for r in recs]
+        assert [r["targetUserId"] for r in recs if r["action"] == "user.role_change"] == [nurse_id], recs
         assert ("patient.create", "admin", "success") in actions, actions
         assert ("patient.read", "user", "denied") in actions, actions
         assert ("patient.read", None, "denied") in actions, actions
