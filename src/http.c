@@ -10,6 +10,7 @@
  */
 #include "autoconfig.h"
 
+#include "clock.h"
 #include "http.h"
 
 #include "cidr.h"
@@ -107,9 +108,7 @@ static int conn_flush(struct http_conn *c);
 
 static uint64_t now_ns(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	return clock_mono_ns();
 }
 
 static __thread time_t date_sec = -1;

@@ -12,6 +12,7 @@
  * file, never to a closed or recycled descriptor.
  */
 #define _GNU_SOURCE
+#include "clock.h"
 #include "log.h"
 
 #include <errno.h>
@@ -647,11 +648,7 @@ static void put2(char *p, int v)
 
 static const char *timestamp(unsigned *ms)
 {
-	struct timespec now;
-	if (clock_gettime(CLOCK_REALTIME, &now) != 0) {
-		now.tv_sec = 0;
-		now.tv_nsec = 0;
-	}
+	struct timespec now = clock_real_ts();
 	*ms = (unsigned)(now.tv_nsec / 1000000);
 	if (now.tv_sec != t_ts.sec) {
 		struct tm tm;

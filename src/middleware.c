@@ -1,4 +1,5 @@
 /* middleware.c - security headers, CORS, body parsing and access log. */
+#include "clock.h"
 #include "middleware.h"
 
 #include "json.h"
@@ -167,10 +168,7 @@ void mw_access_log(struct http_request *req, size_t bytes_out, void *ud)
 	int level = access_level(st);
 	if (!log_enabled(level))
 		return;
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-	double ms = (double)(now - req->start_ns) / 1e6;
+	double ms = (double)(clock_mono_ns() - req->start_ns) / 1e6;
 	struct app_ctx *ctx = app_ctx(req);
 	struct log_ctx lc = {
 		.request_id = req->request_id,

@@ -1,4 +1,5 @@
 /* scoreboard.c - the shared-memory worker table (see scoreboard.h). */
+#include "clock.h"
 #include "scoreboard.h"
 
 #include <string.h>
@@ -25,16 +26,12 @@ void sb_destroy(struct scoreboard *sb)
 
 uint64_t sb_now_mono_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return clock_mono_ms();
 }
 
 uint64_t sb_now_real_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return (uint64_t)clock_real_ms();
 }
 
 int sb_claim(struct scoreboard *sb, int worker_id, unsigned generation)

@@ -24,6 +24,7 @@
  */
 #include "autoconfig.h"
 
+#include "clock.h"
 #include "chat.h"
 
 #include "api.h"
@@ -77,9 +78,7 @@ static struct {
 
 static uint64_t now_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	return clock_coarse_ms();
 }
 
 /* ------------------------------------------------------------- parsing */

@@ -18,6 +18,7 @@
  */
 #include "autoconfig.h"
 
+#include "clock.h"
 #include "sessions.h"
 
 #include <sodium.h>
@@ -31,9 +32,7 @@
 
 static int64_t wall_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return clock_real_ms();
 }
 
 int64_t session_valid_after_now(void)
