@@ -325,14 +325,13 @@ bson_t *api_update_by_id(struct api_job *j, int coll, const bson_oid_t *id, bson
 
 /* ---- lists -------------------------------------------------------------- */
 
-/* Fetch the documents the page's items refer to through join_field. */
-static int list_join(struct api_job *j, struct api_list *l)
+size_t api_distinct_oids(bson_t *const *docs, size_t n, const char *field, const char *unless,
+                         bson_oid_t ids[STORE_IN_MAX])
 {
-	bson_oid_t ids[STORE_IN_MAX];
 	size_t nids = 0;
-	for (size_t i = 0; i < l->ndocs && nids < STORE_IN_MAX; i++) {
+	for (size_t i = 0; i < n && nids < STORE_IN_MAX; i++) {
 		bson_oid_t id;
-		if (api_doc_oid(l->docs[i], l->join_field, &id) < 0)
+		if ((unless && bson_has_field(docs[i], unless)) || api_doc_oid(docs[i], field, &id) < 0)
 			continue;
 		size_t k = 0;
 		while (k < nids && !bson_oid_equal(&ids[k], &id))
@@ -340,6 +339,14 @@ static int list_join(struct api_job *j, struct api_list *l)
 		if (k == nids)
 			bson_oid_copy(&id, &ids[nids++]);
 	}
+	return nids;
+}
+
+/* Fetch the documents the page's items refer to through join_field. */
+static int list_join(struct api_job *j, struct api_list *l)
+{
+	bson_oid_t ids[STORE_IN_MAX];
+	size_t nids = api_distinct_oids(l->docs, l->ndocs, l->join_field, NULL, ids);
 	if (nids == 0)
 		return 0;
 	struct store_op op;
@@ -412,33 +419,28 @@ void api_list_clear(struct api_list *l)
 	store_filter_clear(&l->filter);
 }
 
-static void gen_key(yajl_gen g, const char *k)
-{
-	yajl_gen_string(g, (const unsigned char *)k, strlen(k));
-}
-
 void *api_list_json(const struct api_list *l, api_item_gen gen)
 {
 	yajl_gen g = yajl_gen_alloc(NULL);
 	if (!g)
 		return NULL;
 	yajl_gen_map_open(g);
-	gen_key(g, "success");
+	json_gen_cstr(g, "success");
 	yajl_gen_bool(g, 1);
-	gen_key(g, "data");
+	json_gen_cstr(g, "data");
 	yajl_gen_array_open(g);
 	for (size_t i = 0; i < l->ndocs; i++)
 		gen(g, l->docs[i], l);
 	yajl_gen_array_close(g);
-	gen_key(g, "pagination");
+	json_gen_cstr(g, "pagination");
 	yajl_gen_map_open(g);
-	gen_key(g, "page");
+	json_gen_cstr(g, "page");
 	yajl_gen_integer(g, l->page);
-	gen_key(g, "limit");
+	json_gen_cstr(g, "limit");
 	yajl_gen_integer(g, l->limit);
-	gen_key(g, "total");
+	json_gen_cstr(g, "total");
 	yajl_gen_integer(g, l->total);
-	gen_key(g, "pages");
+	json_gen_cstr(g, "pages");
 	yajl_gen_integer(g, l->limit > 0 ? (l->total + l->limit - 1) / l->limit : 0);
 	yajl_gen_map_close(g);
 	if (yajl_gen_map_close(g) != yajl_gen_status_ok) {

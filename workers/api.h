@@ -108,6 +108,10 @@ struct api_list {
 	size_t nrefs;
 };
 int api_list_run(struct api_job *j, struct api_list *l);
+/* The distinct ObjectIds of field in docs[0..n) (skipping documents that
+ * have the field unless, when given), at most STORE_IN_MAX; returns how many. */
+size_t api_distinct_oids(bson_t *const *docs, size_t n, const char *field, const char *unless,
+                         bson_oid_t ids[STORE_IN_MAX]);
 /* The joined document item's join_field refers to, or NULL. */
 const bson_t *api_list_ref(const struct api_list *l, const bson_t *item);
 void api_list_clear(struct api_list *l);

@@ -452,31 +452,29 @@ static void history_loaded(struct chat_op *o, struct ws_conn *c, enum store_err 
 	}
 }
 
-static int room_has_member(const bson_t *room, const bson_oid_t *user)
+/* A room lookup for c's user came back: 0 if the user is a member (the
+ * room in o->op.result), else -1 after answering the socket. */
+static int member_checked(struct chat_op *o, struct ws_conn *c, enum store_err err)
 {
-	bson_iter_t it, child;
-	if (!bson_iter_init_find(&it, room, "members") || !BSON_ITER_HOLDS_ARRAY(&it) ||
-	    !bson_iter_recurse(&it, &child))
-		return 0;
-	while (bson_iter_next(&child))
-		if (BSON_ITER_HOLDS_OID(&child) && bson_oid_equal(bson_iter_oid(&child), user))
-			return 1;
+	struct chat_sock *cs = ws_conn_app(c);
+	if (ws_conn_closing(c))
+		return -1;
+	if (err == STORE_NOT_FOUND || (err == STORE_OK && !rooms_has_member(o->op.result, &cs->user))) {
+		chat_fail(c, "access denied to room");
+		return -1;
+	}
+	if (err != STORE_OK) {
+		chat_fail(c, chat_store_message(err));
+		return -1;
+	}
 	return 0;
 }
 
 static void room_loaded(struct chat_op *o, struct ws_conn *c, enum store_err err)
 {
 	struct chat_sock *cs = ws_conn_app(c);
-	if (ws_conn_closing(c))
+	if (member_checked(o, c, err) < 0)
 		return;
-	if (err == STORE_NOT_FOUND || (err == STORE_OK && !room_has_member(o->op.result, &cs->user))) {
-		chat_fail(c, "access denied to room");
-		return;
-	}
-	if (err != STORE_OK) {
-		chat_fail(c, chat_store_message(err));
-		return;
-	}
 	if (chat_rooms_join(cs, &o->room, 1) < 0) {
 		chat_fail(c, chat_rooms_full(cs) ? "too many rooms joined" : "service unavailable");
 		return;
@@ -533,17 +531,8 @@ static void do_join(struct ws_conn *c, const struct chat_cmd *cmd)
  * send without having joined, as in the Node app. */
 static void send_checked(struct chat_op *o, struct ws_conn *c, enum store_err err)
 {
-	struct chat_sock *cs = ws_conn_app(c);
-	if (ws_conn_closing(c))
+	if (member_checked(o, c, err) < 0)
 		return;
-	if (err == STORE_NOT_FOUND || (err == STORE_OK && !room_has_member(o->op.result, &cs->user))) {
-		chat_fail(c, "access denied to room");
-		return;
-	}
-	if (err != STORE_OK) {
-		chat_fail(c, chat_store_message(err));
-		return;
-	}
 	if (chat_batch_add(c, o->doc) < 0) {
 		chat_fail(c, "server busy, try again");
 		return;

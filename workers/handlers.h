@@ -24,8 +24,10 @@ void health_add_circuit(const char *name, int (*state)(void));
  * into its scoreboard entry e, for /health and resilctl to merge. */
 struct sb_entry;
 void health_publish_circuits(struct sb_entry *e);
-/* Rooms and their message history (rooms.c). */
+/* Rooms and their message history (rooms.c); rooms_has_member: whether a
+ * stored room document lists user in members (REST and the chat). */
 int rooms_routes(struct app *app);
+int rooms_has_member(const bson_t *room, const bson_oid_t *user);
 /* /api/posts with the per-worker list cache (posts.c); posts_stop frees the cache. */
 int posts_routes(struct app *app);
 void posts_stop(void);

@@ -65,7 +65,7 @@ static int check_body(struct http_request *req, const struct vrule *rules)
 	return 0;
 }
 
-static int room_has_member(const bson_t *room, const bson_oid_t *user)
+int rooms_has_member(const bson_t *room, const bson_oid_t *user)
 {
 	bson_iter_t it, child;
 	if (!bson_iter_init_find(&it, room, "members") || !BSON_ITER_HOLDS_ARRAY(&it) ||
@@ -155,7 +155,7 @@ static bson_t *load_room(struct api_job *j, struct room_job *rj, bool member_onl
 		api_job_fail(j, 404, "NOT_FOUND", "room not found");
 	else if (err != STORE_OK)
 		j->err = err;
-	else if (member_only && !room_has_member(room, &rj->me))
+	else if (member_only && !rooms_has_member(room, &rj->me))
 		api_job_fail(j, 403, "FORBIDDEN", "access denied to room");
 	else
 		return room;
@@ -319,17 +319,7 @@ static int rooms_add_member(struct http_request *req)
 static void name_senders(struct api_job *j, struct store_op *found)
 {
 	bson_oid_t ids[STORE_IN_MAX];
-	size_t nids = 0;
-	for (size_t i = 0; i < found->ndocs && nids < STORE_IN_MAX; i++) {
-		bson_oid_t id;
-		if (bson_has_field(found->docs[i], "senderName") || api_doc_oid(found->docs[i], "sender", &id) < 0)
-			continue;
-		size_t k = 0;
-		while (k < nids && !bson_oid_equal(&ids[k], &id))
-			k++;
-		if (k == nids)
-			bson_oid_copy(&id, &ids[nids++]);
-	}
+	size_t nids = api_distinct_oids(found->docs, found->ndocs, "sender", "senderName", ids);
 	if (nids == 0)
 		return;
 	struct store_op users;
