@@ -456,11 +456,11 @@ def test_personal_room_gets_added_to_room_on_every_socket_across_workers():
         # B's sockets, until they sit on both workers (bounded).
         # One worker may take a run of accepts on a busy machine: keep
         # connecting (a short pause lets the other worker's accept in).
-        while len(socks) < 3 or (len(pids) < 2 and len(socks) < 40):
+        while len(socks) < 3 or (len(pids) < 2 and len(socks) < 100):
             s, _, _ = await sio_connect(srv, b)
             pids.add(worker_of(srv, s.response_headers["X-Request-ID"]))
             socks.append(s)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
         ws_other, _, _ = await sio_connect(srv, other)
         st, _, doc = srv.json("POST", "/api/rooms", {"name": "surprise"}, {"Authorization": "Bearer " + owner["token"]})
         assert st == 201, doc
