@@ -22,9 +22,9 @@
 #include <unistd.h>
 
 #include "../src/log.h"
-#include "../workers/schema.h"
 #include "../src/store.h"
 #include "../tests/mongo_double.h"
+#include "../workers/schema.h"
 
 #define MAX_FLIGHT 256
 #define GROUP 32 /* documents per INSERT_MANY (a chat group commit) */
@@ -143,8 +143,8 @@ static void phase(struct bench *b, const char *backend, int kind, size_t n, size
 	       kind == STORE_OP_INSERT        ? "insert"
 	       : kind == STORE_OP_INSERT_MANY ? "insert x32"
 	                                      : "find_by_id",
-	       n * per_op, secs, (double)(n * per_op) / secs,
-	       (double)b->lat[n / 2] / 1000.0, (double)b->lat[n * 99 / 100] / 1000.0, b->failed);
+	       n * per_op, secs, (double)(n * per_op) / secs, (double)b->lat[n / 2] / 1000.0,
+	       (double)b->lat[n * 99 / 100] / 1000.0, b->failed);
 	fflush(stdout);
 }
 

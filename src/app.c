@@ -193,8 +193,8 @@ static void run(struct http_request *req)
 			} else {
 				void *route = NULL;
 				int allow = 0;
-				enum router_result rr = router_match(a->router, req->method, req->path, req->path_len, &route,
-				                                     &ctx->params, &allow);
+				enum router_result rr = router_match(a->router, req->method, req->path, req->path_len,
+				                                     &route, &ctx->params, &allow);
 				if (rr == ROUTER_NOT_FOUND) {
 					app_fail(req, 404, "NOT_FOUND", "route not found");
 					return;
@@ -263,12 +263,14 @@ long app_url_decode(const char *src, size_t len, char *dst, size_t dstlen, int p
 			if (i + 2 >= len)
 				return -1;
 			int hi = src[i + 1], lo = src[i + 2];
-			int h = (hi >= '0' && hi <= '9') ? hi - '0' : (hi >= 'a' && hi <= 'f') ? hi - 'a' + 10
-			        : (hi >= 'A' && hi <= 'F')                   ? hi - 'A' + 10
-			                                                      : -1;
-			int l = (lo >= '0' && lo <= '9') ? lo - '0' : (lo >= 'a' && lo <= 'f') ? lo - 'a' + 10
-			        : (lo >= 'A' && lo <= 'F')                   ? lo - 'A' + 10
-			                                                      : -1;
+			int h = (hi >= '0' && hi <= '9')   ? hi - '0'
+			        : (hi >= 'a' && hi <= 'f') ? hi - 'a' + 10
+			        : (hi >= 'A' && hi <= 'F') ? hi - 'A' + 10
+			                                   : -1;
+			int l = (lo >= '0' && lo <= '9')   ? lo - '0'
+			        : (lo >= 'a' && lo <= 'f') ? lo - 'a' + 10
+			        : (lo >= 'A' && lo <= 'F') ? lo - 'A' + 10
+			                                   : -1;
 			if (h < 0 || l < 0)
 				return -1;
 			ch = (char)(h * 16 + l);

@@ -33,14 +33,14 @@ typedef int (*app_fn)(struct http_request *req);
 /* Per-request state of the application layer (in the request's arena). */
 struct app_ctx {
 	struct app *app;
-	int phase;           /* 0: app middleware, 1: route chain */
+	int phase; /* 0: app middleware, 1: route chain */
 	int pos;
 	const app_fn *chain; /* route chain, NULL-terminated */
 	const char *route;   /* matched pattern, e.g. "GET /api/posts/:id" */
 	struct route_params params;
-	struct json_value *body; /* parsed JSON or urlencoded body (owned) */
+	struct json_value *body;  /* parsed JSON or urlencoded body (owned) */
 	struct json_value *query; /* parsed query string (owned), lazily */
-	void *gen;           /* yajl_gen for the response (owned) */
+	void *gen;                /* yajl_gen for the response (owned) */
 	/* Set by the application's authentication middleware: who is asking,
 	 * as the application defines it (opaque here), and its id for the
 	 * access log. NULL for an anonymous request. */

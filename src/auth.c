@@ -495,7 +495,8 @@ int jwt_sign(const unsigned char *key, size_t keylen, const struct jwt_claims *c
 	if (!yajl_gen_config(g, yajl_gen_validate_utf8, 1) || yajl_gen_map_open(g) != yajl_gen_status_ok ||
 	    gen_str(g, "sub", c->sub, 24) || gen_str(g, "email", c->email, elen) ||
 	    gen_str(g, "role", c->role, strlen(c->role)) || gen_int(g, "iat", c->iat) || gen_int(g, "exp", c->exp) ||
-	    (sidlen && gen_str(g, "sid", c->sid, 24)) || yajl_gen_map_close(g) != yajl_gen_status_ok || yajl_gen_get_buf(g, &json, &jlen) != yajl_gen_status_ok)
+	    (sidlen && gen_str(g, "sid", c->sid, 24)) || yajl_gen_map_close(g) != yajl_gen_status_ok ||
+	    yajl_gen_get_buf(g, &json, &jlen) != yajl_gen_status_ok)
 		goto done;
 	/* encoded_len counts the NUL */
 	need = HEADER_B64_LEN + 1 + (sodium_base64_encoded_len(jlen, B64URL) - 1) + 1 + SIG_B64_LEN;

@@ -143,8 +143,8 @@ static void peer_drop(struct bus_hub *h, struct hub_peer *p)
 	p->dropped++;
 	h->stats.dropped++;
 	if (p->dropped == 1 || p->dropped % 1000 == 0)
-		log_warn(NULL, "bus queue to a worker is full: broadcasts dropped", LF_INT("peer", (int64_t)(p - h->peers)),
-		         LF_INT("dropped", (int64_t)p->dropped));
+		log_warn(NULL, "bus queue to a worker is full: broadcasts dropped",
+		         LF_INT("peer", (int64_t)(p - h->peers)), LF_INT("dropped", (int64_t)p->dropped));
 }
 
 /* Write the peer's queue until it would block. */

@@ -30,11 +30,11 @@
 
 struct event_base;
 
-#define BUS_MAX_MSG (64 * 1024)          /* largest record */
-#define BUS_PEER_QUEUE_MSGS 4096         /* hub -> one worker, queued */
+#define BUS_MAX_MSG (64 * 1024)  /* largest record */
+#define BUS_PEER_QUEUE_MSGS 4096 /* hub -> one worker, queued */
 #define BUS_PEER_QUEUE_BYTES (4u << 20)
-#define BUS_HUB_BYTES (32u << 20)        /* all records held by the hub */
-#define BUS_OUT_QUEUE_MSGS 4096          /* worker -> hub, queued */
+#define BUS_HUB_BYTES (32u << 20) /* all records held by the hub */
+#define BUS_OUT_QUEUE_MSGS 4096   /* worker -> hub, queued */
 #define BUS_OUT_QUEUE_BYTES (4u << 20)
 
 struct bus_stats {

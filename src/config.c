@@ -53,18 +53,45 @@ enum key_type {
 };
 
 enum key_id {
-	K_LISTEN, K_WORKERS, K_DB, K_DB_SYNC, K_CONTROL, K_ENV, K_JWT_SECRET, K_JWT_EXPIRE, K_REFRESH_EXPIRE, K_LOG_LEVEL,
-	K_LOG_FORMAT, K_LOG_FILE, K_AUDIT_LOG, K_CORS_ORIGINS, K_RATE_LIMIT, K_BODY_LIMIT, K_SHUTDOWN_TIMEOUT,
-	K_WORKER_TIMEOUT, K_MAX_MEMORY, K_EXT_URL, K_EXT_KEY, K_EXT_TIMEOUT, K_MAX_CONNECTIONS, K_WS_MESSAGE_RATE,
-	K_KEEPALIVE_TIMEOUT, K_HEADER_TIMEOUT, K_REQUEST_TIMEOUT, K_LISTEN_TIMEOUT, K_DB_POOL_SIZE,
-	K_JOB_THREADS, K_USER, K_GROUP,
+	K_LISTEN,
+	K_WORKERS,
+	K_DB,
+	K_DB_SYNC,
+	K_CONTROL,
+	K_ENV,
+	K_JWT_SECRET,
+	K_JWT_EXPIRE,
+	K_REFRESH_EXPIRE,
+	K_LOG_LEVEL,
+	K_LOG_FORMAT,
+	K_LOG_FILE,
+	K_AUDIT_LOG,
+	K_CORS_ORIGINS,
+	K_RATE_LIMIT,
+	K_BODY_LIMIT,
+	K_SHUTDOWN_TIMEOUT,
+	K_WORKER_TIMEOUT,
+	K_MAX_MEMORY,
+	K_EXT_URL,
+	K_EXT_KEY,
+	K_EXT_TIMEOUT,
+	K_MAX_CONNECTIONS,
+	K_WS_MESSAGE_RATE,
+	K_KEEPALIVE_TIMEOUT,
+	K_HEADER_TIMEOUT,
+	K_REQUEST_TIMEOUT,
+	K_LISTEN_TIMEOUT,
+	K_DB_POOL_SIZE,
+	K_JOB_THREADS,
+	K_USER,
+	K_GROUP,
 	K_TRUST_PROXY,
 	K_COUNT
 };
 
 struct key_def {
-	const char *name;    /* file key */
-	const char *env;     /* environment variable */
+	const char *name; /* file key */
+	const char *env;  /* environment variable */
 	enum key_type type;
 	size_t off, cap;     /* field offset and size (generic types) */
 	int64_t min, max;    /* KT_INT range, KT_SIZE minimum */
@@ -78,96 +105,92 @@ struct key_def {
 #define FIELD(f) .off = offsetof(struct resil_config, f), .cap = sizeof(((struct resil_config *)0)->f)
 
 static const struct key_def keys[K_COUNT] = {
-	[K_LISTEN] = {"listen", "RESIL_LISTEN", KT_LISTEN, FIELD(listen), .def = "127.0.0.1:8080",
-		      .help = "address to listen on: IPv4:port, [IPv6]:port or unix:/path (port 0: any)",
-		      .restart_only = 1},
-	[K_WORKERS] = {"workers", "RESIL_WORKERS", KT_WORKERS, FIELD(workers), .def = "auto",
-		       .help = "worker processes: 1-256, or auto (= number of online CPUs)"},
-	[K_DB] = {"db", "RESIL_DB", KT_DB, FIELD(db), .def = "sqlite:data/resil.db",
-		  .help = "database: sqlite:///abs/path.db, sqlite:rel/path.db or a mongodb:// URI"},
-	[K_DB_SYNC] = {"db_sync", "RESIL_DB_SYNC", KT_SYNC, FIELD(db_sync),
-		       .doc_def = "full in production, normal in development", .example = "full",
-		       .help = "SQLite durability: full (no acknowledged write lost on power loss; the WAL is "
-			       "fsynced at every commit) or normal (a power loss may drop the last commits)"},
-	[K_CONTROL] = {"control", "RESIL_CONTROL", KT_SOCKPATH, FIELD(control), .def = "./resild.sock",
-		       .doc_def = "$RUNTIME_DIRECTORY/control.sock, else ./resild.sock",
-		       .example = "/run/resild/control.sock", .help = "control socket path used by resilctl",
-		       .restart_only = 1},
-	[K_ENV] = {"env", "RESIL_ENV", KT_ENV, FIELD(env), .def = "development",
-		   .help = "development or production"},
-	[K_JWT_SECRET] = {"jwt_secret", "RESIL_JWT_SECRET", KT_SECRET, FIELD(jwt_secret),
-			  .doc_def = "production: required; development: random per start",
-			  .example = "\"replace-with-at-least-32-random-bytes\"",
-			  .help = "HS256 signing key for access tokens, at least 32 bytes"},
-	[K_JWT_EXPIRE] = {"jwt_expire", "RESIL_JWT_EXPIRE", KT_SECONDS, FIELD(jwt_expire_s), .def = "15m",
-			  .help = "access token lifetime (e.g. 15m, 12h, 900s)"},
-	[K_REFRESH_EXPIRE] = {"refresh_expire", "RESIL_REFRESH_EXPIRE", KT_SECONDS, FIELD(refresh_expire_s),
-			      .def = "30d", .help = "refresh token (session) lifetime (e.g. 30d, 12h)"},
-	[K_LOG_LEVEL] = {"log_level", "RESIL_LOG_LEVEL", KT_LEVEL, FIELD(log_level),
-			 .doc_def = "info in production, debug in development", .example = "info",
-			 .help = "lowest level logged: debug, info, warn or error"},
-	[K_LOG_FORMAT] = {"log_format", "RESIL_LOG_FORMAT", KT_FORMAT, FIELD(log_format),
-			  .doc_def = "json in production, else pretty if stderr is a TTY, else json",
-			  .example = "json", .help = "log line format: json or pretty", .restart_only = 1},
-	[K_LOG_FILE] = {"log_file", "RESIL_LOG_FILE", KT_PATH, FIELD(log_file), .def = "", .doc_def = "unset",
-			.example = "/var/log/resild/resild.log",
-			.help = "also append JSON log lines to this file (reopened on SIGUSR1)", .restart_only = 1},
-	[K_AUDIT_LOG] = {"audit_log", "RESIL_AUDIT_LOG", KT_PATH, FIELD(audit_log), .def = "",
-			 .doc_def = "audit.log beside the SQLite database (MongoDB: in the working directory)",
-			 .example = "/var/lib/resil/audit.log",
-			 .help = "append-only audit trail of patient data access, one JSON line each (reopened on SIGUSR1)"},
-	[K_CORS_ORIGINS] = {"cors_origins", "RESIL_CORS_ORIGINS", KT_ORIGINS, FIELD(cors_origins),
-			    .def = "http://localhost:3000",
-			    .help = "comma-separated origins allowed by CORS (exact match)"},
-	[K_RATE_LIMIT] = {"rate_limit", "RESIL_RATE_LIMIT", KT_RATE, FIELD(rate_limit_max), .def = "100/15m",
-			  .help = "per-client request limit for /api/ as N/WINDOW (e.g. 100/15m)"},
-	[K_BODY_LIMIT] = {"body_limit", "RESIL_BODY_LIMIT", KT_SIZE, FIELD(body_limit), .min = 1, .def = "10m",
-			  .help = "largest request body accepted (e.g. 512k, 10m); larger gets 413"},
-	[K_SHUTDOWN_TIMEOUT] = {"shutdown_timeout", "RESIL_SHUTDOWN_TIMEOUT", KT_DURATION,
-				FIELD(shutdown_timeout_ms), .def = "30s",
-				.help = "graceful drain limit before remaining workers get SIGKILL"},
-	[K_WORKER_TIMEOUT] = {"worker_timeout", "RESIL_WORKER_TIMEOUT", KT_DURATION, FIELD(worker_timeout_ms),
-			      .def = "30s", .help = "heartbeat age after which a worker counts as hung and is killed"},
-	[K_MAX_MEMORY] = {"max_memory", "RESIL_MAX_MEMORY", KT_SIZE, FIELD(max_memory), .min = 0, .def = "0",
-			  .help = "worker RSS above which it is gracefully recycled (0 = off)"},
-	[K_EXT_URL] = {"external_api_url", "RESIL_EXTERNAL_API_URL", KT_URL, FIELD(external_api_url), .def = "",
-		       .doc_def = "unset (patient sync returns 503)", .example = "https://records.example.com/api",
-		       .help = "base URL of the external patient records API"},
-	[K_EXT_KEY] = {"external_api_key", "RESIL_EXTERNAL_API_KEY", KT_TOKEN, FIELD(external_api_key), .def = "",
-		       .doc_def = "unset", .example = "your-api-token",
-		       .help = "bearer token sent to the external API"},
-	[K_EXT_TIMEOUT] = {"external_api_timeout", "RESIL_EXTERNAL_API_TIMEOUT", KT_DURATION,
-			   FIELD(external_api_timeout_ms), .def = "5s", .help = "per-call timeout for the external API"},
-	[K_MAX_CONNECTIONS] = {"max_connections", "RESIL_MAX_CONNECTIONS", KT_INT, FIELD(max_connections),
-			       .min = 1, .max = 1000000, .def = "10000",
-			       .help = "open connections per worker; beyond it new ones get 503"},
-	[K_WS_MESSAGE_RATE] = {"ws_message_rate", "RESIL_WS_MESSAGE_RATE", KT_INT, FIELD(ws_message_rate),
-			       .min = 1, .max = 1000000, .def = "50",
-			       .help = "chat events per second one WebSocket may send (bursts of 4 s worth); "
-				       "beyond: an error event, then close 1008"},
-	[K_KEEPALIVE_TIMEOUT] = {"keepalive_timeout", "RESIL_KEEPALIVE_TIMEOUT", KT_DURATION,
-				 FIELD(keepalive_timeout_ms), .def = "5s",
-				 .help = "idle time after which a keep-alive connection is closed"},
-	[K_HEADER_TIMEOUT] = {"header_timeout", "RESIL_HEADER_TIMEOUT", KT_DURATION, FIELD(header_timeout_ms),
-			      .def = "10s", .help = "time a client has to send complete request headers"},
-	[K_REQUEST_TIMEOUT] = {"request_timeout", "RESIL_REQUEST_TIMEOUT", KT_DURATION,
-			       FIELD(request_timeout_ms), .def = "30s",
-			       .help = "deadline of each request; when it passes the answer is 504"},
-	[K_LISTEN_TIMEOUT] = {"listen_timeout", "RESIL_LISTEN_TIMEOUT", KT_DURATION, FIELD(listen_timeout_ms),
-			      .def = "10s", .help = "on reload, how long to wait for a new worker to become ready"},
-	[K_DB_POOL_SIZE] = {"db_pool_size", "RESIL_DB_POOL_SIZE", KT_INT, FIELD(db_pool_size), .min = 1,
-			    .max = 1024, .def = "4", .help = "database connections per worker (1-1024)"},
-	[K_JOB_THREADS] = {"job_threads", "RESIL_JOB_THREADS", KT_INT, FIELD(job_threads), .min = 0, .max = 1024,
-			   .def = "0", .doc_def = "0 (= db_pool_size)",
-			   .help = "database job threads per worker (0-1024, 0 = db_pool_size)"},
-	[K_USER] = {"user", "RESIL_USER", KT_NAME, FIELD(user), .def = "", .doc_def = "unset", .example = "resil",
-		    .help = "user the workers run as (unset: not changed)"},
-	[K_GROUP] = {"group", "RESIL_GROUP", KT_NAME, FIELD(group), .def = "", .doc_def = "unset",
-		     .example = "resil", .help = "group the workers run as (unset: not changed)"},
-	[K_TRUST_PROXY] = {"trust_proxy", "RESIL_TRUST_PROXY", KT_CIDRS, FIELD(trust_proxy), .def = "",
-			   .doc_def = "empty: trust none", .example = "10.0.0.0/8, ::1",
-			   .help = "comma-separated CIDRs of trusted proxies: from these peers the client address is the "
-				   "right-most X-Forwarded-For (else Forwarded) address not itself trusted"},
+    [K_LISTEN] = {"listen", "RESIL_LISTEN", KT_LISTEN, FIELD(listen), .def = "127.0.0.1:8080",
+                  .help = "address to listen on: IPv4:port, [IPv6]:port or unix:/path (port 0: any)",
+                  .restart_only = 1},
+    [K_WORKERS] = {"workers", "RESIL_WORKERS", KT_WORKERS, FIELD(workers), .def = "auto",
+                   .help = "worker processes: 1-256, or auto (= number of online CPUs)"},
+    [K_DB] = {"db", "RESIL_DB", KT_DB, FIELD(db), .def = "sqlite:data/resil.db",
+              .help = "database: sqlite:///abs/path.db, sqlite:rel/path.db or a mongodb:// URI"},
+    [K_DB_SYNC] = {"db_sync", "RESIL_DB_SYNC", KT_SYNC, FIELD(db_sync),
+                   .doc_def = "full in production, normal in development", .example = "full",
+                   .help = "SQLite durability: full (no acknowledged write lost on power loss; the WAL is "
+                           "fsynced at every commit) or normal (a power loss may drop the last commits)"},
+    [K_CONTROL] = {"control", "RESIL_CONTROL", KT_SOCKPATH, FIELD(control), .def = "./resild.sock",
+                   .doc_def = "$RUNTIME_DIRECTORY/control.sock, else ./resild.sock",
+                   .example = "/run/resild/control.sock", .help = "control socket path used by resilctl",
+                   .restart_only = 1},
+    [K_ENV] = {"env", "RESIL_ENV", KT_ENV, FIELD(env), .def = "development", .help = "development or production"},
+    [K_JWT_SECRET] = {"jwt_secret", "RESIL_JWT_SECRET", KT_SECRET, FIELD(jwt_secret),
+                      .doc_def = "production: required; development: random per start",
+                      .example = "\"replace-with-at-least-32-random-bytes\"",
+                      .help = "HS256 signing key for access tokens, at least 32 bytes"},
+    [K_JWT_EXPIRE] = {"jwt_expire", "RESIL_JWT_EXPIRE", KT_SECONDS, FIELD(jwt_expire_s), .def = "15m",
+                      .help = "access token lifetime (e.g. 15m, 12h, 900s)"},
+    [K_REFRESH_EXPIRE] = {"refresh_expire", "RESIL_REFRESH_EXPIRE", KT_SECONDS, FIELD(refresh_expire_s), .def = "30d",
+                          .help = "refresh token (session) lifetime (e.g. 30d, 12h)"},
+    [K_LOG_LEVEL] = {"log_level", "RESIL_LOG_LEVEL", KT_LEVEL, FIELD(log_level),
+                     .doc_def = "info in production, debug in development", .example = "info",
+                     .help = "lowest level logged: debug, info, warn or error"},
+    [K_LOG_FORMAT] = {"log_format", "RESIL_LOG_FORMAT", KT_FORMAT, FIELD(log_format),
+                      .doc_def = "json in production, else pretty if stderr is a TTY, else json", .example = "json",
+                      .help = "log line format: json or pretty", .restart_only = 1},
+    [K_LOG_FILE] = {"log_file", "RESIL_LOG_FILE", KT_PATH, FIELD(log_file), .def = "", .doc_def = "unset",
+                    .example = "/var/log/resild/resild.log",
+                    .help = "also append JSON log lines to this file (reopened on SIGUSR1)", .restart_only = 1},
+    [K_AUDIT_LOG] = {"audit_log", "RESIL_AUDIT_LOG", KT_PATH, FIELD(audit_log), .def = "",
+                     .doc_def = "audit.log beside the SQLite database (MongoDB: in the working directory)",
+                     .example = "/var/lib/resil/audit.log",
+                     .help =
+                         "append-only audit trail of patient data access, one JSON line each (reopened on SIGUSR1)"},
+    [K_CORS_ORIGINS] = {"cors_origins", "RESIL_CORS_ORIGINS", KT_ORIGINS, FIELD(cors_origins),
+                        .def = "http://localhost:3000",
+                        .help = "comma-separated origins allowed by CORS (exact match)"},
+    [K_RATE_LIMIT] = {"rate_limit", "RESIL_RATE_LIMIT", KT_RATE, FIELD(rate_limit_max), .def = "100/15m",
+                      .help = "per-client request limit for /api/ as N/WINDOW (e.g. 100/15m)"},
+    [K_BODY_LIMIT] = {"body_limit", "RESIL_BODY_LIMIT", KT_SIZE, FIELD(body_limit), .min = 1, .def = "10m",
+                      .help = "largest request body accepted (e.g. 512k, 10m); larger gets 413"},
+    [K_SHUTDOWN_TIMEOUT] = {"shutdown_timeout", "RESIL_SHUTDOWN_TIMEOUT", KT_DURATION, FIELD(shutdown_timeout_ms),
+                            .def = "30s", .help = "graceful drain limit before remaining workers get SIGKILL"},
+    [K_WORKER_TIMEOUT] = {"worker_timeout", "RESIL_WORKER_TIMEOUT", KT_DURATION, FIELD(worker_timeout_ms), .def = "30s",
+                          .help = "heartbeat age after which a worker counts as hung and is killed"},
+    [K_MAX_MEMORY] = {"max_memory", "RESIL_MAX_MEMORY", KT_SIZE, FIELD(max_memory), .min = 0, .def = "0",
+                      .help = "worker RSS above which it is gracefully recycled (0 = off)"},
+    [K_EXT_URL] = {"external_api_url", "RESIL_EXTERNAL_API_URL", KT_URL, FIELD(external_api_url), .def = "",
+                   .doc_def = "unset (patient sync returns 503)", .example = "https://records.example.com/api",
+                   .help = "base URL of the external patient records API"},
+    [K_EXT_KEY] = {"external_api_key", "RESIL_EXTERNAL_API_KEY", KT_TOKEN, FIELD(external_api_key), .def = "",
+                   .doc_def = "unset", .example = "your-api-token", .help = "bearer token sent to the external API"},
+    [K_EXT_TIMEOUT] = {"external_api_timeout", "RESIL_EXTERNAL_API_TIMEOUT", KT_DURATION,
+                       FIELD(external_api_timeout_ms), .def = "5s", .help = "per-call timeout for the external API"},
+    [K_MAX_CONNECTIONS] = {"max_connections", "RESIL_MAX_CONNECTIONS", KT_INT, FIELD(max_connections), .min = 1,
+                           .max = 1000000, .def = "10000",
+                           .help = "open connections per worker; beyond it new ones get 503"},
+    [K_WS_MESSAGE_RATE] = {"ws_message_rate", "RESIL_WS_MESSAGE_RATE", KT_INT, FIELD(ws_message_rate), .min = 1,
+                           .max = 1000000, .def = "50",
+                           .help = "chat events per second one WebSocket may send (bursts of 4 s worth); "
+                                   "beyond: an error event, then close 1008"},
+    [K_KEEPALIVE_TIMEOUT] = {"keepalive_timeout", "RESIL_KEEPALIVE_TIMEOUT", KT_DURATION, FIELD(keepalive_timeout_ms),
+                             .def = "5s", .help = "idle time after which a keep-alive connection is closed"},
+    [K_HEADER_TIMEOUT] = {"header_timeout", "RESIL_HEADER_TIMEOUT", KT_DURATION, FIELD(header_timeout_ms), .def = "10s",
+                          .help = "time a client has to send complete request headers"},
+    [K_REQUEST_TIMEOUT] = {"request_timeout", "RESIL_REQUEST_TIMEOUT", KT_DURATION, FIELD(request_timeout_ms),
+                           .def = "30s", .help = "deadline of each request; when it passes the answer is 504"},
+    [K_LISTEN_TIMEOUT] = {"listen_timeout", "RESIL_LISTEN_TIMEOUT", KT_DURATION, FIELD(listen_timeout_ms), .def = "10s",
+                          .help = "on reload, how long to wait for a new worker to become ready"},
+    [K_DB_POOL_SIZE] = {"db_pool_size", "RESIL_DB_POOL_SIZE", KT_INT, FIELD(db_pool_size), .min = 1, .max = 1024,
+                        .def = "4", .help = "database connections per worker (1-1024)"},
+    [K_JOB_THREADS] = {"job_threads", "RESIL_JOB_THREADS", KT_INT, FIELD(job_threads), .min = 0, .max = 1024,
+                       .def = "0", .doc_def = "0 (= db_pool_size)",
+                       .help = "database job threads per worker (0-1024, 0 = db_pool_size)"},
+    [K_USER] = {"user", "RESIL_USER", KT_NAME, FIELD(user), .def = "", .doc_def = "unset", .example = "resil",
+                .help = "user the workers run as (unset: not changed)"},
+    [K_GROUP] = {"group", "RESIL_GROUP", KT_NAME, FIELD(group), .def = "", .doc_def = "unset", .example = "resil",
+                 .help = "group the workers run as (unset: not changed)"},
+    [K_TRUST_PROXY] = {"trust_proxy", "RESIL_TRUST_PROXY", KT_CIDRS, FIELD(trust_proxy), .def = "",
+                       .doc_def = "empty: trust none", .example = "10.0.0.0/8, ::1",
+                       .help = "comma-separated CIDRs of trusted proxies: from these peers the client address is the "
+                               "right-most X-Forwarded-For (else Forwarded) address not itself trusted"},
 };
 
 static const char *const env_names[] = {"development", "production"};
@@ -286,8 +309,8 @@ int config_parse_size(const char *s, int64_t *out)
 	static const struct {
 		const char *unit;
 		int64_t mul;
-	} units[] = {{"", 1},          {"b", 1},           {"k", 1024},       {"kb", 1024},
-		     {"m", 1048576},   {"mb", 1048576},    {"g", 1073741824}, {"gb", 1073741824}};
+	} units[] = {{"", 1},        {"b", 1},        {"k", 1024},       {"kb", 1024},
+	             {"m", 1048576}, {"mb", 1048576}, {"g", 1073741824}, {"gb", 1073741824}};
 	const char *u;
 	int64_t v, r;
 
@@ -401,7 +424,7 @@ static int origin_valid(const char *s, size_t n)
 /* ---- setting one key ---------------------------------------------------- */
 
 static int set_string(struct resil_config *c, const struct key_def *k, const char *v, const char *who, char *err,
-		      size_t errlen)
+                      size_t errlen)
 {
 	size_t n = strlen(v);
 
@@ -412,8 +435,8 @@ static int set_string(struct resil_config *c, const struct key_def *k, const cha
 }
 
 /* Store "a , b,,c" as "a,b,c" after checking each origin. */
-static int set_origins(struct resil_config *c, const struct key_def *k, const char *v, const char *who,
-		       char *err, size_t errlen)
+static int set_origins(struct resil_config *c, const struct key_def *k, const char *v, const char *who, char *err,
+                       size_t errlen)
 {
 	char *dst = (char *)c + k->off;
 	size_t o = 0;
@@ -434,9 +457,9 @@ static int set_origins(struct resil_config *c, const struct key_def *k, const ch
 			if (!origin_valid(a, n)) {
 				snprintf(one, sizeof one, "%.*s", (int)n, a);
 				return errf(err, errlen,
-					    "%s: invalid origin \"%s\" (expected scheme://host[:port], e.g. "
-					    "http://localhost:3000)",
-					    who, show(one, &q));
+				            "%s: invalid origin \"%s\" (expected scheme://host[:port], e.g. "
+				            "http://localhost:3000)",
+				            who, show(one, &q));
 			}
 			if (o + (o > 0) + n >= k->cap)
 				return errf(err, errlen, "%s: value too long (at most %zu bytes)", who, k->cap - 1);
@@ -452,7 +475,7 @@ static int set_origins(struct resil_config *c, const struct key_def *k, const ch
 }
 
 static int key_set(struct resil_config *c, const struct key_def *k, const char *v, const char *who, char *err,
-		   size_t errlen)
+                   size_t errlen)
 {
 	char *field = (char *)c + k->off;
 	struct shown q;
@@ -464,9 +487,9 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 	case KT_LISTEN:
 		if (config_parse_listen(v, NULL, NULL))
 			return errf(err, errlen,
-				    "%s: invalid address \"%s\" (expected IPv4:port, [IPv6]:port or unix:/path, "
-				    "port 0-65535)",
-				    who, show(v, &q));
+			            "%s: invalid address \"%s\" (expected IPv4:port, [IPv6]:port or unix:/path, "
+			            "port 0-65535)",
+			            who, show(v, &q));
 		return set_string(c, k, v, who, err, errlen);
 	case KT_WORKERS:
 		if (strcasecmp(v, "auto") == 0) {
@@ -478,7 +501,7 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 		}
 		if (parse_int_full(v, &n) || n < 1 || n > WORKERS_MAX)
 			return errf(err, errlen, "%s: invalid value \"%s\" (expected a number 1-%d or auto)", who,
-				    show(v, &q), WORKERS_MAX);
+			            show(v, &q), WORKERS_MAX);
 		c->workers = (int)n;
 		c->workers_auto = 0;
 		return 0;
@@ -487,9 +510,9 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 		    !((strncmp(v, "sqlite:", 7) == 0 && v[7]) || (strncmp(v, "mongodb://", 10) == 0 && v[10]) ||
 		      (strncmp(v, "mongodb+srv://", 14) == 0 && v[14])))
 			return errf(err, errlen,
-				    "%s: invalid URI \"%s\" (expected sqlite:PATH, mongodb://... or "
-				    "mongodb+srv://...)",
-				    who, show(v, &q));
+			            "%s: invalid URI \"%s\" (expected sqlite:PATH, mongodb://... or "
+			            "mongodb+srv://...)",
+			            who, show(v, &q));
 		return set_string(c, k, v, who, err, errlen);
 	case KT_SOCKPATH: {
 		struct sockaddr_un un;
@@ -498,30 +521,31 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 			return errf(err, errlen, "%s: empty path", who);
 		if (strlen(v) >= sizeof un.sun_path)
 			return errf(err, errlen, "%s: path too long for a Unix socket (at most %zu bytes)", who,
-				    sizeof un.sun_path - 1);
+			            sizeof un.sun_path - 1);
 		return set_string(c, k, v, who, err, errlen);
 	}
 	case KT_ENV:
 		if ((i = lookup_name(v, env_names, 2)) < 0)
-			return errf(err, errlen, "%s: invalid value \"%s\" (expected development or production)",
-				    who, show(v, &q));
+			return errf(err, errlen, "%s: invalid value \"%s\" (expected development or production)", who,
+			            show(v, &q));
 		c->env = i;
 		return 0;
 	case KT_SYNC:
 		if ((i = lookup_name(v, sync_names, 2)) < 0)
-			return errf(err, errlen, "%s: invalid value \"%s\" (expected full or normal)", who, show(v, &q));
+			return errf(err, errlen, "%s: invalid value \"%s\" (expected full or normal)", who,
+			            show(v, &q));
 		c->db_sync = i;
 		return 0;
 	case KT_LEVEL:
 		if ((i = lookup_name(v, level_names, 4)) < 0)
-			return errf(err, errlen, "%s: invalid value \"%s\" (expected debug, info, warn or error)",
-				    who, show(v, &q));
+			return errf(err, errlen, "%s: invalid value \"%s\" (expected debug, info, warn or error)", who,
+			            show(v, &q));
 		c->log_level = i;
 		return 0;
 	case KT_FORMAT:
 		if ((i = lookup_name(v, format_names, 2)) < 0)
 			return errf(err, errlen, "%s: invalid value \"%s\" (expected json or pretty)", who,
-				    show(v, &q));
+			            show(v, &q));
 		c->log_format = i;
 		return 0;
 	case KT_SECRET:
@@ -529,7 +553,7 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 		len = strlen(v);
 		if (len < JWT_SECRET_MIN)
 			return errf(err, errlen, "%s: too short (%zu bytes, at least %d required)", who, len,
-				    JWT_SECRET_MIN);
+			            JWT_SECRET_MIN);
 		if (len > sizeof c->jwt_secret)
 			return errf(err, errlen, "%s: too long (at most %zu bytes)", who, sizeof c->jwt_secret);
 		memcpy(c->jwt_secret, v, len);
@@ -540,9 +564,9 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 	case KT_SECONDS:
 		if (config_parse_duration_ms(v, &n))
 			return errf(err, errlen,
-				    "%s: invalid duration \"%s\" (expected a positive duration, e.g. 250ms, 30s, 15m, "
-				    "12h, 7d)",
-				    who, show(v, &q));
+			            "%s: invalid duration \"%s\" (expected a positive duration, e.g. 250ms, 30s, 15m, "
+			            "12h, 7d)",
+			            who, show(v, &q));
 		if (k->type == KT_SECONDS) {
 			if (n < 1000)
 				return errf(err, errlen, "%s: invalid duration \"%s\" (at least 1s)", who, show(v, &q));
@@ -552,28 +576,28 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 		return 0;
 	case KT_SIZE:
 		if (config_parse_size(v, &n))
-			return errf(err, errlen, "%s: invalid size \"%s\" (expected e.g. 512k, 10m)", who,
-				    show(v, &q));
+			return errf(err, errlen, "%s: invalid size \"%s\" (expected e.g. 512k, 10m)", who, show(v, &q));
 		if (n < k->min)
 			return errf(err, errlen, "%s: invalid size \"%s\" (must be at least %" PRId64 ")", who,
-				    show(v, &q), k->min);
+			            show(v, &q), k->min);
 		memcpy(field, &n, sizeof n);
 		return 0;
 	case KT_RATE:
 		if (config_parse_rate(v, &n, &w))
-			return errf(err, errlen, "%s: invalid rate \"%s\" (expected N/WINDOW with 1 <= N <= 1048575 and WINDOW up to 49d, e.g. 100/15m)",
-				    who, show(v, &q));
+			return errf(err, errlen,
+			            "%s: invalid rate \"%s\" (expected N/WINDOW with 1 <= N <= 1048575 and WINDOW up "
+			            "to 49d, e.g. 100/15m)",
+			            who, show(v, &q));
 		c->rate_limit_max = n;
 		c->rate_limit_window_ms = w;
 		return 0;
 	case KT_INT:
 		if (parse_int_full(v, &n) || n < k->min || n > k->max)
 			return errf(err, errlen, "%s: invalid value \"%s\" (expected a number %" PRId64 "-%" PRId64 ")",
-				    who, show(v, &q), k->min, k->max);
+			            who, show(v, &q), k->min, k->max);
 		memcpy(field, &n, sizeof n);
 		return 0;
-	case KT_ORIGINS:
-		return set_origins(c, k, v, who, err, errlen);
+	case KT_ORIGINS: return set_origins(c, k, v, who, err, errlen);
 	case KT_CIDRS: {
 		struct cidr_list l;
 		char why[160];
@@ -586,8 +610,9 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 			size_t skip = strncmp(v, "https://", 8) == 0 ? 8 : strncmp(v, "http://", 7) == 0 ? 7 : 0;
 
 			if (!skip || !v[skip] || v[skip] == '/' || has_ctl_or_space(v))
-				return errf(err, errlen, "%s: invalid URL \"%s\" (expected http://HOST... or https://HOST...)",
-					    who, show(v, &q));
+				return errf(err, errlen,
+				            "%s: invalid URL \"%s\" (expected http://HOST... or https://HOST...)", who,
+				            show(v, &q));
 		}
 		if (set_string(c, k, v, who, err, errlen))
 			return -1;
@@ -605,10 +630,9 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 		for (const char *p = v; *p; p++)
 			if (!isalnum((unsigned char)*p) && *p != '_' && *p != '.' && (*p != '-' || p == v))
 				return errf(err, errlen, "%s: invalid name \"%s\" (expected letters, digits, . _ -)",
-					    who, show(v, &q));
+				            who, show(v, &q));
 		return set_string(c, k, v, who, err, errlen);
-	case KT_PATH:
-		return set_string(c, k, v, who, err, errlen);
+	case KT_PATH: return set_string(c, k, v, who, err, errlen);
 	}
 	abort();
 }
@@ -648,8 +672,8 @@ static char *trim(char *s)
 	return s;
 }
 
-static int parse_line(struct resil_config *c, unsigned char *set, const char *path, int lineno, char *line,
-		      char *err, size_t errlen)
+static int parse_line(struct resil_config *c, unsigned char *set, const char *path, int lineno, char *line, char *err,
+                      size_t errlen)
 {
 	char *s = trim(line), *eq, *v, *key;
 	char who[CONFIG_ERR_MAX];
@@ -740,8 +764,8 @@ static int load_file(struct resil_config *c, unsigned char *set, const char *pat
 
 /* Defaults that depend on other keys or on the process, once all sources
  * are read. */
-static int resolve(struct resil_config *c, const unsigned char *set, const char *(*getenv_fn)(const char *),
-		   char *err, size_t errlen)
+static int resolve(struct resil_config *c, const unsigned char *set, const char *(*getenv_fn)(const char *), char *err,
+                   size_t errlen)
 {
 	if (!set[K_CONTROL]) {
 		const char *rd = getenv_fn("RUNTIME_DIRECTORY");
@@ -752,9 +776,9 @@ static int resolve(struct resil_config *c, const unsigned char *set, const char 
 
 			if (n + sizeof "/control.sock" > sizeof un.sun_path)
 				return errf(err, errlen,
-					    "control: $RUNTIME_DIRECTORY/control.sock is too long for a Unix socket "
-					    "(at most %zu bytes); set control",
-					    sizeof un.sun_path - 1);
+				            "control: $RUNTIME_DIRECTORY/control.sock is too long for a Unix socket "
+				            "(at most %zu bytes); set control",
+				            sizeof un.sun_path - 1);
 			snprintf(c->control, sizeof c->control, "%.*s/control.sock", (int)n, rd);
 		}
 	}
@@ -763,12 +787,12 @@ static int resolve(struct resil_config *c, const unsigned char *set, const char 
 	if (!set[K_LOG_LEVEL])
 		c->log_level = c->env == CONFIG_ENV_PRODUCTION ? CONFIG_LOG_INFO : CONFIG_LOG_DEBUG;
 	if (!set[K_LOG_FORMAT])
-		c->log_format = c->env == CONFIG_ENV_PRODUCTION || !isatty(STDERR_FILENO) ? CONFIG_LOG_JSON
-											 : CONFIG_LOG_PRETTY;
+		c->log_format =
+		    c->env == CONFIG_ENV_PRODUCTION || !isatty(STDERR_FILENO) ? CONFIG_LOG_JSON : CONFIG_LOG_PRETTY;
 	if (!set[K_JWT_SECRET]) {
 		if (c->env == CONFIG_ENV_PRODUCTION)
 			return errf(err, errlen, "jwt_secret: required when env = production (at least %d bytes)",
-				    JWT_SECRET_MIN);
+			            JWT_SECRET_MIN);
 		if (sodium_init() < 0)
 			return errf(err, errlen, "jwt_secret: cannot initialise libsodium to generate a secret");
 		randombytes_buf(c->jwt_secret, JWT_SECRET_MIN);
@@ -787,18 +811,18 @@ static const struct cli_flag {
 	char shrt;
 	enum flag_kind kind;
 	int key;
-	const char *arg;  /* value placeholder for --help; NULL: no value */
+	const char *arg; /* value placeholder for --help; NULL: no value */
 	const char *help;
 } flags[] = {
-	{"config", 'c', F_CONFIG, -1, "FILE", "read settings from FILE"},
-	{"listen", 0, F_KEY, K_LISTEN, "ADDR:PORT", "address to listen on (listen)"},
-	{"workers", 0, F_KEY, K_WORKERS, "N|auto", "number of worker processes (workers)"},
-	{"db", 0, F_KEY, K_DB, "URI", "database URI (db)"},
-	{"control", 0, F_KEY, K_CONTROL, "PATH", "control socket path (control)"},
-	{"foreground", 0, F_FOREGROUND, -1, NULL, "stay in the foreground, do not detach"},
-	{"check-config", 0, F_CHECK, -1, NULL, "validate the configuration and exit 0 or 1"},
-	{"version", 'V', F_VERSION, -1, NULL, "print the version and exit"},
-	{"help", 'h', F_HELP, -1, NULL, "print this help and exit"},
+    {"config", 'c', F_CONFIG, -1, "FILE", "read settings from FILE"},
+    {"listen", 0, F_KEY, K_LISTEN, "ADDR:PORT", "address to listen on (listen)"},
+    {"workers", 0, F_KEY, K_WORKERS, "N|auto", "number of worker processes (workers)"},
+    {"db", 0, F_KEY, K_DB, "URI", "database URI (db)"},
+    {"control", 0, F_KEY, K_CONTROL, "PATH", "control socket path (control)"},
+    {"foreground", 0, F_FOREGROUND, -1, NULL, "stay in the foreground, do not detach"},
+    {"check-config", 0, F_CHECK, -1, NULL, "validate the configuration and exit 0 or 1"},
+    {"version", 'V', F_VERSION, -1, NULL, "print the version and exit"},
+    {"help", 'h', F_HELP, -1, NULL, "print this help and exit"},
 };
 #define NFLAGS (sizeof flags / sizeof flags[0])
 
@@ -820,7 +844,8 @@ static int parse_cli(struct cli *cl, int argc, char **argv, char *err, size_t er
 
 		if (strcmp(a, "--") == 0) {
 			if (i + 1 < argc && argv[i + 1])
-				return errf(err, errlen, "unexpected argument \"%s\" (try --help)", show(argv[i + 1], &q));
+				return errf(err, errlen, "unexpected argument \"%s\" (try --help)",
+				            show(argv[i + 1], &q));
 			break;
 		}
 		if (a[0] == '-' && a[1] == '-') {
@@ -860,15 +885,9 @@ static int parse_cli(struct cli *cl, int argc, char **argv, char *err, size_t er
 			cl->val[f->key] = val;
 			cl->who[f->key] = f->lng;
 			break;
-		case F_CONFIG:
-			cl->config = val;
-			break;
-		case F_FOREGROUND:
-			cl->foreground = 1;
-			break;
-		case F_CHECK:
-			cl->check = 1;
-			break;
+		case F_CONFIG: cl->config = val; break;
+		case F_FOREGROUND: cl->foreground = 1; break;
+		case F_CHECK: cl->check = 1; break;
 		case F_VERSION:
 			if (cl->action == CONFIG_RUN)
 				cl->action = CONFIG_VERSION;
@@ -888,7 +907,7 @@ static const char *real_getenv(const char *name)
 }
 
 int config_load_env(struct resil_config *cfg, int argc, char **argv, const char *(*getenv_fn)(const char *),
-		    enum config_action *action, char *err, size_t errlen)
+                    enum config_action *action, char *err, size_t errlen)
 {
 	struct resil_config *tmp;
 	struct cli cl;
@@ -953,8 +972,7 @@ out:
 	return rc;
 }
 
-int config_load(struct resil_config *cfg, int argc, char **argv, enum config_action *action, char *err,
-		size_t errlen)
+int config_load(struct resil_config *cfg, int argc, char **argv, enum config_action *action, char *err, size_t errlen)
 {
 	return config_load_env(cfg, argc, argv, real_getenv, action, err, errlen);
 }
@@ -1001,16 +1019,11 @@ static const char *key_value(const struct resil_config *c, const struct key_def 
 			return "auto";
 		snprintf(buf, n, "%d", c->workers);
 		return buf;
-	case KT_ENV:
-		return env_names[c->env == CONFIG_ENV_PRODUCTION];
-	case KT_SYNC:
-		return sync_names[c->db_sync == CONFIG_DB_SYNC_NORMAL];
-	case KT_LEVEL:
-		return c->log_level >= 0 && c->log_level < 4 ? level_names[c->log_level] : "info";
-	case KT_FORMAT:
-		return format_names[c->log_format == CONFIG_LOG_JSON];
-	case KT_SECRET:
-		return "";
+	case KT_ENV: return env_names[c->env == CONFIG_ENV_PRODUCTION];
+	case KT_SYNC: return sync_names[c->db_sync == CONFIG_DB_SYNC_NORMAL];
+	case KT_LEVEL: return c->log_level >= 0 && c->log_level < 4 ? level_names[c->log_level] : "info";
+	case KT_FORMAT: return format_names[c->log_format == CONFIG_LOG_JSON];
+	case KT_SECRET: return "";
 	case KT_DURATION:
 		memcpy(&v, field, sizeof v);
 		fmt_duration(v, buf, n);
@@ -1045,8 +1058,7 @@ static const char *key_value(const struct resil_config *c, const struct key_def 
 	case KT_URL:
 	case KT_TOKEN:
 	case KT_NAME:
-	case KT_CIDRS:
-		return field;
+	case KT_CIDRS: return field;
 	}
 	abort();
 }
@@ -1135,8 +1147,8 @@ void config_print_help(const char *progname)
 		char spec[48];
 
 		snprintf(spec, sizeof spec, "%c%c%c --%s%s%s", flags[i].shrt ? '-' : ' ',
-			 flags[i].shrt ? flags[i].shrt : ' ', flags[i].shrt ? ',' : ' ', flags[i].lng,
-			 flags[i].arg ? " " : "", flags[i].arg ? flags[i].arg : "");
+		         flags[i].shrt ? flags[i].shrt : ' ', flags[i].shrt ? ',' : ' ', flags[i].lng,
+		         flags[i].arg ? " " : "", flags[i].arg ? flags[i].arg : "");
 		printf("  %-28s %s\n", spec, flags[i].help);
 	}
 	printf("\nSettings (file key, environment variable). The environment overrides\n"
@@ -1154,8 +1166,7 @@ static int key_is_string(enum key_type t)
 	return t == KT_LISTEN || t == KT_SOCKPATH || t == KT_PATH;
 }
 
-int config_restart_changes(struct resil_config *loaded, const struct resil_config *running, const char **names,
-                           int max)
+int config_restart_changes(struct resil_config *loaded, const struct resil_config *running, const char **names, int max)
 {
 	int n = 0;
 	for (int i = 0; i < K_COUNT; i++) {
@@ -1163,8 +1174,8 @@ int config_restart_changes(struct resil_config *loaded, const struct resil_confi
 			continue;
 		char *nv = (char *)loaded + keys[i].off;
 		const char *rv = (const char *)running + keys[i].off;
-		int differs = key_is_string(keys[i].type) ? strncmp(nv, rv, keys[i].cap) != 0
-		                                          : memcmp(nv, rv, keys[i].cap) != 0;
+		int differs =
+		    key_is_string(keys[i].type) ? strncmp(nv, rv, keys[i].cap) != 0 : memcmp(nv, rv, keys[i].cap) != 0;
 		if (!differs)
 			continue;
 		memcpy(nv, rv, keys[i].cap);

@@ -26,28 +26,28 @@ struct resil_config {
 	/* Listening address as given ("127.0.0.1:8080", "[::1]:8080",
 	 * "unix:/path"). */
 	char listen[512];
-	int workers;            /* >= 1; "auto" is resolved to the CPU count */
-	int workers_auto;       /* 1 when the value was "auto" */
-	char db[2048];          /* sqlite:... or mongodb://... */
-	int db_sync;            /* enum config_db_sync (SQLite durability) */
-	char control[1024];     /* control socket path */
-	int env;                /* enum config_env */
+	int workers;        /* >= 1; "auto" is resolved to the CPU count */
+	int workers_auto;   /* 1 when the value was "auto" */
+	char db[2048];      /* sqlite:... or mongodb://... */
+	int db_sync;        /* enum config_db_sync (SQLite durability) */
+	char control[1024]; /* control socket path */
+	int env;            /* enum config_env */
 	unsigned char jwt_secret[512];
 	size_t jwt_secret_len;
 	int jwt_secret_generated; /* 1: random per start (development only) */
 	int64_t jwt_expire_s;
 	int64_t refresh_expire_s;
-	int log_level;          /* enum config_log_level */
-	int log_format;         /* enum config_log_format */
-	char log_file[1024];    /* empty: none */
-	char audit_log[1024];   /* empty: audit.log beside the database (workers/audit.c) */
-	char cors_origins[2048];/* comma separated, whitespace trimmed */
+	int log_level;           /* enum config_log_level */
+	int log_format;          /* enum config_log_format */
+	char log_file[1024];     /* empty: none */
+	char audit_log[1024];    /* empty: audit.log beside the database (workers/audit.c) */
+	char cors_origins[2048]; /* comma separated, whitespace trimmed */
 	int64_t rate_limit_max;
 	int64_t rate_limit_window_ms;
-	int64_t body_limit;     /* bytes */
+	int64_t body_limit; /* bytes */
 	int64_t shutdown_timeout_ms;
 	int64_t worker_timeout_ms;
-	int64_t max_memory;     /* bytes, 0 = off */
+	int64_t max_memory; /* bytes, 0 = off */
 	char external_api_url[1024];
 	char external_api_key[512];
 	int64_t external_api_timeout_ms;
@@ -59,10 +59,10 @@ struct resil_config {
 	int64_t request_timeout_ms;   /* request deadline: 30 s */
 	int64_t listen_timeout_ms;    /* reload: wait for a new worker's ready */
 	int64_t db_pool_size;
-	int64_t job_threads;          /* 0 = same as db_pool_size */
-	char user[64];                /* drop privileges in workers; empty: no */
+	int64_t job_threads; /* 0 = same as db_pool_size */
+	char user[64];       /* drop privileges in workers; empty: no */
 	char group[64];
-	char trust_proxy[1024];       /* CIDRs of trusted proxies; empty: none */
+	char trust_proxy[1024]; /* CIDRs of trusted proxies; empty: none */
 	/* Command-line only. */
 	int foreground;
 	int check_config;
@@ -84,8 +84,7 @@ void config_defaults(struct resil_config *cfg);
  * Returns 0 on success. On error (and for --help/--version, which skip
  * loading) cfg is left as it was, so a bad reload changes nothing. */
 enum config_action { CONFIG_RUN = 0, CONFIG_HELP, CONFIG_VERSION };
-int config_load(struct resil_config *cfg, int argc, char **argv, enum config_action *action, char *err,
-                size_t errlen);
+int config_load(struct resil_config *cfg, int argc, char **argv, enum config_action *action, char *err, size_t errlen);
 
 /* Same as config_load() but with an explicit environment lookup function
  * (tests pass a fake). getenv_fn(name) returns NULL when unset. */
@@ -93,8 +92,8 @@ int config_load_env(struct resil_config *cfg, int argc, char **argv, const char 
                     enum config_action *action, char *err, size_t errlen);
 
 /* Value parsers shared with other modules; return 0 or -1 on bad input. */
-int config_parse_duration_ms(const char *s, int64_t *out_ms); /* "900s" "12h" "7d" "250ms" "30" (=s) */
-int config_parse_size(const char *s, int64_t *out);           /* "10m" "512k" "1g" "100" (bytes) */
+int config_parse_duration_ms(const char *s, int64_t *out_ms);           /* "900s" "12h" "7d" "250ms" "30" (=s) */
+int config_parse_size(const char *s, int64_t *out);                     /* "10m" "512k" "1g" "100" (bytes) */
 int config_parse_rate(const char *s, int64_t *max, int64_t *window_ms); /* "100/15m" */
 
 /* Validate a listen address ("127.0.0.1:8080", "[::1]:0", "unix:/run/x.sock")

@@ -51,26 +51,26 @@ struct http_conn {
 	evutil_socket_t fd;
 	struct event *rev, *wev, *timer;
 	struct evbuffer *in, *out;
-	int reading, writing;     /* rev / wev added */
-	int in_process;           /* inside conn_process(): defer frees */
-	int dead;                 /* conn_free() ran; destroy when safe */
-	int eof;                  /* the client half-closed */
+	int reading, writing; /* rev / wev added */
+	int in_process;       /* inside conn_process(): defer frees */
+	int dead;             /* conn_free() ran; destroy when safe */
+	int eof;              /* the client half-closed */
 	llhttp_t parser;
 	struct http_request *req; /* being parsed or dispatched */
 	struct http_conn *prev, *next;
 	int state;
-	int close_after;          /* close once output is flushed */
-	int served;               /* requests dispatched on this connection */
-	int linger;               /* after an error: half-close and drain input first */
-	int err_status;           /* protocol error found by a callback */
+	int close_after; /* close once output is flushed */
+	int served;      /* requests dispatched on this connection */
+	int linger;      /* after an error: half-close and drain input first */
+	int err_status;  /* protocol error found by a callback */
 	const char *err_code, *err_msg;
-	int in_header_value;      /* llhttp field/value tracking */
+	int in_header_value; /* llhttp field/value tracking */
 	int host_count;
 	int content_length_seen;
 	int expect_continue;
-	int out_paused;           /* output over HTTP_OUTPUT_HIGH: not reading or parsing */
-	int resume;               /* output fell below HTTP_OUTPUT_LOW: parse again */
-	int more;                 /* yielded after REQUESTS_PER_TURN with input left */
+	int out_paused; /* output over HTTP_OUTPUT_HIGH: not reading or parsing */
+	int resume;     /* output fell below HTTP_OUTPUT_LOW: parse again */
+	int more;       /* yielded after REQUESTS_PER_TURN with input left */
 	char remote_ip[64];
 };
 
@@ -528,8 +528,7 @@ static int on_headers_complete(llhttp_t *p)
 
 	r->has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
 	r->keep_alive = llhttp_should_keep_alive(p);
-	if (r->has_body && s->opts.on_headers &&
-	    s->opts.on_headers(r, s->opts.ud) == HTTP_HEADERS_SKIP_BODY) {
+	if (r->has_body && s->opts.on_headers && s->opts.on_headers(r, s->opts.ud) == HTTP_HEADERS_SKIP_BODY) {
 		/* Refused from the headers alone: dispatch now, never read the
 		 * body, and end the connection after the answer (the unread body
 		 * is what follows in the stream). */
@@ -730,7 +729,8 @@ int http_accepts_gzip(const char *v, size_t len)
 					char num[16];
 					size_t k = 0;
 					i += 2;
-					while (i < len && k < sizeof(num) - 1 && ((v[i] >= '0' && v[i] <= '9') || v[i] == '.'))
+					while (i < len && k < sizeof(num) - 1 &&
+					       ((v[i] >= '0' && v[i] <= '9') || v[i] == '.'))
 						num[k++] = v[i++];
 					num[k] = '\0';
 					q = k ? strtod(num, NULL) : 0.0;
@@ -866,10 +866,10 @@ static size_t fmt_u64(char *out, uint64_t v)
 	return n;
 }
 
-#define PUT(lit)                                    \
-	do {                                        \
-		memcpy(w, lit, sizeof(lit) - 1);    \
-		w += sizeof(lit) - 1;               \
+#define PUT(lit)                                                                                                       \
+	do {                                                                                                           \
+		memcpy(w, lit, sizeof(lit) - 1);                                                                       \
+		w += sizeof(lit) - 1;                                                                                  \
 	} while (0)
 
 /* Append the status line and headers; returns bytes queued. The head is
@@ -1129,8 +1129,8 @@ static void conn_write_error(struct http_conn *c, int status, const char *code, 
 
 static void conn_update_read(struct http_conn *c)
 {
-	int want = c->state != CONN_CLOSING && !c->eof && !c->out_paused &&
-	           evbuffer_get_length(c->in) < MAX_BUFFERED_INPUT;
+	int want =
+	    c->state != CONN_CLOSING && !c->eof && !c->out_paused && evbuffer_get_length(c->in) < MAX_BUFFERED_INPUT;
 	if (c->state == CONN_LINGERING)
 		want = 1;
 	if (want && !c->reading) {
@@ -1498,9 +1498,9 @@ static void format_peer(const struct sockaddr *sa, char *out, size_t outlen)
 }
 
 static const char reject_503[] =
-	"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
-	"Content-Length: 96\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-	"{\"success\":false,\"error\":\"too many connections, try again\",\"code\":\"SERVICE_UNAVAILABLE\"}    ";
+    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+    "Content-Length: 96\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    "{\"success\":false,\"error\":\"too many connections, try again\",\"code\":\"SERVICE_UNAVAILABLE\"}    ";
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {

@@ -69,27 +69,27 @@ struct arena_block;
 /* Response under construction. */
 struct http_response {
 	int status;
-	char *headers;       /* extra "Name: value\r\n" lines (arena) */
+	char *headers; /* extra "Name: value\r\n" lines (arena) */
 	size_t headers_len, headers_cap;
 	struct evbuffer *body;
 	const char *content_type; /* default application/json; charset=utf-8 */
-	int close;           /* send Connection: close and close after */
+	int close;                /* send Connection: close and close after */
 	int no_compress;
 };
 
 struct http_request {
-	struct http_conn *conn;     /* NULL once the client is gone */
+	struct http_conn *conn; /* NULL once the client is gone */
 	struct http_server *server;
-	int method;                 /* enum http_method */
+	int method; /* enum http_method */
 	const char *method_name;
-	int http_minor;             /* 1.0 or 1.1 */
+	int http_minor; /* 1.0 or 1.1 */
 	int keep_alive;
 	/* Raw target, path (not decoded) and query (without '?'), NUL-terminated. */
 	const char *url, *path, *query;
 	size_t url_len, path_len, query_len;
 	struct http_header headers[HTTP_MAX_HEADERS];
 	int nheaders;
-	char *body;                 /* NUL-terminated, may be NULL */
+	char *body; /* NUL-terminated, may be NULL */
 	size_t body_len;
 	int has_body;
 	/* Set at header time by http_server_opts.on_headers: a body limit
@@ -97,7 +97,7 @@ struct http_request {
 	 * the request was dispatched without reading its body. */
 	int64_t body_limit;
 	int body_skipped;
-	uint64_t start_ns;          /* CLOCK_MONOTONIC at first byte */
+	uint64_t start_ns; /* CLOCK_MONOTONIC at first byte */
 	/* The client address: the peer's, or behind a trusted proxy the one
 	 * it forwarded (http_server_opts.trust_proxy); peer_ip is always the
 	 * socket's peer. */
@@ -106,9 +106,9 @@ struct http_request {
 	char request_id[130];
 	char trace_id[33];
 	struct http_response res;
-	int sent;                   /* http_send() called */
+	int sent; /* http_send() called */
 	/* Application state. */
-	void *app_data[8];          /* slots owned by the application layers */
+	void *app_data[8];                      /* slots owned by the application layers */
 	void (*on_free)(struct http_request *); /* app cleanup, once */
 	/* Called once, on the loop, when the client goes away while the
 	 * application holds the request (dispatched, not yet answered): it may
@@ -161,7 +161,7 @@ struct http_server_opts {
 enum { HTTP_HEADERS_READ_BODY = 0, HTTP_HEADERS_SKIP_BODY = 1 };
 
 struct http_stats {
-	uint64_t requests;   /* completed */
+	uint64_t requests; /* completed */
 	uint64_t connections_total;
 	int64_t connections; /* open now */
 	int64_t inflight;    /* requests dispatched, not yet sent */
@@ -210,8 +210,7 @@ void http_send_error(struct http_request *req, int status, const char *code, con
  * into leftover. The request is released. Returns 0, or -1 if the request
  * cannot be upgraded (client gone, pipelined data pending in our output):
  * then nothing changed and the caller must answer normally. */
-int http_takeover(struct http_request *req, const char *raw_response, size_t len, int *fd,
-                  struct evbuffer *leftover);
+int http_takeover(struct http_request *req, const char *raw_response, size_t len, int *fd, struct evbuffer *leftover);
 
 const char *http_status_text(int status);
 /* Cached "Date: ...\r\n" header line for this second. */

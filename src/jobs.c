@@ -18,8 +18,8 @@
  * jobs_stats() can be read from any thread without a lock on the hot path.
  */
 #define _GNU_SOURCE
-#include "clock.h"
 #include "jobs.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <pthread.h>

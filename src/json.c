@@ -102,8 +102,7 @@ int json_utf8_valid(const char *str, size_t len)
 			lo = 0x90; /* overlong below U+10000 */
 		else if (c == 0xF4)
 			hi = 0x8F; /* above U+10FFFF */
-		if (end - s < 4 || s[1] < lo || s[1] > hi || (s[2] & 0xC0) != 0x80 ||
-		    (s[3] & 0xC0) != 0x80)
+		if (end - s < 4 || s[1] < lo || s[1] > hi || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80)
 			return 0;
 		s += 4;
 	}
@@ -148,8 +147,8 @@ static enum json_status check_escapes(const char *s, size_t len)
 		if (cp >= 0xDC00 && cp <= 0xDFFF)
 			return JSON_ERR_UTF8;
 		if (cp >= 0xD800 && cp <= 0xDBFF) {
-			if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &lo) != 0 ||
-			    lo < 0xDC00 || lo > 0xDFFF)
+			if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, &lo) != 0 || lo < 0xDC00 ||
+			    lo > 0xDFFF)
 				return JSON_ERR_UTF8;
 			p += 6;
 		}
@@ -373,8 +372,7 @@ static int on_number(void *ctx, const char *s, size_t len)
 
 	if (v == NULL)
 		return parse_fail(p, JSON_ERR_NOMEM);
-	if (memchr(s, '.', len) == NULL && memchr(s, 'e', len) == NULL &&
-	    memchr(s, 'E', len) == NULL) {
+	if (memchr(s, '.', len) == NULL && memchr(s, 'e', len) == NULL && memchr(s, 'E', len) == NULL) {
 		int neg = len > 0 && s[0] == '-';
 		uint64_t limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
 		uint64_t acc = 0;
@@ -427,8 +425,7 @@ static int on_key(void *ctx, const unsigned char *s, size_t len)
 		return parse_fail(p, JSON_ERR_SYNTAX);
 	if (len >= SIZE_MAX - p->klen)
 		return parse_fail(p, JSON_ERR_NOMEM);
-	if (p->klen + len + 1 > p->kcap &&
-	    grow((void **)&p->keys, &p->kcap, p->klen + len + 1, 1) != 0)
+	if (p->klen + len + 1 > p->kcap && grow((void **)&p->keys, &p->kcap, p->klen + len + 1, 1) != 0)
 		return parse_fail(p, JSON_ERR_NOMEM);
 	if (p->n == p->cap && grow((void **)&p->stack, &p->cap, p->n + 1, sizeof(*p->stack)) != 0)
 		return parse_fail(p, JSON_ERR_NOMEM);
@@ -443,8 +440,7 @@ static int open_container(struct parser *p, enum json_type t)
 {
 	if (p->nframes >= (size_t)(p->max_depth > 0 ? p->max_depth : 0))
 		return parse_fail(p, JSON_ERR_DEPTH);
-	if (p->nframes == p->fcap &&
-	    grow((void **)&p->frames, &p->fcap, p->nframes + 1, sizeof(*p->frames)) != 0)
+	if (p->nframes == p->fcap && grow((void **)&p->frames, &p->fcap, p->nframes + 1, sizeof(*p->frames)) != 0)
 		return parse_fail(p, JSON_ERR_NOMEM);
 	p->frames[p->nframes++] = (struct frame){.type = t, .start = p->n, .kstart = p->klen};
 	return 1;
@@ -506,9 +502,7 @@ static int dedupe(struct parser *p, struct pending *e, size_t n, size_t *out)
 			r[i] = (struct keyref){kb + e[i].koff, e[i].klen, i};
 		qsort(r, n, sizeof(*r), keyref_cmp);
 		for (i = 0; i < n; i = j) {
-			for (j = i + 1; j < n && r[j].len == r[i].len &&
-					memcmp(r[j].k, r[i].k, r[i].len) == 0;
-			     j++)
+			for (j = i + 1; j < n && r[j].len == r[i].len && memcmp(r[j].k, r[i].k, r[i].len) == 0; j++)
 				;
 			if (j - i < 2)
 				continue;
@@ -579,19 +573,18 @@ static int on_end_container(void *ctx)
 }
 
 static const yajl_callbacks parse_callbacks = {
-	.yajl_null = on_null,
-	.yajl_boolean = on_bool,
-	.yajl_number = on_number,
-	.yajl_string = on_string,
-	.yajl_start_map = on_start_map,
-	.yajl_map_key = on_key,
-	.yajl_end_map = on_end_container,
-	.yajl_start_array = on_start_array,
-	.yajl_end_array = on_end_container,
+    .yajl_null = on_null,
+    .yajl_boolean = on_bool,
+    .yajl_number = on_number,
+    .yajl_string = on_string,
+    .yajl_start_map = on_start_map,
+    .yajl_map_key = on_key,
+    .yajl_end_map = on_end_container,
+    .yajl_start_array = on_start_array,
+    .yajl_end_array = on_end_container,
 };
 
-enum json_status json_parse(const char *buf, size_t len, int max_depth, size_t max_bytes,
-			    struct json_value **out)
+enum json_status json_parse(const char *buf, size_t len, int max_depth, size_t max_bytes, struct json_value **out)
 {
 	struct parser p = {.max_depth = max_depth, .err = JSON_OK};
 	yajl_handle h;
@@ -637,18 +630,12 @@ enum json_status json_parse(const char *buf, size_t len, int max_depth, size_t m
 const char *json_status_str(enum json_status st)
 {
 	switch (st) {
-	case JSON_OK:
-		return "ok";
-	case JSON_ERR_SYNTAX:
-		return "invalid json";
-	case JSON_ERR_UTF8:
-		return "invalid utf-8 in json";
-	case JSON_ERR_DEPTH:
-		return "json nested too deeply";
-	case JSON_ERR_SIZE:
-		return "json body too large";
-	case JSON_ERR_NOMEM:
-		return "out of memory";
+	case JSON_OK: return "ok";
+	case JSON_ERR_SYNTAX: return "invalid json";
+	case JSON_ERR_UTF8: return "invalid utf-8 in json";
+	case JSON_ERR_DEPTH: return "json nested too deeply";
+	case JSON_ERR_SIZE: return "json body too large";
+	case JSON_ERR_NOMEM: return "out of memory";
 	}
 	return "unknown json error";
 }
@@ -722,20 +709,14 @@ int json_gen_value(void *yajl_gen_handle, const struct json_value *v)
 	if (g == NULL || v == NULL)
 		return -1;
 	switch (v->type) {
-	case JSON_NULL:
-		s = yajl_gen_null(g);
-		break;
-	case JSON_BOOL:
-		s = yajl_gen_bool(g, v->b);
-		break;
+	case JSON_NULL: s = yajl_gen_null(g); break;
+	case JSON_BOOL: s = yajl_gen_bool(g, v->b); break;
 	case JSON_NUMBER:
 		if (!v->is_int)
 			return gen_double(g, v->d);
 		s = yajl_gen_integer(g, (long long)v->i);
 		break;
-	case JSON_STRING:
-		s = yajl_gen_string(g, (const unsigned char *)v->s, v->len);
-		break;
+	case JSON_STRING: s = yajl_gen_string(g, (const unsigned char *)v->s, v->len); break;
 	case JSON_ARRAY:
 		if (yajl_gen_array_open(g) != yajl_gen_status_ok)
 			return -1;
@@ -755,8 +736,7 @@ int json_gen_value(void *yajl_gen_handle, const struct json_value *v)
 		}
 		s = yajl_gen_map_close(g);
 		break;
-	default:
-		return -1;
+	default: return -1;
 	}
 	return s == yajl_gen_status_ok ? 0 : -1;
 }

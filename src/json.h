@@ -12,22 +12,22 @@ enum json_type { JSON_NULL = 0, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY,
 
 struct json_value {
 	enum json_type type;
-	int is_int;      /* JSON_NUMBER that is an integer fitting int64 */
-	int64_t i;       /* valid when is_int */
-	double d;        /* JSON_NUMBER, always set */
-	int b;           /* JSON_BOOL */
-	char *s;         /* JSON_STRING, NUL-terminated (may contain NUL: use len) */
-	size_t len;      /* JSON_STRING length; JSON_ARRAY / JSON_OBJECT item count */
-	char **keys;     /* JSON_OBJECT keys (NUL-terminated), len entries */
+	int is_int;                /* JSON_NUMBER that is an integer fitting int64 */
+	int64_t i;                 /* valid when is_int */
+	double d;                  /* JSON_NUMBER, always set */
+	int b;                     /* JSON_BOOL */
+	char *s;                   /* JSON_STRING, NUL-terminated (may contain NUL: use len) */
+	size_t len;                /* JSON_STRING length; JSON_ARRAY / JSON_OBJECT item count */
+	char **keys;               /* JSON_OBJECT keys (NUL-terminated), len entries */
 	struct json_value **items; /* JSON_ARRAY items / JSON_OBJECT values */
 };
 
 enum json_status {
 	JSON_OK = 0,
-	JSON_ERR_SYNTAX,  /* not valid JSON */
-	JSON_ERR_UTF8,    /* bytes are not strict UTF-8 (overlong, surrogate, ...) */
-	JSON_ERR_DEPTH,   /* nesting deeper than max_depth */
-	JSON_ERR_SIZE,    /* input longer than max_bytes */
+	JSON_ERR_SYNTAX, /* not valid JSON */
+	JSON_ERR_UTF8,   /* bytes are not strict UTF-8 (overlong, surrogate, ...) */
+	JSON_ERR_DEPTH,  /* nesting deeper than max_depth */
+	JSON_ERR_SIZE,   /* input longer than max_bytes */
 	JSON_ERR_NOMEM
 };
 

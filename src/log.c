@@ -12,8 +12,8 @@
  * file, never to a closed or recycled descriptor.
  */
 #define _GNU_SOURCE
-#include "clock.h"
 #include "log.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -158,39 +158,39 @@ enum { MASK_EMAIL = 1, MASK_TOKENS = 2, MASK_ALL = 3 };
 
 /* Byte classes, one table lookup per input byte on the hot path. */
 enum {
-	C_SAFE = 1,    /* printable ASCII copied verbatim into a JSON string */
+	C_SAFE = 1, /* printable ASCII copied verbatim into a JSON string */
 	C_ALNUM = 2,
-	C_LOCAL = 4,   /* e-mail local part [A-Za-z0-9._%+-] */
-	C_DOMAIN = 8,  /* e-mail domain [A-Za-z0-9.-] */
-	C_B64 = 16,    /* base64url [A-Za-z0-9_-] */
-	C_TOKEN = 32,  /* may start "Bearer" or "eyJ" */
+	C_LOCAL = 4,  /* e-mail local part [A-Za-z0-9._%+-] */
+	C_DOMAIN = 8, /* e-mail domain [A-Za-z0-9.-] */
+	C_B64 = 16,   /* base64url [A-Za-z0-9_-] */
+	C_TOKEN = 32, /* may start "Bearer" or "eyJ" */
 	C_WORD = C_SAFE | C_ALNUM | C_LOCAL | C_DOMAIN | C_B64,
 };
 static const unsigned char cls[256] = {
-	[' ' ... '!'] = C_SAFE,
-	['#' ... '$'] = C_SAFE,
-	['%'] = C_SAFE | C_LOCAL,
-	['&' ... '*'] = C_SAFE,
-	['+'] = C_SAFE | C_LOCAL,
-	[','] = C_SAFE,
-	['-'] = C_SAFE | C_LOCAL | C_DOMAIN | C_B64,
-	['.'] = C_SAFE | C_LOCAL | C_DOMAIN,
-	['/'] = C_SAFE,
-	['0' ... '9'] = C_WORD,
-	[':' ... '@'] = C_SAFE,
-	['A'] = C_WORD,
-	['B'] = C_WORD | C_TOKEN,
-	['C' ... 'Z'] = C_WORD,
-	['['] = C_SAFE,
-	[']' ... '^'] = C_SAFE,
-	['_'] = C_SAFE | C_LOCAL | C_B64,
-	['`'] = C_SAFE,
-	['a'] = C_WORD,
-	['b'] = C_WORD | C_TOKEN,
-	['c' ... 'd'] = C_WORD,
-	['e'] = C_WORD | C_TOKEN,
-	['f' ... 'z'] = C_WORD,
-	['{' ... '~'] = C_SAFE,
+    [' ' ... '!'] = C_SAFE,
+    ['#' ... '$'] = C_SAFE,
+    ['%'] = C_SAFE | C_LOCAL,
+    ['&' ... '*'] = C_SAFE,
+    ['+'] = C_SAFE | C_LOCAL,
+    [','] = C_SAFE,
+    ['-'] = C_SAFE | C_LOCAL | C_DOMAIN | C_B64,
+    ['.'] = C_SAFE | C_LOCAL | C_DOMAIN,
+    ['/'] = C_SAFE,
+    ['0' ... '9'] = C_WORD,
+    [':' ... '@'] = C_SAFE,
+    ['A'] = C_WORD,
+    ['B'] = C_WORD | C_TOKEN,
+    ['C' ... 'Z'] = C_WORD,
+    ['['] = C_SAFE,
+    [']' ... '^'] = C_SAFE,
+    ['_'] = C_SAFE | C_LOCAL | C_B64,
+    ['`'] = C_SAFE,
+    ['a'] = C_WORD,
+    ['b'] = C_WORD | C_TOKEN,
+    ['c' ... 'd'] = C_WORD,
+    ['e'] = C_WORD | C_TOKEN,
+    ['f' ... 'z'] = C_WORD,
+    ['{' ... '~'] = C_SAFE,
 };
 
 static int is_alnum(unsigned char c)
@@ -428,12 +428,15 @@ int log_key_is_secret(const char *key)
 	/* Compared as suffixes of the key lower-cased with '-' and '_' removed, so
 	 * "accessToken", "refresh_token", "set-cookie", "jwt_secret", "x-api-key"
 	 * and "medical_record" all match. */
-#define W(s) {s, sizeof(s) - 1}
+#define W(s)                                                                                                           \
+	{                                                                                                              \
+		s, sizeof(s) - 1                                                                                       \
+	}
 	static const struct {
 		const char *w;
 		size_t n;
-	} words[] = {W("password"), W("passwd"), W("token"),         W("authorization"), W("cookie"),
-	             W("secret"),   W("apikey"), W("ssn"),           W("medicalrecord"), W("creditcard")};
+	} words[] = {W("password"), W("passwd"), W("token"), W("authorization"), W("cookie"),
+	             W("secret"),   W("apikey"), W("ssn"),   W("medicalrecord"), W("creditcard")};
 #undef W
 	char tail[16];
 	size_t t = sizeof(tail); /* tail[t..16) holds the normalized end of key */
@@ -1069,8 +1072,7 @@ static void build_oom(struct lbuf *b, const struct event *ev, size_t pre)
 
 #define LOG_PLAN_STACK 64 /* fields planned without an allocation */
 
-void log_emit(int level, const struct log_ctx *ctx, const char *message, const struct log_field *fields,
-              size_t nfields)
+void log_emit(int level, const struct log_ctx *ctx, const char *message, const struct log_field *fields, size_t nfields)
 {
 	if (!log_enabled(level))
 		return;

@@ -94,15 +94,15 @@ void log_emit(int level, const struct log_ctx *ctx, const char *message, const s
 #define LOG_NFIELDS_(...) (sizeof(LOG_FIELDS_(__VA_ARGS__)) / sizeof(struct log_field))
 /* log_info(ctx, "message", LF_STR("k", v), LF_INT("n", 3)); at least one field
  * is needed by the macro form; use log_emit(..., NULL, 0) for none. */
-#define log_debug(ctx, msg, ...) \
-	do { \
-		if (log_enabled(LOG_LVL_DEBUG)) \
-			log_emit(LOG_LVL_DEBUG, ctx, msg, LOG_FIELDS_(__VA_ARGS__), LOG_NFIELDS_(__VA_ARGS__)); \
+#define log_debug(ctx, msg, ...)                                                                                       \
+	do {                                                                                                           \
+		if (log_enabled(LOG_LVL_DEBUG))                                                                        \
+			log_emit(LOG_LVL_DEBUG, ctx, msg, LOG_FIELDS_(__VA_ARGS__), LOG_NFIELDS_(__VA_ARGS__));        \
 	} while (0)
-#define log_info(ctx, msg, ...) \
-	do { \
-		if (log_enabled(LOG_LVL_INFO)) \
-			log_emit(LOG_LVL_INFO, ctx, msg, LOG_FIELDS_(__VA_ARGS__), LOG_NFIELDS_(__VA_ARGS__)); \
+#define log_info(ctx, msg, ...)                                                                                        \
+	do {                                                                                                           \
+		if (log_enabled(LOG_LVL_INFO))                                                                         \
+			log_emit(LOG_LVL_INFO, ctx, msg, LOG_FIELDS_(__VA_ARGS__), LOG_NFIELDS_(__VA_ARGS__));         \
 	} while (0)
 #define log_warn(ctx, msg, ...) log_emit(LOG_LVL_WARN, ctx, msg, LOG_FIELDS_(__VA_ARGS__), LOG_NFIELDS_(__VA_ARGS__))
 #define log_error(ctx, msg, ...) log_emit(LOG_LVL_ERROR, ctx, msg, LOG_FIELDS_(__VA_ARGS__), LOG_NFIELDS_(__VA_ARGS__))

@@ -1,6 +1,6 @@
 /* middleware.c - security headers, CORS, body parsing and access log. */
-#include "clock.h"
 #include "middleware.h"
+#include "clock.h"
 
 #include "json.h"
 #include "log.h"
@@ -14,21 +14,21 @@ static char *cors_list;
 static int json_depth = 64;
 
 static const char security_headers[] =
-	"Content-Security-Policy: default-src 'none'; base-uri 'self'; font-src 'self' https: data:; "
-	"form-action 'self'; frame-ancestors 'self'; img-src 'self' data:; object-src 'none'; "
-	"script-src 'self'; script-src-attr 'none'; style-src 'self' https: 'unsafe-inline'; "
-	"upgrade-insecure-requests\r\n"
-	"Cross-Origin-Opener-Policy: same-origin\r\n"
-	"Cross-Origin-Resource-Policy: same-origin\r\n"
-	"Origin-Agent-Cluster: ?1\r\n"
-	"Referrer-Policy: no-referrer\r\n"
-	"Strict-Transport-Security: max-age=15552000; includeSubDomains\r\n"
-	"X-Content-Type-Options: nosniff\r\n"
-	"X-DNS-Prefetch-Control: off\r\n"
-	"X-Download-Options: noopen\r\n"
-	"X-Frame-Options: SAMEORIGIN\r\n"
-	"X-Permitted-Cross-Domain-Policies: none\r\n"
-	"X-XSS-Protection: 0\r\n";
+    "Content-Security-Policy: default-src 'none'; base-uri 'self'; font-src 'self' https: data:; "
+    "form-action 'self'; frame-ancestors 'self'; img-src 'self' data:; object-src 'none'; "
+    "script-src 'self'; script-src-attr 'none'; style-src 'self' https: 'unsafe-inline'; "
+    "upgrade-insecure-requests\r\n"
+    "Cross-Origin-Opener-Policy: same-origin\r\n"
+    "Cross-Origin-Resource-Policy: same-origin\r\n"
+    "Origin-Agent-Cluster: ?1\r\n"
+    "Referrer-Policy: no-referrer\r\n"
+    "Strict-Transport-Security: max-age=15552000; includeSubDomains\r\n"
+    "X-Content-Type-Options: nosniff\r\n"
+    "X-DNS-Prefetch-Control: off\r\n"
+    "X-Download-Options: noopen\r\n"
+    "X-Frame-Options: SAMEORIGIN\r\n"
+    "X-Permitted-Cross-Domain-Policies: none\r\n"
+    "X-XSS-Protection: 0\r\n";
 
 int mw_configure(const struct mw_config *cfg)
 {
@@ -93,7 +93,8 @@ int mw_cors(struct http_request *req)
 			if (hdrs && hl)
 				http_add_headern(req, "Access-Control-Allow-Headers", hdrs, hl);
 			else
-				http_add_header(req, "Access-Control-Allow-Headers", "Content-Type, Authorization, X-Request-ID");
+				http_add_header(req, "Access-Control-Allow-Headers",
+				                "Content-Type, Authorization, X-Request-ID");
 			http_add_header(req, "Access-Control-Max-Age", "600");
 		}
 		return app_no_content(req);
@@ -171,9 +172,9 @@ void mw_access_log(struct http_request *req, size_t bytes_out, void *ud)
 	double ms = (double)(clock_mono_ns() - req->start_ns) / 1e6;
 	struct app_ctx *ctx = app_ctx(req);
 	struct log_ctx lc = {
-		.request_id = req->request_id,
-		.trace_id = req->trace_id[0] ? req->trace_id : NULL,
-		.user_id = ctx ? ctx->principal_id : NULL,
+	    .request_id = req->request_id,
+	    .trace_id = req->trace_id[0] ? req->trace_id : NULL,
+	    .user_id = ctx ? ctx->principal_id : NULL,
 	};
 	size_t ual = 0;
 	const char *ua = http_header_get(req, "user-agent", &ual);
@@ -186,9 +187,9 @@ void mw_access_log(struct http_request *req, size_t bytes_out, void *ud)
 			route = sp + 1;
 	}
 	log_emit(level, &lc, "request",
-	         (const struct log_field[]){LF_STR("method", req->method_name), LF_STRN("path", req->path, req->path_len),
-	                                    LF_STR("route", route), LF_INT("status", st), LF_DBL("durationMs", ms),
-	                                    LF_INT("bytes", bytes_out), LF_STR("ip", req->remote_ip),
-	                                    LF_STRN("userAgent", ua ? ua : "", ual)},
+	         (const struct log_field[]){LF_STR("method", req->method_name),
+	                                    LF_STRN("path", req->path, req->path_len), LF_STR("route", route),
+	                                    LF_INT("status", st), LF_DBL("durationMs", ms), LF_INT("bytes", bytes_out),
+	                                    LF_STR("ip", req->remote_ip), LF_STRN("userAgent", ua ? ua : "", ual)},
 	         8);
 }

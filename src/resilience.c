@@ -199,9 +199,7 @@ int breaker_allow(struct breaker *b)
 
 	lock_or_die(&b->lock);
 	switch (atomic_load_explicit(&b->state, memory_order_relaxed)) {
-	case BREAKER_CLOSED:
-		ok = 1;
-		break;
+	case BREAKER_CLOSED: ok = 1; break;
 	case BREAKER_OPEN:
 		if (now >= atomic_load_explicit(&b->open_until, memory_order_relaxed)) {
 			set_state_locked(b, BREAKER_HALF_OPEN, &t);
@@ -217,8 +215,7 @@ int breaker_allow(struct breaker *b)
 			ok = 1;
 		}
 		break;
-	default:
-		abort();
+	default: abort();
 	}
 	unlock_or_die(&b->lock);
 
@@ -266,8 +263,7 @@ void breaker_record(struct breaker *b, int success)
 	case BREAKER_OPEN:
 		/* A call admitted before the breaker opened; counted, not judged. */
 		break;
-	default:
-		abort();
+	default: abort();
 	}
 	unlock_or_die(&b->lock);
 	notify(b, &t);
@@ -281,14 +277,10 @@ int breaker_state(const struct breaker *b)
 const char *breaker_state_name(int state)
 {
 	switch (state) {
-	case BREAKER_CLOSED:
-		return "closed";
-	case BREAKER_OPEN:
-		return "open";
-	case BREAKER_HALF_OPEN:
-		return "half-open";
-	default:
-		return "unknown";
+	case BREAKER_CLOSED: return "closed";
+	case BREAKER_OPEN: return "open";
+	case BREAKER_HALF_OPEN: return "half-open";
+	default: return "unknown";
 	}
 }
 

@@ -67,7 +67,7 @@ int router_add(struct router *r, int methods, const char *pattern, void *route)
 		if (len == 0) {
 			if (!slash)
 				break; /* trailing slash */
-			goto bad;  /* empty segment */
+			goto bad;      /* empty segment */
 		}
 		if (e.nseg >= ROUTER_MAX_SEGMENTS)
 			goto bad;
@@ -151,8 +151,8 @@ static int entry_matches(const struct route_entry *e, int nseg, const char **seg
 	return 1;
 }
 
-enum router_result router_match(const struct router *r, int method, const char *path, size_t path_len,
-                                void **route, struct route_params *params, int *allow)
+enum router_result router_match(const struct router *r, int method, const char *path, size_t path_len, void **route,
+                                struct route_params *params, int *allow)
 {
 	const char *seg[ROUTER_MAX_SEGMENTS];
 	size_t seglen[ROUTER_MAX_SEGMENTS];
@@ -183,8 +183,8 @@ size_t router_allow_string(int allow, char *out, size_t outlen)
 	static const struct {
 		int bit;
 		const char *name;
-	} names[] = {{HTTP_M_GET, "GET"},     {HTTP_M_HEAD, "HEAD"},     {HTTP_M_POST, "POST"},
-	             {HTTP_M_PUT, "PUT"},     {HTTP_M_PATCH, "PATCH"},   {HTTP_M_DELETE, "DELETE"},
+	} names[] = {{HTTP_M_GET, "GET"},        {HTTP_M_HEAD, "HEAD"},   {HTTP_M_POST, "POST"},
+	             {HTTP_M_PUT, "PUT"},        {HTTP_M_PATCH, "PATCH"}, {HTTP_M_DELETE, "DELETE"},
 	             {HTTP_M_OPTIONS, "OPTIONS"}};
 	size_t w = 0;
 	if (outlen == 0)

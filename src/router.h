@@ -39,8 +39,8 @@ int router_add(struct router *r, int methods, const char *pattern, void *route);
 /* Match path (not including the query) for a single method bit.
  * ROUTER_FOUND: *route and params are set. ROUTER_METHOD_NOT_ALLOWED:
  * *allow has the mask of methods that would match the path. */
-enum router_result router_match(const struct router *r, int method, const char *path, size_t path_len,
-                                void **route, struct route_params *params, int *allow);
+enum router_result router_match(const struct router *r, int method, const char *path, size_t path_len, void **route,
+                                struct route_params *params, int *allow);
 
 /* Format an Allow header value ("GET, HEAD, POST") for a method mask. */
 size_t router_allow_string(int allow, char *out, size_t outlen);

@@ -1,6 +1,6 @@
 /* scoreboard.c - the shared-memory worker table (see scoreboard.h). */
-#include "clock.h"
 #include "scoreboard.h"
+#include "clock.h"
 
 #include <string.h>
 #include <sys/mman.h>

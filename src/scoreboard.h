@@ -26,7 +26,7 @@ struct sb_circuit {
 };
 
 struct sb_entry {
-	atomic_int state;     /* enum sb_state */
+	atomic_int state; /* enum sb_state */
 	atomic_int pid;
 	atomic_int worker_id; /* 0-based worker id (slot): log lines' "worker", resilctl's id */
 	atomic_uint generation;
@@ -36,7 +36,7 @@ struct sb_entry {
 	atomic_int_least64_t inflight;
 	atomic_int_least64_t connections;
 	atomic_int_least64_t websockets;
-	atomic_int db_state;  /* enum sb_db_state */
+	atomic_int db_state; /* enum sb_db_state */
 	atomic_int ncircuits;
 	struct sb_circuit circuits[SB_MAX_CIRCUITS];
 	/* The route being served ("GET /api/posts/:id"), for crash reports.

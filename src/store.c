@@ -16,8 +16,8 @@
  * that finds nothing means the first attempt landed.
  */
 #define _GNU_SOURCE
-#include "clock.h"
 #include "store.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -59,9 +59,9 @@
 
 #include <sqlite3.h>
 
+#include "clock.h"
 #include "jobs.h"
 #include "log.h"
-#include "clock.h"
 #include "store_internal.h"
 
 #define SQ_CACHE 32     /* prepared statements kept per connection */

@@ -15,8 +15,7 @@
 
 #include <yajl/yajl_gen.h>
 
-__attribute__((format(printf, 3, 4))) static void add_error(struct verrors *e, const char *field,
-							     const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void add_error(struct verrors *e, const char *field, const char *fmt, ...)
 {
 	struct verror *d;
 	va_list ap;
@@ -202,25 +201,22 @@ static void check_string(const struct vrule *r, const struct json_value *v, stru
 	}
 	if (n < lo || (hi > 0 && n > hi)) {
 		if (hi > 0 && lo == hi)
-			add_error(e, r->field, "%s must be exactly %" PRId64 " %s", r->field, lo,
-				  plural(lo));
+			add_error(e, r->field, "%s must be exactly %" PRId64 " %s", r->field, lo, plural(lo));
 		else if (hi > 0 && lo > 0)
-			add_error(e, r->field, "%s must be between %" PRId64 " and %" PRId64 " characters",
-				  r->field, lo, hi);
+			add_error(e, r->field, "%s must be between %" PRId64 " and %" PRId64 " characters", r->field,
+			          lo, hi);
 		else if (hi > 0)
-			add_error(e, r->field, "%s must be at most %" PRId64 " %s", r->field, hi,
-				  plural(hi));
+			add_error(e, r->field, "%s must be at most %" PRId64 " %s", r->field, hi, plural(hi));
 		else
-			add_error(e, r->field, "%s must be at least %" PRId64 " %s", r->field, lo,
-				  plural(lo));
+			add_error(e, r->field, "%s must be at least %" PRId64 " %s", r->field, lo, plural(lo));
 		return;
 	}
 	if (r->charset == V_CHARSET_WORD) {
 		for (size_t i = 0; i < v->len; i++) {
 			unsigned c = (unsigned char)v->s[i];
 			if (!is_alnum(c) && c != '_') {
-				add_error(e, r->field,
-					  "%s may only contain letters, numbers and underscores", r->field);
+				add_error(e, r->field, "%s may only contain letters, numbers and underscores",
+				          r->field);
 				return;
 			}
 		}
@@ -250,14 +246,12 @@ static void check_enum(const struct vrule *r, const struct json_value *v, struct
 static void int_error(const struct vrule *r, struct verrors *e)
 {
 	if (r->min != INT64_MIN && r->max != INT64_MAX)
-		add_error(e, r->field, "%s must be an integer between %" PRId64 " and %" PRId64,
-			  r->field, r->min, r->max);
+		add_error(e, r->field, "%s must be an integer between %" PRId64 " and %" PRId64, r->field, r->min,
+		          r->max);
 	else if (r->min != INT64_MIN)
-		add_error(e, r->field, "%s must be an integer greater than or equal to %" PRId64,
-			  r->field, r->min);
+		add_error(e, r->field, "%s must be an integer greater than or equal to %" PRId64, r->field, r->min);
 	else if (r->max != INT64_MAX)
-		add_error(e, r->field, "%s must be an integer less than or equal to %" PRId64,
-			  r->field, r->max);
+		add_error(e, r->field, "%s must be an integer less than or equal to %" PRId64, r->field, r->max);
 	else
 		add_error(e, r->field, "%s must be an integer", r->field);
 }
@@ -289,29 +283,23 @@ static void check_value(const struct vrule *r, const struct json_value *v, struc
 			int_error(r, e);
 		return;
 	case V_T_BOOL:
-		if (v->type != JSON_BOOL &&
-		    !((r->flags & V_FROM_STRING) && v->type == JSON_STRING &&
-		      (is_lit(v, "true") || is_lit(v, "false"))))
+		if (v->type != JSON_BOOL && !((r->flags & V_FROM_STRING) && v->type == JSON_STRING &&
+		                              (is_lit(v, "true") || is_lit(v, "false"))))
 			add_error(e, r->field, "%s must be a boolean", r->field);
 		return;
-	default:
-		break;
+	default: break;
 	}
 	if (v->type != JSON_STRING) {
 		add_error(e, r->field, "%s must be a string", r->field);
 		return;
 	}
 	switch (r->type) {
-	case V_T_STRING:
-		check_string(r, v, e);
-		break;
+	case V_T_STRING: check_string(r, v, e); break;
 	case V_T_EMAIL:
 		if (!validate_is_email(v->s, v->len))
 			add_error(e, r->field, "%s must be a valid email address", r->field);
 		break;
-	case V_T_ENUM:
-		check_enum(r, v, e);
-		break;
+	case V_T_ENUM: check_enum(r, v, e); break;
 	case V_T_OBJECTID:
 		if (!validate_is_objectid(v->s, v->len))
 			add_error(e, r->field, "%s must be a valid id", r->field);
@@ -320,9 +308,7 @@ static void check_value(const struct vrule *r, const struct json_value *v, struc
 		if (!validate_is_date(v->s, v->len))
 			add_error(e, r->field, "%s must be a valid date (yyyy-mm-dd)", r->field);
 		break;
-	default:
-		add_error(e, r->field, "%s has no valid rule", r->field);
-		break;
+	default: add_error(e, r->field, "%s has no valid rule", r->field); break;
 	}
 }
 

@@ -30,10 +30,10 @@
 
 enum vrule_type {
 	V_T_END = 0,
-	V_T_STRING,   /* min..max code points; max 0 = no upper bound */
-	V_T_EMAIL,    /* pragmatic local@domain.tld, at most 254 bytes */
-	V_T_ENUM,     /* one of choices */
-	V_T_INT,      /* integer in min..max */
+	V_T_STRING, /* min..max code points; max 0 = no upper bound */
+	V_T_EMAIL,  /* pragmatic local@domain.tld, at most 254 bytes */
+	V_T_ENUM,   /* one of choices */
+	V_T_INT,    /* integer in min..max */
 	V_T_BOOL,
 	V_T_OBJECTID, /* 24 hex digits */
 	V_T_DATE      /* YYYY-MM-DD, a real calendar date */
@@ -60,17 +60,42 @@ struct vrule {
 	const char *const *choices; /* V_T_ENUM, NULL-terminated */
 };
 
-#define V_STRING(name, fl, lo, hi, ...) \
-	{.field = (name), .type = V_T_STRING, .flags = (fl), .min = (lo), .max = (hi), __VA_ARGS__}
-#define V_EMAIL(name, fl) {.field = (name), .type = V_T_EMAIL, .flags = (fl)}
-#define V_ENUM(name, fl, ...) \
-	{.field = (name), .type = V_T_ENUM, .flags = (fl), .choices = (const char *const[]){__VA_ARGS__, NULL}}
+#define V_STRING(name, fl, lo, hi, ...)                                                                                \
+	{                                                                                                              \
+		.field = (name), .type = V_T_STRING, .flags = (fl), .min = (lo), .max = (hi), __VA_ARGS__              \
+	}
+#define V_EMAIL(name, fl)                                                                                              \
+	{                                                                                                              \
+		.field = (name), .type = V_T_EMAIL, .flags = (fl)                                                      \
+	}
+#define V_ENUM(name, fl, ...)                                                                                          \
+	{                                                                                                              \
+		.field = (name), .type = V_T_ENUM, .flags = (fl), .choices = (const char *const[])                     \
+		{                                                                                                      \
+			__VA_ARGS__, NULL                                                                              \
+		}                                                                                                      \
+	}
 /* Use INT64_MIN / INT64_MAX for an open bound. */
-#define V_INT(name, fl, lo, hi) {.field = (name), .type = V_T_INT, .flags = (fl), .min = (lo), .max = (hi)}
-#define V_BOOL(name, fl) {.field = (name), .type = V_T_BOOL, .flags = (fl)}
-#define V_OBJECTID(name, fl) {.field = (name), .type = V_T_OBJECTID, .flags = (fl)}
-#define V_DATE(name, fl) {.field = (name), .type = V_T_DATE, .flags = (fl)}
-#define V_END {.field = NULL}
+#define V_INT(name, fl, lo, hi)                                                                                        \
+	{                                                                                                              \
+		.field = (name), .type = V_T_INT, .flags = (fl), .min = (lo), .max = (hi)                              \
+	}
+#define V_BOOL(name, fl)                                                                                               \
+	{                                                                                                              \
+		.field = (name), .type = V_T_BOOL, .flags = (fl)                                                       \
+	}
+#define V_OBJECTID(name, fl)                                                                                           \
+	{                                                                                                              \
+		.field = (name), .type = V_T_OBJECTID, .flags = (fl)                                                   \
+	}
+#define V_DATE(name, fl)                                                                                               \
+	{                                                                                                              \
+		.field = (name), .type = V_T_DATE, .flags = (fl)                                                       \
+	}
+#define V_END                                                                                                          \
+	{                                                                                                              \
+		.field = NULL                                                                                          \
+	}
 
 #define VERR_MAX 16
 #define VERR_FIELD_MAX 64

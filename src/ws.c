@@ -29,9 +29,9 @@
 #include <event2/event_struct.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <nettle/sha1.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <nettle/sha1.h>
 #include <sodium.h>
 #include <stdalign.h>
 #include <stddef.h>
@@ -49,7 +49,7 @@
 #define WS_READS_PER_EVENT 4
 #define WS_QUEUE_MAX 4096 /* frames queued on one socket */
 #define WS_IOV_MAX 64
-#define WS_PARK_AFTER_MS 2000 /* an idle socket's empty send ring is released after this */
+#define WS_PARK_AFTER_MS 2000    /* an idle socket's empty send ring is released after this */
 #define WS_AFTER_CLOSE_MAX 65536 /* bytes a client may send after our close before we hang up */
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -57,7 +57,7 @@ enum { C_OPEN = 0, C_CLOSING, C_DEAD };
 
 /* Frame headers seen so far on the client's stream. */
 struct ws_track {
-	uint64_t left;  /* payload bytes of the current frame still to come */
+	uint64_t left; /* payload bytes of the current frame still to come */
 	uint8_t hdr[14];
 	uint8_t hlen;   /* header bytes collected */
 	uint8_t in_msg; /* inside a fragmented data message */
@@ -71,21 +71,21 @@ struct ws_conn {
 	int fd;
 	uint32_t refs;
 	uint8_t state;
-	uint8_t ev_flags;     /* events currently registered */
+	uint8_t ev_flags; /* events currently registered */
 	uint8_t in_dirty;
 	uint8_t paused;       /* application asked us to stop reading */
 	uint8_t blocked;      /* the last write did not take everything */
 	uint8_t close_queued; /* a close frame is in the queue (ours or wslay's) */
 	uint8_t peer_closed;  /* the client's close frame arrived */
 	uint8_t wr_shut;
-	uint8_t rx_dead;      /* protocol error: ignore further input */
-	uint8_t in_recv;      /* inside wslay_event_recv */
-	uint8_t text_ping;    /* keep-alive is the server's text ping, sent on a fixed period */
-	uint16_t deadline_code; /* open: close with this code at close_deadline_ms (0: none) */
+	uint8_t rx_dead;               /* protocol error: ignore further input */
+	uint8_t in_recv;               /* inside wslay_event_recv */
+	uint8_t text_ping;             /* keep-alive is the server's text ping, sent on a fixed period */
+	uint16_t deadline_code;        /* open: close with this code at close_deadline_ms (0: none) */
 	wslay_event_context_ptr wslay; /* NULL while parked */
-	struct ws_frame **q;  /* ring, qcap a power of two */
+	struct ws_frame **q;           /* ring, qcap a power of two */
 	uint32_t qhead, qcount, qcap, qoff;
-	size_t qbytes;        /* unsent bytes in the ring */
+	size_t qbytes; /* unsent bytes in the ring */
 	struct ws_track trk;
 	uint32_t after_close; /* bytes received since our close frame went out */
 	uint64_t last_rx_ms, last_tx_ms, last_ping_ms, close_deadline_ms;
@@ -412,15 +412,12 @@ static void cb_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 		}
 		c->srv->h.on_text(c, msg, arg->msg_length);
 		return;
-	case WSLAY_BINARY_FRAME:
-		ws_close(c, WS_UNSUPPORTED_DATA, "binary messages are not supported");
-		return;
+	case WSLAY_BINARY_FRAME: ws_close(c, WS_UNSUPPORTED_DATA, "binary messages are not supported"); return;
 	case WSLAY_CONNECTION_CLOSE:
 		c->peer_closed = 1;
 		start_closing(c);
 		return;
-	default:
-		return; /* ping (wslay queued the pong) and pong: activity only */
+	default: return; /* ping (wslay queued the pong) and pong: activity only */
 	}
 }
 
@@ -429,9 +426,9 @@ static int ensure_ctx(struct ws_conn *c)
 	if (c->wslay)
 		return 0;
 	static const struct wslay_event_callbacks cbs = {
-		.recv_callback = cb_recv,
-		.send_callback = cb_send,
-		.on_msg_recv_callback = cb_msg,
+	    .recv_callback = cb_recv,
+	    .send_callback = cb_send,
+	    .on_msg_recv_callback = cb_msg,
 	};
 	if (wslay_event_context_server_init(&c->wslay, &cbs, c) != 0) {
 		c->wslay = NULL;

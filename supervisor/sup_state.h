@@ -72,8 +72,8 @@ struct slot {
 	/* Memory recycling (monitor.c): backs off like crash restarts; off
 	 * once a fresh worker of this slot is already over max_memory. */
 	uint64_t recycle_backoff_ms;
-	uint64_t recycle_last_ms;     /* monotonic, 0: never */
-	uint64_t recycle_not_before;  /* monotonic ms */
+	uint64_t recycle_last_ms;    /* monotonic, 0: never */
+	uint64_t recycle_not_before; /* monotonic ms */
 	unsigned recycles;
 	int recycle_off;
 };

@@ -77,8 +77,7 @@ int sup_crash_route(const struct supervisor *s, int i, const char **route, unsig
 /* Control socket server. */
 struct control;
 struct event_base;
-struct control *control_open(struct event_base *base, struct supervisor *s, const char *path, char *err,
-                             size_t errlen);
+struct control *control_open(struct event_base *base, struct supervisor *s, const char *path, char *err, size_t errlen);
 void control_close(struct control *ctl);
 
 /* Answers. Each sends one JSON line and closes the client; a client whose

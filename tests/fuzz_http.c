@@ -37,14 +37,14 @@
 #include <yajl/yajl_gen.h>
 
 /* Scenario flags (input byte 1 XOR '0'). */
-#define FZ_HALF_CLOSE 0x01 /* shut the client's write side after the last byte */
+#define FZ_HALF_CLOSE 0x01   /* shut the client's write side after the last byte */
 #define FZ_SMALL_SNDBUF 0x02 /* tiny server send buffer: partial writes, EV_WRITE */
-#define FZ_TIMER 0x04 /* fire the connection's timer (slowloris / idle) at the end */
-#define FZ_DRAIN 0x08 /* start draining the server after the first write */
-#define FZ_ASYNC 0x10 /* the application answers later, from the loop */
-#define FZ_ABORT 0x20 /* the client disconnects after the first write */
-#define FZ_REJECT 0x40 /* connection cap of 1 and a second client (503) */
-#define FZ_INET 0x80 /* the peer looks like a TCP client */
+#define FZ_TIMER 0x04        /* fire the connection's timer (slowloris / idle) at the end */
+#define FZ_DRAIN 0x08        /* start draining the server after the first write */
+#define FZ_ASYNC 0x10        /* the application answers later, from the loop */
+#define FZ_ABORT 0x20        /* the client disconnects after the first write */
+#define FZ_REJECT 0x40       /* connection cap of 1 and a second client (503) */
+#define FZ_INET 0x80         /* the peer looks like a TCP client */
 
 #define FZ_BODY_LIMIT 4096 /* small, so that 413 is in reach */
 #define FZ_MAX_WRITES 64
@@ -227,35 +227,35 @@ static int fz_auth_guard(const struct http_request *req)
 static struct cidr_list fz_trust;
 
 static const struct vrule fz_register_rules[] = {
-	V_STRING("username", V_REQUIRED, 3, 20, .charset = V_CHARSET_WORD),
-	V_EMAIL("email", V_REQUIRED),
-	V_STRING("password", V_REQUIRED, 8, 128),
-	V_END,
+    V_STRING("username", V_REQUIRED, 3, 20, .charset = V_CHARSET_WORD),
+    V_EMAIL("email", V_REQUIRED),
+    V_STRING("password", V_REQUIRED, 8, 128),
+    V_END,
 };
 
 static const struct vrule fz_post_patch_rules[] = {
-	V_STRING("title", V_OPTIONAL, 1, 200),
-	V_STRING("content", V_OPTIONAL, 1, 50000),
-	V_STRING("category", V_OPTIONAL, 1, 50),
-	V_END,
+    V_STRING("title", V_OPTIONAL, 1, 200),
+    V_STRING("content", V_OPTIONAL, 1, 50000),
+    V_STRING("category", V_OPTIONAL, 1, 50),
+    V_END,
 };
 
 static const struct vrule fz_list_rules[] = {
-	V_INT("page", V_OPTIONAL | V_FROM_STRING, 1, 1000000000),
-	V_INT("limit", V_OPTIONAL | V_FROM_STRING, 1, 100),
-	V_STRING("category", V_OPTIONAL, 0, 50),
-	V_BOOL("mine", V_OPTIONAL | V_FROM_STRING),
-	V_END,
+    V_INT("page", V_OPTIONAL | V_FROM_STRING, 1, 1000000000),
+    V_INT("limit", V_OPTIONAL | V_FROM_STRING, 1, 100),
+    V_STRING("category", V_OPTIONAL, 0, 50),
+    V_BOOL("mine", V_OPTIONAL | V_FROM_STRING),
+    V_END,
 };
 
 static const struct vrule fz_patient_rules[] = {
-	V_STRING("name", V_REQUIRED, 1, 100),
-	V_EMAIL("email", V_REQUIRED),
-	V_DATE("dateOfBirth", V_OPTIONAL),
-	V_ENUM("status", V_OPTIONAL, "active", "inactive", "discharged"),
-	V_STRING("ssn", V_OPTIONAL, 1, 20),
-	V_OBJECTID("roomId", V_OPTIONAL),
-	V_END,
+    V_STRING("name", V_REQUIRED, 1, 100),
+    V_EMAIL("email", V_REQUIRED),
+    V_DATE("dateOfBirth", V_OPTIONAL),
+    V_ENUM("status", V_OPTIONAL, "active", "inactive", "discharged"),
+    V_STRING("ssn", V_OPTIONAL, 1, 20),
+    V_OBJECTID("roomId", V_OPTIONAL),
+    V_END,
 };
 
 static int fz_health(struct http_request *req)
@@ -413,7 +413,8 @@ static int fz_bug(struct http_request *req)
 /* Protocol upgrade as the chat does it: take the socket, then drop it. */
 static int fz_ws(struct http_request *req)
 {
-	static const char head[] = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+	static const char head[] =
+	    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
 	/* With a full send buffer http_takeover() would wait for the client,
 	 * which is this very thread. */
 	if (!(fz.flags & FZ_SMALL_SNDBUF) && http_header_get(req, "upgrade", NULL)) {
@@ -490,7 +491,8 @@ static void fz_init(void)
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
 	int len = snprintf(sun.sun_path + 1, sizeof(sun.sun_path) - 1, "resil-fuzz-http-%d", (int)getpid());
 	if (fz_listen_fd < 0 ||
-	    bind(fz_listen_fd, (struct sockaddr *)&sun, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len)) < 0 ||
+	    bind(fz_listen_fd, (struct sockaddr *)&sun, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len)) <
+	        0 ||
 	    listen(fz_listen_fd, 1) < 0)
 		abort();
 }
@@ -545,19 +547,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t n = size - 2;
 
 	struct http_server_opts opts = {
-		.body_limit = FZ_BODY_LIMIT,
-		.max_connections = (fz.flags & FZ_REJECT) ? 1 : 0,
-		/* Long enough never to expire during an input; FZ_TIMER fires
-		 * the timer on purpose instead. */
-		.header_timeout_ms = 600000,
-		.keepalive_timeout_ms = 600000,
-		.body_timeout_ms = 600000,
-		.trust_proxy = &fz_trust,
-		.on_headers = app_headers,
-		.on_request = app_handle,
-		.on_complete = mw_access_log,
-		.fixed_headers = mw_security_headers(),
-		.ud = fz_app,
+	    .body_limit = FZ_BODY_LIMIT,
+	    .max_connections = (fz.flags & FZ_REJECT) ? 1 : 0,
+	    /* Long enough never to expire during an input; FZ_TIMER fires
+	     * the timer on purpose instead. */
+	    .header_timeout_ms = 600000,
+	    .keepalive_timeout_ms = 600000,
+	    .body_timeout_ms = 600000,
+	    .trust_proxy = &fz_trust,
+	    .on_headers = app_headers,
+	    .on_request = app_handle,
+	    .on_complete = mw_access_log,
+	    .fixed_headers = mw_security_headers(),
+	    .ud = fz_app,
 	};
 	struct http_server *s = http_server_new(fz_base, fz_listen_fd, &opts);
 	if (!s)
@@ -617,7 +619,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (int i = 0; i < 100 && (s->conns || fz.deferred); i++)
 		fz_pump(&cl, 1);
 	if (s->conns || fz.deferred || s->stats.inflight != 0 || s->stats.connections != 0) {
-		fprintf(stderr, "fuzz_http: did not wind down: conns=%p state=%d deferred=%d inflight=%" PRId64
+		fprintf(stderr,
+		        "fuzz_http: did not wind down: conns=%p state=%d deferred=%d inflight=%" PRId64
 		        " connections=%" PRId64 "\n",
 		        (void *)s->conns, s->conns ? s->conns->state : -1, fz.deferred, s->stats.inflight,
 		        s->stats.connections);

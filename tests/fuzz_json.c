@@ -32,11 +32,11 @@
 #include <string.h>
 #include <yajl/yajl_gen.h>
 
-#define FZ_FAIL(...)                                  \
-	do {                                          \
-		fprintf(stderr, "fuzz_json: " __VA_ARGS__); \
-		fputc('\n', stderr);                  \
-		abort();                              \
+#define FZ_FAIL(...)                                                                                                   \
+	do {                                                                                                           \
+		fprintf(stderr, "fuzz_json: " __VA_ARGS__);                                                            \
+		fputc('\n', stderr);                                                                                   \
+		abort();                                                                                               \
 	} while (0)
 
 /* ------------------------------------------------------------ reference */
@@ -95,8 +95,7 @@ static int check_tree(const struct json_value *v, int depth, int max_depth)
 	int deepest = depth;
 	switch (v->type) {
 	case JSON_NULL:
-	case JSON_BOOL:
-		break;
+	case JSON_BOOL: break;
 	case JSON_NUMBER:
 		if (!isfinite(v->d))
 			FZ_FAIL("non-finite number in a parsed tree");
@@ -139,8 +138,7 @@ static int check_tree(const struct json_value *v, int depth, int max_depth)
 			free(keys);
 		}
 		break;
-	default:
-		FZ_FAIL("unknown node type %d", (int)v->type);
+	default: FZ_FAIL("unknown node type %d", (int)v->type);
 	}
 	return deepest;
 }
@@ -152,16 +150,13 @@ static int tree_equal(const struct json_value *a, const struct json_value *b)
 	if (a->type != b->type)
 		return 0;
 	switch (a->type) {
-	case JSON_NULL:
-		return 1;
-	case JSON_BOOL:
-		return a->b == b->b;
+	case JSON_NULL: return 1;
+	case JSON_BOOL: return a->b == b->b;
 	case JSON_NUMBER:
 		if (a->is_int && b->is_int)
 			return a->i == b->i;
 		return a->d == b->d;
-	case JSON_STRING:
-		return a->len == b->len && memcmp(a->s, b->s, a->len) == 0;
+	case JSON_STRING: return a->len == b->len && memcmp(a->s, b->s, a->len) == 0;
 	case JSON_ARRAY:
 	case JSON_OBJECT:
 		if (a->len != b->len)
@@ -190,8 +185,8 @@ static void round_trip(const struct json_value *v, int max_depth, const char *wh
 	struct json_value *back = NULL;
 	enum json_status st = json_parse((const char *)buf, len, max_depth, 0, &back);
 	if (st != JSON_OK)
-		FZ_FAIL("own output does not parse (%s): %s: %.*s", when, json_status_str(st), (int)(len > 2000 ? 2000 : len),
-		        buf);
+		FZ_FAIL("own output does not parse (%s): %s: %.*s", when, json_status_str(st),
+		        (int)(len > 2000 ? 2000 : len), buf);
 	if (!tree_equal(v, back))
 		FZ_FAIL("round trip changed the document (%s): %.*s", when, (int)(len > 2000 ? 2000 : len), buf);
 	json_free(back);
@@ -201,52 +196,47 @@ static void round_trip(const struct json_value *v, int max_depth, const char *wh
 /* ------------------------------------------------------------ validator */
 
 static const struct vrule rules_register[] = {
-	V_STRING("username", V_REQUIRED, 3, 20, .charset = V_CHARSET_WORD),
-	V_EMAIL("email", V_REQUIRED),
-	V_STRING("password", V_REQUIRED, 8, 128),
-	V_END,
+    V_STRING("username", V_REQUIRED, 3, 20, .charset = V_CHARSET_WORD),
+    V_EMAIL("email", V_REQUIRED),
+    V_STRING("password", V_REQUIRED, 8, 128),
+    V_END,
 };
 
 static const struct vrule rules_post[] = {
-	V_STRING("title", V_REQUIRED, 1, 200),
-	V_STRING("content", V_REQUIRED, 1, 50000),
-	V_STRING("category", V_OPTIONAL, 1, 50),
-	V_END,
+    V_STRING("title", V_REQUIRED, 1, 200),
+    V_STRING("content", V_REQUIRED, 1, 50000),
+    V_STRING("category", V_OPTIONAL, 1, 50),
+    V_END,
 };
 
 static const struct vrule rules_patient[] = {
-	V_STRING("name", V_REQUIRED, 1, 100),
-	V_EMAIL("email", V_REQUIRED),
-	V_DATE("dateOfBirth", V_OPTIONAL),
-	V_ENUM("status", V_OPTIONAL, "active", "inactive", "discharged"),
-	V_STRING("ssn", V_OPTIONAL, 1, 20),
-	V_STRING("medicalRecord", V_OPTIONAL, 0, 10000),
-	V_OBJECTID("roomId", V_OPTIONAL),
-	V_END,
+    V_STRING("name", V_REQUIRED, 1, 100), V_EMAIL("email", V_REQUIRED),
+    V_DATE("dateOfBirth", V_OPTIONAL),    V_ENUM("status", V_OPTIONAL, "active", "inactive", "discharged"),
+    V_STRING("ssn", V_OPTIONAL, 1, 20),   V_STRING("medicalRecord", V_OPTIONAL, 0, 10000),
+    V_OBJECTID("roomId", V_OPTIONAL),     V_END,
 };
 
 /* Query-string style rules and every bound shape of V_INT / V_STRING. */
 static const struct vrule rules_query[] = {
-	V_INT("page", V_OPTIONAL | V_FROM_STRING, 1, 1000000000),
-	V_INT("limit", V_OPTIONAL | V_FROM_STRING, 1, 100),
-	V_BOOL("mine", V_OPTIONAL | V_FROM_STRING),
-	V_BOOL("flag", V_OPTIONAL),
-	V_INT("neg", V_OPTIONAL, INT64_MIN, 0),
-	V_INT("pos", V_OPTIONAL, 0, INT64_MAX),
-	V_INT("any", V_REQUIRED, INT64_MIN, INT64_MAX),
-	V_STRING("code", V_OPTIONAL, 4, 4),
-	V_STRING("long", V_OPTIONAL, 2, 0),
-	V_STRING("short", V_OPTIONAL, 0, 3),
-	V_ENUM("sort", V_OPTIONAL, "asc", "desc"),
-	V_END,
+    V_INT("page", V_OPTIONAL | V_FROM_STRING, 1, 1000000000),
+    V_INT("limit", V_OPTIONAL | V_FROM_STRING, 1, 100),
+    V_BOOL("mine", V_OPTIONAL | V_FROM_STRING),
+    V_BOOL("flag", V_OPTIONAL),
+    V_INT("neg", V_OPTIONAL, INT64_MIN, 0),
+    V_INT("pos", V_OPTIONAL, 0, INT64_MAX),
+    V_INT("any", V_REQUIRED, INT64_MIN, INT64_MAX),
+    V_STRING("code", V_OPTIONAL, 4, 4),
+    V_STRING("long", V_OPTIONAL, 2, 0),
+    V_STRING("short", V_OPTIONAL, 0, 3),
+    V_ENUM("sort", V_OPTIONAL, "asc", "desc"),
+    V_END,
 };
 
 /* More required fields than the error list holds. */
 #define R(n) V_STRING(n, V_REQUIRED, 1, 2)
 static const struct vrule rules_many[] = {
-	R("a"), R("b"), R("c"), R("d"), R("e"), R("f"), R("g"), R("h"), R("i"), R("j"),
-	R("k"), R("l"), R("m"), R("n"), R("o"), R("p"), R("q"), R("r"), R("s"), R("t"),
-	V_END,
+    R("a"), R("b"), R("c"), R("d"), R("e"), R("f"), R("g"), R("h"), R("i"), R("j"), R("k"),
+    R("l"), R("m"), R("n"), R("o"), R("p"), R("q"), R("r"), R("s"), R("t"), V_END,
 };
 #undef R
 
@@ -297,9 +287,9 @@ static void check_validation(const struct json_value *body, const struct vrule *
 					FZ_FAIL("validate_get_int() fails on accepted field %s", r->field);
 				break;
 			case V_T_BOOL:
-				ok = v->type == JSON_BOOL ||
-				     ((r->flags & V_FROM_STRING) && v->type == JSON_STRING &&
-				      ((v->len == 4 && !memcmp(v->s, "true", 4)) || (v->len == 5 && !memcmp(v->s, "false", 5))));
+				ok = v->type == JSON_BOOL || ((r->flags & V_FROM_STRING) && v->type == JSON_STRING &&
+				                              ((v->len == 4 && !memcmp(v->s, "true", 4)) ||
+				                               (v->len == 5 && !memcmp(v->s, "false", 5))));
 				break;
 			case V_T_STRING: {
 				long cps = validate_utf8_length(v->s, v->len);
@@ -307,18 +297,10 @@ static void check_validation(const struct json_value *body, const struct vrule *
 				     (r->max == 0 || cps <= r->max);
 				break;
 			}
-			case V_T_EMAIL:
-				ok = v->type == JSON_STRING && validate_is_email(v->s, v->len);
-				break;
-			case V_T_OBJECTID:
-				ok = v->type == JSON_STRING && validate_is_objectid(v->s, v->len);
-				break;
-			case V_T_DATE:
-				ok = v->type == JSON_STRING && validate_is_date(v->s, v->len);
-				break;
-			default:
-				ok = v->type == JSON_STRING;
-				break;
+			case V_T_EMAIL: ok = v->type == JSON_STRING && validate_is_email(v->s, v->len); break;
+			case V_T_OBJECTID: ok = v->type == JSON_STRING && validate_is_objectid(v->s, v->len); break;
+			case V_T_DATE: ok = v->type == JSON_STRING && validate_is_date(v->s, v->len); break;
+			default: ok = v->type == JSON_STRING; break;
 			}
 			if (!ok)
 				FZ_FAIL("field %s accepted with a value that breaks its rule", r->field);
@@ -414,9 +396,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		struct json_value *w = NULL;
 		enum json_status st64 = json_parse(p, n, 64, 0, &w);
 		if (st == JSON_OK && (st64 != JSON_OK || !tree_equal(v, w)))
-			FZ_FAIL("accepted at depth %d but not the same at depth 64 (%s)", max_depth, json_status_str(st64));
+			FZ_FAIL("accepted at depth %d but not the same at depth 64 (%s)", max_depth,
+			        json_status_str(st64));
 		if (st != JSON_OK && st != JSON_ERR_DEPTH && st != JSON_ERR_NOMEM && st64 != st)
-			FZ_FAIL("%s at depth %d but %s at depth 64", json_status_str(st), max_depth, json_status_str(st64));
+			FZ_FAIL("%s at depth %d but %s at depth 64", json_status_str(st), max_depth,
+			        json_status_str(st64));
 		json_free(w);
 	}
 

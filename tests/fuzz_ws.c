@@ -16,8 +16,8 @@
  * parser mode; with bit 2 as well it came without a token (CONNECT carries
  * it). Built with clang -fsanitize=fuzzer,address.
  */
-#include "../workers/chat.h"
 #include "../workers/authmw.h"
+#include "../workers/chat.h"
 #include "../workers/chat_rooms.h"
 #include "config.h"
 #include "handlers.h"
@@ -45,7 +45,7 @@ static void fz_init(void)
 	memcpy(fz_cfg.jwt_secret, "fuzz-secret-fuzz-secret-fuzz-sec", 32);
 	fz_cfg.jwt_secret_len = 32;
 	fz_cfg.ws_message_rate = 50; /* the default */
-	authmw_init(NULL, &fz_cfg); /* tokens in Socket.IO CONNECT packets are verified */
+	authmw_init(NULL, &fz_cfg);  /* tokens in Socket.IO CONNECT packets are verified */
 	fz_base = event_base_new();
 	/* A loopback bus: typing events come back as broadcast frames. */
 	if (!fz_base || chat_init(fz_base, &fz_cfg, &fz_lim, -1) < 0)

@@ -56,8 +56,8 @@
 #include <regex.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stddef.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,39 +122,39 @@ static const struct {
 	int code;
 	const char *name;
 } code_names[] = {
-	{ 2, "BadValue" },
-	{ 6, "HostUnreachable" },
-	{ 7, "HostNotFound" },
-	{ 9, "FailedToParse" },
-	{ 13, "Unauthorized" },
-	{ 14, "TypeMismatch" },
-	{ 20, "IllegalOperation" },
-	{ 26, "NamespaceNotFound" },
-	{ 27, "IndexNotFound" },
-	{ 28, "PathNotViable" },
-	{ 43, "CursorNotFound" },
-	{ 48, "NamespaceExists" },
-	{ 50, "MaxTimeMSExpired" },
-	{ 59, "CommandNotFound" },
-	{ 66, "ImmutableField" },
-	{ 72, "InvalidOptions" },
-	{ 73, "InvalidNamespace" },
-	{ 85, "IndexOptionsConflict" },
-	{ 86, "IndexKeySpecsConflict" },
-	{ 89, "NetworkTimeout" },
-	{ 91, "ShutdownInProgress" },
-	{ 189, "PrimarySteppedDown" },
-	{ 225, "TransactionTooOld" },
-	{ 262, "ExceededTimeLimit" },
-	{ 352, "UnsupportedOpQueryCommand" },
-	{ 9001, "SocketException" },
-	{ 10107, "NotWritablePrimary" },
-	{ 10334, "BSONObjectTooLarge" },
-	{ 11000, "DuplicateKey" },
-	{ 11600, "InterruptedAtShutdown" },
-	{ 11602, "InterruptedDueToReplStateChange" },
-	{ 13435, "NotPrimaryNoSecondaryOk" },
-	{ 13436, "NotPrimaryOrSecondary" },
+    {2, "BadValue"},
+    {6, "HostUnreachable"},
+    {7, "HostNotFound"},
+    {9, "FailedToParse"},
+    {13, "Unauthorized"},
+    {14, "TypeMismatch"},
+    {20, "IllegalOperation"},
+    {26, "NamespaceNotFound"},
+    {27, "IndexNotFound"},
+    {28, "PathNotViable"},
+    {43, "CursorNotFound"},
+    {48, "NamespaceExists"},
+    {50, "MaxTimeMSExpired"},
+    {59, "CommandNotFound"},
+    {66, "ImmutableField"},
+    {72, "InvalidOptions"},
+    {73, "InvalidNamespace"},
+    {85, "IndexOptionsConflict"},
+    {86, "IndexKeySpecsConflict"},
+    {89, "NetworkTimeout"},
+    {91, "ShutdownInProgress"},
+    {189, "PrimarySteppedDown"},
+    {225, "TransactionTooOld"},
+    {262, "ExceededTimeLimit"},
+    {352, "UnsupportedOpQueryCommand"},
+    {9001, "SocketException"},
+    {10107, "NotWritablePrimary"},
+    {10334, "BSONObjectTooLarge"},
+    {11000, "DuplicateKey"},
+    {11600, "InterruptedAtShutdown"},
+    {11602, "InterruptedDueToReplStateChange"},
+    {13435, "NotPrimaryNoSecondaryOk"},
+    {13436, "NotPrimaryOrSecondary"},
 };
 
 /* An error on its way into a reply; extra holds fields such as keyPattern. */
@@ -483,46 +483,29 @@ static void ikey_set(struct ikey *k, uint32_t i)
 static int type_rank(bson_type_t t)
 {
 	switch (t) {
-	case BSON_TYPE_MINKEY:
-		return 1;
+	case BSON_TYPE_MINKEY: return 1;
 	case BSON_TYPE_UNDEFINED:
-	case BSON_TYPE_NULL:
-		return 2;
+	case BSON_TYPE_NULL: return 2;
 	case BSON_TYPE_INT32:
 	case BSON_TYPE_INT64:
 	case BSON_TYPE_DOUBLE:
-	case BSON_TYPE_DECIMAL128:
-		return 3;
+	case BSON_TYPE_DECIMAL128: return 3;
 	case BSON_TYPE_SYMBOL:
-	case BSON_TYPE_UTF8:
-		return 4;
-	case BSON_TYPE_DOCUMENT:
-		return 5;
-	case BSON_TYPE_ARRAY:
-		return 6;
-	case BSON_TYPE_BINARY:
-		return 7;
-	case BSON_TYPE_OID:
-		return 8;
-	case BSON_TYPE_BOOL:
-		return 9;
-	case BSON_TYPE_DATE_TIME:
-		return 10;
-	case BSON_TYPE_TIMESTAMP:
-		return 11;
-	case BSON_TYPE_REGEX:
-		return 12;
-	case BSON_TYPE_DBPOINTER:
-		return 13;
-	case BSON_TYPE_CODE:
-		return 14;
-	case BSON_TYPE_CODEWSCOPE:
-		return 15;
-	case BSON_TYPE_MAXKEY:
-		return 127;
+	case BSON_TYPE_UTF8: return 4;
+	case BSON_TYPE_DOCUMENT: return 5;
+	case BSON_TYPE_ARRAY: return 6;
+	case BSON_TYPE_BINARY: return 7;
+	case BSON_TYPE_OID: return 8;
+	case BSON_TYPE_BOOL: return 9;
+	case BSON_TYPE_DATE_TIME: return 10;
+	case BSON_TYPE_TIMESTAMP: return 11;
+	case BSON_TYPE_REGEX: return 12;
+	case BSON_TYPE_DBPOINTER: return 13;
+	case BSON_TYPE_CODE: return 14;
+	case BSON_TYPE_CODEWSCOPE: return 15;
+	case BSON_TYPE_MAXKEY: return 127;
 	case BSON_TYPE_EOD:
-	default:
-		return 100;
+	default: return 100;
 	}
 }
 
@@ -541,17 +524,11 @@ static double val_d(const bson_value_t *v)
 	char buf[BSON_DECIMAL128_STRING];
 
 	switch (v->value_type) {
-	case BSON_TYPE_INT32:
-		return v->value.v_int32;
-	case BSON_TYPE_INT64:
-		return (double)v->value.v_int64;
-	case BSON_TYPE_DOUBLE:
-		return v->value.v_double;
-	case BSON_TYPE_DECIMAL128:
-		bson_decimal128_to_string(&v->value.v_decimal128, buf);
-		return strtod(buf, NULL);
-	default:
-		return 0.0;
+	case BSON_TYPE_INT32: return v->value.v_int32;
+	case BSON_TYPE_INT64: return (double)v->value.v_int64;
+	case BSON_TYPE_DOUBLE: return v->value.v_double;
+	case BSON_TYPE_DECIMAL128: bson_decimal128_to_string(&v->value.v_decimal128, buf); return strtod(buf, NULL);
+	default: return 0.0;
 	}
 }
 
@@ -567,18 +544,14 @@ static int64_t val_i64(const bson_value_t *v)
 static bool val_truthy(const bson_value_t *v)
 {
 	switch (v->value_type) {
-	case BSON_TYPE_BOOL:
-		return v->value.v_bool;
+	case BSON_TYPE_BOOL: return v->value.v_bool;
 	case BSON_TYPE_NULL:
-	case BSON_TYPE_UNDEFINED:
-		return false;
+	case BSON_TYPE_UNDEFINED: return false;
 	case BSON_TYPE_INT32:
 	case BSON_TYPE_INT64:
 	case BSON_TYPE_DOUBLE:
-	case BSON_TYPE_DECIMAL128:
-		return val_d(v) != 0.0;
-	default:
-		return true;
+	case BSON_TYPE_DECIMAL128: return val_d(v) != 0.0;
+	default: return true;
 	}
 }
 
@@ -667,31 +640,25 @@ static int val_cmp(const bson_value_t *a, const bson_value_t *b)
 	case BSON_TYPE_INT32:
 	case BSON_TYPE_INT64:
 	case BSON_TYPE_DOUBLE:
-	case BSON_TYPE_DECIMAL128:
-		return num_cmp(a, b);
+	case BSON_TYPE_DECIMAL128: return num_cmp(a, b);
 	case BSON_TYPE_UTF8:
 	case BSON_TYPE_SYMBOL:
 		as = val_str(a, &al);
 		bs = val_str(b, &bl);
 		return bytes_cmp(as, al, bs, bl);
 	case BSON_TYPE_DOCUMENT:
-	case BSON_TYPE_ARRAY:
-		return doc_cmp(a, b, a->value_type == BSON_TYPE_ARRAY);
+	case BSON_TYPE_ARRAY: return doc_cmp(a, b, a->value_type == BSON_TYPE_ARRAY);
 	case BSON_TYPE_BINARY:
 		c = sign(a->value.v_binary.data_len, b->value.v_binary.data_len);
 		if (!c)
 			c = sign(a->value.v_binary.subtype, b->value.v_binary.subtype);
 		if (!c)
-			c = bytes_cmp(a->value.v_binary.data, a->value.v_binary.data_len,
-				      b->value.v_binary.data, b->value.v_binary.data_len);
+			c = bytes_cmp(a->value.v_binary.data, a->value.v_binary.data_len, b->value.v_binary.data,
+			              b->value.v_binary.data_len);
 		return c;
-	case BSON_TYPE_OID:
-		c = bson_oid_compare(&a->value.v_oid, &b->value.v_oid);
-		return (c > 0) - (c < 0);
-	case BSON_TYPE_BOOL:
-		return sign(a->value.v_bool, b->value.v_bool);
-	case BSON_TYPE_DATE_TIME:
-		return sign(a->value.v_datetime, b->value.v_datetime);
+	case BSON_TYPE_OID: c = bson_oid_compare(&a->value.v_oid, &b->value.v_oid); return (c > 0) - (c < 0);
+	case BSON_TYPE_BOOL: return sign(a->value.v_bool, b->value.v_bool);
+	case BSON_TYPE_DATE_TIME: return sign(a->value.v_datetime, b->value.v_datetime);
 	case BSON_TYPE_TIMESTAMP:
 		c = sign(a->value.v_timestamp.timestamp, b->value.v_timestamp.timestamp);
 		return c ? c : sign(a->value.v_timestamp.increment, b->value.v_timestamp.increment);
@@ -702,7 +669,7 @@ static int val_cmp(const bson_value_t *a, const bson_value_t *b)
 		return (c > 0) - (c < 0);
 	case BSON_TYPE_CODE:
 		return bytes_cmp(a->value.v_code.code, a->value.v_code.code_len, b->value.v_code.code,
-				 b->value.v_code.code_len);
+		                 b->value.v_code.code_len);
 	case BSON_TYPE_EOD:
 	case BSON_TYPE_UNDEFINED:
 	case BSON_TYPE_NULL:
@@ -710,8 +677,7 @@ static int val_cmp(const bson_value_t *a, const bson_value_t *b)
 	case BSON_TYPE_CODEWSCOPE:
 	case BSON_TYPE_MINKEY:
 	case BSON_TYPE_MAXKEY:
-	default:
-		return 0;
+	default: return 0;
 	}
 }
 
@@ -726,8 +692,7 @@ static bool key_is(const char *key, const char *comp, size_t len)
 
 /* Calls fn for every value a dotted path reaches, descending into arrays of
  * documents and numeric array positions; *found tells whether any was reached. */
-static bool visit_container(const bson_value_t *container, const char *path, visit_fn fn, void *ctx,
-			    bool *found)
+static bool visit_container(const bson_value_t *container, const char *path, visit_fn fn, void *ctx, bool *found)
 {
 	bool is_array = container->value_type == BSON_TYPE_ARRAY;
 	const char *dot = strchr(path, '.');
@@ -838,8 +803,7 @@ static bool value_hits(enum mop op, const bson_value_t *v, const bson_value_t *a
 	int c;
 
 	switch (op) {
-	case MOP_EQ:
-		return val_cmp(v, arg) == 0;
+	case MOP_EQ: return val_cmp(v, arg) == 0;
 	case MOP_GT:
 	case MOP_GTE:
 	case MOP_LT:
@@ -870,8 +834,7 @@ static bool value_hits(enum mop op, const bson_value_t *v, const bson_value_t *a
 			any = true;
 		}
 		return any;
-	default:
-		return false;
+	default: return false;
 	}
 }
 
@@ -889,8 +852,8 @@ static bool leaf_visit(const bson_value_t *v, void *ctx)
 
 	if (value_hits(l->op, v, l->arg)) {
 		l->hit = true;
-	} else if (v->value_type == BSON_TYPE_ARRAY && l->op != MOP_SIZE && l->op != MOP_ALL &&
-		   val_doc(v, &d) && bson_iter_init(&it, &d)) {
+	} else if (v->value_type == BSON_TYPE_ARRAY && l->op != MOP_SIZE && l->op != MOP_ALL && val_doc(v, &d) &&
+	           bson_iter_init(&it, &d)) {
 		while (!l->hit && bson_iter_next(&it))
 			l->hit = value_hits(l->op, bson_iter_value(&it), l->arg);
 	}
@@ -901,7 +864,7 @@ static bool leaf_visit(const bson_value_t *v, void *ctx)
  * a missing field behaves as null. */
 static bool leaf_match(const struct vsrc *src, enum mop op, const bson_value_t *arg)
 {
-	struct leaf l = { op, arg, false };
+	struct leaf l = {op, arg, false};
 	bool found;
 
 	vsrc_visit(src, leaf_visit, &l, &found);
@@ -953,7 +916,7 @@ static bool elem_visit(const bson_value_t *v, void *ctx)
 		int r = 0;
 
 		if (em->ops) {
-			struct vsrc one = { NULL, NULL, e };
+			struct vsrc one = {NULL, NULL, e};
 
 			r = eval_ops(&one, &em->cond, em->err);
 		} else if (e->value_type == BSON_TYPE_DOCUMENT && val_doc(e, &ed)) {
@@ -1009,10 +972,9 @@ static const struct {
 	enum mop op;
 	bool negate;
 } leaf_ops[] = {
-	{ "$eq", MOP_EQ, false },   { "$ne", MOP_EQ, true },  { "$gt", MOP_GT, false },
-	{ "$gte", MOP_GTE, false }, { "$lt", MOP_LT, false }, { "$lte", MOP_LTE, false },
-	{ "$in", MOP_IN, false },   { "$nin", MOP_IN, true }, { "$size", MOP_SIZE, false },
-	{ "$all", MOP_ALL, false },
+    {"$eq", MOP_EQ, false},     {"$ne", MOP_EQ, true},    {"$gt", MOP_GT, false}, {"$gte", MOP_GTE, false},
+    {"$lt", MOP_LT, false},     {"$lte", MOP_LTE, false}, {"$in", MOP_IN, false}, {"$nin", MOP_IN, true},
+    {"$size", MOP_SIZE, false}, {"$all", MOP_ALL, false},
 };
 
 /* Evaluates one query operator against the values of src. */
@@ -1025,8 +987,7 @@ static int eval_op(const struct vsrc *src, const char *name, const bson_value_t 
 	for (size_t i = 0; i < sizeof leaf_ops / sizeof leaf_ops[0]; i++) {
 		if (strcmp(name, leaf_ops[i].name) != 0)
 			continue;
-		if ((leaf_ops[i].op == MOP_IN || leaf_ops[i].op == MOP_ALL) &&
-		    arg->value_type != BSON_TYPE_ARRAY)
+		if ((leaf_ops[i].op == MOP_IN || leaf_ops[i].op == MOP_ALL) && arg->value_type != BSON_TYPE_ARRAY)
 			return fail(err, E_BAD_VALUE, "%s needs an array", name);
 		if (leaf_ops[i].op == MOP_SIZE && !val_is_num(arg))
 			return fail(err, E_BAD_VALUE, "$size needs a number");
@@ -1080,7 +1041,7 @@ static int eval_ops(const struct vsrc *src, const bson_t *ops, struct mderr *err
 				options = bson_iter_utf8(&opt, NULL);
 			if (arg.value_type == BSON_TYPE_REGEX)
 				r = regex_match(src, arg.value.v_regex.regex,
-						options ? options : arg.value.v_regex.options, err);
+				                options ? options : arg.value.v_regex.options, err);
 			else if (arg.value_type == BSON_TYPE_UTF8)
 				r = regex_match(src, arg.value.v_utf8.str, options, err);
 			else
@@ -1112,8 +1073,7 @@ static int match_logical(const bson_t *doc, const char *op, const bson_value_t *
 	bson_iter_t it;
 	int any = 0;
 
-	if (arg->value_type != BSON_TYPE_ARRAY || !val_doc(arg, &arr) || bson_empty(&arr) ||
-	    !bson_iter_init(&it, &arr))
+	if (arg->value_type != BSON_TYPE_ARRAY || !val_doc(arg, &arr) || bson_empty(&arr) || !bson_iter_init(&it, &arr))
 		return fail(err, E_BAD_VALUE, "%s must be a nonempty array", op);
 	while (bson_iter_next(&it)) {
 		int r;
@@ -1155,7 +1115,7 @@ static int match_doc(const bson_t *doc, const bson_t *filter, struct mderr *err)
 				return fail(err, E_BAD_VALUE, "unknown top level operator: %s", key);
 			r = match_logical(doc, key, bson_iter_value(&it), err);
 		} else {
-			struct vsrc src = { doc, key, NULL };
+			struct vsrc src = {doc, key, NULL};
 
 			r = eval_field(&src, bson_iter_value(&it), err);
 		}
@@ -1238,8 +1198,7 @@ static bool sortkey_visit(const bson_value_t *v, void *ctx)
 	bson_t d;
 	bson_iter_t it;
 
-	if (v->value_type == BSON_TYPE_ARRAY && val_doc(v, &d) && !bson_empty(&d) &&
-	    bson_iter_init(&it, &d)) {
+	if (v->value_type == BSON_TYPE_ARRAY && val_doc(v, &d) && !bson_empty(&d) && bson_iter_init(&it, &d)) {
 		while (bson_iter_next(&it))
 			sort_pick(p, bson_iter_value(&it));
 	} else {
@@ -1325,11 +1284,9 @@ static int project_doc(const bson_t *doc, const bson_t *proj, bson_t *out, struc
 		int m;
 
 		if (!val_is_num(v) && v->value_type != BSON_TYPE_BOOL)
-			return fail(err, E_BAD_VALUE, "projection of '%s' is not supported by mongo_double",
-				    key);
+			return fail(err, E_BAD_VALUE, "projection of '%s' is not supported by mongo_double", key);
 		if (strchr(key, '.') || key[0] == '$')
-			return fail(err, E_BAD_VALUE, "projection path '%s' is not supported by mongo_double",
-				    key);
+			return fail(err, E_BAD_VALUE, "projection path '%s' is not supported by mongo_double", key);
 		if (strcmp(key, "_id") == 0) {
 			keep_id = val_truthy(v);
 			continue;
@@ -1337,8 +1294,7 @@ static int project_doc(const bson_t *doc, const bson_t *proj, bson_t *out, struc
 		m = val_truthy(v) ? 1 : -1;
 		if (mode && mode != m)
 			return fail(err, E_BAD_VALUE, "Cannot do %s on field %s in %s projection",
-				    m > 0 ? "inclusion" : "exclusion", key,
-				    m > 0 ? "exclusion" : "inclusion");
+			            m > 0 ? "inclusion" : "exclusion", key, m > 0 ? "exclusion" : "inclusion");
 		mode = m;
 	}
 	if (mode == 0 && keep_id)
@@ -1422,7 +1378,7 @@ static bson_value_t array_value(const bson_t *arr)
 }
 
 static int leaf_push(bson_t *out, const char *key, size_t klen, const bson_value_t *cur, enum uop op,
-		     const bson_value_t *arg, struct mderr *err)
+                     const bson_value_t *arg, struct mderr *err)
 {
 	bson_t items, added, arr, argdoc;
 	bson_value_t added_v;
@@ -1437,8 +1393,7 @@ static int leaf_push(bson_t *out, const char *key, size_t klen, const bson_value
 	    bson_iter_init_find(&it, &argdoc, "$each")) {
 		if (!BSON_ITER_HOLDS_ARRAY(&it) || bson_count_keys(&argdoc) != 1 ||
 		    !val_doc(bson_iter_value(&it), &items))
-			return fail(err, E_BAD_VALUE,
-				    "only a plain $each array is supported by mongo_double");
+			return fail(err, E_BAD_VALUE, "only a plain $each array is supported by mongo_double");
 	} else {
 		bson_init(&items);
 		own_items = true;
@@ -1468,7 +1423,7 @@ static int leaf_push(bson_t *out, const char *key, size_t klen, const bson_value
 
 /* Applies one update operator to one field: cur is its value or NULL. */
 static int leaf_apply(bson_t *out, const char *key, size_t klen, const bson_value_t *cur, enum uop op,
-		      const bson_value_t *arg, struct mderr *err)
+                      const bson_value_t *arg, struct mderr *err)
 {
 	bson_value_t sum;
 	bson_t d, arr;
@@ -1478,18 +1433,14 @@ static int leaf_apply(bson_t *out, const char *key, size_t klen, const bson_valu
 	int c;
 
 	switch (op) {
-	case UOP_SET:
-		bson_append_value(out, key, (int)klen, arg);
-		return 0;
-	case UOP_UNSET:
-		return 0;
+	case UOP_SET: bson_append_value(out, key, (int)klen, arg); return 0;
+	case UOP_UNSET: return 0;
 	case UOP_INC:
 		if (!val_is_num(arg))
 			return fail(err, E_TYPE_MISMATCH, "Cannot increment with non-numeric argument");
 		if (cur && !val_is_num(cur))
 			return fail(err, E_TYPE_MISMATCH,
-				    "Cannot apply $inc to a value of non-numeric type in field '%.*s'",
-				    (int)klen, key);
+			            "Cannot apply $inc to a value of non-numeric type in field '%.*s'", (int)klen, key);
 		if (!cur) {
 			bson_append_value(out, key, (int)klen, arg);
 			return 0;
@@ -1503,8 +1454,7 @@ static int leaf_apply(bson_t *out, const char *key, size_t klen, const bson_valu
 		bson_append_value(out, key, (int)klen, (op == UOP_MIN ? c < 0 : c > 0) ? arg : cur);
 		return 0;
 	case UOP_PUSH:
-	case UOP_ADDTOSET:
-		return leaf_push(out, key, klen, cur, op, arg, err);
+	case UOP_ADDTOSET: return leaf_push(out, key, klen, cur, op, arg, err);
 	case UOP_PULL:
 		if (!cur)
 			return 0;
@@ -1525,20 +1475,19 @@ static int leaf_apply(bson_t *out, const char *key, size_t klen, const bson_valu
 		}
 		bson_append_array_end(out, &arr);
 		return 0;
-	default:
-		return fail(err, E_BAD_VALUE, "unsupported update operator");
+	default: return fail(err, E_BAD_VALUE, "unsupported update operator");
 	}
 }
 
 static int match_pull(const bson_value_t *e, const bson_value_t *cond, struct mderr *err)
 {
 	bson_t cd, ed;
-	struct vsrc one = { NULL, NULL, e };
+	struct vsrc one = {NULL, NULL, e};
 
 	if (is_operator_doc(cond, &cd))
 		return eval_ops(&one, &cd, err);
-	if (cond->value_type == BSON_TYPE_DOCUMENT && e->value_type == BSON_TYPE_DOCUMENT &&
-	    val_doc(cond, &cd) && val_doc(e, &ed))
+	if (cond->value_type == BSON_TYPE_DOCUMENT && e->value_type == BSON_TYPE_DOCUMENT && val_doc(cond, &cd) &&
+	    val_doc(e, &ed))
 		return match_doc(&ed, &cd, err);
 	return val_cmp(e, cond) == 0;
 }
@@ -1546,7 +1495,7 @@ static int match_pull(const bson_value_t *e, const bson_value_t *cond, struct md
 /* Copies in to out (initialised by the caller) with op applied at the dotted
  * path, creating missing intermediate documents. */
 static int apply_path(const bson_t *in, bool in_array, const char *path, enum uop op, const bson_value_t *arg,
-		      bson_t *out, struct mderr *err)
+                      bson_t *out, struct mderr *err)
 {
 	const char *dot = strchr(path, '.');
 	size_t hl = dot ? (size_t)(dot - path) : strlen(path);
@@ -1582,8 +1531,8 @@ static int apply_path(const bson_t *in, bool in_array, const char *path, enum uo
 				bson_append_document(out, key, (int)hl, &sub_out);
 			bson_destroy(&sub_out);
 		} else if (op != UOP_UNSET && op != UOP_PULL) {
-			rc = fail(err, E_PATH_NOT_VIABLE, "Cannot create field '%s' in element {%s: ...}",
-				  dot + 1, key);
+			rc =
+			    fail(err, E_PATH_NOT_VIABLE, "Cannot create field '%s' in element {%s: ...}", dot + 1, key);
 		} else {
 			bson_append_iter(out, NULL, 0, &it);
 		}
@@ -1609,8 +1558,7 @@ static int apply_path(const bson_t *in, bool in_array, const char *path, enum uo
 }
 
 /* Replaces *doc by a copy with op applied at path. */
-static int apply_path_swap(bson_t **doc, const char *path, enum uop op, const bson_value_t *arg,
-			   struct mderr *err)
+static int apply_path_swap(bson_t **doc, const char *path, enum uop op, const bson_value_t *arg, struct mderr *err)
 {
 	bson_t *next = bson_new();
 
@@ -1629,10 +1577,9 @@ static bool parse_uop(const char *name, bool inserting, enum uop *op, bool *skip
 		const char *name;
 		enum uop op;
 	} ops[] = {
-		{ "$set", UOP_SET },	       { "$unset", UOP_UNSET }, { "$inc", UOP_INC },
-		{ "$min", UOP_MIN },	       { "$max", UOP_MAX },	{ "$push", UOP_PUSH },
-		{ "$addToSet", UOP_ADDTOSET }, { "$pull", UOP_PULL },	{ "$currentDate", UOP_SET },
-		{ "$setOnInsert", UOP_SET },
+	    {"$set", UOP_SET},         {"$unset", UOP_UNSET},     {"$inc", UOP_INC},           {"$min", UOP_MIN},
+	    {"$max", UOP_MAX},         {"$push", UOP_PUSH},       {"$addToSet", UOP_ADDTOSET}, {"$pull", UOP_PULL},
+	    {"$currentDate", UOP_SET}, {"$setOnInsert", UOP_SET},
 	};
 
 	*skip = strcmp(name, "$setOnInsert") == 0 && !inserting;
@@ -1652,8 +1599,7 @@ static bool same_id(const bson_t *a, const bson_t *b)
 
 	if (!ha || !hb)
 		return !ha;
-	return val_cmp(bson_iter_value(&ia), bson_iter_value(&ib)) == 0 &&
-	       bson_iter_type(&ia) == bson_iter_type(&ib);
+	return val_cmp(bson_iter_value(&ia), bson_iter_value(&ib)) == 0 && bson_iter_type(&ia) == bson_iter_type(&ib);
 }
 
 static int apply_replacement(const bson_t *old, const bson_t *upd, bson_t **out, struct mderr *err)
@@ -1672,9 +1618,8 @@ static int apply_replacement(const bson_t *old, const bson_t *upd, bson_t **out,
 	}
 	if (!same_id(old, upd) && bson_has_field(upd, "_id")) {
 		bson_destroy(cur);
-		return fail(
-		    err, E_IMMUTABLE_FIELD,
-		    "After applying the update, the (immutable) field '_id' was found to have been altered");
+		return fail(err, E_IMMUTABLE_FIELD,
+		            "After applying the update, the (immutable) field '_id' was found to have been altered");
 	}
 	*out = cur;
 	return 0;
@@ -1714,8 +1659,7 @@ static int apply_update(const bson_t *old, const bson_t *upd, bool inserting, bs
 		}
 		if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !val_doc(bson_iter_value(&it), &fields)) {
 			bson_destroy(cur);
-			return fail(err, E_FAILED_TO_PARSE, "Modifiers operate on fields; %s needs an object",
-				    name);
+			return fail(err, E_FAILED_TO_PARSE, "Modifiers operate on fields; %s needs an object", name);
 		}
 		if (skip)
 			continue;
@@ -1727,7 +1671,7 @@ static int apply_update(const bson_t *old, const bson_t *upd, bool inserting, bs
 				if (arg.value_type != BSON_TYPE_BOOL) {
 					bson_destroy(cur);
 					return fail(err, E_BAD_VALUE,
-						    "only $currentDate: true is supported by mongo_double");
+					            "only $currentDate: true is supported by mongo_double");
 				}
 				arg.value_type = BSON_TYPE_DATE_TIME;
 				arg.value.v_datetime = (int64_t)time(NULL) * 1000;
@@ -1741,7 +1685,7 @@ static int apply_update(const bson_t *old, const bson_t *upd, bool inserting, bs
 	if (!same_id(old, cur) || (bson_has_field(old, "_id") && !bson_has_field(cur, "_id"))) {
 		bson_destroy(cur);
 		return fail(err, E_IMMUTABLE_FIELD,
-			    "Performing an update on the path '_id' would modify the immutable field '_id'");
+		            "Performing an update on the path '_id' would modify the immutable field '_id'");
 	}
 	*out = cur;
 	return 0;
@@ -1891,7 +1835,7 @@ static size_t index_values(const struct index *ix, const bson_t *doc, bson_value
 }
 
 static int dup_error(const struct coll *c, const struct index *ix, const bson_value_t *vals, size_t n,
-		     struct mderr *err)
+                     struct mderr *err)
 {
 	bson_t kv = BSON_INITIALIZER;
 	bson_iter_t it;
@@ -1902,8 +1846,8 @@ static int dup_error(const struct coll *c, const struct index *ix, const bson_va
 	while (i < n && bson_iter_next(&it))
 		bson_append_value(&kv, bson_iter_key(&it), -1, &vals[i++]);
 	json = bson_as_relaxed_extended_json(&kv, NULL);
-	fail(err, E_DUPLICATE_KEY, "E11000 duplicate key error collection: %s.%s index: %s dup key: %s",
-	     c->db, c->name, ix->name, json ? json : "{}");
+	fail(err, E_DUPLICATE_KEY, "E11000 duplicate key error collection: %s.%s index: %s dup key: %s", c->db, c->name,
+	     ix->name, json ? json : "{}");
 	bson_free(json);
 	if (!err->has_extra) {
 		bson_init(&err->extra);
@@ -1917,8 +1861,7 @@ static int dup_error(const struct coll *c, const struct index *ix, const bson_va
 
 /* Fails with 11000 if doc collides under one unique index with any document
  * other than the one at position skip. */
-static int check_index(const struct coll *c, const struct index *ix, const bson_t *doc, size_t skip,
-		       struct mderr *err)
+static int check_index(const struct coll *c, const struct index *ix, const bson_t *doc, size_t skip, struct mderr *err)
 {
 	bson_value_t mine[MD_MAX_KEYS], theirs[MD_MAX_KEYS];
 	bool any;
@@ -2026,8 +1969,7 @@ static void fill_batch(bson_t *arr, struct doclist *l, size_t *pos, int64_t batc
 }
 
 /* Answers a cursor-returning command; takes ownership of the documents in l. */
-static void reply_cursor(struct server *s, const char *ns, struct doclist *l, int64_t batch, bool single,
-			 bson_t *r)
+static void reply_cursor(struct server *s, const char *ns, struct doclist *l, int64_t batch, bool single, bson_t *r)
 {
 	bson_t cur, arr;
 	size_t pos = 0;
@@ -2081,8 +2023,7 @@ static int hello_await(const struct server *s, const bson_t *cmd, int64_t *wait_
 	bson_iter_t it;
 
 	*wait_ms = 0;
-	if (opt_doc(cmd, "topologyVersion", &tv, &has_tv, err) ||
-	    opt_i64(cmd, "maxAwaitTimeMS", 0, wait_ms, err))
+	if (opt_doc(cmd, "topologyVersion", &tv, &has_tv, err) || opt_i64(cmd, "maxAwaitTimeMS", 0, wait_ms, err))
 		return -1;
 	if (has_wait != has_tv)
 		return fail(err, E_FAILED_TO_PARSE, "topologyVersion and maxAwaitTimeMS go together");
@@ -2100,7 +2041,7 @@ static int hello_await(const struct server *s, const bson_t *cmd, int64_t *wait_
 
 static void cmd_hello(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	int64_t wait_ms;
 	bson_t doc, arr;
 	char host[32];
@@ -2166,7 +2107,7 @@ static bool session_id(const bson_value_t *v, const uint8_t **id, uint32_t *len)
 	if (!val_doc(v, &doc) || !bson_iter_init_find(&it, &doc, "id") || !BSON_ITER_HOLDS_BINARY(&it))
 		return false;
 	bson_iter_binary(&it, NULL, len, id);
-	return *len > 0 && *len <= sizeof ((struct session *)0)->id;
+	return *len > 0 && *len <= sizeof((struct session *)0)->id;
 }
 
 static struct session *session_find(struct server *s, const uint8_t *id, uint32_t len)
@@ -2218,7 +2159,7 @@ static void sessions_clear(struct server *s)
 
 static void cmd_end_sessions(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	bson_iter_t it, ids;
 
 	if (!bson_iter_init_find(&it, x->cmd, "endSessions") || !BSON_ITER_HOLDS_ARRAY(&it) ||
@@ -2246,10 +2187,10 @@ static void cmd_end_sessions(struct server *s, const struct cmdctx *x, bson_t *r
 /* Runs a retryable write (txnNumber with lsid): a txnNumber seen before on
  * this session replays the reply it got instead of writing twice, an older
  * one is refused, a newer one runs and is remembered when it succeeds. */
-static void run_retryable(struct server *s, const struct cmdctx *x, const struct cmd_def *def,
-			  const bson_value_t *lsid, bson_t *r)
+static void run_retryable(struct server *s, const struct cmdctx *x, const struct cmd_def *def, const bson_value_t *lsid,
+                          bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	const uint8_t *id;
 	uint32_t len;
 	struct session *ss;
@@ -2271,8 +2212,10 @@ static void run_retryable(struct server *s, const struct cmdctx *x, const struct
 	ss = session_get(s, id, len);
 	s->retryable++;
 	if (txn < ss->txn) {
-		fail(&err, E_TRANSACTION_TOO_OLD, "Cannot start transaction %lld on session because a newer "
-		     "transaction %lld has already started", (long long)txn, (long long)ss->txn);
+		fail(&err, E_TRANSACTION_TOO_OLD,
+		     "Cannot start transaction %lld on session because a newer "
+		     "transaction %lld has already started",
+		     (long long)txn, (long long)ss->txn);
 		reply_fail(r, &err);
 		return;
 	}
@@ -2343,11 +2286,10 @@ static int write_begin(const struct cmdctx *x, const char *field, struct write_b
 	if (coll_arg(x, &wb->name, err) || opt_array(x->cmd, field, &wb->stmts, &present, err))
 		return -1;
 	if (!present)
-		return fail(err, E_FAILED_TO_PARSE, "BSON field '%s.%s' is missing but a required field",
-			    x->name, field);
+		return fail(err, E_FAILED_TO_PARSE, "BSON field '%s.%s' is missing but a required field", x->name,
+		            field);
 	if (bson_count_keys(&wb->stmts) > MD_MAX_WRITE_BATCH)
-		return fail(err, E_INVALID_OPTIONS, "Write batch sizes must be between 1 and %d",
-			    MD_MAX_WRITE_BATCH);
+		return fail(err, E_INVALID_OPTIONS, "Write batch sizes must be between 1 and %d", MD_MAX_WRITE_BATCH);
 	wb->ordered = opt_bool(x->cmd, "ordered", true);
 	return 0;
 }
@@ -2367,8 +2309,7 @@ static void write_fail(struct write_batch *wb, bson_t *r, struct mderr *err)
 	err_clear(err);
 }
 
-static int insert_one(struct server *s, const char *db, const char *name, const bson_value_t *v,
-		      struct mderr *err)
+static int insert_one(struct server *s, const char *db, const char *name, const bson_value_t *v, struct mderr *err)
 {
 	struct coll *c = coll_get(s, db, name, NULL);
 	bson_t src, *doc;
@@ -2386,7 +2327,7 @@ static int insert_one(struct server *s, const char *db, const char *name, const 
 
 static void cmd_insert(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	struct write_batch wb;
 	bson_iter_t it;
 	uint32_t pos = 0;
@@ -2418,7 +2359,7 @@ struct upd_result {
 };
 
 static int upsert_doc(struct server *s, const char *db, const char *name, const bson_t *q, const bson_t *u,
-		      const bson_t **stored, struct mderr *err)
+                      const bson_t **stored, struct mderr *err)
 {
 	bson_t *base = bson_new(), *nd = NULL, *doc;
 	struct coll *c;
@@ -2441,8 +2382,8 @@ static int upsert_doc(struct server *s, const char *db, const char *name, const 
 }
 
 /* Applies u to the first (or every, with multi) document matching q. */
-static int run_update(struct server *s, const char *db, const char *name, const bson_t *q, const bson_t *u,
-		      bool upsert, bool multi, struct upd_result *res, struct mderr *err)
+static int run_update(struct server *s, const char *db, const char *name, const bson_t *q, const bson_t *u, bool upsert,
+                      bool multi, struct upd_result *res, struct mderr *err)
 {
 	struct coll *c = coll_find(s, db, name);
 
@@ -2480,7 +2421,7 @@ static int run_update(struct server *s, const char *db, const char *name, const 
 }
 
 static int update_stmt(struct server *s, const struct cmdctx *x, const char *name, const bson_value_t *v,
-		       struct upd_result *res, struct mderr *err)
+                       struct upd_result *res, struct mderr *err)
 {
 	bson_t stmt, q, u;
 	bson_iter_t it;
@@ -2504,14 +2445,14 @@ static int update_stmt(struct server *s, const struct cmdctx *x, const char *nam
 		bson_iter_next(&it);
 		if (bson_iter_key(&it)[0] != '$')
 			return fail(err, E_FAILED_TO_PARSE,
-				    "multi update is not supported for replacement-style update");
+			            "multi update is not supported for replacement-style update");
 	}
 	return run_update(s, x->db, name, &q, &u, opt_bool(&stmt, "upsert", false), multi, res, err);
 }
 
 static void cmd_update(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	struct write_batch wb;
 	bson_t upserted = BSON_INITIALIZER;
 	uint32_t nup = 0, pos = 0;
@@ -2591,7 +2532,7 @@ static int run_delete(struct coll *c, const bson_t *q, bool just_one, int64_t *n
 
 static void cmd_delete(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	struct write_batch wb;
 	bson_iter_t it;
 	uint32_t pos = 0;
@@ -2615,8 +2556,7 @@ static void cmd_delete(struct server *s, const struct cmdctx *x, bson_t *r)
 		else if (!present)
 			rc = fail(&err, E_FAILED_TO_PARSE, "BSON field 'q' is missing but a required field");
 		else if (limit != 0 && limit != 1)
-			rc =
-			    fail(&err, E_FAILED_TO_PARSE, "The limit field in delete objects must be 0 or 1");
+			rc = fail(&err, E_FAILED_TO_PARSE, "The limit field in delete objects must be 0 or 1");
 		else
 			rc = run_delete(coll_find(s, x->db, wb.name), &q, limit == 1, &n, &err);
 		total += n;
@@ -2631,8 +2571,7 @@ static void cmd_delete(struct server *s, const struct cmdctx *x, bson_t *r)
 	write_end(&wb, r);
 }
 
-static int append_projected(bson_t *r, const char *key, const bson_t *doc, const bson_t *proj,
-			    struct mderr *err)
+static int append_projected(bson_t *r, const char *key, const bson_t *doc, const bson_t *proj, struct mderr *err)
 {
 	bson_t out = BSON_INITIALIZER;
 
@@ -2647,8 +2586,8 @@ static int append_projected(bson_t *r, const char *key, const bson_t *doc, const
 
 static void cmd_find_and_modify(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
-	struct doclist hits = { 0 };
+	struct mderr err = {0};
+	struct doclist hits = {0};
 	bson_t q, sort, proj, u, leo;
 	bool has_q, has_sort, has_proj, has_u, do_remove, want_new, upsert;
 	const char *name;
@@ -2658,8 +2597,8 @@ static void cmd_find_and_modify(struct server *s, const struct cmdctx *x, bson_t
 	size_t pos = SIZE_MAX;
 
 	if (coll_arg(x, &name, &err) || opt_doc(x->cmd, "query", &q, &has_q, &err) ||
-	    opt_doc(x->cmd, "sort", &sort, &has_sort, &err) ||
-	    opt_doc(x->cmd, "fields", &proj, &has_proj, &err) || opt_doc(x->cmd, "update", &u, &has_u, &err))
+	    opt_doc(x->cmd, "sort", &sort, &has_sort, &err) || opt_doc(x->cmd, "fields", &proj, &has_proj, &err) ||
+	    opt_doc(x->cmd, "update", &u, &has_u, &err))
 		goto fail;
 	do_remove = opt_bool(x->cmd, "remove", false);
 	want_new = opt_bool(x->cmd, "new", false);
@@ -2734,8 +2673,8 @@ fail:
 
 static void cmd_find(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
-	struct doclist hits = { 0 }, out = { 0 };
+	struct mderr err = {0};
+	struct doclist hits = {0}, out = {0};
 	bson_t filter, sort, proj;
 	bool has_filter, has_sort, has_proj, single;
 	int64_t skip, limit, batch;
@@ -2743,8 +2682,7 @@ static void cmd_find(struct server *s, const struct cmdctx *x, bson_t *r)
 	char ns[MD_NS_MAX];
 
 	if (coll_arg(x, &name, &err) || opt_doc(x->cmd, "filter", &filter, &has_filter, &err) ||
-	    opt_doc(x->cmd, "sort", &sort, &has_sort, &err) ||
-	    opt_doc(x->cmd, "projection", &proj, &has_proj, &err) ||
+	    opt_doc(x->cmd, "sort", &sort, &has_sort, &err) || opt_doc(x->cmd, "projection", &proj, &has_proj, &err) ||
 	    opt_i64(x->cmd, "skip", 0, &skip, &err) || opt_i64(x->cmd, "limit", 0, &limit, &err) ||
 	    opt_i64(x->cmd, "batchSize", -1, &batch, &err))
 		goto fail;
@@ -2783,7 +2721,7 @@ fail:
 
 static void cmd_get_more(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	bson_iter_t it;
 	bson_t cur, arr;
 	int64_t id, batch;
@@ -2812,8 +2750,8 @@ static void cmd_get_more(struct server *s, const struct cmdctx *x, bson_t *r)
 	c = s->curs[i];
 	make_ns(ns, x->db, coll);
 	if (strcmp(ns, c->ns) != 0) {
-		fail(&err, E_UNAUTHORIZED, "Requested getMore on namespace '%s', but cursor belongs to '%s'",
-		     ns, c->ns);
+		fail(&err, E_UNAUTHORIZED, "Requested getMore on namespace '%s', but cursor belongs to '%s'", ns,
+		     c->ns);
 		goto fail;
 	}
 	BSON_APPEND_DOCUMENT_BEGIN(r, "cursor", &cur);
@@ -2834,7 +2772,7 @@ fail:
 
 static void cmd_kill_cursors(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	bson_t ids, killed = BSON_INITIALIZER, missing = BSON_INITIALIZER, empty = BSON_INITIALIZER;
 	bson_iter_t it;
 	bool present;
@@ -2873,8 +2811,8 @@ static void cmd_kill_cursors(struct server *s, const struct cmdctx *x, bson_t *r
 
 static void cmd_count(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
-	struct doclist hits = { 0 };
+	struct mderr err = {0};
+	struct doclist hits = {0};
 	bson_t q;
 	bool has_q;
 	int64_t skip, limit, n;
@@ -2943,7 +2881,7 @@ static int parse_group(const bson_value_t *stage, struct group_spec *gs, struct 
 
 			if (is_operator_doc(v, &sub))
 				return fail(err, E_BAD_VALUE,
-					    "$group _id expressions are not supported by mongo_double");
+				            "$group _id expressions are not supported by mongo_double");
 			gs->id = *v;
 			has_id = true;
 			continue;
@@ -2958,11 +2896,10 @@ static int parse_group(const bson_value_t *stage, struct group_spec *gs, struct 
 			gs->arg[gs->n].value_type = BSON_TYPE_INT32;
 			gs->arg[gs->n].value.v_int32 = 1;
 		} else if (strcmp(bson_iter_key(&ait), "$sum") == 0 &&
-			   (val_is_num(bson_iter_value(&ait)) || is_field_path(bson_iter_value(&ait)))) {
+		           (val_is_num(bson_iter_value(&ait)) || is_field_path(bson_iter_value(&ait)))) {
 			gs->arg[gs->n] = *bson_iter_value(&ait);
 		} else {
-			return fail(err, E_UNKNOWN_GROUP_OP, "unknown group operator '%s'",
-				    bson_iter_key(&ait));
+			return fail(err, E_UNKNOWN_GROUP_OP, "unknown group operator '%s'", bson_iter_key(&ait));
 		}
 		gs->n++;
 	}
@@ -3004,7 +2941,7 @@ static int stage_group(struct doclist *l, const bson_value_t *stage, struct mder
 	struct group_spec gs;
 	struct group *groups = NULL;
 	size_t ng = 0, capg = 0;
-	struct doclist out = { 0 };
+	struct doclist out = {0};
 
 	if (parse_group(stage, &gs, err))
 		return -1;
@@ -3117,8 +3054,7 @@ static int run_stage(struct doclist *l, const char *op, const bson_value_t *arg,
 	if (strcmp(op, "$count") == 0) {
 		size_t n = l->n;
 
-		if (arg->value_type != BSON_TYPE_UTF8 || arg->value.v_utf8.len == 0 ||
-		    arg->value.v_utf8.str[0] == '$')
+		if (arg->value_type != BSON_TYPE_UTF8 || arg->value.v_utf8.len == 0 || arg->value.v_utf8.str[0] == '$')
 			return fail(err, 40156, "the count field must be a non-empty string");
 		doclist_free(l);
 		if (n > 0) {
@@ -3139,8 +3075,8 @@ static int run_stage(struct doclist *l, const char *op, const bson_value_t *arg,
 
 static void cmd_aggregate(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
-	struct doclist l = { 0 };
+	struct mderr err = {0};
+	struct doclist l = {0};
 	bson_t pipeline, cursor, stage;
 	bool has_pipeline, has_cursor;
 	bson_iter_t it, sit;
@@ -3164,8 +3100,7 @@ static void cmd_aggregate(struct server *s, const struct cmdctx *x, bson_t *r)
 	while (bson_iter_next(&it)) {
 		if (!BSON_ITER_HOLDS_DOCUMENT(&it) || !val_doc(bson_iter_value(&it), &stage) ||
 		    bson_count_keys(&stage) != 1 || !bson_iter_init(&sit, &stage) || !bson_iter_next(&sit)) {
-			fail(&err, 40323,
-			     "A pipeline stage specification object must contain exactly one field");
+			fail(&err, 40323, "A pipeline stage specification object must contain exactly one field");
 			goto fail;
 		}
 		if (run_stage(&l, bson_iter_key(&sit), bson_iter_value(&sit), &err))
@@ -3193,13 +3128,12 @@ static int create_index(struct coll *c, const bson_t *spec, struct mderr *err)
 	if (opt_doc(spec, "key", &key, &has_key, err))
 		return -1;
 	if (!has_key || bson_empty(&key))
-		return fail(err, E_FAILED_TO_PARSE,
-			    "The 'key' field is a required property of an index specification");
+		return fail(err, E_FAILED_TO_PARSE, "The 'key' field is a required property of an index specification");
 	if (bson_count_keys(&key) > MD_MAX_KEYS)
 		return fail(err, E_BAD_VALUE, "too many fields in index key");
 	if (!bson_iter_init_find(&it, spec, "name") || !BSON_ITER_HOLDS_UTF8(&it))
 		return fail(err, E_FAILED_TO_PARSE,
-			    "The 'name' field is a required property of an index specification");
+		            "The 'name' field is a required property of an index specification");
 	name = bson_iter_utf8(&it, NULL);
 	if (bson_has_field(spec, "partialFilterExpression"))
 		return fail(err, E_BAD_VALUE, "partial indexes are not supported by mongo_double");
@@ -3215,11 +3149,11 @@ static int create_index(struct coll *c, const bson_t *spec, struct mderr *err)
 			if (same_key && o->unique == ix.unique && o->sparse == ix.sparse)
 				return 0;
 			return fail(err, E_INDEX_KEY_SPECS_CONFLICT,
-				    "An existing index has the same name as the requested index: %s", name);
+			            "An existing index has the same name as the requested index: %s", name);
 		}
 		if (same_key)
-			return fail(err, E_INDEX_OPTIONS_CONFLICT,
-				    "Index already exists with a different name: %s", o->name);
+			return fail(err, E_INDEX_OPTIONS_CONFLICT, "Index already exists with a different name: %s",
+			            o->name);
 	}
 	for (size_t i = 0; i < c->docs.n; i++)
 		if (check_index(c, &ix, c->docs.v[i], i, err))
@@ -3235,7 +3169,7 @@ static int create_index(struct coll *c, const bson_t *spec, struct mderr *err)
 
 static void cmd_create_indexes(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	bson_t specs, spec;
 	bool present, created;
 	bson_iter_t it;
@@ -3274,8 +3208,8 @@ fail:
 
 static void cmd_list_indexes(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
-	struct doclist l = { 0 };
+	struct mderr err = {0};
+	struct doclist l = {0};
 	const char *name;
 	struct coll *c;
 	char ns[MD_NS_MAX];
@@ -3294,7 +3228,7 @@ static void cmd_list_indexes(struct server *s, const struct cmdctx *x, bson_t *r
 	}
 	for (size_t i = 0; i < c->nidx; i++) {
 		bson_t *d = BCON_NEW("v", BCON_INT32(2), "key", BCON_DOCUMENT(c->idx[i].key), "name",
-				     BCON_UTF8(c->idx[i].name));
+		                     BCON_UTF8(c->idx[i].name));
 
 		if (c->idx[i].unique && i > 0)
 			BSON_APPEND_BOOL(d, "unique", true);
@@ -3311,7 +3245,7 @@ fail:
 
 static void cmd_drop_indexes(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	const char *name;
 	struct coll *c;
 	bson_iter_t it;
@@ -3361,14 +3295,13 @@ fail:
 
 static void cmd_list_collections(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
-	struct doclist l = { 0 };
+	struct mderr err = {0};
+	struct doclist l = {0};
 	bson_t filter;
 	bool has_filter, name_only = opt_bool(x->cmd, "nameOnly", false);
 	char ns[MD_NS_MAX];
 
-	if (opt_doc(x->cmd, "filter", &filter, &has_filter, &err) ||
-	    check_filter(has_filter ? &filter : NULL, &err))
+	if (opt_doc(x->cmd, "filter", &filter, &has_filter, &err) || check_filter(has_filter ? &filter : NULL, &err))
 		goto fail;
 	for (size_t i = 0; i < s->ncolls; i++) {
 		bson_t *d;
@@ -3379,8 +3312,8 @@ static void cmd_list_collections(struct server *s, const struct cmdctx *x, bson_
 		d = BCON_NEW("name", BCON_UTF8(s->colls[i]->name), "type", BCON_UTF8("collection"));
 		if (!name_only) {
 			BCON_APPEND(d, "options", "{", "}", "info", "{", "readOnly", BCON_BOOL(false), "}");
-			BCON_APPEND(d, "idIndex", "{", "v", BCON_INT32(2), "key", "{", "_id", BCON_INT32(1),
-				    "}", "name", BCON_UTF8("_id_"), "}");
+			BCON_APPEND(d, "idIndex", "{", "v", BCON_INT32(2), "key", "{", "_id", BCON_INT32(1), "}",
+			            "name", BCON_UTF8("_id_"), "}");
 		}
 		m = match_doc(d, has_filter ? &filter : NULL, &err);
 		if (m > 0)
@@ -3401,7 +3334,7 @@ fail:
 
 static void cmd_create(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	const char *name;
 
 	if (!coll_arg(x, &name, &err) && coll_find(s, x->db, name))
@@ -3417,7 +3350,7 @@ static void cmd_create(struct server *s, const struct cmdctx *x, bson_t *r)
 
 static void cmd_drop(struct server *s, const struct cmdctx *x, bson_t *r)
 {
-	struct mderr err = { 0 };
+	struct mderr err = {0};
 	const char *name;
 	struct coll *c;
 	char ns[MD_NS_MAX];
@@ -3447,30 +3380,30 @@ static void cmd_drop_database(struct server *s, const struct cmdctx *x, bson_t *
 }
 
 static const struct cmd_def commands[] = {
-	{ "hello", cmd_hello, false, false },
-	{ "isMaster", cmd_hello, false, false },
-	{ "ismaster", cmd_hello, false, false },
-	{ "endSessions", cmd_end_sessions, false, false },
-	{ "ping", cmd_ok, true, false },
-	{ "buildInfo", cmd_build_info, true, false },
-	{ "buildinfo", cmd_build_info, true, false },
-	{ "insert", cmd_insert, true, true },
-	{ "find", cmd_find, true, false },
-	{ "getMore", cmd_get_more, true, false },
-	{ "killCursors", cmd_kill_cursors, true, false },
-	{ "update", cmd_update, true, true },
-	{ "delete", cmd_delete, true, true },
-	{ "findAndModify", cmd_find_and_modify, true, true },
-	{ "findandmodify", cmd_find_and_modify, true, true },
-	{ "count", cmd_count, true, false },
-	{ "aggregate", cmd_aggregate, true, false },
-	{ "createIndexes", cmd_create_indexes, true, false },
-	{ "listIndexes", cmd_list_indexes, true, false },
-	{ "dropIndexes", cmd_drop_indexes, true, false },
-	{ "listCollections", cmd_list_collections, true, false },
-	{ "create", cmd_create, true, false },
-	{ "drop", cmd_drop, true, false },
-	{ "dropDatabase", cmd_drop_database, true, false },
+    {"hello", cmd_hello, false, false},
+    {"isMaster", cmd_hello, false, false},
+    {"ismaster", cmd_hello, false, false},
+    {"endSessions", cmd_end_sessions, false, false},
+    {"ping", cmd_ok, true, false},
+    {"buildInfo", cmd_build_info, true, false},
+    {"buildinfo", cmd_build_info, true, false},
+    {"insert", cmd_insert, true, true},
+    {"find", cmd_find, true, false},
+    {"getMore", cmd_get_more, true, false},
+    {"killCursors", cmd_kill_cursors, true, false},
+    {"update", cmd_update, true, true},
+    {"delete", cmd_delete, true, true},
+    {"findAndModify", cmd_find_and_modify, true, true},
+    {"findandmodify", cmd_find_and_modify, true, true},
+    {"count", cmd_count, true, false},
+    {"aggregate", cmd_aggregate, true, false},
+    {"createIndexes", cmd_create_indexes, true, false},
+    {"listIndexes", cmd_list_indexes, true, false},
+    {"dropIndexes", cmd_drop_indexes, true, false},
+    {"listCollections", cmd_list_collections, true, false},
+    {"create", cmd_create, true, false},
+    {"drop", cmd_drop, true, false},
+    {"dropDatabase", cmd_drop_database, true, false},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
@@ -3479,7 +3412,7 @@ static const struct cmd_def commands[] = {
  * state changed (SDAM). */
 static bool is_state_change(int code)
 {
-	static const int codes[] = { 91, 189, 10058, 10107, 11600, 11602, 13435, 13436 };
+	static const int codes[] = {91, 189, 10058, 10107, 11600, 11602, 13435, 13436};
 
 	for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
 		if (codes[i] == code)
@@ -3513,8 +3446,8 @@ static void state_change(struct server *s, struct mderr *err)
  * be closed instead of answered. */
 static bool run_command(struct server *s, struct conn *c, const char *db, const bson_t *cmd, bson_t *r)
 {
-	struct mderr err = { 0 };
-	struct cmdctx x = { db, "", cmd, c };
+	struct mderr err = {0};
+	struct cmdctx x = {db, "", cmd, c};
 	const struct cmd_def *def = NULL;
 	const bson_value_t *lsid = NULL;
 	bson_iter_t it;
@@ -3530,8 +3463,7 @@ static bool run_command(struct server *s, struct conn *c, const char *db, const 
 	if (s->verbose) {
 		char *json = bson_as_relaxed_extended_json(cmd, NULL);
 
-		fprintf(stderr, "mongo_double: conn %lld db %s: %.400s\n", (long long)c->id, db,
-			json ? json : "?");
+		fprintf(stderr, "mongo_double: conn %lld db %s: %.400s\n", (long long)c->id, db, json ? json : "?");
 		bson_free(json);
 	}
 	if (!def || def->data) {
@@ -3598,8 +3530,8 @@ static uint32_t crc32c(const uint8_t *p, size_t n)
 }
 
 /* Queues one reply; returns the requestID it carries. */
-static int32_t conn_queue(struct server *s, struct conn *c, int32_t response_to, int32_t opcode,
-			  const uint8_t *prefix, size_t plen, const bson_t *doc)
+static int32_t conn_queue(struct server *s, struct conn *c, int32_t response_to, int32_t opcode, const uint8_t *prefix,
+                          size_t plen, const bson_t *doc)
 {
 	size_t len = 16 + plen + doc->len;
 	struct chunk *ch = bson_malloc(sizeof *ch + len);
@@ -3725,8 +3657,8 @@ static void stream_end(struct conn *c)
  * previous one has left. */
 static void stream_tick(struct server *s, struct conn *c, int64_t now)
 {
-	uint8_t prefix[5] = { 0 };
-	struct cmdctx x = { c->stream_db, "", c->stream_cmd, c };
+	uint8_t prefix[5] = {0};
+	struct cmdctx x = {c->stream_db, "", c->stream_cmd, c};
 	bson_iter_t it;
 	bson_t r;
 
@@ -3749,18 +3681,18 @@ static void stream_tick(struct server *s, struct conn *c, int64_t now)
  * topologyVersion is current) is answered after maxAwaitTimeMS; with the
  * exhaustAllowed flag it starts a stream of replies with moreToCome instead,
  * the way a server feeds a driver's streaming monitor. */
-static void queue_op_msg_reply(struct server *s, struct conn *c, const char *db, const bson_t *cmd,
-			       uint32_t flags, int32_t req_id, const bson_t *reply)
+static void queue_op_msg_reply(struct server *s, struct conn *c, const char *db, const bson_t *cmd, uint32_t flags,
+                               int32_t req_id, const bson_t *reply)
 {
-	uint8_t prefix[5] = { 0 };
-	struct mderr err = { 0 };
+	uint8_t prefix[5] = {0};
+	struct mderr err = {0};
 	int64_t wait_ms = 0;
 	int await = 0;
 
 	if (is_hello(cmd) && reply_ok(reply) && bson_has_field(cmd, "maxAwaitTimeMS"))
 		await = hello_await(s, cmd, &wait_ms, &err); /* ok reply: the fields are valid */
-	if (await >= 0 && bson_has_field(cmd, "maxAwaitTimeMS") && (flags & MSG_EXHAUST_ALLOWED) &&
-	    is_hello(cmd) && reply_ok(reply)) {
+	if (await >= 0 && bson_has_field(cmd, "maxAwaitTimeMS") && (flags & MSG_EXHAUST_ALLOWED) && is_hello(cmd) &&
+	    reply_ok(reply)) {
 		/* The stream starts at once when the client's topologyVersion is
 		 * stale, after maxAwaitTimeMS when it is current. */
 		stream_end(c);
@@ -3836,7 +3768,7 @@ static bool handle_op_msg(struct server *s, struct conn *c, const uint8_t *msg, 
 		return false;
 	bson_init(&reply);
 	if (!bson_iter_init_find(&it, &cmd, "$db") || !BSON_ITER_HOLDS_UTF8(&it)) {
-		struct mderr err = { 0 };
+		struct mderr err = {0};
 
 		fail(&err, E_MISSING_DB, "BSON field '$db' is missing but a required field");
 		reply_fail(&reply, &err);
@@ -3848,18 +3780,19 @@ static bool handle_op_msg(struct server *s, struct conn *c, const uint8_t *msg, 
 	if (!close_conn && s->replset)
 		append_cluster_time(s, &reply);
 	if (!close_conn && !(flags & MSG_MORE_TO_COME))
-		queue_op_msg_reply(s, c, bson_iter_init_find(&it, &cmd, "$db") && BSON_ITER_HOLDS_UTF8(&it)
-					 ? bson_iter_utf8(&it, NULL) : "admin",
-				   &cmd, flags, req_id, &reply);
+		queue_op_msg_reply(s, c,
+		                   bson_iter_init_find(&it, &cmd, "$db") && BSON_ITER_HOLDS_UTF8(&it)
+		                       ? bson_iter_utf8(&it, NULL)
+		                       : "admin",
+		                   &cmd, flags, req_id, &reply);
 	bson_destroy(&reply);
 	bson_destroy(&cmd);
 	return !close_conn;
 }
 
-static void queue_op_reply(struct server *s, struct conn *c, int32_t req_id, uint32_t flags,
-			   const bson_t *doc)
+static void queue_op_reply(struct server *s, struct conn *c, int32_t req_id, uint32_t flags, const bson_t *doc)
 {
-	uint8_t prefix[20] = { 0 };
+	uint8_t prefix[20] = {0};
 
 	wr32(prefix, flags);
 	wr32(prefix + 16, 1); /* numberReturned; cursorID and startingFrom stay 0 */
@@ -3906,7 +3839,7 @@ static bool handle_op_query(struct server *s, struct conn *c, const uint8_t *msg
 	if (strcmp(name, "hello") == 0 || strcmp(name, "isMaster") == 0 || strcmp(name, "ismaster") == 0) {
 		close_conn = run_command(s, c, db, &cmd, &reply);
 	} else {
-		struct mderr err = { 0 };
+		struct mderr err = {0};
 
 		s->served++;
 		fail(&err, E_UNSUPPORTED_OP_QUERY,
@@ -4165,17 +4098,17 @@ static void format_stats(const struct server *s, char *out, size_t len)
 	for (size_t i = 0; i < s->nconns; i++)
 		nopen += !s->conns[i]->dead;
 	used = (size_t)snprintf(out, len,
-				"ok served=%llu data=%llu accepted=%llu open=%zu cursors=%zu listening=%d"
-				" lsid=%llu retryable=%llu retried=%llu sessions=%zu streamed=%llu",
-				(unsigned long long)s->served, (unsigned long long)s->data_served,
-				(unsigned long long)s->accepted, nopen, s->ncurs, !s->stopped,
-				(unsigned long long)s->with_lsid, (unsigned long long)s->retryable,
-				(unsigned long long)s->retried, s->nsessions, (unsigned long long)s->streamed);
+	                        "ok served=%llu data=%llu accepted=%llu open=%zu cursors=%zu listening=%d"
+	                        " lsid=%llu retryable=%llu retried=%llu sessions=%zu streamed=%llu",
+	                        (unsigned long long)s->served, (unsigned long long)s->data_served,
+	                        (unsigned long long)s->accepted, nopen, s->ncurs, !s->stopped,
+	                        (unsigned long long)s->with_lsid, (unsigned long long)s->retryable,
+	                        (unsigned long long)s->retried, s->nsessions, (unsigned long long)s->streamed);
 	for (size_t i = 0; i <= N_COMMANDS && used + 64 < len; i++) {
 		if (s->cmd_counts[i])
 			used += (size_t)snprintf(out + used, len - used, " %s=%llu",
-						 i < N_COMMANDS ? commands[i].name : "unknown",
-						 (unsigned long long)s->cmd_counts[i]);
+			                         i < N_COMMANDS ? commands[i].name : "unknown",
+			                         (unsigned long long)s->cmd_counts[i]);
 	}
 	snprintf(out + used, len - used, "\n");
 }
@@ -4215,7 +4148,7 @@ static void ctl_exec(struct server *s, struct ctl *k, char *line)
 	} else if (strcmp(cmd, "drop-reply") == 0 && (!a1 || parse_count(a1, 0, UINT32_MAX, &n))) {
 		s->drop_reply = n;
 	} else if (strcmp(cmd, "error") == 0 && parse_count(a1, 1, INT32_MAX, &v) &&
-		   (!a2 || parse_count(a2, 0, UINT32_MAX, &n))) {
+	           (!a2 || parse_count(a2, 0, UINT32_MAX, &n))) {
 		s->err_code = (int)v;
 		s->err_left = n;
 	} else if (strcmp(cmd, "refuse") == 0 && a1 && (!strcmp(a1, "on") || !strcmp(a1, "off"))) {
@@ -4329,16 +4262,15 @@ static void serve(struct server *s, int64_t deadline, const sigset_t *waitmask)
 		nctls = s->nctls;
 		nconns = s->nconns;
 		pfds = grow(pfds, &cap, 2 + nctls + nconns, sizeof *pfds);
-		pfds[0] = (struct pollfd){ s->lfd, POLLIN, 0 };
-		pfds[1] = (struct pollfd){ s->ctl_lfd, POLLIN, 0 };
+		pfds[0] = (struct pollfd){s->lfd, POLLIN, 0};
+		pfds[1] = (struct pollfd){s->ctl_lfd, POLLIN, 0};
 		for (size_t i = 0; i < nctls; i++)
-			pfds[n++] = (struct pollfd){ s->ctls[i]->fd, POLLIN, 0 };
+			pfds[n++] = (struct pollfd){s->ctls[i]->fd, POLLIN, 0};
 		for (size_t i = 0; i < nconns; i++) {
 			struct conn *c = s->conns[i];
 
-			pfds[n++] = (struct pollfd){
-				c->fd, (short)(POLLIN | (c->head && c->head->due <= now ? POLLOUT : 0)), 0
-			};
+			pfds[n++] =
+			    (struct pollfd){c->fd, (short)(POLLIN | (c->head && c->head->due <= now ? POLLOUT : 0)), 0};
 			if (c->head && c->head->due > now && c->head->due < wake)
 				wake = c->head->due;
 			if (c->stream_cmd && !c->head && c->stream_due < wake)
@@ -4397,27 +4329,23 @@ static int write_port_file(const char *path, int port, int ctl_port)
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: mongo_double [--port N] [--port-file FILE] [--control PATH|@NAME|PORT]\n"
-		   "                    [--max-lifetime SECONDS (default 600)] [--replset NAME] [--verbose]\n"
-		   "A MongoDB wire-protocol test double bound to 127.0.0.1. The port file gets the\n"
-		   "bound port (and the control port on a second line when --control is numeric).\n"
-		   "The control socket is a Unix stream socket (@NAME: abstract namespace).\n"
-		   "--replset: answer as the primary of a one-member replica set (drivers then send\n"
-		   "retryable writes with txnNumber and gossip $clusterTime); default: standalone.\n"
-		   "Control lines: delay MS | drop | drop-next [N] | drop-reply [N] | error CODE [N] |\n"
-		   "               refuse on|off | stop | start | reset | clear | stats | ping\n");
+	           "                    [--max-lifetime SECONDS (default 600)] [--replset NAME] [--verbose]\n"
+	           "A MongoDB wire-protocol test double bound to 127.0.0.1. The port file gets the\n"
+	           "bound port (and the control port on a second line when --control is numeric).\n"
+	           "The control socket is a Unix stream socket (@NAME: abstract namespace).\n"
+	           "--replset: answer as the primary of a one-member replica set (drivers then send\n"
+	           "retryable writes with txnNumber and gossip $clusterTime); default: standalone.\n"
+	           "Control lines: delay MS | drop | drop-next [N] | drop-reply [N] | error CODE [N] |\n"
+	           "               refuse on|off | stop | start | reset | clear | stats | ping\n");
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "port", required_argument, NULL, 'p' },
-		{ "port-file", required_argument, NULL, 'f' },
-		{ "control", required_argument, NULL, 'c' },
-		{ "max-lifetime", required_argument, NULL, 'l' },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "replset", required_argument, NULL, 'r' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"port", required_argument, NULL, 'p'},    {"port-file", required_argument, NULL, 'f'},
+	    {"control", required_argument, NULL, 'c'}, {"max-lifetime", required_argument, NULL, 'l'},
+	    {"verbose", no_argument, NULL, 'v'},       {"replset", required_argument, NULL, 'r'},
+	    {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
 	};
 	struct server s;
 	const char *port_file = NULL, *control = NULL;
@@ -4434,29 +4362,20 @@ int main(int argc, char **argv)
 			if (!parse_count(optarg, 0, 65535, &port))
 				goto bad_usage;
 			break;
-		case 'f':
-			port_file = optarg;
-			break;
-		case 'c':
-			control = optarg;
-			break;
+		case 'f': port_file = optarg; break;
+		case 'c': control = optarg; break;
 		case 'l':
 			if (!parse_count(optarg, 1, 86400, &lifetime))
 				goto bad_usage;
 			break;
-		case 'v':
-			s.verbose = true;
-			break;
+		case 'v': s.verbose = true; break;
 		case 'r':
 			if (!*optarg || strlen(optarg) > 64)
 				goto bad_usage;
 			s.replset = optarg;
 			break;
-		case 'h':
-			usage(stdout);
-			return 0;
-		default:
-			goto bad_usage;
+		case 'h': usage(stdout); return 0;
+		default: goto bad_usage;
 		}
 	}
 	if (optind != argc)

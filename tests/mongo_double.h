@@ -25,11 +25,11 @@
 #include <sys/types.h>
 
 struct mdouble {
-	pid_t pid;          /* the double's process, 0 when not running */
-	int port;           /* its MongoDB port on 127.0.0.1 */
-	char uri[128];      /* mongodb://127.0.0.1:PORT/resil_test?serverSelectionTimeoutMS=1000 */
-	char dir[64];       /* temp directory for the port file, empty once started */
-	char control[128];  /* control socket, "@name" in the abstract namespace */
+	pid_t pid;         /* the double's process, 0 when not running */
+	int port;          /* its MongoDB port on 127.0.0.1 */
+	char uri[128];     /* mongodb://127.0.0.1:PORT/resil_test?serverSelectionTimeoutMS=1000 */
+	char dir[64];      /* temp directory for the port file, empty once started */
+	char control[128]; /* control socket, "@name" in the abstract namespace */
 };
 
 /* Starts a double (default --max-lifetime 600 s) and waits until it listens.

@@ -30,7 +30,7 @@
 
 static void sleep_ms(long ms)
 {
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
 
 	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
 		;
@@ -161,7 +161,7 @@ int mdouble_start_lifetime(struct mdouble *md, int max_lifetime_s)
 		if (port > 0) {
 			md->port = port;
 			snprintf(md->uri, sizeof md->uri,
-				 "mongodb://127.0.0.1:%d/resil_test?serverSelectionTimeoutMS=1000", port);
+			         "mongodb://127.0.0.1:%d/resil_test?serverSelectionTimeoutMS=1000", port);
 			remove_dir(md);
 			return 0;
 		}
@@ -199,7 +199,7 @@ int mdouble_query(struct mdouble *md, const char *line, char *out, size_t outlen
 {
 	struct sockaddr_un sa;
 	size_t clen = strlen(md->control);
-	struct timeval tv = { 5, 0 };
+	struct timeval tv = {5, 0};
 	char buf[1024];
 	size_t got = 0;
 	char *nl;
@@ -220,8 +220,7 @@ int mdouble_query(struct mdouble *md, const char *line, char *out, size_t outlen
 	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
 	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0 ||
 	    connect(fd, (struct sockaddr *)&sa,
-		    (socklen_t)(offsetof(struct sockaddr_un, sun_path) + clen + (md->control[0] != '@'))) !=
-		0 ||
+	            (socklen_t)(offsetof(struct sockaddr_un, sun_path) + clen + (md->control[0] != '@'))) != 0 ||
 	    send_all(fd, line, strlen(line)) != 0 || send_all(fd, "\n", 1) != 0) {
 		close(fd);
 		return -1;

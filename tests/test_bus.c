@@ -112,7 +112,7 @@ START_TEST(test_bus_a_worker_that_never_reads_loses_records_but_not_the_others)
 {
 	int fd = -1;
 	ck_assert_int_eq(bus_hub_attach(hub, 5, &fd), 0); /* attached, never read */
-	const int n = BUS_PEER_QUEUE_MSGS + 40000; /* more than the kernel and the hub queue hold */
+	const int n = BUS_PEER_QUEUE_MSGS + 40000;        /* more than the kernel and the hub queue hold */
 	char msg[16];
 	int sent = 0;
 	for (int i = 0; i < n; i++) {
@@ -193,11 +193,11 @@ static Suite *bus_suite(void)
 		const char *name;
 		const TTest *test;
 	} cases[] = {
-		{"order", test_bus_every_worker_gets_every_record_in_one_order},
-		{"slow_peer", test_bus_a_worker_that_never_reads_loses_records_but_not_the_others},
-		{"exit", test_bus_records_sent_before_a_worker_exits_are_still_forwarded},
-		{"loopback", test_bus_without_a_hub_loops_back_after_publish_returns},
-		{"sizes", test_bus_refuses_empty_and_oversized_records},
+	    {"order", test_bus_every_worker_gets_every_record_in_one_order},
+	    {"slow_peer", test_bus_a_worker_that_never_reads_loses_records_but_not_the_others},
+	    {"exit", test_bus_records_sent_before_a_worker_exits_are_still_forwarded},
+	    {"loopback", test_bus_without_a_hub_loops_back_after_publish_returns},
+	    {"sizes", test_bus_refuses_empty_and_oversized_records},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		TCase *tc = tcase_create(cases[i].name);

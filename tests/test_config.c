@@ -7,8 +7,8 @@
 #define _GNU_SOURCE
 #include "../src/config.h"
 
-#include <check.h>
 #include <arpa/inet.h>
+#include <check.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -239,18 +239,18 @@ START_TEST(test_file_accepts_comments_quotes_and_sections)
 	const char *args[] = {"--config", NULL, NULL};
 
 	args[1] = write_conf("\xef\xbb\xbf# a comment\n"
-			     "; another comment\n"
-			     "\n"
-			     "[server]\n"
-			     "  listen   =   0.0.0.0:9000   # inline comment\r\n"
-			     "workers=2;inline\n"
-			     "[security] ; comment after a section\n"
-			     "jwt_secret = \"abc#def;ghi \\\"quoted\\\" and \\\\ 0123456789\"  # comment\n"
-			     "cors_origins = http://a.example , https://b.example:8443,,\n"
-			     "log_file = \"\"\n"
-			     "Body_Limit = 512K\n"
-			     "external_api_url = https://api.example.com/v1/\n"
-			     "user = www-data\n");
+	                     "; another comment\n"
+	                     "\n"
+	                     "[server]\n"
+	                     "  listen   =   0.0.0.0:9000   # inline comment\r\n"
+	                     "workers=2;inline\n"
+	                     "[security] ; comment after a section\n"
+	                     "jwt_secret = \"abc#def;ghi \\\"quoted\\\" and \\\\ 0123456789\"  # comment\n"
+	                     "cors_origins = http://a.example , https://b.example:8443,,\n"
+	                     "log_file = \"\"\n"
+	                     "Body_Limit = 512K\n"
+	                     "external_api_url = https://api.example.com/v1/\n"
+	                     "user = www-data\n");
 	load_ok(&c, args);
 	ck_assert_str_eq(c.listen, "0.0.0.0:9000");
 	ck_assert_int_eq(c.workers, 2);
@@ -283,14 +283,14 @@ END_TEST
 START_TEST(test_environment_overrides_file_and_command_line_overrides_both)
 {
 	struct resil_config c;
-	const char *args[] = {"-c", NULL, "--listen", "[::1]:7000", "--db=mongodb://h/x", "--control", "/tmp/x.sock",
-			      "--foreground", "--check-config", NULL};
+	const char *args[] = {"-c",        NULL,          "--listen",     "[::1]:7000",     "--db=mongodb://h/x",
+	                      "--control", "/tmp/x.sock", "--foreground", "--check-config", NULL};
 
 	args[1] = write_conf("listen = 10.0.0.1:1\n"
-			     "db = sqlite:file.db\n"
-			     "body_limit = 1k\n"
-			     "rate_limit = 5/1m\n"
-			     "control = /tmp/file.sock\n");
+	                     "db = sqlite:file.db\n"
+	                     "body_limit = 1k\n"
+	                     "rate_limit = 5/1m\n"
+	                     "control = /tmp/file.sock\n");
 	env_set("RESIL_LISTEN", "10.0.0.2:2");
 	env_set("RESIL_BODY_LIMIT", "2k");
 	env_set("RESIL_DB", "sqlite:env.db");
@@ -364,38 +364,38 @@ START_TEST(test_every_value_kind_is_validated)
 	static const struct {
 		const char *line, *key;
 	} bad[] = {
-		{"workers = 0", "workers"},
-		{"workers = 257", "workers"},
-		{"db = postgres://x", "db"},
-		{"db = sqlite:", "db"},
-		{"env = staging", "env"},
-		{"jwt_expire = 500ms", "jwt_expire"},
-		{"log_level = verbose", "log_level"},
-		{"log_format = xml", "log_format"},
-		{"cors_origins = localhost:3000", "cors_origins"},
-		{"cors_origins = http://a.example/path", "cors_origins"},
-		{"rate_limit = 0/15m", "rate_limit"},
-		{"rate_limit = 100", "rate_limit"},
-		{"body_limit = 0", "body_limit"},
-		{"max_memory = -1", "max_memory"},
-		{"external_api_url = ftp://x", "external_api_url"},
-		{"external_api_key = \"a b\"", "external_api_key"},
-		{"external_api_timeout = 5x", "external_api_timeout"},
-		{"max_connections = 0", "max_connections"},
-		{"ws_message_rate = 0", "ws_message_rate"},
-		{"ws_message_rate = 1000001", "ws_message_rate"},
-		{"keepalive_timeout = -5s", "keepalive_timeout"},
-		{"header_timeout = 1.5s", "header_timeout"},
-		{"request_timeout = 99999999999999999999", "request_timeout"},
-		{"listen_timeout = s", "listen_timeout"},
-		{"db_pool_size = 1025", "db_pool_size"},
-		{"job_threads = x", "job_threads"},
-		{"user = \"bad user\"", "user"},
-		{"group = -root", "group"},
-		{"listen = 1.2.3.4:65536", "listen"},
-		{"listen = [::1:80", "listen"},
-		{"listen = unix:relative.sock", "listen"},
-		{"control = \"\"", "control"},
+	    {"workers = 0", "workers"},
+	    {"workers = 257", "workers"},
+	    {"db = postgres://x", "db"},
+	    {"db = sqlite:", "db"},
+	    {"env = staging", "env"},
+	    {"jwt_expire = 500ms", "jwt_expire"},
+	    {"log_level = verbose", "log_level"},
+	    {"log_format = xml", "log_format"},
+	    {"cors_origins = localhost:3000", "cors_origins"},
+	    {"cors_origins = http://a.example/path", "cors_origins"},
+	    {"rate_limit = 0/15m", "rate_limit"},
+	    {"rate_limit = 100", "rate_limit"},
+	    {"body_limit = 0", "body_limit"},
+	    {"max_memory = -1", "max_memory"},
+	    {"external_api_url = ftp://x", "external_api_url"},
+	    {"external_api_key = \"a b\"", "external_api_key"},
+	    {"external_api_timeout = 5x", "external_api_timeout"},
+	    {"max_connections = 0", "max_connections"},
+	    {"ws_message_rate = 0", "ws_message_rate"},
+	    {"ws_message_rate = 1000001", "ws_message_rate"},
+	    {"keepalive_timeout = -5s", "keepalive_timeout"},
+	    {"header_timeout = 1.5s", "header_timeout"},
+	    {"request_timeout = 99999999999999999999", "request_timeout"},
+	    {"listen_timeout = s", "listen_timeout"},
+	    {"db_pool_size = 1025", "db_pool_size"},
+	    {"job_threads = x", "job_threads"},
+	    {"user = \"bad user\"", "user"},
+	    {"group = -root", "group"},
+	    {"listen = 1.2.3.4:65536", "listen"},
+	    {"listen = [::1:80", "listen"},
+	    {"listen = unix:relative.sock", "listen"},
+	    {"control = \"\"", "control"},
 	};
 	char err[CONFIG_ERR_MAX], want[256], line[128];
 
@@ -633,7 +633,7 @@ START_TEST(test_rate_parser_requires_count_and_window)
 	ck_assert_int_eq(config_parse_rate("100 / 15m", &n, &w), -1);
 	ck_assert_int_eq(config_parse_rate("99999999999999999999/1s", &n, &w), -1);
 	ck_assert_int_eq(config_parse_rate("1048576/1s", &n, &w), -1); /* above the limiter's maximum */
-	ck_assert_int_eq(config_parse_rate("100/50d", &n, &w), -1);     /* window over ~49.7 days */
+	ck_assert_int_eq(config_parse_rate("100/50d", &n, &w), -1);    /* window over ~49.7 days */
 	ck_assert_int_eq(config_parse_rate("1/9223372036854775807s", &n, &w), -1);
 	ck_assert_int_eq(n, 3);
 	ck_assert_int_eq(w, 3);
@@ -750,13 +750,39 @@ static void print_help(void)
 }
 
 static const char *const env_names[] = {
-	"RESIL_LISTEN", "RESIL_WORKERS", "RESIL_DB", "RESIL_DB_SYNC", "RESIL_CONTROL", "RESIL_ENV", "RESIL_JWT_SECRET",
-	"RESIL_JWT_EXPIRE", "RESIL_REFRESH_EXPIRE", "RESIL_LOG_LEVEL", "RESIL_LOG_FORMAT", "RESIL_LOG_FILE",
-	"RESIL_AUDIT_LOG", "RESIL_CORS_ORIGINS",
-	"RESIL_RATE_LIMIT", "RESIL_BODY_LIMIT", "RESIL_SHUTDOWN_TIMEOUT", "RESIL_WORKER_TIMEOUT",
-	"RESIL_MAX_MEMORY", "RESIL_EXTERNAL_API_URL", "RESIL_EXTERNAL_API_KEY", "RESIL_EXTERNAL_API_TIMEOUT",
-	"RESIL_MAX_CONNECTIONS", "RESIL_WS_MESSAGE_RATE", "RESIL_KEEPALIVE_TIMEOUT", "RESIL_HEADER_TIMEOUT", "RESIL_REQUEST_TIMEOUT",
-	"RESIL_LISTEN_TIMEOUT", "RESIL_DB_POOL_SIZE", "RESIL_JOB_THREADS", "RESIL_USER", "RESIL_GROUP", "RESIL_TRUST_PROXY",
+    "RESIL_LISTEN",
+    "RESIL_WORKERS",
+    "RESIL_DB",
+    "RESIL_DB_SYNC",
+    "RESIL_CONTROL",
+    "RESIL_ENV",
+    "RESIL_JWT_SECRET",
+    "RESIL_JWT_EXPIRE",
+    "RESIL_REFRESH_EXPIRE",
+    "RESIL_LOG_LEVEL",
+    "RESIL_LOG_FORMAT",
+    "RESIL_LOG_FILE",
+    "RESIL_AUDIT_LOG",
+    "RESIL_CORS_ORIGINS",
+    "RESIL_RATE_LIMIT",
+    "RESIL_BODY_LIMIT",
+    "RESIL_SHUTDOWN_TIMEOUT",
+    "RESIL_WORKER_TIMEOUT",
+    "RESIL_MAX_MEMORY",
+    "RESIL_EXTERNAL_API_URL",
+    "RESIL_EXTERNAL_API_KEY",
+    "RESIL_EXTERNAL_API_TIMEOUT",
+    "RESIL_MAX_CONNECTIONS",
+    "RESIL_WS_MESSAGE_RATE",
+    "RESIL_KEEPALIVE_TIMEOUT",
+    "RESIL_HEADER_TIMEOUT",
+    "RESIL_REQUEST_TIMEOUT",
+    "RESIL_LISTEN_TIMEOUT",
+    "RESIL_DB_POOL_SIZE",
+    "RESIL_JOB_THREADS",
+    "RESIL_USER",
+    "RESIL_GROUP",
+    "RESIL_TRUST_PROXY",
 };
 #define NKEYS (sizeof env_names / sizeof env_names[0])
 
@@ -788,7 +814,7 @@ START_TEST(test_man_keys_are_roff_entries_for_every_key)
 	ck_assert_ptr_nonnull(strstr(out, "\\fB\\%127.0.0.1:8080\\fR"));
 	ck_assert_ptr_nonnull(strstr(out, "Worker processes: 1\\-256,")); /* capitalised, escaped */
 	ck_assert_ptr_null(strstr(out, "\n."
-				       "\n")); /* no stray request lines */
+	                               "\n")); /* no stray request lines */
 	free(out);
 }
 END_TEST
@@ -838,8 +864,8 @@ START_TEST(test_effective_config_reads_back_identically)
 	FILE *f;
 
 	args[1] = write_conf("workers = 3\nlog_file = \" /tmp/odd;name#x \"\njwt_expire = 90\n"
-			     "rate_limit = 7/90s\nbody_limit = 1500\nmax_memory = 3g\n"
-			     "keepalive_timeout = 1500ms\nexternal_api_key = tok\n");
+	                     "rate_limit = 7/90s\nbody_limit = 1500\nmax_memory = 3g\n"
+	                     "keepalive_timeout = 1500ms\nexternal_api_key = tok\n");
 	load_ok(&a, args);
 	ck_assert_int_eq(a.jwt_expire_s, 90);
 	f = open_memstream(&text, &len);
@@ -894,36 +920,36 @@ static Suite *config_suite(void)
 		const char *name;
 		const TTest *test;
 	} cases[] = {
-		{"defaults", test_defaults_follow_the_spec_table},
-		{"generated secret", test_development_generates_a_random_secret_per_load},
-		{"runtime directory", test_control_defaults_to_runtime_directory},
-		{"production defaults", test_production_defaults_resolve_after_all_sources},
-		{"explicit log settings", test_explicit_log_settings_win_over_env_defaults},
-		{"auto workers", test_workers_auto_resolves_to_cpu_count},
-		{"file format", test_file_accepts_comments_quotes_and_sections},
-		{"repeated keys", test_later_file_lines_override_earlier_ones},
-		{"precedence", test_environment_overrides_file_and_command_line_overrides_both},
-		{"explicit control", test_explicit_control_wins_over_runtime_directory},
-		{"file errors", test_file_errors_name_file_line_and_key},
-		{"validation", test_every_value_kind_is_validated},
-		{"environment errors", test_environment_errors_name_the_variable},
-		{"command line errors", test_command_line_errors_name_the_flag},
-		{"unknown flag", test_unknown_flag_is_an_error},
-		{"unreadable file", test_unreadable_file_is_an_error},
-		{"production secret", test_production_without_secret_fails},
-		{"short secret", test_short_secret_fails_in_both_environments},
-		{"db sync", test_db_sync_defaults_to_full_in_production_and_normal_in_development},
-		{"atomic load", test_failed_load_leaves_config_unchanged},
-		{"duration parser", test_duration_parser_accepts_units_and_rejects_overflow},
-		{"size parser", test_size_parser_accepts_units_and_rejects_overflow},
-		{"rate parser", test_rate_parser_requires_count_and_window},
-		{"listen parser", test_listen_parser_fills_socket_addresses},
-		{"actions", test_help_and_version_are_reported_as_actions},
-		{"help", test_help_lists_usage_flags_and_every_key},
-		{"man keys", test_man_keys_are_roff_entries_for_every_key},
-		{"example file", test_example_file_is_valid_commented_and_uncommented},
-		{"effective config", test_effective_config_reads_back_identically},
-		{"cors", test_origin_allowed_only_on_exact_match},
+	    {"defaults", test_defaults_follow_the_spec_table},
+	    {"generated secret", test_development_generates_a_random_secret_per_load},
+	    {"runtime directory", test_control_defaults_to_runtime_directory},
+	    {"production defaults", test_production_defaults_resolve_after_all_sources},
+	    {"explicit log settings", test_explicit_log_settings_win_over_env_defaults},
+	    {"auto workers", test_workers_auto_resolves_to_cpu_count},
+	    {"file format", test_file_accepts_comments_quotes_and_sections},
+	    {"repeated keys", test_later_file_lines_override_earlier_ones},
+	    {"precedence", test_environment_overrides_file_and_command_line_overrides_both},
+	    {"explicit control", test_explicit_control_wins_over_runtime_directory},
+	    {"file errors", test_file_errors_name_file_line_and_key},
+	    {"validation", test_every_value_kind_is_validated},
+	    {"environment errors", test_environment_errors_name_the_variable},
+	    {"command line errors", test_command_line_errors_name_the_flag},
+	    {"unknown flag", test_unknown_flag_is_an_error},
+	    {"unreadable file", test_unreadable_file_is_an_error},
+	    {"production secret", test_production_without_secret_fails},
+	    {"short secret", test_short_secret_fails_in_both_environments},
+	    {"db sync", test_db_sync_defaults_to_full_in_production_and_normal_in_development},
+	    {"atomic load", test_failed_load_leaves_config_unchanged},
+	    {"duration parser", test_duration_parser_accepts_units_and_rejects_overflow},
+	    {"size parser", test_size_parser_accepts_units_and_rejects_overflow},
+	    {"rate parser", test_rate_parser_requires_count_and_window},
+	    {"listen parser", test_listen_parser_fills_socket_addresses},
+	    {"actions", test_help_and_version_are_reported_as_actions},
+	    {"help", test_help_lists_usage_flags_and_every_key},
+	    {"man keys", test_man_keys_are_roff_entries_for_every_key},
+	    {"example file", test_example_file_is_valid_commented_and_uncommented},
+	    {"effective config", test_effective_config_reads_back_identically},
+	    {"cors", test_origin_allowed_only_on_exact_match},
 	};
 
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

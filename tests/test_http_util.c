@@ -107,7 +107,6 @@ START_TEST(test_url_decoding_rejects_bad_escapes)
 }
 END_TEST
 
-
 /* ------------------------------------------------- in-process server */
 
 #define BIG_BODY (64 * 1024)
@@ -168,14 +167,14 @@ static void srv_start_timeouts(struct srv *t, size_t body_size, int64_t keepaliv
 	t->port = ntohs(sa.sin_port);
 	fcntl(t->lfd, F_SETFL, fcntl(t->lfd, F_GETFL) | O_NONBLOCK);
 	struct http_server_opts o = {
-		.body_limit = 1 << 20,
-		.max_connections = 16,
-		.keepalive_timeout_ms = keepalive_ms,
-		.body_timeout_ms = send_timeout_ms,
-		.drain_timeout_ms = 10000,
-		.on_headers = on_headers,
-		.on_request = on_request,
-		.ud = t,
+	    .body_limit = 1 << 20,
+	    .max_connections = 16,
+	    .keepalive_timeout_ms = keepalive_ms,
+	    .body_timeout_ms = send_timeout_ms,
+	    .drain_timeout_ms = 10000,
+	    .on_headers = on_headers,
+	    .on_request = on_request,
+	    .ud = t,
 	};
 	t->http = http_server_new(t->base, t->lfd, &o);
 	ck_assert_ptr_nonnull(t->http);
@@ -199,8 +198,8 @@ static int client_connect(const struct srv *t, int rcvbuf)
 	ck_assert_int_ge(fd, 0);
 	if (rcvbuf)
 		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)t->port),
-	                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	struct sockaddr_in sa = {
+	    .sin_family = AF_INET, .sin_port = htons((uint16_t)t->port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 	return fd;
@@ -322,7 +321,7 @@ START_TEST(test_a_client_that_never_reads_is_dropped_after_the_send_timeout)
 		spin(&t, 20);
 	ck_assert_uint_eq(st->connections_total, 1);
 	ck_assert_int_eq(st->connections, 0); /* dropped, not kept waiting */
-	ck_assert_uint_lt(st->requests, 400);  /* it never took its answers */
+	ck_assert_uint_lt(st->requests, 400); /* it never took its answers */
 	close(fd);
 	srv_stop(&t);
 }

@@ -109,31 +109,39 @@ START_TEST(test_json_rejects_input_over_the_size_limit)
 END_TEST
 
 static const char *const bad_utf8[] = {
-	"\xC0\x80",         /* overlong NUL */
-	"\xC1\xBF",         /* overlong 2-byte */
-	"\xE0\x80\x80",     /* overlong 3-byte */
-	"\xE0\x9F\xBF",     /* overlong U+07FF */
-	"\xED\xA0\x80",     /* U+D800 */
-	"\xED\xBF\xBF",     /* U+DFFF */
-	"\xF0\x80\x80\x80", /* overlong 4-byte */
-	"\xF0\x8F\xBF\xBF", /* overlong U+FFFF */
-	"\xF4\x90\x80\x80", /* U+110000 */
-	"\xF5\x80\x80\x80", /* lead beyond F4 */
-	"\xFF",
-	"\xFE",
-	"\x80",             /* stray continuation */
-	"\xBF",
-	"\xC3",             /* truncated */
-	"\xE2\x82",
-	"\xF0\x9F\x98",
-	"\xC3\x28",         /* bad continuation */
-	"\xE2\x28\xA1",
-	"\xF0\x9F\x28\x80",
+    "\xC0\x80",         /* overlong NUL */
+    "\xC1\xBF",         /* overlong 2-byte */
+    "\xE0\x80\x80",     /* overlong 3-byte */
+    "\xE0\x9F\xBF",     /* overlong U+07FF */
+    "\xED\xA0\x80",     /* U+D800 */
+    "\xED\xBF\xBF",     /* U+DFFF */
+    "\xF0\x80\x80\x80", /* overlong 4-byte */
+    "\xF0\x8F\xBF\xBF", /* overlong U+FFFF */
+    "\xF4\x90\x80\x80", /* U+110000 */
+    "\xF5\x80\x80\x80", /* lead beyond F4 */
+    "\xFF",
+    "\xFE",
+    "\x80", /* stray continuation */
+    "\xBF",
+    "\xC3", /* truncated */
+    "\xE2\x82",
+    "\xF0\x9F\x98",
+    "\xC3\x28", /* bad continuation */
+    "\xE2\x28\xA1",
+    "\xF0\x9F\x28\x80",
 };
 
 static const char *const good_utf8[] = {
-	"\x7F", "\xC2\x80", "\xDF\xBF", "\xE0\xA0\x80", "\xED\x9F\xBF", "\xEE\x80\x80",
-	"\xEF\xBF\xBF", "\xF0\x90\x80\x80", "\xF4\x8F\xBF\xBF", "h\xC3\xA9llo \xE2\x82\xAC \xF0\x9F\x98\x80",
+    "\x7F",
+    "\xC2\x80",
+    "\xDF\xBF",
+    "\xE0\xA0\x80",
+    "\xED\x9F\xBF",
+    "\xEE\x80\x80",
+    "\xEF\xBF\xBF",
+    "\xF0\x90\x80\x80",
+    "\xF4\x8F\xBF\xBF",
+    "h\xC3\xA9llo \xE2\x82\xAC \xF0\x9F\x98\x80",
 };
 
 START_TEST(test_json_utf8_check_rejects_every_malformed_form)
@@ -218,9 +226,9 @@ START_TEST(test_json_numbers_keep_int64_exactly_and_fall_back_to_double)
 	struct json_value *v = NULL;
 
 	ck_assert_int_eq(parse("[0,-0,9223372036854775807,-9223372036854775808,"
-			       "9223372036854775808,-9223372036854775809,1.5,1e2,-2.5E-3,1e-400]",
-			       &v),
-			 JSON_OK);
+	                       "9223372036854775808,-9223372036854775809,1.5,1e2,-2.5E-3,1e-400]",
+	                       &v),
+	                 JSON_OK);
 	ck_assert_uint_eq(v->len, 10);
 	ck_assert(v->items[0]->is_int && v->items[0]->i == 0);
 	ck_assert(v->items[1]->is_int && v->items[1]->i == 0);
@@ -288,8 +296,8 @@ START_TEST(test_json_duplicate_keys_in_big_objects_keep_the_last_value)
 	doc[off++] = '{';
 	for (int round = 0; round < 3; round++)
 		for (int k = 0; k < 40; k++)
-			off += (size_t)snprintf(doc + off, sizeof(doc) - off, "%s\"k%d\":%d",
-						off > 1 ? "," : "", k, round * 100 + k);
+			off += (size_t)snprintf(doc + off, sizeof(doc) - off, "%s\"k%d\":%d", off > 1 ? "," : "", k,
+			                        round * 100 + k);
 	doc[off++] = '}';
 	ck_assert_int_eq(parse_n(doc, off, &v), JSON_OK);
 	ck_assert_uint_eq(v->len, 40);
@@ -312,9 +320,9 @@ START_TEST(test_json_accessors_return_typed_values_or_fail)
 	int b = -1;
 
 	ck_assert_int_eq(parse("{\"s\":\"h\\u0000i\",\"n\":42,\"f\":1.5,\"t\":true,"
-			       "\"z\":null,\"o\":{},\"a\":[]}",
-			       &v),
-			 JSON_OK);
+	                       "\"z\":null,\"o\":{},\"a\":[]}",
+	                       &v),
+	                 JSON_OK);
 	ck_assert_str_eq(json_get_str(v, "s", &len), "h");
 	ck_assert_uint_eq(len, 3);
 	ck_assert_mem_eq(json_get_str(v, "s", NULL), "h\0i", 3);
@@ -372,8 +380,8 @@ END_TEST
 START_TEST(test_json_rejects_malformed_documents)
 {
 	static const char *const bad[] = {
-		"[1,]", "{\"a\":1,}", "{\"a\"}", "{a:1}", "01", "-", "1.", ".5", "+1", "nul",
-		"[\"a\tb\"]", "\"\\x\"", "\"\\u12\"", "/*c*/1", "[1", "{\"a\":", "'a'", "\"abc",
+	    "[1,]", "{\"a\":1,}", "{\"a\"}", "{a:1}",     "01",     "-",  "1.",      ".5",  "+1",
+	    "nul",  "[\"a\tb\"]", "\"\\x\"", "\"\\u12\"", "/*c*/1", "[1", "{\"a\":", "'a'", "\"abc",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		ck_assert_msg(status_of(bad[i]) == JSON_ERR_SYNTAX, "accepted %s", bad[i]);
@@ -402,8 +410,8 @@ END_TEST
 START_TEST(test_json_writer_round_trips_a_document)
 {
 	const char *doc = "{\"s\":\"a\\\"b\\\\c\\n\\u0001\\u0000\xC3\xA9\",\"n\":-12,\"d\":0.1,"
-			  "\"big\":1e+300,\"t\":true,\"f\":false,\"z\":null,"
-			  "\"a\":[1,[],{}],\"o\":{\"k\":\"v\"}}";
+	                  "\"big\":1e+300,\"t\":true,\"f\":false,\"z\":null,"
+	                  "\"a\":[1,[],{}],\"o\":{\"k\":\"v\"}}";
 	struct json_value *v = NULL, *w = NULL;
 	char *out, *again;
 
@@ -425,9 +433,7 @@ START_TEST(test_json_writer_keeps_doubles_exact)
 	struct json_value *v = NULL, *w = NULL;
 	char *out;
 
-	ck_assert_int_eq(parse("[0.30000000000000004,3.141592653589793,1e-7,123456789012345680000]",
-			       &v),
-			 JSON_OK);
+	ck_assert_int_eq(parse("[0.30000000000000004,3.141592653589793,1e-7,123456789012345680000]", &v), JSON_OK);
 	out = gen(v);
 	ck_assert_int_eq(parse(out, &w), JSON_OK);
 	for (size_t i = 0; i < v->len; i++)
@@ -506,28 +512,28 @@ END_TEST
 static Suite *json_suite(void)
 {
 	const TTest *const tests[] = {
-		test_json_accepts_depth_64_and_rejects_65,
-		test_json_depth_error_is_reported_before_the_end_of_input,
-		test_json_rejects_input_over_the_size_limit,
-		test_json_utf8_check_rejects_every_malformed_form,
-		test_json_utf8_check_finds_bad_bytes_at_any_offset,
-		test_json_rejects_lone_surrogate_escapes,
-		test_json_accepts_surrogate_pairs_and_escaped_backslashes,
-		test_json_numbers_keep_int64_exactly_and_fall_back_to_double,
-		test_json_long_numbers_parse_and_infinite_ones_fail,
-		test_json_duplicate_keys_keep_the_last_value,
-		test_json_duplicate_keys_in_big_objects_keep_the_last_value,
-		test_json_accessors_return_typed_values_or_fail,
-		test_json_rejects_nul_in_object_keys,
-		test_json_rejects_trailing_garbage,
-		test_json_rejects_empty_input,
-		test_json_rejects_malformed_documents,
-		test_json_accepts_top_level_scalars,
-		test_json_writer_round_trips_a_document,
-		test_json_writer_keeps_doubles_exact,
-		test_json_built_objects_set_replace_and_grow,
-		test_json_parsed_objects_accept_new_keys,
-		test_json_status_strings_are_distinct,
+	    test_json_accepts_depth_64_and_rejects_65,
+	    test_json_depth_error_is_reported_before_the_end_of_input,
+	    test_json_rejects_input_over_the_size_limit,
+	    test_json_utf8_check_rejects_every_malformed_form,
+	    test_json_utf8_check_finds_bad_bytes_at_any_offset,
+	    test_json_rejects_lone_surrogate_escapes,
+	    test_json_accepts_surrogate_pairs_and_escaped_backslashes,
+	    test_json_numbers_keep_int64_exactly_and_fall_back_to_double,
+	    test_json_long_numbers_parse_and_infinite_ones_fail,
+	    test_json_duplicate_keys_keep_the_last_value,
+	    test_json_duplicate_keys_in_big_objects_keep_the_last_value,
+	    test_json_accessors_return_typed_values_or_fail,
+	    test_json_rejects_nul_in_object_keys,
+	    test_json_rejects_trailing_garbage,
+	    test_json_rejects_empty_input,
+	    test_json_rejects_malformed_documents,
+	    test_json_accepts_top_level_scalars,
+	    test_json_writer_round_trips_a_document,
+	    test_json_writer_keeps_doubles_exact,
+	    test_json_built_objects_set_replace_and_grow,
+	    test_json_parsed_objects_accept_new_keys,
+	    test_json_status_strings_are_distinct,
 	};
 	Suite *s = suite_create("json");
 

@@ -204,8 +204,14 @@ END_TEST
 START_TEST(test_log_replaces_invalid_utf8_so_the_line_stays_valid_json)
 {
 	/* lone continuation, truncated sequence, overlong '/', surrogate, > U+10FFFF, 0xff */
-	const char bad[] = "a\x80" "b\xc3" "c\xc0\xaf" "d\xed\xa0\x80" "e\xf4\x90\x80\x80" "f\xff";
-	log_info(NULL, bad, LF_STRN("v", bad, sizeof(bad) - 1), LF_STR("ok", "h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80"));
+	const char bad[] = "a\x80"
+	                   "b\xc3"
+	                   "c\xc0\xaf"
+	                   "d\xed\xa0\x80"
+	                   "e\xf4\x90\x80\x80"
+	                   "f\xff";
+	log_info(NULL, bad, LF_STRN("v", bad, sizeof(bad) - 1),
+	         LF_STR("ok", "h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80"));
 	yajl_val v = next_json();
 	const char *fffd = "\xef\xbf\xbd";
 	char want[128];
@@ -220,11 +226,11 @@ END_TEST
 
 START_TEST(test_log_redacts_every_secret_key_form)
 {
-	static const char *secret[] = {"password", "PASSWORD", "newPassword", "passwd", "token", "accessToken",
-	                               "refreshToken", "refresh_token", "authorization", "Authorization", "cookie",
-	                               "Set-Cookie", "secret", "jwtSecret", "jwt_secret", "apiKey", "api_key",
-	                               "x-api-key", "ssn", "SSN", "medicalRecord", "medical_record", "creditCard",
-	                               "credit_card"};
+	static const char *secret[] = {
+	    "password",     "PASSWORD",      "newPassword",   "passwd",         "token",      "accessToken",
+	    "refreshToken", "refresh_token", "authorization", "Authorization",  "cookie",     "Set-Cookie",
+	    "secret",       "jwtSecret",     "jwt_secret",    "apiKey",         "api_key",    "x-api-key",
+	    "ssn",          "SSN",           "medicalRecord", "medical_record", "creditCard", "credit_card"};
 	static const char *plain[] = {"username", "email", "tokenCount", "passwordless", "status", "", "k"};
 	for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++) {
 		ck_assert_msg(log_key_is_secret(secret[i]), "%s not secret", secret[i]);
@@ -487,9 +493,9 @@ START_TEST(test_log_pretty_line_has_message_and_no_secrets_while_file_gets_json)
 	log_set_fd(pipefd[1]);
 	struct log_ctx ctx = {.request_id = "req-7", .user_id = "u1"};
 	log_info(&ctx, "GET /health 200 0.4ms for mary@example.com", LF_STR("token", "tok-SECRET"),
-	         LF_STR("authorization", "Bearer eyJx.eyJy.zzz"), LF_INT("ssn", 123456789), LF_STR("ua", "curl/8.0 (x)"),
-	         LF_DBL("durationMs", 0.4), LF_STR("note", "Bearer abc123"), LF_STR("ctl", "a\nb\x1b[2J"),
-	         LF_BOOL("cached", 1));
+	         LF_STR("authorization", "Bearer eyJx.eyJy.zzz"), LF_INT("ssn", 123456789),
+	         LF_STR("ua", "curl/8.0 (x)"), LF_DBL("durationMs", 0.4), LF_STR("note", "Bearer abc123"),
+	         LF_STR("ctl", "a\nb\x1b[2J"), LF_BOOL("cached", 1));
 	const char *p = drain();
 	ck_assert_int_eq(count_lines(p), 1);
 	ck_assert(strstr(p, "INFO") != NULL);

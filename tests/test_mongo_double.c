@@ -40,7 +40,7 @@ static int64_t now_ms(void)
 
 static void sleep_ms(long ms)
 {
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
 
 	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
 		;
@@ -117,8 +117,8 @@ static void create_unique_index(const char *collection, const char *field)
 	bool ok;
 
 	snprintf(name, sizeof name, "%s_1", field);
-	cmd = BCON_NEW("createIndexes", BCON_UTF8(collection), "indexes", "[", "{", "key", "{", field,
-		       BCON_INT32(1), "}", "name", BCON_UTF8(name), "unique", BCON_BOOL(true), "}", "]");
+	cmd = BCON_NEW("createIndexes", BCON_UTF8(collection), "indexes", "[", "{", "key", "{", field, BCON_INT32(1),
+	               "}", "name", BCON_UTF8(name), "unique", BCON_BOOL(true), "}", "]");
 	ok = mongoc_database_write_command_with_opts(db, cmd, NULL, NULL, &err);
 	bson_destroy(cmd);
 	mongoc_database_destroy(db);
@@ -217,9 +217,8 @@ START_TEST(test_find_applies_filter_sort_skip_limit)
 {
 	mongoc_collection_t *posts = coll("posts");
 	bson_t *filter = BCON_NEW("group", BCON_UTF8("even"));
-	bson_t *opts =
-	    BCON_NEW("sort", "{", "n", BCON_INT32(-1), "}", "skip", BCON_INT64(1), "limit", BCON_INT64(3));
-	const int expected[] = { 6, 4, 2 };
+	bson_t *opts = BCON_NEW("sort", "{", "n", BCON_INT32(-1), "}", "skip", BCON_INT64(1), "limit", BCON_INT64(3));
+	const int expected[] = {6, 4, 2};
 	mongoc_cursor_t *cur;
 	const bson_t *doc;
 	bson_error_t err;
@@ -306,8 +305,7 @@ START_TEST(test_update_operators_change_only_matching_documents)
 {
 	mongoc_collection_t *users = coll("users");
 	bson_t *sel = BCON_NEW("username", BCON_UTF8("bob"));
-	bson_t *upd =
-	    BCON_NEW("$set", "{", "role", BCON_UTF8("admin"), "}", "$inc", "{", "logins", BCON_INT32(2), "}");
+	bson_t *upd = BCON_NEW("$set", "{", "role", BCON_UTF8("admin"), "}", "$inc", "{", "logins", BCON_INT32(2), "}");
 	bson_t *all = BCON_NEW("role", BCON_UTF8("user"));
 	bson_t *unset = BCON_NEW("$unset", "{", "tmp", BCON_UTF8(""), "}");
 	bson_t reply;
@@ -323,8 +321,7 @@ START_TEST(test_update_operators_change_only_matching_documents)
 	ck_assert_int_eq(count_json(users, "{\"role\": \"admin\", \"logins\": 3}"), 1);
 	ck_assert_int_eq(count_json(users, "{\"role\": \"user\", \"logins\": 1}"), 1);
 
-	ck_assert_msg(mongoc_collection_update_many(users, all, unset, NULL, &reply, &err), "%s",
-		      err.message);
+	ck_assert_msg(mongoc_collection_update_many(users, all, unset, NULL, &reply, &err), "%s", err.message);
 	ck_assert_int_eq(int_field(&reply, "matchedCount"), 2);
 	ck_assert_int_eq(int_field(&reply, "modifiedCount"), 2);
 	bson_destroy(&reply);
@@ -459,8 +456,7 @@ START_TEST(test_filter_operators_follow_mongodb_semantics)
 	ck_assert(mongoc_collection_insert_one(users, doc, NULL, NULL, &err));
 	bson_destroy(doc);
 	insert_json(users, "{\"age\": 25.0, \"name\": \"y\", \"nick\": null}");
-	insert_json(users,
-		    "{\"age\": 31, \"name\": \"z\", \"active\": true, \"addr\": {\"city\": \"Oslo\"}}");
+	insert_json(users, "{\"age\": 31, \"name\": \"z\", \"active\": true, \"addr\": {\"city\": \"Oslo\"}}");
 	byid = BCON_NEW("_id", BCON_OID(&oid));
 	ck_assert_int_eq(mongoc_collection_count_documents(users, byid, NULL, NULL, NULL, &err), 1);
 	bson_destroy(byid);
@@ -483,21 +479,18 @@ START_TEST(test_projection_and_regex_shape_find_results)
 {
 	mongoc_collection_t *patients = coll("patients");
 	bson_t *filter = BCON_NEW("name", BCON_REGEX("^an", "i"));
-	bson_t *opts = BCON_NEW("projection", "{", "ssn", BCON_INT32(0), "medicalRecord", BCON_INT32(0), "}",
-				"sort", "{", "name", BCON_INT32(1), "}");
+	bson_t *opts = BCON_NEW("projection", "{", "ssn", BCON_INT32(0), "medicalRecord", BCON_INT32(0), "}", "sort",
+	                        "{", "name", BCON_INT32(1), "}");
 	mongoc_cursor_t *cur;
 	const bson_t *doc;
 	bson_error_t err;
-	const char *expected[] = { "Anna", "andrew" };
+	const char *expected[] = {"Anna", "andrew"};
 	int seen = 0;
 
-	insert_json(
-	    patients,
-	    "{\"name\": \"andrew\", \"ssn\": \"1\", \"medicalRecord\": \"m\", \"status\": \"active\"}");
 	insert_json(patients,
-		    "{\"name\": \"Anna\", \"ssn\": \"2\", \"medicalRecord\": \"m\", \"status\": \"active\"}");
-	insert_json(patients,
-		    "{\"name\": \"Bob\", \"ssn\": \"3\", \"medicalRecord\": \"m\", \"status\": \"active\"}");
+	            "{\"name\": \"andrew\", \"ssn\": \"1\", \"medicalRecord\": \"m\", \"status\": \"active\"}");
+	insert_json(patients, "{\"name\": \"Anna\", \"ssn\": \"2\", \"medicalRecord\": \"m\", \"status\": \"active\"}");
+	insert_json(patients, "{\"name\": \"Bob\", \"ssn\": \"3\", \"medicalRecord\": \"m\", \"status\": \"active\"}");
 	cur = mongoc_collection_find_with_opts(patients, filter, opts, NULL);
 	while (mongoc_cursor_next(cur, &doc)) {
 		ck_assert_int_lt(seen, 2);
@@ -530,8 +523,7 @@ START_TEST(test_find_and_modify_returns_updated_document)
 	insert_json(posts, "{\"title\": \"t1\"}");
 	mongoc_find_and_modify_opts_set_update(opts, upd);
 	mongoc_find_and_modify_opts_set_flags(opts, MONGOC_FIND_AND_MODIFY_RETURN_NEW);
-	ck_assert_msg(mongoc_collection_find_and_modify_with_opts(posts, query, opts, &reply, &err), "%s",
-		      err.message);
+	ck_assert_msg(mongoc_collection_find_and_modify_with_opts(posts, query, opts, &reply, &err), "%s", err.message);
 	ck_assert(bson_iter_init_find(&it, &reply, "value") && BSON_ITER_HOLDS_DOCUMENT(&it));
 	{
 		uint32_t len;
@@ -784,7 +776,7 @@ static uint32_t get32(const uint8_t *p)
 static int raw_connect(void)
 {
 	struct sockaddr_in sa;
-	struct timeval tv = { 5, 0 };
+	struct timeval tv = {5, 0};
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 
 	ck_assert_int_ge(fd, 0);
@@ -882,8 +874,8 @@ END_TEST
 START_TEST(test_op_msg_more_to_come_gets_no_reply)
 {
 	uint8_t buf[1024];
-	bson_t *ins = BCON_NEW("insert", BCON_UTF8("posts"), "documents", "[", "{", "a", BCON_INT32(1), "}",
-			       "]", "$db", BCON_UTF8(DB));
+	bson_t *ins = BCON_NEW("insert", BCON_UTF8("posts"), "documents", "[", "{", "a", BCON_INT32(1), "}", "]", "$db",
+	                       BCON_UTF8(DB));
 	bson_t *cmd = BCON_NEW("ping", BCON_INT32(1), "$db", BCON_UTF8("admin"));
 	mongoc_collection_t *posts = coll("posts");
 	size_t len;
@@ -908,7 +900,7 @@ START_TEST(test_op_query_handshake_gets_op_reply)
 	uint8_t buf[2048];
 	bson_t *q = BCON_NEW("isMaster", BCON_INT32(1));
 	bson_t *find = BCON_NEW("find", BCON_UTF8("posts"));
-	const bson_t *docs[] = { q, find };
+	const bson_t *docs[] = {q, find};
 	int fd = raw_connect();
 
 	for (int i = 0; i < 2; i++) {

@@ -565,17 +565,18 @@ START_TEST(test_sqlite_database_of_the_previous_build_keeps_working)
 	ck_assert_int_eq(sqlite3_open(T.path, &db), SQLITE_OK);
 	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL), SQLITE_OK);
 	ck_assert_int_eq(sqlite3_exec(db, legacy_v1, NULL, NULL, NULL), SQLITE_OK);
-	ck_assert_int_eq(sqlite3_prepare_v2(db, "INSERT INTO rooms (id, doc, created_at, owner) VALUES (?, ?, ?, ?)", -1,
-	                                    &st, NULL),
-	                 SQLITE_OK);
+	ck_assert_int_eq(
+	    sqlite3_prepare_v2(db, "INSERT INTO rooms (id, doc, created_at, owner) VALUES (?, ?, ?, ?)", -1, &st, NULL),
+	    SQLITE_OK);
 	sqlite3_bind_text(st, 1, hex, 24, SQLITE_STATIC);
 	sqlite3_bind_blob(st, 2, bson_get_data(doc), (int)doc->len, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, 1700000000000);
 	sqlite3_bind_blob(st, 4, alice.bytes, 12, SQLITE_STATIC);
 	ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
 	sqlite3_finalize(st);
-	ck_assert_int_eq(sqlite3_prepare_v2(db, "INSERT INTO room_members (member, room_id) VALUES (?, ?)", -1, &st, NULL),
-	                 SQLITE_OK);
+	ck_assert_int_eq(
+	    sqlite3_prepare_v2(db, "INSERT INTO room_members (member, room_id) VALUES (?, ?)", -1, &st, NULL),
+	    SQLITE_OK);
 	sqlite3_bind_blob(st, 1, alice.bytes, 12, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, hex, 24, SQLITE_STATIC);
 	ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);

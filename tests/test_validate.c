@@ -12,32 +12,32 @@
 #include "../src/validate.h"
 
 static const struct vrule register_rules[] = {
-	V_STRING("username", V_REQUIRED, 3, 20, .charset = V_CHARSET_WORD),
-	V_EMAIL("email", V_REQUIRED),
-	V_STRING("password", V_REQUIRED, 8, 128),
-	V_END,
+    V_STRING("username", V_REQUIRED, 3, 20, .charset = V_CHARSET_WORD),
+    V_EMAIL("email", V_REQUIRED),
+    V_STRING("password", V_REQUIRED, 8, 128),
+    V_END,
 };
 
 static const struct vrule patient_rules[] = {
-	V_STRING("name", V_REQUIRED, 1, 100),
-	V_DATE("dateOfBirth", V_OPTIONAL),
-	V_ENUM("status", V_OPTIONAL, "active", "inactive", "discharged"),
-	V_OBJECTID("externalId", V_OPTIONAL),
-	V_BOOL("isActive", V_OPTIONAL),
-	V_STRING("category", V_OPTIONAL, 0, 50),
-	V_END,
+    V_STRING("name", V_REQUIRED, 1, 100),
+    V_DATE("dateOfBirth", V_OPTIONAL),
+    V_ENUM("status", V_OPTIONAL, "active", "inactive", "discharged"),
+    V_OBJECTID("externalId", V_OPTIONAL),
+    V_BOOL("isActive", V_OPTIONAL),
+    V_STRING("category", V_OPTIONAL, 0, 50),
+    V_END,
 };
 
 static const struct vrule query_rules[] = {
-	V_INT("page", V_FROM_STRING, 1, INT64_MAX),
-	V_INT("limit", V_FROM_STRING, 1, 100),
-	V_BOOL("mine", V_FROM_STRING),
-	V_END,
+    V_INT("page", V_FROM_STRING, 1, INT64_MAX),
+    V_INT("limit", V_FROM_STRING, 1, 100),
+    V_BOOL("mine", V_FROM_STRING),
+    V_END,
 };
 
 static const struct vrule body_int_rules[] = {
-	V_INT("limit", V_REQUIRED, 1, 100),
-	V_END,
+    V_INT("limit", V_REQUIRED, 1, 100),
+    V_END,
 };
 
 static struct json_value *doc(const char *s)
@@ -68,8 +68,7 @@ static struct json_value *query(const char *k1, const char *v1, const char *k2, 
 	return o;
 }
 
-static int run_query(const char *k1, const char *v1, const char *k2, const char *v2,
-		     struct verrors *e)
+static int run_query(const char *k1, const char *v1, const char *k2, const char *v2, struct verrors *e)
 {
 	struct json_value *o = query(k1, v1, k2, v2);
 	int n = validate(o, query_rules, e);
@@ -82,9 +81,9 @@ START_TEST(test_validate_accepts_a_valid_registration)
 	struct verrors e;
 
 	ck_assert_int_eq(run("{\"username\":\"ann_1\",\"email\":\"ann@example.com\","
-			     "\"password\":\"correct horse\",\"extra\":{\"$gt\":1}}",
-			     register_rules, &e),
-			 0);
+	                     "\"password\":\"correct horse\",\"extra\":{\"$gt\":1}}",
+	                     register_rules, &e),
+	                 0);
 	ck_assert_int_eq(e.count, 0);
 }
 END_TEST
@@ -109,16 +108,16 @@ START_TEST(test_validate_rejects_operator_injection_objects)
 	struct verrors e;
 
 	ck_assert_int_eq(run("{\"username\":{\"$ne\":null},\"email\":{\"$gt\":\"\"},"
-			     "\"password\":[\"12345678\"]}",
-			     register_rules, &e),
-			 3);
+	                     "\"password\":[\"12345678\"]}",
+	                     register_rules, &e),
+	                 3);
 	ck_assert_str_eq(e.details[0].message, "username must be a string");
 	ck_assert_str_eq(e.details[1].message, "email must be a string");
 	ck_assert_str_eq(e.details[2].message, "password must be a string");
 	ck_assert_int_eq(run("{\"name\":\"x\",\"status\":{\"$in\":[\"active\"]},"
-			     "\"externalId\":{\"$exists\":true},\"dateOfBirth\":[1]}",
-			     patient_rules, &e),
-			 3);
+	                     "\"externalId\":{\"$exists\":true},\"dateOfBirth\":[1]}",
+	                     patient_rules, &e),
+	                 3);
 	ck_assert_str_eq(e.details[0].message, "dateOfBirth must be a string");
 	ck_assert_str_eq(e.details[1].message, "status must be a string");
 	ck_assert_str_eq(e.details[2].message, "externalId must be a string");
@@ -150,9 +149,8 @@ START_TEST(test_validate_counts_string_length_in_code_points)
 
 	ck_assert_int_eq(run("{\"name\":\"\xC3\xA9\xC3\xA9\xC3\xA9\"}", r, &e), 0); /* 6 bytes */
 	ck_assert_int_eq(run("{\"name\":\"\xC3\xA9\xC3\xA9\"}", r, &e), 1);
-	ck_assert_int_eq(run("{\"name\":\"\xF0\x9F\x98\x80\xE2\x82\xAC\xC3\xA9x\xF0\x9F\x98\x80\"}", r,
-			     &e),
-			 0); /* 5 code points, 14 bytes */
+	ck_assert_int_eq(run("{\"name\":\"\xF0\x9F\x98\x80\xE2\x82\xAC\xC3\xA9x\xF0\x9F\x98\x80\"}", r, &e),
+	                 0); /* 5 code points, 14 bytes */
 	ck_assert_int_eq(run("{\"name\":\"abcdef\"}", r, &e), 1);
 	ck_assert_str_eq(e.details[0].message, "name must be between 3 and 5 characters");
 	ck_assert_int_eq(validate_utf8_length("\xC3\xA9\xC3\xA9\xC3\xA9", 6), 3);
@@ -165,16 +163,15 @@ END_TEST
 START_TEST(test_validate_string_bounds_have_matching_messages)
 {
 	static const struct vrule r[] = {
-		V_STRING("code", V_REQUIRED, 4, 4),
-		V_STRING("bio", V_OPTIONAL, 0, 3),
-		V_STRING("title", V_OPTIONAL, 2, 0),
-		V_STRING("free", V_OPTIONAL, 0, 0),
-		V_END,
+	    V_STRING("code", V_REQUIRED, 4, 4),
+	    V_STRING("bio", V_OPTIONAL, 0, 3),
+	    V_STRING("title", V_OPTIONAL, 2, 0),
+	    V_STRING("free", V_OPTIONAL, 0, 0),
+	    V_END,
 	};
 	struct verrors e;
 
-	ck_assert_int_eq(run("{\"code\":\"abc\",\"bio\":\"abcd\",\"title\":\"a\",\"free\":\"\"}", r, &e),
-			 3);
+	ck_assert_int_eq(run("{\"code\":\"abc\",\"bio\":\"abcd\",\"title\":\"a\",\"free\":\"\"}", r, &e), 3);
 	ck_assert_str_eq(e.details[0].message, "code must be exactly 4 characters");
 	ck_assert_str_eq(e.details[1].message, "bio must be at most 3 characters");
 	ck_assert_str_eq(e.details[2].message, "title must be at least 2 characters");
@@ -204,15 +201,13 @@ START_TEST(test_validate_word_charset_allows_only_letters_digits_underscore)
 	static const char *const bad[] = {"ann smith", "ann-1", "ann.x", "\xC3\xA9t\xC3\xA9", "ann$"};
 	char buf[128];
 
-	ck_assert_int_eq(run("{\"username\":\"Ann_99\",\"email\":\"a@b.co\",\"password\":\"12345678\"}",
-			     register_rules, &e),
-			 0);
+	ck_assert_int_eq(
+	    run("{\"username\":\"Ann_99\",\"email\":\"a@b.co\",\"password\":\"12345678\"}", register_rules, &e), 0);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		snprintf(buf, sizeof(buf),
-			 "{\"username\":\"%s\",\"email\":\"a@b.co\",\"password\":\"12345678\"}", bad[i]);
+		snprintf(buf, sizeof(buf), "{\"username\":\"%s\",\"email\":\"a@b.co\",\"password\":\"12345678\"}",
+		         bad[i]);
 		ck_assert_int_eq(run(buf, register_rules, &e), 1);
-		ck_assert_str_eq(e.details[0].message,
-				 "username may only contain letters, numbers and underscores");
+		ck_assert_str_eq(e.details[0].message, "username may only contain letters, numbers and underscores");
 	}
 }
 END_TEST
@@ -220,15 +215,32 @@ END_TEST
 START_TEST(test_validate_email_accepts_common_addresses_and_rejects_malformed_ones)
 {
 	static const char *const good[] = {
-		"a@b.co", "john.doe@example.com", "x+tag@sub.example.org", "o'neil@mail-host.io",
-		"A_B@EXAMPLE.COM",
+	    "a@b.co", "john.doe@example.com", "x+tag@sub.example.org", "o'neil@mail-host.io", "A_B@EXAMPLE.COM",
 	};
 	static const char *const bad[] = {
-		"", "plain", "@example.com", "a@", "a@b", "a@b.", "a@.com", "a b@example.com",
-		"a@exa mple.com", "a@@example.com", "a@b@example.com", ".a@example.com",
-		"a.@example.com", "a..b@example.com", "a@-example.com", "a@example-.com",
-		"a@example..com", "a@example.c", "a@example.c0m", "a\"b@example.com", "a@ex_ample.com",
-		"\xC3\xA9@example.com", "a@example.com\n",
+	    "",
+	    "plain",
+	    "@example.com",
+	    "a@",
+	    "a@b",
+	    "a@b.",
+	    "a@.com",
+	    "a b@example.com",
+	    "a@exa mple.com",
+	    "a@@example.com",
+	    "a@b@example.com",
+	    ".a@example.com",
+	    "a.@example.com",
+	    "a..b@example.com",
+	    "a@-example.com",
+	    "a@example-.com",
+	    "a@example..com",
+	    "a@example.c",
+	    "a@example.c0m",
+	    "a\"b@example.com",
+	    "a@ex_ample.com",
+	    "\xC3\xA9@example.com",
+	    "a@example.com\n",
 	};
 	char longer[300];
 
@@ -297,8 +309,8 @@ END_TEST
 START_TEST(test_validate_query_string_integers_are_decimal_strings)
 {
 	struct verrors e;
-	static const char *const bad[] = {"abc", "1.5", "", "-", " 5", "5 ", "+5", "0x10", "1e2",
-					  "101", "0", "-1", "99999999999999999999"};
+	static const char *const bad[] = {
+	    "abc", "1.5", "", "-", " 5", "5 ", "+5", "0x10", "1e2", "101", "0", "-1", "99999999999999999999"};
 	struct json_value *q;
 	int64_t v = 0;
 
@@ -334,10 +346,10 @@ END_TEST
 START_TEST(test_validate_integer_messages_follow_open_bounds)
 {
 	static const struct vrule r[] = {
-		V_INT("a", V_OPTIONAL, 0, INT64_MAX),
-		V_INT("b", V_OPTIONAL, INT64_MIN, 10),
-		V_INT("c", V_OPTIONAL, INT64_MIN, INT64_MAX),
-		V_END,
+	    V_INT("a", V_OPTIONAL, 0, INT64_MAX),
+	    V_INT("b", V_OPTIONAL, INT64_MIN, 10),
+	    V_INT("c", V_OPTIONAL, INT64_MIN, INT64_MAX),
+	    V_END,
 	};
 	struct verrors e;
 
@@ -345,8 +357,7 @@ START_TEST(test_validate_integer_messages_follow_open_bounds)
 	ck_assert_str_eq(e.details[0].message, "a must be an integer greater than or equal to 0");
 	ck_assert_str_eq(e.details[1].message, "b must be an integer less than or equal to 10");
 	ck_assert_str_eq(e.details[2].message, "c must be an integer");
-	ck_assert_int_eq(run("{\"a\":9223372036854775807,\"b\":-9223372036854775808,\"c\":0}", r, &e),
-			 0);
+	ck_assert_int_eq(run("{\"a\":9223372036854775807,\"b\":-9223372036854775808,\"c\":0}", r, &e), 0);
 }
 END_TEST
 
@@ -375,9 +386,7 @@ START_TEST(test_validate_objectid_is_24_hex_digits)
 	ck_assert(!validate_is_objectid("507f1f77bcf86cd7994390111", 25));
 	ck_assert(!validate_is_objectid("507f1f77bcf86cd79943901g", 24));
 	ck_assert(!validate_is_objectid("", 0));
-	ck_assert_int_eq(run("{\"name\":\"x\",\"externalId\":\"507f1f77bcf86cd799439011\"}",
-			     patient_rules, &e),
-			 0);
+	ck_assert_int_eq(run("{\"name\":\"x\",\"externalId\":\"507f1f77bcf86cd799439011\"}", patient_rules, &e), 0);
 	ck_assert_int_eq(run("{\"name\":\"x\",\"externalId\":\"12\"}", patient_rules, &e), 1);
 	ck_assert_str_eq(e.details[0].message, "externalId must be a valid id");
 }
@@ -385,12 +394,20 @@ END_TEST
 
 START_TEST(test_validate_date_must_be_a_real_calendar_date)
 {
-	static const char *const good[] = {"2024-02-29", "2000-02-29", "1999-12-31", "0001-01-01",
-					   "2023-04-30"};
-	static const char *const bad[] = {"2023-02-29", "1900-02-29", "2024-13-01", "2024-00-10",
-					  "2024-04-31", "2024-01-00", "2024-1-01", "2024/01/01",
-					  "24-01-01", "2024-01-01T00:00:00Z", "0000-01-01", "2024-0a-01",
-					  ""};
+	static const char *const good[] = {"2024-02-29", "2000-02-29", "1999-12-31", "0001-01-01", "2023-04-30"};
+	static const char *const bad[] = {"2023-02-29",
+	                                  "1900-02-29",
+	                                  "2024-13-01",
+	                                  "2024-00-10",
+	                                  "2024-04-31",
+	                                  "2024-01-00",
+	                                  "2024-1-01",
+	                                  "2024/01/01",
+	                                  "24-01-01",
+	                                  "2024-01-01T00:00:00Z",
+	                                  "0000-01-01",
+	                                  "2024-0a-01",
+	                                  ""};
 	struct verrors e;
 
 	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
@@ -406,9 +423,8 @@ START_TEST(test_validate_null_counts_as_absent)
 {
 	struct verrors e;
 
-	ck_assert_int_eq(run("{\"name\":\"x\",\"status\":null,\"dateOfBirth\":null,\"isActive\":null}",
-			     patient_rules, &e),
-			 0);
+	ck_assert_int_eq(
+	    run("{\"name\":\"x\",\"status\":null,\"dateOfBirth\":null,\"isActive\":null}", patient_rules, &e), 0);
 	ck_assert_int_eq(run("{\"name\":null}", patient_rules, &e), 1);
 	ck_assert_str_eq(e.details[0].message, "name is required");
 }
@@ -417,13 +433,25 @@ END_TEST
 START_TEST(test_validate_keeps_at_most_16_details)
 {
 	static const struct vrule many[] = {
-		V_BOOL("f0", V_REQUIRED),  V_BOOL("f1", V_REQUIRED),  V_BOOL("f2", V_REQUIRED),
-		V_BOOL("f3", V_REQUIRED),  V_BOOL("f4", V_REQUIRED),  V_BOOL("f5", V_REQUIRED),
-		V_BOOL("f6", V_REQUIRED),  V_BOOL("f7", V_REQUIRED),  V_BOOL("f8", V_REQUIRED),
-		V_BOOL("f9", V_REQUIRED),  V_BOOL("f10", V_REQUIRED), V_BOOL("f11", V_REQUIRED),
-		V_BOOL("f12", V_REQUIRED), V_BOOL("f13", V_REQUIRED), V_BOOL("f14", V_REQUIRED),
-		V_BOOL("f15", V_REQUIRED), V_BOOL("f16", V_REQUIRED), V_BOOL("f17", V_REQUIRED),
-		V_END,
+	    V_BOOL("f0", V_REQUIRED),
+	    V_BOOL("f1", V_REQUIRED),
+	    V_BOOL("f2", V_REQUIRED),
+	    V_BOOL("f3", V_REQUIRED),
+	    V_BOOL("f4", V_REQUIRED),
+	    V_BOOL("f5", V_REQUIRED),
+	    V_BOOL("f6", V_REQUIRED),
+	    V_BOOL("f7", V_REQUIRED),
+	    V_BOOL("f8", V_REQUIRED),
+	    V_BOOL("f9", V_REQUIRED),
+	    V_BOOL("f10", V_REQUIRED),
+	    V_BOOL("f11", V_REQUIRED),
+	    V_BOOL("f12", V_REQUIRED),
+	    V_BOOL("f13", V_REQUIRED),
+	    V_BOOL("f14", V_REQUIRED),
+	    V_BOOL("f15", V_REQUIRED),
+	    V_BOOL("f16", V_REQUIRED),
+	    V_BOOL("f17", V_REQUIRED),
+	    V_END,
 	};
 	struct verrors e;
 
@@ -443,21 +471,18 @@ START_TEST(test_validate_writes_details_as_a_json_array)
 	size_t len;
 
 	ck_assert_ptr_nonnull(g);
-	ck_assert_int_eq(run("{\"username\":\"ann\",\"email\":\"x\",\"password\":\"short\"}",
-			     register_rules, &e),
-			 2);
+	ck_assert_int_eq(run("{\"username\":\"ann\",\"email\":\"x\",\"password\":\"short\"}", register_rules, &e), 2);
 	ck_assert_int_eq(validate_write_details(g, &e), 0);
 	ck_assert_int_eq(yajl_gen_get_buf(g, &buf, &len), yajl_gen_status_ok);
 	ck_assert_str_eq((const char *)buf,
-			 "[{\"field\":\"email\",\"message\":\"email must be a valid email address\"},"
-			 "{\"field\":\"password\",\"message\":\"password must be between 8 and 128 "
-			 "characters\"}]");
+	                 "[{\"field\":\"email\",\"message\":\"email must be a valid email address\"},"
+	                 "{\"field\":\"password\",\"message\":\"password must be between 8 and 128 "
+	                 "characters\"}]");
 	yajl_gen_free(g);
 
 	g = yajl_gen_alloc(NULL);
-	ck_assert_int_eq(run("{\"username\":\"ann\",\"email\":\"a@b.co\",\"password\":\"12345678\"}",
-			     register_rules, &e),
-			 0);
+	ck_assert_int_eq(
+	    run("{\"username\":\"ann\",\"email\":\"a@b.co\",\"password\":\"12345678\"}", register_rules, &e), 0);
 	ck_assert_int_eq(validate_write_details(g, &e), 0);
 	ck_assert_int_eq(yajl_gen_get_buf(g, &buf, &len), yajl_gen_status_ok);
 	ck_assert_str_eq((const char *)buf, "[]");
@@ -468,26 +493,26 @@ END_TEST
 static Suite *validate_suite(void)
 {
 	const TTest *const tests[] = {
-		test_validate_accepts_a_valid_registration,
-		test_validate_details_list_every_failing_field_in_rule_order,
-		test_validate_rejects_operator_injection_objects,
-		test_validate_reports_a_non_object_body_as_one_body_detail,
-		test_validate_counts_string_length_in_code_points,
-		test_validate_string_bounds_have_matching_messages,
-		test_validate_string_rejects_nul_and_invalid_utf8,
-		test_validate_word_charset_allows_only_letters_digits_underscore,
-		test_validate_email_accepts_common_addresses_and_rejects_malformed_ones,
-		test_validate_enum_lists_the_allowed_values,
-		test_validate_integer_checks_type_and_range,
-		test_validate_integer_in_a_json_body_must_not_be_a_string,
-		test_validate_query_string_integers_are_decimal_strings,
-		test_validate_integer_messages_follow_open_bounds,
-		test_validate_boolean_accepts_only_booleans,
-		test_validate_objectid_is_24_hex_digits,
-		test_validate_date_must_be_a_real_calendar_date,
-		test_validate_null_counts_as_absent,
-		test_validate_keeps_at_most_16_details,
-		test_validate_writes_details_as_a_json_array,
+	    test_validate_accepts_a_valid_registration,
+	    test_validate_details_list_every_failing_field_in_rule_order,
+	    test_validate_rejects_operator_injection_objects,
+	    test_validate_reports_a_non_object_body_as_one_body_detail,
+	    test_validate_counts_string_length_in_code_points,
+	    test_validate_string_bounds_have_matching_messages,
+	    test_validate_string_rejects_nul_and_invalid_utf8,
+	    test_validate_word_charset_allows_only_letters_digits_underscore,
+	    test_validate_email_accepts_common_addresses_and_rejects_malformed_ones,
+	    test_validate_enum_lists_the_allowed_values,
+	    test_validate_integer_checks_type_and_range,
+	    test_validate_integer_in_a_json_body_must_not_be_a_string,
+	    test_validate_query_string_integers_are_decimal_strings,
+	    test_validate_integer_messages_follow_open_bounds,
+	    test_validate_boolean_accepts_only_booleans,
+	    test_validate_objectid_is_24_hex_digits,
+	    test_validate_date_must_be_a_real_calendar_date,
+	    test_validate_null_counts_as_absent,
+	    test_validate_keeps_at_most_16_details,
+	    test_validate_writes_details_as_a_json_array,
 	};
 	Suite *s = suite_create("validate");
 

@@ -20,13 +20,13 @@
 
 static struct event_base *base;
 static struct ws_server *srv;
-static int cli = -1;           /* the client's end */
-static struct ws_conn *conn;   /* the server's connection */
-static char got[70000];        /* last text message the server received */
+static int cli = -1;         /* the client's end */
+static struct ws_conn *conn; /* the server's connection */
+static char got[70000];      /* last text message the server received */
 static size_t got_len;
 static int texts, closes, drained;
 static size_t last_count;
-static int echo;               /* on_text echoes the message back */
+static int echo;                    /* on_text echoes the message back */
 static unsigned char rbuf[1 << 20]; /* bytes the client has read, not yet parsed */
 static size_t rlen;
 
@@ -314,7 +314,10 @@ END_TEST
 
 START_TEST(test_ws_client_close_is_echoed_and_the_socket_closed)
 {
-	send_frame(0x8, "\x03\xe8" "bye", 5, 1, 1);
+	send_frame(0x8,
+	           "\x03\xe8"
+	           "bye",
+	           5, 1, 1);
 	ck_assert_int_eq(close_code(), 1000);
 	ck_assert_int_eq(recv_frame(NULL, NULL), -2); /* server closed first */
 	ck_assert_int_eq(closes, 1);
@@ -403,20 +406,20 @@ static Suite *ws_suite(void)
 		const char *name;
 		const TTest *test;
 	} cases[] = {
-		{"accept", test_ws_accept_key_matches_rfc_6455_example},
-		{"frames", test_ws_frames_use_the_shortest_length_encoding},
-		{"text", test_ws_text_message_reaches_the_handler_and_replies_are_unmasked},
-		{"fragments", test_ws_fragments_are_joined_and_pings_between_them_answered},
-		{"unmasked", test_ws_unmasked_client_frame_closes_with_1002},
-		{"control_too_long", test_ws_oversized_control_frame_closes_with_1002},
-		{"binary", test_ws_binary_message_closes_with_1003},
-		{"utf8", test_ws_invalid_utf8_closes_with_1007},
-		{"too_big", test_ws_message_over_the_limit_closes_with_1009},
-		{"backlog", test_ws_slow_reader_is_closed_with_1013_and_its_backlog_dropped},
-		{"client_close", test_ws_client_close_is_echoed_and_the_socket_closed},
-		{"drain", test_ws_drain_sends_1001_and_reports_empty_after_the_handshake},
-		{"idle", test_ws_idle_socket_is_pinged_then_closed_when_silent},
-		{"leftover", test_ws_leftover_bytes_are_processed_before_the_socket},
+	    {"accept", test_ws_accept_key_matches_rfc_6455_example},
+	    {"frames", test_ws_frames_use_the_shortest_length_encoding},
+	    {"text", test_ws_text_message_reaches_the_handler_and_replies_are_unmasked},
+	    {"fragments", test_ws_fragments_are_joined_and_pings_between_them_answered},
+	    {"unmasked", test_ws_unmasked_client_frame_closes_with_1002},
+	    {"control_too_long", test_ws_oversized_control_frame_closes_with_1002},
+	    {"binary", test_ws_binary_message_closes_with_1003},
+	    {"utf8", test_ws_invalid_utf8_closes_with_1007},
+	    {"too_big", test_ws_message_over_the_limit_closes_with_1009},
+	    {"backlog", test_ws_slow_reader_is_closed_with_1013_and_its_backlog_dropped},
+	    {"client_close", test_ws_client_close_is_echoed_and_the_socket_closed},
+	    {"drain", test_ws_drain_sends_1001_and_reports_empty_after_the_handshake},
+	    {"idle", test_ws_idle_socket_is_pinged_then_closed_when_silent},
+	    {"leftover", test_ws_leftover_bytes_are_processed_before_the_socket},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		TCase *tc = tcase_create(cases[i].name);

@@ -34,16 +34,17 @@ static void breaker_changed(void *ud, const char *name, int from, int to)
 	if (to == 1)
 		log_warn(NULL, "circuit breaker opened", LF_STR("circuit", name), LF_STR("from", f));
 	else
-		log_info(NULL, "circuit breaker state changed", LF_STR("circuit", name), LF_STR("from", f), LF_STR("to", t));
+		log_info(NULL, "circuit breaker state changed", LF_STR("circuit", name), LF_STR("from", f),
+		         LF_STR("to", t));
 }
 
 int api_open_store(struct event_base *base, const struct resil_config *cfg, char *err, size_t errlen)
 {
 	struct store_opts so = {
-		.pool_size = (unsigned)cfg->db_pool_size,
-		.job_threads = (unsigned)(cfg->job_threads ? cfg->job_threads : cfg->db_pool_size),
-		.on_breaker_change = breaker_changed,
-		.sync = cfg->db_sync == CONFIG_DB_SYNC_NORMAL ? STORE_SYNC_NORMAL : STORE_SYNC_FULL,
+	    .pool_size = (unsigned)cfg->db_pool_size,
+	    .job_threads = (unsigned)(cfg->job_threads ? cfg->job_threads : cfg->db_pool_size),
+	    .on_breaker_change = breaker_changed,
+	    .sync = cfg->db_sync == CONFIG_DB_SYNC_NORMAL ? STORE_SYNC_NORMAL : STORE_SYNC_FULL,
 	};
 	store_register_schema(&app_schema);
 	if (strncmp(cfg->db, "mongodb", 7) == 0)
@@ -69,7 +70,7 @@ void api_close_store(void)
  */
 struct req_timer {
 	struct event *ev;
-	uint64_t deadline_ms; /* jobs_now_ms() clock */
+	uint64_t deadline_ms;     /* jobs_now_ms() clock */
 	void (*expire)(void *op); /* abandons the op in flight; NULL: none */
 	void *op;
 	void (*chained_free)(struct http_request *req);
@@ -707,8 +708,8 @@ int api_doc_oid(const bson_t *doc, const char *field, bson_oid_t *out)
 }
 
 static const struct vrule page_rules[] = {
-	V_INT("page", V_OPTIONAL | V_FROM_STRING, 1, 1000000000),
-	V_END,
+    V_INT("page", V_OPTIONAL | V_FROM_STRING, 1, 1000000000),
+    V_END,
 };
 
 int api_pagination(struct http_request *req, int64_t dflt_limit, int64_t max_limit, int64_t *page, int64_t *limit)

@@ -52,9 +52,9 @@ struct api_job {
 	api_job_done_fn done;     /* loop thread, only on success and while the request waits */
 	api_job_fn cleanup;       /* optional, loop thread, always: frees what the job owns */
 	/* Outcome, written by work(). */
-	enum store_err err;       /* first failed store call (api_run) */
+	enum store_err err; /* first failed store call (api_run) */
 	char dup_field[STORE_FIELD_MAX];
-	int fail_status;          /* api_job_fail(): status, code, message (static strings) */
+	int fail_status; /* api_job_fail(): status, code, message (static strings) */
 	const char *fail_code, *fail_msg;
 };
 
@@ -98,7 +98,7 @@ struct api_list {
 	int coll;
 	struct store_filter filter; /* conditions and sort; paging is set by api_list_run */
 	int64_t page, limit;
-	const char *join_field;     /* NULL: no join */
+	const char *join_field; /* NULL: no join */
 	int join_coll;
 	/* results */
 	int64_t total;
@@ -128,8 +128,8 @@ struct api_call {
 	struct store_op op;
 	struct http_request *req; /* NULL once the request was answered (timeout) */
 	api_cb cb;
-	void *data;               /* handler state (arena of req while req lives) */
-	int64_t n;                /* handler scratch */
+	void *data; /* handler state (arena of req while req lives) */
+	int64_t n;  /* handler scratch */
 };
 
 /* The worker's store (NULL until opened). */

@@ -135,7 +135,8 @@ int audit_write(const struct audit_rec *r)
 	}
 	yajl_gen_free(g);
 	if (rc < 0)
-		log_error(NULL, "cannot write the audit trail", LF_STR("file", g_path), LF_STR("error", strerror(errno)));
+		log_error(NULL, "cannot write the audit trail", LF_STR("file", g_path),
+		          LF_STR("error", strerror(errno)));
 	return rc;
 }
 
@@ -148,8 +149,8 @@ void audit_actor_from(struct audit_actor *a, struct http_request *req)
 	audit_mark_written(req); /* the job writes the record */
 }
 
-int audit_log_as(const struct audit_actor *a, const char *action, const char *patient_id,
-                 const char *const *fields, const char *outcome)
+int audit_log_as(const struct audit_actor *a, const char *action, const char *patient_id, const char *const *fields,
+                 const char *outcome)
 {
 	struct audit_rec r = {.request_id = a->request_id,
 	                      .actor_id = a->id[0] ? a->id : NULL,

@@ -29,7 +29,7 @@ struct audit_rec {
 	const char *actor_id;   /* NULL: anonymous */
 	const char *actor_role; /* NULL: anonymous */
 	const char *action;
-	const char *patient_id; /* NULL: none (a list) */
+	const char *patient_id;    /* NULL: none (a list) */
 	const char *const *fields; /* NULL-terminated, may be NULL */
 	const char *outcome;
 	const char *target_user_id; /* user.role_change only, else NULL */
@@ -43,8 +43,8 @@ struct audit_actor {
 };
 void audit_actor_from(struct audit_actor *a, struct http_request *req);
 /* audit_write() with the actor's fields. */
-int audit_log_as(const struct audit_actor *a, const char *action, const char *patient_id,
-                 const char *const *fields, const char *outcome);
+int audit_log_as(const struct audit_actor *a, const char *action, const char *patient_id, const char *const *fields,
+                 const char *outcome);
 
 /* A role change of target (a user id): action user.role_change, with the
  * target as targetUserId (the one extra key, on these records only). */

@@ -24,8 +24,8 @@
  */
 #include "autoconfig.h"
 
-#include "clock.h"
 #include "chat.h"
+#include "clock.h"
 
 #include "api.h"
 #include "chat_batch.h"

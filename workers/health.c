@@ -11,12 +11,11 @@
 #include "routes.h"
 #include "scoreboard.h"
 
+#include <event2/buffer.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
-#include <event2/buffer.h>
-
 
 /* "2026-11-25T10:42:15.123Z": the seconds part is formatted once a second. */
 static size_t iso_now(char *out)

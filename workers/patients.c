@@ -48,46 +48,38 @@
 #define STATUSES "active", "inactive", "discharged"
 
 static const struct vrule create_rules[] = {
-	V_STRING("name", V_REQUIRED, 1, 100),
-	V_EMAIL("email", V_REQUIRED),
-	V_DATE("dateOfBirth", V_OPTIONAL),
-	V_ENUM("status", V_OPTIONAL, STATUSES),
-	V_STRING("ssn", V_OPTIONAL, 1, 20),
-	V_STRING("medicalRecord", V_OPTIONAL, 0, 10000),
-	V_STRING("externalId", V_OPTIONAL, 1, 100),
-	V_END,
+    V_STRING("name", V_REQUIRED, 1, 100),       V_EMAIL("email", V_REQUIRED),
+    V_DATE("dateOfBirth", V_OPTIONAL),          V_ENUM("status", V_OPTIONAL, STATUSES),
+    V_STRING("ssn", V_OPTIONAL, 1, 20),         V_STRING("medicalRecord", V_OPTIONAL, 0, 10000),
+    V_STRING("externalId", V_OPTIONAL, 1, 100), V_END,
 };
 
 static const struct vrule patch_rules[] = {
-	V_STRING("name", V_OPTIONAL, 1, 100),
-	V_EMAIL("email", V_OPTIONAL),
-	V_DATE("dateOfBirth", V_OPTIONAL),
-	V_ENUM("status", V_OPTIONAL, STATUSES),
-	V_STRING("ssn", V_OPTIONAL, 1, 20),
-	V_STRING("medicalRecord", V_OPTIONAL, 0, 10000),
-	V_STRING("externalId", V_OPTIONAL, 1, 100),
-	V_END,
+    V_STRING("name", V_OPTIONAL, 1, 100),       V_EMAIL("email", V_OPTIONAL),
+    V_DATE("dateOfBirth", V_OPTIONAL),          V_ENUM("status", V_OPTIONAL, STATUSES),
+    V_STRING("ssn", V_OPTIONAL, 1, 20),         V_STRING("medicalRecord", V_OPTIONAL, 0, 10000),
+    V_STRING("externalId", V_OPTIONAL, 1, 100), V_END,
 };
 
 /* What the external API may change. */
 const struct vrule patient_sync_rules[] = {
-	V_STRING("name", V_OPTIONAL, 1, 100),
-	V_EMAIL("email", V_OPTIONAL),
-	V_DATE("dateOfBirth", V_OPTIONAL),
-	V_ENUM("status", V_OPTIONAL, STATUSES),
-	V_STRING("medicalRecord", V_OPTIONAL, 0, 10000),
-	V_END,
+    V_STRING("name", V_OPTIONAL, 1, 100),
+    V_EMAIL("email", V_OPTIONAL),
+    V_DATE("dateOfBirth", V_OPTIONAL),
+    V_ENUM("status", V_OPTIONAL, STATUSES),
+    V_STRING("medicalRecord", V_OPTIONAL, 0, 10000),
+    V_END,
 };
 
 static const struct vrule list_rules[] = {
-	V_ENUM("status", V_OPTIONAL, STATUSES),
-	V_END,
+    V_ENUM("status", V_OPTIONAL, STATUSES),
+    V_END,
 };
 
-static const char *const full_fields[] = {"name", "email", "dateOfBirth", "status", "ssn", "medicalRecord",
-                                          "externalId", "createdAt", "updatedAt", NULL};
-static const char *const list_fields[] = {"name", "email", "dateOfBirth", "status", "externalId", "createdAt",
-                                          "updatedAt", NULL};
+static const char *const full_fields[] = {"name",          "email",      "dateOfBirth", "status",    "ssn",
+                                          "medicalRecord", "externalId", "createdAt",   "updatedAt", NULL};
+static const char *const list_fields[] = {"name",       "email",     "dateOfBirth", "status",
+                                          "externalId", "createdAt", "updatedAt",   NULL};
 
 static int fail_nomem(struct http_request *req)
 {
@@ -234,7 +226,7 @@ static int patients_list(struct http_request *req)
 
 struct patient_job {
 	struct api_job base;
-	int kind;       /* enum store_kind: FIND_BY_ID, INSERT, UPDATE_BY_ID, DELETE_BY_ID */
+	int kind; /* enum store_kind: FIND_BY_ID, INSERT, UPDATE_BY_ID, DELETE_BY_ID */
 	bson_oid_t id;
 	bson_t *fields; /* INSERT / UPDATE input, consumed by the store */
 	bson_t *result;
@@ -316,8 +308,8 @@ static int patient_op(struct http_request *req, int kind, bson_t *fields, int st
 	pj->fields = fields;
 	pj->status = status;
 	audit_actor_from(&pj->actor, req);
-	pj->action = kind == STORE_OP_FIND_BY_ID ? "patient.read"
-	             : kind == STORE_OP_INSERT   ? "patient.create"
+	pj->action = kind == STORE_OP_FIND_BY_ID     ? "patient.read"
+	             : kind == STORE_OP_INSERT       ? "patient.create"
 	             : kind == STORE_OP_UPDATE_BY_ID ? "patient.update"
 	                                             : "patient.delete";
 	if (kind == STORE_OP_FIND_BY_ID)

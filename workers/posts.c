@@ -41,28 +41,27 @@
 #define POSTS_MAX_LIMIT 100
 #define POSTS_CACHE_SLOTS 64
 #define POSTS_CACHE_TTL_MS 5000
-#define POSTS_CACHE_ENTRY_MAX (256u * 1024)  /* larger pages are not cached */
+#define POSTS_CACHE_ENTRY_MAX (256u * 1024) /* larger pages are not cached */
 #define POSTS_CACHE_BYTES_MAX (4u * 1024 * 1024)
 #define CATEGORY_KEY_MAX 208 /* 50 code points of up to 4 bytes, NUL */
 
-
 static const struct vrule create_rules[] = {
-	V_STRING("title", V_REQUIRED, 1, 200),
-	V_STRING("content", V_REQUIRED, 1, 50000),
-	V_STRING("category", V_OPTIONAL, 1, 50),
-	V_END,
+    V_STRING("title", V_REQUIRED, 1, 200),
+    V_STRING("content", V_REQUIRED, 1, 50000),
+    V_STRING("category", V_OPTIONAL, 1, 50),
+    V_END,
 };
 
 static const struct vrule patch_rules[] = {
-	V_STRING("title", V_OPTIONAL, 1, 200),
-	V_STRING("content", V_OPTIONAL, 1, 50000),
-	V_STRING("category", V_OPTIONAL, 1, 50),
-	V_END,
+    V_STRING("title", V_OPTIONAL, 1, 200),
+    V_STRING("content", V_OPTIONAL, 1, 50000),
+    V_STRING("category", V_OPTIONAL, 1, 50),
+    V_END,
 };
 
 static const struct vrule query_rules[] = {
-	V_STRING("category", V_OPTIONAL, 0, 50),
-	V_END,
+    V_STRING("category", V_OPTIONAL, 0, 50),
+    V_END,
 };
 
 static const char *const post_fields[] = {"title", "content", "category", NULL};
@@ -301,8 +300,8 @@ static int posts_list(struct http_request *req)
 		return fail_nomem(req);
 	lj->base.cleanup = list_cleanup;
 	api_job_reads(&lj->base);
-	lj->list = (struct api_list){.coll = COLL_POSTS, .page = page, .limit = limit,
-	                             .join_field = "author", .join_coll = COLL_USERS};
+	lj->list = (struct api_list){
+	    .coll = COLL_POSTS, .page = page, .limit = limit, .join_field = "author", .join_coll = COLL_USERS};
 	snprintf(lj->category, sizeof(lj->category), "%s", category);
 	lj->generation = post_generation();
 	if ((category[0] && store_filter_str(&lj->list.filter, "category", STORE_EQ, category) < 0) ||
@@ -315,12 +314,12 @@ static int posts_list(struct http_request *req)
 
 struct post_job {
 	struct api_job base;
-	bson_oid_t id;     /* the post (not for create) */
-	bson_oid_t me;     /* the caller (writes) */
+	bson_oid_t id; /* the post (not for create) */
+	bson_oid_t me; /* the caller (writes) */
 	bool admin;
-	bool remove;       /* DELETE rather than PATCH */
-	bson_t *fields;    /* create / patch input, consumed by the store */
-	bson_t *post;      /* results */
+	bool remove;    /* DELETE rather than PATCH */
+	bson_t *fields; /* create / patch input, consumed by the store */
+	bson_t *post;   /* results */
 	bson_t *author;
 	int status;
 };

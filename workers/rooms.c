@@ -93,11 +93,11 @@ struct room_job {
 	bson_oid_t me;
 	char my_name[32];
 	bson_oid_t room;
-	bson_oid_t target;   /* members: the user being added */
-	bson_t *doc;         /* create: the room; send: the message (consumed by the store) */
-	int64_t limit;       /* history */
+	bson_oid_t target; /* members: the user being added */
+	bson_t *doc;       /* create: the room; send: the message (consumed by the store) */
+	int64_t limit;     /* history */
 	int status;
-	bson_t *result;      /* the room or the message */
+	bson_t *result;        /* the room or the message */
 	struct store_op found; /* history: the messages, newest first */
 	struct api_list list;  /* GET /api/rooms */
 };
@@ -327,7 +327,8 @@ static void name_senders(struct api_job *j, struct store_op *found)
 	if (store_filter_in_oids(&users.filter, "_id", ids, nids) == 0 && api_exec(j, &users) == STORE_OK) {
 		for (size_t i = 0; i < found->ndocs; i++) {
 			bson_oid_t sid, uid;
-			if (bson_has_field(found->docs[i], "senderName") || api_doc_oid(found->docs[i], "sender", &sid) < 0)
+			if (bson_has_field(found->docs[i], "senderName") ||
+			    api_doc_oid(found->docs[i], "sender", &sid) < 0)
 				continue;
 			for (size_t u = 0; u < users.ndocs; u++) {
 				const char *name = api_doc_str(users.docs[u], "username");

@@ -19,7 +19,7 @@ struct worker {
 	struct http_server *http;
 	struct app *app;
 	struct scoreboard *sb;
-	struct sb_entry *sbe;  /* own scoreboard entry, NULL without supervisor */
+	struct sb_entry *sbe; /* own scoreboard entry, NULL without supervisor */
 	struct ratelimit *rl;
 	struct event *log_flush_ev;
 	struct event *heartbeat_ev;

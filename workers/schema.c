@@ -22,8 +22,11 @@ static const struct store_column messages_cols[] = {{"createdAt", "created_at"},
 
 /* Refresh-token sessions (sessions.c): parentHash is unique so that a
  * token can be spent once only. */
-static const struct store_column sessions_cols[] = {{"createdAt", "created_at"}, {"tokenHash", "token_hash"},
-    {"parentHash", "parent_hash"}, {"userId", "user_id"}, {"family", "family"}};
+static const struct store_column sessions_cols[] = {{"createdAt", "created_at"},
+                                                    {"tokenHash", "token_hash"},
+                                                    {"parentHash", "parent_hash"},
+                                                    {"userId", "user_id"},
+                                                    {"family", "family"}};
 
 static const struct store_array_mirror rooms_members = {
     .field = "members", .table = "room_members", .value_column = "member", .id_column = "room_id"};

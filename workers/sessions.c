@@ -58,8 +58,8 @@ static void token_new(char out[SESSION_TOKEN_MAX])
 /* Insert the next document of family (parent: the spent token's hash, or
  * NULL for a new family). Returns the store's error (recorded unless it is
  * DUPLICATE_KEY, which the caller interprets). */
-static enum store_err insert_session(struct api_job *j, const bson_oid_t *user, const char *family,
-                                     const char *parent, int64_t lifetime_s, struct session_new *out)
+static enum store_err insert_session(struct api_job *j, const bson_oid_t *user, const char *family, const char *parent,
+                                     int64_t lifetime_s, struct session_new *out)
 {
 	char hash[HASH_HEX], parent_buf[HASH_HEX + 5];
 	token_new(out->token);
@@ -119,7 +119,8 @@ static int revoke_where(struct api_job *j, int (*add)(struct store_filter *f, co
 		for (size_t i = 0; i < n; i++) {
 			struct store_op up;
 			store_op_init(&up, STORE_OP_UPDATE_BY_ID, COLL_SESSIONS);
-			if (api_doc_oid(op.docs[i], "_id", &up.id) < 0 || !(up.doc = BCON_NEW("revoked", BCON_BOOL(true)))) {
+			if (api_doc_oid(op.docs[i], "_id", &up.id) < 0 ||
+			    !(up.doc = BCON_NEW("revoked", BCON_BOOL(true)))) {
 				store_op_clear(&up);
 				continue;
 			}

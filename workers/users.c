@@ -21,12 +21,12 @@
 #include "api.h"
 #include "audit.h"
 #include "authmw.h"
+#include "config.h"
 #include "handlers.h"
 #include "log.h"
+#include "routes.h"
 #include "sessions.h"
 #include "validate.h"
-#include "config.h"
-#include "routes.h"
 
 #include <ctype.h>
 #include <sodium.h>
@@ -96,19 +96,19 @@ static int has_value(const struct json_value *body, const char *key)
 
 struct user_job {
 	struct api_job base;
-	bson_oid_t id;      /* the target user */
-	bool privileged;    /* the caller is an admin or the target */
-	bool deactivate;    /* DELETE */
-	bson_t *fields;     /* PATCH: $set (without the password hash) */
+	bson_oid_t id;             /* the target user */
+	bool privileged;           /* the caller is an admin or the target */
+	bool deactivate;           /* DELETE */
+	bson_t *fields;            /* PATCH: $set (without the password hash) */
 	char pw[PW_MAX_BYTES + 1]; /* PATCH: the new password, wiped after use */
 	size_t pwlen;
 	char cur[PW_MAX_BYTES + 1]; /* PATCH of one's own password: the current one, wiped after use */
 	size_t curlen;
-	bool self_pw;       /* one's own password change: verify cur, answer a fresh pair */
-	bool revoke;        /* password, role change or DELETE: revoke the target's tokens */
+	bool self_pw;               /* one's own password change: verify cur, answer a fresh pair */
+	bool revoke;                /* password, role change or DELETE: revoke the target's tokens */
 	struct session_new session; /* self_pw: the fresh refresh token */
-	bson_t *user;       /* result */
-	struct audit_actor actor; /* a role change is audited */
+	bson_t *user;               /* result */
+	struct audit_actor actor;   /* a role change is audited */
 	bool role_change;
 };
 
@@ -284,8 +284,8 @@ static void reply_user_pair(struct http_request *req, const bson_t *doc, const s
 	const char *email = api_doc_str(doc, "email");
 	const char *role = api_doc_str(doc, "role");
 	char *token = http_alloc(req, JWT_MAX + 1);
-	if (!token || authmw_issue_token(id, email ? email : "", role ? role : "user", s->family, token,
-	                                 JWT_MAX + 1) < 0) {
+	if (!token ||
+	    authmw_issue_token(id, email ? email : "", role ? role : "user", s->family, token, JWT_MAX + 1) < 0) {
 		app_fail(req, 500, "INTERNAL", "internal server error");
 		return;
 	}

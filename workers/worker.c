@@ -10,8 +10,8 @@
  */
 #include "autoconfig.h"
 
-#include "worker.h"
 #include "audit.h"
+#include "worker.h"
 
 #include "api.h"
 #include "app.h"
@@ -69,9 +69,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 	(void)what;
 	switch (sig) {
 	case SIGTERM:
-	case SIGINT:
-		worker_drain(w);
-		break;
+	case SIGINT: worker_drain(w); break;
 	case SIGQUIT:
 		w->exit_code = WORKER_EXIT_OK;
 		event_base_loopbreak(w->base);
@@ -82,8 +80,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 		if (audit_reopen() < 0)
 			log_error(NULL, "cannot reopen the audit trail", LF_STR("error", strerror(errno)));
 		break;
-	default:
-		break;
+	default: break;
 	}
 }
 
@@ -214,20 +211,20 @@ int worker_run(const struct worker_opts *opts)
 		goto out;
 	}
 	struct http_server_opts ho = {
-		.body_limit = w.cfg->body_limit,
-		.max_connections = w.cfg->max_connections,
-		.header_timeout_ms = w.cfg->header_timeout_ms,
-		.keepalive_timeout_ms = w.cfg->keepalive_timeout_ms,
-		.body_timeout_ms = w.cfg->request_timeout_ms,
-		/* A little inside the supervisor's SIGKILL deadline. */
-		.drain_timeout_ms = w.cfg->shutdown_timeout_ms - w.cfg->shutdown_timeout_ms / 10,
-		.trust_proxy = &trust_proxy,
-		.on_headers = app_headers,
-		.on_request = app_handle,
-		.on_complete = mw_access_log,
-		.fixed_headers = mw_security_headers(),
-		.on_stats = http_stats_cb,
-		.ud = w.app,
+	    .body_limit = w.cfg->body_limit,
+	    .max_connections = w.cfg->max_connections,
+	    .header_timeout_ms = w.cfg->header_timeout_ms,
+	    .keepalive_timeout_ms = w.cfg->keepalive_timeout_ms,
+	    .body_timeout_ms = w.cfg->request_timeout_ms,
+	    /* A little inside the supervisor's SIGKILL deadline. */
+	    .drain_timeout_ms = w.cfg->shutdown_timeout_ms - w.cfg->shutdown_timeout_ms / 10,
+	    .trust_proxy = &trust_proxy,
+	    .on_headers = app_headers,
+	    .on_request = app_handle,
+	    .on_complete = mw_access_log,
+	    .fixed_headers = mw_security_headers(),
+	    .on_stats = http_stats_cb,
+	    .ud = w.app,
 	};
 	w.http = http_server_new(w.base, opts->listen_fd, &ho);
 	if (!w.http) {

@@ -17,13 +17,13 @@ struct ratelimit;
 struct worker_opts {
 	const struct resil_config *cfg;
 	int listen_fd;
-	int id;               /* slot number, 0-based */
+	int id; /* slot number, 0-based */
 	unsigned generation;
 	struct scoreboard *sb; /* NULL when running without a supervisor */
-	int sb_index;         /* this process's scoreboard entry */
-	struct ratelimit *rl; /* shared rate-limit table (NULL: no limiting) */
-	int ready_fd;         /* write one byte when serving; -1: none */
-	int bus_fd;           /* worker end of the broadcast bus (src/bus.h); <= 2: none */
+	int sb_index;          /* this process's scoreboard entry */
+	struct ratelimit *rl;  /* shared rate-limit table (NULL: no limiting) */
+	int ready_fd;          /* write one byte when serving; -1: none */
+	int bus_fd;            /* worker end of the broadcast bus (src/bus.h); <= 2: none */
 };
 
 /* Run until drained (SIGTERM) or stopped (SIGQUIT); returns the exit
