@@ -9,7 +9,7 @@ libsqlite3-dev zlib1g-dev libwslay-dev node-llhttp nettle-dev libcrypt-dev
 python3 curl procps"
 # Extra tools for the test suite (valgrind step, WebSocket client).
 if [ "${1:-}" = "--test" ]; then
-	PKGS="$PKGS valgrind python3-websockets clang libclang-rt-14-dev wrk"
+	PKGS="$PKGS clang-format valgrind python3-websockets clang libclang-rt-14-dev wrk"
 	# The OpenAPI test reads YAML; the sandbox test runs resild through
 	# setpriv/prlimit (util-linux) and strace, and scores the unit with
 	# systemd-analyze; CI builds and installs the Debian package.
