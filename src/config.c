@@ -7,6 +7,9 @@
  * output, the example etc/resild.conf and the key list in resild.conf(5).
  * Loading fills a scratch copy and only copies it out when everything is
  * valid, so a bad configuration (on start or on reload) changes nothing.
+ *
+ * One file on purpose: one key table drives parsing, validation, defaults,
+ * --help, the example file and the man page's key list.
  */
 #define _GNU_SOURCE
 #include "config.h"

@@ -7,6 +7,11 @@
  * (keep-alive timer) -> closed. Framing errors are answered with a JSON
  * 400/413/414/431 and the connection is closed after the response, so a
  * smuggled second request is never parsed.
+ *
+ * One file on purpose (~1,700 lines): the connection state machine, the
+ * parser callbacks, the output bounds and the drain all act on the same
+ * struct http_conn in the same few states; split, every piece would need
+ * the others' invariants.
  */
 #include "autoconfig.h"
 

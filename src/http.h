@@ -1,7 +1,8 @@
 /* http.h - the HTTP/1.1 server core of a worker.
  *
- * Connections are accepted with an evconnlistener and driven by
- * bufferevents; requests are parsed by llhttp in strict mode. One request
+ * Connections are accepted with an evconnlistener and driven by raw read
+ * and write events over evbuffers; requests are parsed by llhttp in strict
+ * mode. One request
  * per connection is in progress at a time: the parser pauses at the end of
  * each message and resumes after its response is queued, so pipelined
  * requests are answered in order without buffering responses.

@@ -10,6 +10,9 @@
  * file keeps one fd number for its whole life (log_reopen dup3()s the new
  * file over it), so a thread racing a reopen writes to the old or the new
  * file, never to a closed or recycled descriptor.
+ *
+ * One file on purpose: the line builder, the escaping and masking scanner
+ * and the sinks share one per-thread buffer and its invariants.
  */
 #define _GNU_SOURCE
 #include "log.h"

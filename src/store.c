@@ -14,6 +14,10 @@
  * insert id is chosen before the first attempt (a repeat that finds its own
  * id reports success), updates are $set/$addToSet, and a repeated delete
  * that finds nothing means the first attempt landed.
+ *
+ * One file on purpose: the op life cycle (submit, lanes, breaker, retry,
+ * deadline, results, health ping, handle reopening) is one state machine
+ * over struct store_op and struct store; the backends live apart.
  */
 #define _GNU_SOURCE
 #include "store.h"

@@ -45,6 +45,10 @@
  * it is always safe). Migrations run in one BEGIN IMMEDIATE transaction that
  * re-reads PRAGMA user_version under the lock, so processes starting
  * together apply each step exactly once.
+ *
+ * One file on purpose: everything that knows SQLite (connections, the
+ * schema's tables and mirrors, filters as SQL, checkpoints and fault
+ * classification) is this backend; the rest of the store does not.
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -14,6 +14,9 @@
  * so that a parked socket can be closed without rebuilding its context;
  * wslay's write side is shut once our close is queued, and it only emits
  * pongs and the close frames it sends itself (protocol errors, echo).
+ *
+ * One file on purpose: the wslay glue, flow control and the close
+ * handshake act on one struct ws_conn in a few states.
  */
 #include "autoconfig.h"
 
