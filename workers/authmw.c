@@ -96,6 +96,45 @@ void authmw_users_changed(void)
 /* mw_auth's header-time guard (app_guard): the token checks mw_auth makes
  * without the database. A request that fails them is answered by mw_auth
  * before its body is read, so an anonymous upload costs no memory. */
+/* Verified tokens, per worker: a token is checked at header time (the
+ * guard) and again by mw_auth, and a keep-alive client sends the same one
+ * with every request. A hit compares the whole token (a copy is kept) and
+ * re-checks its expiry; the secret never changes in a worker's life. */
+#define TOKEN_MEMO_SLOTS 64
+#define TOKEN_MEMO_MAX 640 /* longer tokens are verified every time */
+
+struct token_memo {
+	size_t len;
+	char tok[TOKEN_MEMO_MAX];
+	struct jwt_claims cl;
+};
+static struct token_memo token_memo[TOKEN_MEMO_SLOTS];
+
+static enum jwt_result verify_token(const char *tok, size_t len, struct jwt_claims *cl)
+{
+	int64_t now = (int64_t)time(NULL);
+	struct token_memo *m = NULL;
+	if (len <= TOKEN_MEMO_MAX) {
+		uint32_t h = 2166136261u;
+		for (size_t i = 0; i < len; i++)
+			h = (h ^ (unsigned char)tok[i]) * 16777619u;
+		m = &token_memo[h % TOKEN_MEMO_SLOTS];
+		if (m->len == len && memcmp(m->tok, tok, len) == 0) {
+			if (now > m->cl.exp + JWT_SKEW_S)
+				return JWT_EXPIRED;
+			*cl = m->cl;
+			return JWT_OK;
+		}
+	}
+	enum jwt_result jr = jwt_verify(g_cfg->jwt_secret, g_cfg->jwt_secret_len, tok, len, now, JWT_SKEW_S, cl);
+	if (jr == JWT_OK && m) {
+		m->len = len;
+		memcpy(m->tok, tok, len);
+		m->cl = *cl;
+	}
+	return jr;
+}
+
 static int auth_guard(const struct http_request *req)
 {
 	size_t hl, tl;
@@ -104,8 +143,7 @@ static int auth_guard(const struct http_request *req)
 	if (!h || hl == 0 || auth_bearer_token(h, hl, &tok, &tl) < 0)
 		return APP_DONE;
 	struct jwt_claims cl;
-	if (jwt_verify(g_cfg->jwt_secret, g_cfg->jwt_secret_len, tok, tl, (int64_t)time(NULL), JWT_SKEW_S, &cl) !=
-	    JWT_OK)
+	if (verify_token(tok, tl, &cl) != JWT_OK)
 		return APP_DONE;
 	return APP_NEXT;
 }
@@ -413,8 +451,7 @@ enum auth_status auth_resolve(struct http_request *req, const char *tok, size_t 
 		return now->status = AUTH_MISSING;
 	struct jwt_claims cl;
 	bson_oid_t id;
-	enum jwt_result jr =
-		jwt_verify(g_cfg->jwt_secret, g_cfg->jwt_secret_len, tok, len, (int64_t)time(NULL), JWT_SKEW_S, &cl);
+	enum jwt_result jr = verify_token(tok, len, &cl);
 	if (jr != JWT_OK || store_id_parse(cl.sub, strlen(cl.sub), &id) < 0) {
 		log_info(&(struct log_ctx){.request_id = req ? req->request_id : NULL}, "token rejected",
 		         LF_STR("reason", jr != JWT_OK ? jwt_result_str(jr) : "subject is not an id"));
@@ -460,7 +497,7 @@ enum auth_status auth_resolve(struct http_request *req, const char *tok, size_t 
 /* The principal and the document it was loaded from, in the request's arena. */
 struct auth_state {
 	struct principal p;
-	char sid[25]; /* the token's session, "" for none */
+	char sid[25];      /* the token's session, "" for none */
 	const bson_t *doc; /* valid until the chain next yields (see authmw.h) */
 };
 
@@ -499,16 +536,13 @@ static int mw_auth_answer(struct http_request *req, const struct auth_result *r)
 		if (set_ctx(req, r) < 0)
 			return app_fail(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 		return APP_NEXT;
-	case AUTH_MISSING:
-		return app_fail(req, 401, "UNAUTHORIZED", "access token required");
+	case AUTH_MISSING: return app_fail(req, 401, "UNAUTHORIZED", "access token required");
 	case AUTH_GONE:
 		if (r->revoked)
 			return app_fail(req, 401, "UNAUTHORIZED", "token has been revoked");
 		return app_fail(req, 401, "UNAUTHORIZED", "user no longer exists or is inactive");
-	case AUTH_STORE:
-		return api_fail_store(req, r->err, NULL);
-	default:
-		return app_fail(req, 403, "FORBIDDEN", "invalid or expired token");
+	case AUTH_STORE: return api_fail_store(req, r->err, NULL);
+	default: return app_fail(req, 403, "FORBIDDEN", "invalid or expired token");
 	}
 }
 
