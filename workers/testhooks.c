@@ -177,6 +177,11 @@ int testhooks_routes(struct app *app, const struct resil_config *cfg)
 	int rc = 0;
 	rc |= app_route(app, HTTP_M_GET | HTTP_M_POST | HTTP_M_PUT | HTTP_M_PATCH | HTTP_M_DELETE, "/__test/echo",
 	                APP_CHAIN_(echo));
+	/* The echo stands for a route that reads bodies up to the configured
+	 * limit (the body, memory and drain tests use it), not for an
+	 * unauthenticated one with the small public limit. */
+	rc |= app_body_limit(app, HTTP_M_GET | HTTP_M_POST | HTTP_M_PUT | HTTP_M_PATCH | HTTP_M_DELETE, "/__test/echo",
+	                     cfg->body_limit);
 	rc |= app_get(app, "/__test/slow", slow);
 	rc |= app_get(app, "/__test/crash", crash);
 	rc |= app_get(app, "/__test/steps", steps);

@@ -164,6 +164,8 @@ def wait_for(pred, timeout, what):
 def exercise(s, check_procs=True):
     """What the service does in production: health, a write through the
     job threads, a reload; then a graceful stop."""
+    # Healthy once every worker reported ready (one ready is "degraded").
+    wait_for(lambda: s.json("GET", "/health")[2].get("status") == "healthy", 15, "every worker ready")
     st, _, doc = s.json("GET", "/health")
     assert st == 200 and doc["status"] == "healthy", (st, doc)
     st, _, reg = s.json("POST", "/api/auth/register",
