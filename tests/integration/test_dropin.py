@@ -6,6 +6,7 @@ database, logs those users in with their passwords, lists their posts, their
 rooms and their messages, and accepts a token the Node app signed. After the
 first login the stored hash is argon2id and the Node model still reads the
 document. Never skipped: without node/npm the test fails (test_mongoose.py)."""
+import asyncio
 import json
 import os
 import sys
@@ -13,6 +14,14 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import Server, run_tests  # noqa: E402
 from test_mongoose import MongoDouble, node  # noqa: E402
+from test_socketio import sio_connect, sio_recv  # noqa: E402
+
+MARK = "NODE-SECRET-7f31"
+
+
+def no_secret(what, body):
+    text = json.dumps(body)
+    assert MARK not in text and "$2a$" not in text and "$2b$" not in text and "$argon2" not in text, (what, body)
 
 SECRET = "drop-in-secret-shared-with-the-node-app-0123456789"
 
@@ -35,6 +44,9 @@ def test_resild_serves_what_the_node_app_wrote():
         uri = md.uri("nodeapp")
         fx = node(uri, "write")
         alice, bob, carol = fx["users"]
+        # Fields no serializer lists, on every document of every collection.
+        added = node(uri, "add-secrets", MARK)
+        assert added["users"] == 3 and added["posts"] == 3 and added["messages"] == 3, added
         srv = Server(workers=2, db=uri, env={"RESIL_JWT_SECRET": SECRET, "RESIL_RATE_LIMIT": "100000/15m"})
         srv.start()
 
@@ -79,6 +91,37 @@ def test_resild_serves_what_the_node_app_wrote():
         expired = node("sign-token", SECRET, carol["id"], carol["email"], "-10s")["token"]
         st, _, doc = call(srv, "GET", "/api/users/me", token=expired)
         assert st == 403, doc
+
+        # No route ever sends a field its serializer does not list.
+        ta, tb = a["token"], b["token"]
+        pid = fx["posts"][0]["id"]
+        rid = fx["rooms"][0]["id"]
+        for method, path, body, tok in (
+                ("GET", "/api/users/me", None, tb), ("GET", "/api/users/%s" % alice["id"], None, tb),
+                ("GET", "/api/users?limit=100", None, ta), ("GET", "/api/posts?limit=100", None, None),
+                ("GET", "/api/posts/%s" % pid, None, None), ("PATCH", "/api/posts/%s" % pid, {"title": "Edited"}, ta),
+                ("GET", "/api/rooms", None, tb), ("GET", "/api/rooms/%s/messages" % rid, None, tb),
+                ("POST", "/api/rooms/%s/messages" % rid, {"content": "from resil"}, tb),
+                ("POST", "/api/rooms/%s/members" % rid, {"userId": carol["id"]}, ta),
+                ("PATCH", "/api/users/%s" % bob["id"], {"username": "bob_renamed"}, tb)):
+            st, _, doc = call(srv, method, path, body, tok)
+            assert st in (200, 201), (method, path, st, doc)
+            no_secret(path, doc)
+        no_secret("login", login(srv, bob))
+
+        # The Node-signed token on the Socket.IO handshake, and the chat's documents.
+        async def chat():
+            ws, _, _ = await sio_connect(srv, {"token": tok})
+            try:
+                await ws.send("42" + json.dumps(["join_room", rid]))
+                name, data = await sio_recv(ws)
+                assert name == "room_joined" and data["roomId"] == rid, (name, data)
+                name, recent = await sio_recv(ws)
+                assert name == "recent_messages" and any(m["content"] == "hi bob" for m in recent), recent
+                no_secret("recent_messages", recent)
+            finally:
+                await ws.close()
+        asyncio.run(chat())
 
         # What resild writes, the Node app reads: a user registered here.
         st, _, doc = srv.json("POST", "/api/auth/register",

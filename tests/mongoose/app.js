@@ -230,6 +230,20 @@ async function write() {
   };
 }
 
+/* Fields a serializer must never send: set on every document of every
+ * collection with the driver itself (Mongoose's strict mode would drop
+ * them). */
+async function addSecrets(marker) {
+  const out = {};
+  for (const name of ['users', 'posts', 'rooms', 'messages']) {
+    const r = await mongoose.connection.db.collection(name).updateMany({}, {
+      $set: { resetToken: `${marker}-reset`, internalNote: `${marker}-note`, passwordHash: `${marker}-hash` },
+    });
+    out[name] = r.modifiedCount;
+  }
+  return out;
+}
+
 async function readUser(email) {
   const u = await User.findOne({ email: String(email).toLowerCase() }).lean();
   if (!u) return null;
@@ -286,6 +300,7 @@ async function main(argv) {
     if (mode === 'read-user' && rest.length === 1) return await readUser(rest[0]);
     if (mode === 'check-password' && rest.length === 2) return await checkPassword(rest[0], rest[1]);
     if (mode === 'retry-write' && rest.length === 1) return await retryWrite(rest[0]);
+    if (mode === 'add-secrets' && rest.length === 1) return await addSecrets(rest[0]);
     throw new Error(`unknown mode or arguments: ${mode}`);
   } finally {
     await mongoose.disconnect();
