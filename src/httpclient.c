@@ -300,6 +300,13 @@ int httpc_start(struct httpc *hc, const struct httpc_request *r, httpc_cb cb, vo
 			free(auth);
 		}
 	}
+	for (size_t i = 0; i < r->nheaders && !bad; i++) {
+		const struct httpc_header *x = &r->headers[i];
+		if (!x->name || !x->name[0] || !x->value)
+			bad = -1;
+		else
+			bad |= evhttp_add_header(h, x->name, x->value);
+	}
 	if (r->method == HTTPC_POST) {
 		char cl[24];
 		snprintf(cl, sizeof(cl), "%zu", r->body_len);
@@ -309,7 +316,8 @@ int httpc_start(struct httpc *hc, const struct httpc_request *r, httpc_cb cb, vo
 			bad = -1;
 	}
 	if (bad) {
-		/* A header with CR/LF in it (a bearer from a bad config) or OOM. */
+		/* A header with CR/LF in it (a bearer from a bad config, a bad
+		 * extra header) or OOM. */
 		evhttp_request_free(k->req);
 		k->req = NULL;
 		call_release(k);

@@ -46,6 +46,12 @@ enum httpc_err {
 	HTTPC_ERR_NOMEM,
 };
 
+/* One extra request header; name and value must not contain CR or LF. */
+struct httpc_header {
+	const char *name;
+	const char *value;
+};
+
 struct httpc_request {
 	int method;         /* enum httpc_method */
 	const char *url;    /* http://host[:port]/path[?query], already percent-encoded */
@@ -54,6 +60,8 @@ struct httpc_request {
 	size_t body_len;
 	uint64_t timeout_ms; /* whole call; 0 = HTTPC_TIMEOUT_DEFAULT_MS */
 	size_t max_body;     /* 0 = HTTPC_MAX_BODY_DEFAULT */
+	const struct httpc_header *headers; /* extra headers, sent as given; may be NULL */
+	size_t nheaders;
 };
 
 /* What the callback gets; every pointer is valid only during the callback. */
@@ -76,7 +84,7 @@ void httpc_free(struct httpc *hc);
 
 /* Start a call. Returns HTTPC_OK with *out set (the handle stays valid
  * until the callback returns or httpc_cancel), or an error code (bad URL,
- * https, out of memory) with nothing started: the callback will not run.
+ * https, a header with CR/LF or an empty name, out of memory) with nothing started: the callback will not run.
  * The request and its strings are copied; the caller may free them. A
  * callback may start new calls on the same client. */
 int httpc_start(struct httpc *hc, const struct httpc_request *r, httpc_cb cb, void *ud, struct httpc_call **out);

@@ -10,9 +10,11 @@
 
 /* Socket location when neither -s / --control nor RESIL_CONTROL is given:
  * $RUNTIME_DIRECTORY (its first entry, systemd separates several with
- * ':') plus CTL_RUNTIME_SOCKET_NAME, else CTL_DEFAULT_SOCKET. */
+ * ':') plus CTL_RUNTIME_SOCKET_NAME, else (resilctl only) the packaged
+ * unit's CTL_PACKAGED_SOCKET if it exists, else CTL_DEFAULT_SOCKET. */
 #define CTL_ENV_SOCKET "RESIL_CONTROL"
 #define CTL_RUNTIME_SOCKET_NAME "control.sock"
+#define CTL_PACKAGED_SOCKET "/run/resil/control.sock" /* etc/resild.service.in */
 #define CTL_DEFAULT_SOCKET "./resild.sock"
 
 /* Request: {"cmd": NAME, ...arguments} */

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -95,7 +96,8 @@ static void print_help(void)
 	       "\n"
 	       "Options:\n"
 	       "  -s, --socket PATH  control socket (default: $" CTL_ENV_SOCKET ", else\n"
-	       "                     $RUNTIME_DIRECTORY/" CTL_RUNTIME_SOCKET_NAME ", else " CTL_DEFAULT_SOCKET ")\n"
+	       "                     $RUNTIME_DIRECTORY/" CTL_RUNTIME_SOCKET_NAME ", else " CTL_PACKAGED_SOCKET "\n"
+	       "                     if it exists, else " CTL_DEFAULT_SOCKET ")\n"
 	       "      --timeout SEC  give up after SEC seconds (default 10; restart and reload\n"
 	       "                     120; stop 60, including the wait for resild to exit)\n"
 	       "      --json         status, health: print the answer as one JSON object\n"
@@ -245,20 +247,35 @@ static enum parse_result parse_args(int argc, char **argv, struct opts *o)
 	return PARSE_RUN;
 }
 
-/* The same rule resild applies to its own default (src/config.c). */
+/* Where the control socket path came from, for error lines. */
+static const char *socket_origin = "-s";
+
+/* -s, else $RESIL_CONTROL, else $RUNTIME_DIRECTORY/control.sock (inside the
+ * unit, the rule resild applies to its own default, src/config.c), else the
+ * packaged unit's CTL_PACKAGED_SOCKET when it exists, else
+ * CTL_DEFAULT_SOCKET. */
 static int socket_path(const char *given, char *out, size_t outlen)
 {
 	const char *env = getenv(CTL_ENV_SOCKET), *rd = getenv("RUNTIME_DIRECTORY");
+	struct stat st;
 	int n;
 
-	if (given)
+	if (given) {
 		n = snprintf(out, outlen, "%s", given);
-	else if (env && *env)
+		socket_origin = "from -s";
+	} else if (env && *env) {
 		n = snprintf(out, outlen, "%s", env);
-	else if (rd && *rd)
+		socket_origin = "from $" CTL_ENV_SOCKET;
+	} else if (rd && *rd) {
 		n = snprintf(out, outlen, "%.*s/" CTL_RUNTIME_SOCKET_NAME, (int)strcspn(rd, ":"), rd);
-	else
+		socket_origin = "from $RUNTIME_DIRECTORY";
+	} else if (stat(CTL_PACKAGED_SOCKET, &st) == 0) {
+		n = snprintf(out, outlen, "%s", CTL_PACKAGED_SOCKET);
+		socket_origin = "the packaged unit's socket; no -s or $" CTL_ENV_SOCKET;
+	} else {
 		n = snprintf(out, outlen, "%s", CTL_DEFAULT_SOCKET);
+		socket_origin = "no -s, no $" CTL_ENV_SOCKET ", no " CTL_PACKAGED_SOCKET;
+	}
 	return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 
@@ -320,17 +337,17 @@ static int ctl_connect(const char *path, int64_t deadline, int *out)
 		}
 		close(fd);
 		if (e == ENOENT || e == ENOTDIR) {
-			fail("resild is not running (no control socket at %s)", path);
+			fail("resild is not running (no control socket at %s; %s)", path, socket_origin);
 			return CTL_EXIT_NOT_RUNNING;
 		}
 		if (e == ECONNREFUSED) {
-			fail("resild is not running (nothing listens on %s)", path);
+			fail("resild is not running (nothing listens on %s; %s)", path, socket_origin);
 			return CTL_EXIT_NOT_RUNNING;
 		}
 		if (e == EAGAIN)
-			fail("timed out connecting to %s (resild is busy)", path);
+			fail("timed out connecting to %s (%s; resild is busy)", path, socket_origin);
 		else
-			fail("cannot connect to %s: %s%s", path, strerror(e),
+			fail("cannot connect to %s (%s): %s%s", path, socket_origin, strerror(e),
 			     e == EACCES || e == EPERM ? " (run resilctl as the user resild runs as)" : "");
 		return CTL_EXIT_PROTOCOL;
 	}

@@ -68,6 +68,13 @@ static void serve(struct evhttp_request *req, void *arg)
 		snprintf(out, sizeof(out), "{\"auth\":\"%s\",\"method\":%d,\"uri\":\"%s\",\"body\":%s}",
 		         auth ? auth : "", (int)evhttp_request_get_command(req), uri, n ? body : "null");
 		reply(req, 200, out);
+	} else if (strcmp(uri, "/headers") == 0) {
+		struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+		const char *tp = evhttp_find_header(in, "traceparent");
+		const char *rid = evhttp_find_header(in, "X-Request-ID");
+		char out[300];
+		snprintf(out, sizeof(out), "{\"traceparent\":\"%s\",\"rid\":\"%s\"}", tp ? tp : "", rid ? rid : "");
+		reply(req, 200, out);
 	} else if (strcmp(uri, "/missing") == 0) {
 		reply(req, 404, "{\"error\":\"not found\"}");
 	} else if (strcmp(uri, "/limited") == 0) {
@@ -180,6 +187,51 @@ START_TEST(test_httpc_returns_status_and_body_of_200)
 	ck_assert_str_eq(r.body, "{\"auth\":\"Bearer sekret\",\"method\":1,\"uri\":\"/ok?x=1\",\"body\":null}");
 	ck_assert_uint_eq(r.body_len, strlen(r.body));
 	ck_assert_str_eq(r.retry_after, "");
+	teardown(&fx);
+}
+END_TEST
+
+START_TEST(test_httpc_sends_extra_headers_as_given)
+{
+	struct fixture fx;
+	struct result r;
+	setup(&fx);
+	char url[128];
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/headers", fx.port);
+	memset(&r, 0, sizeof(r));
+	r.base = fx.base;
+	const struct httpc_header hdrs[] = {
+	    {"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+	    {"X-Request-ID", "req-42"},
+	};
+	struct httpc_request rq = {.method = HTTPC_GET, .url = url, .headers = hdrs, .nheaders = 2};
+	ck_assert_int_eq(httpc_start(fx.hc, &rq, got, &r, NULL), HTTPC_OK);
+	run_until_done(&fx, &r);
+	ck_assert_int_eq(r.err, HTTPC_OK);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_str_eq(r.body, "{\"traceparent\":\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\","
+	                         "\"rid\":\"req-42\"}");
+	teardown(&fx);
+}
+END_TEST
+
+START_TEST(test_httpc_refuses_a_bad_extra_header_at_request_time)
+{
+	struct fixture fx;
+	struct result r;
+	setup(&fx);
+	memset(&r, 0, sizeof(r));
+	struct httpc_header hdrs[] = {{"X-Request-ID", "a\r\nInjected: yes"}};
+	struct httpc_request rq = {.method = HTTPC_GET, .url = "http://127.0.0.1/x", .headers = hdrs, .nheaders = 1};
+	ck_assert_int_eq(httpc_start(fx.hc, &rq, got, &r, NULL), HTTPC_ERR_URL);
+	hdrs[0].name = "";
+	hdrs[0].value = "x";
+	ck_assert_int_eq(httpc_start(fx.hc, &rq, got, &r, NULL), HTTPC_ERR_URL);
+	hdrs[0].name = "X-Ok";
+	hdrs[0].value = NULL;
+	ck_assert_int_eq(httpc_start(fx.hc, &rq, got, &r, NULL), HTTPC_ERR_URL);
+	ck_assert_uint_eq(httpc_inflight(fx.hc), 0);
+	ck_assert_int_eq(r.calls, 0);
 	teardown(&fx);
 }
 END_TEST
@@ -398,6 +450,8 @@ static Suite *httpclient_suite(void)
 	} cases[] = {
 	    {"200", test_httpc_returns_status_and_body_of_200},
 	    {"post", test_httpc_posts_a_json_body},
+	    {"headers", test_httpc_sends_extra_headers_as_given},
+	    {"bad_header", test_httpc_refuses_a_bad_extra_header_at_request_time},
 	    {"404", test_httpc_reports_404_as_a_response},
 	    {"429", test_httpc_parses_retry_after_of_429},
 	    {"500", test_httpc_reports_500_as_a_response},

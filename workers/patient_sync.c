@@ -54,6 +54,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +100,7 @@ struct sync {
 	uint64_t deadline_ms; /* request deadline, CLOCK_MONOTONIC ms */
 	uint64_t timeout_ms;  /* configured per-call timeout */
 	int capped;           /* this attempt's timeout was cut by the deadline */
+	uint64_t call_started_ms; /* this attempt's start, CLOCK_MONOTONIC ms */
 	struct httpc_call *call;
 	struct event *timer;
 };
@@ -343,8 +345,10 @@ static void got_reply(const struct httpc_response *res, void *ud)
 	int status = res->err == HTTPC_OK ? res->status : 0;
 	int ok_for_breaker = status >= 200 && status < 500 && status != 408;
 	breaker_record(&ext_breaker, ok_for_breaker);
+	uint64_t now = rclock_now_ms();
+	uint64_t took = now >= s->call_started_ms ? now - s->call_started_ms : 0;
 	log_info(&lc, "external api call", LF_STR("patientId", hex), LF_INT("attempt", s->attempts),
-	         LF_INT("status", status), LF_STR("error", httpc_err_name(res->err)));
+	         LF_INT("status", status), LF_STR("error", httpc_err_name(res->err)), LF_INT("durationMs", took));
 
 	if (status >= 200 && status < 300) {
 		merge(s, res->body, res->body_len);
@@ -358,7 +362,6 @@ static void got_reply(const struct httpc_response *res, void *ud)
 		sync_fail(s, 503, "SERVICE_UNAVAILABLE", "external api rejected the request");
 		return;
 	}
-	uint64_t now = rclock_now_ms();
 	if (res->err == HTTPC_ERR_TIMEOUT && s->capped && now + 1 >= s->deadline_ms) {
 		sync_fail(s, 504, "TIMEOUT", "request timed out");
 		return;
@@ -384,6 +387,35 @@ static void got_reply(const struct httpc_response *res, void *ud)
 	sync_fail(s, 503, "SERVICE_UNAVAILABLE", "external api unavailable");
 }
 
+/* W3C trace context for one outbound attempt: the request's trace id (one
+ * is made up, and kept on the request for its log lines, when the client
+ * sent none) and a fresh span id per attempt. out: 56 bytes. */
+static void make_traceparent(struct http_request *req, char *out, size_t outlen)
+{
+	static const char hexd[] = "0123456789abcdef";
+	unsigned char rnd[16];
+	if (!req->trace_id[0]) {
+		do
+			randombytes_buf(rnd, sizeof(rnd));
+		while (sodium_is_zero(rnd, sizeof(rnd)));
+		for (size_t i = 0; i < sizeof(rnd); i++) {
+			req->trace_id[2 * i] = hexd[rnd[i] >> 4];
+			req->trace_id[2 * i + 1] = hexd[rnd[i] & 15];
+		}
+		req->trace_id[32] = '\0';
+	}
+	char span[17];
+	do
+		randombytes_buf(rnd, 8);
+	while (sodium_is_zero(rnd, 8));
+	for (size_t i = 0; i < 8; i++) {
+		span[2 * i] = hexd[rnd[i] >> 4];
+		span[2 * i + 1] = hexd[rnd[i] & 15];
+	}
+	span[16] = '\0';
+	snprintf(out, outlen, "00-%s-%s-01", req->trace_id, span);
+}
+
 static void attempt(struct sync *s)
 {
 	if (stopping) {
@@ -404,13 +436,22 @@ static void attempt(struct sync *s)
 	s->capped = tmo < s->timeout_ms;
 	s->attempts++;
 	const struct resil_config *cfg = worker_current()->cfg;
+	char traceparent[64];
+	make_traceparent(s->req, traceparent, sizeof(traceparent));
+	const struct httpc_header hdrs[] = {
+	    {"traceparent", traceparent},
+	    {"X-Request-ID", s->req->request_id},
+	};
 	struct httpc_request r = {
 		.method = HTTPC_GET,
 		.url = s->url,
 		.bearer = cfg->external_api_key,
 		.timeout_ms = tmo,
 		.max_body = SYNC_MAX_BODY,
+		.headers = hdrs,
+		.nheaders = s->req->request_id[0] ? 2 : 1,
 	};
+	s->call_started_ms = now;
 	if (!ext_client)
 		ext_client = httpc_new(worker_current()->base);
 	int rc = ext_client ? httpc_start(ext_client, &r, got_reply, s, &s->call) : HTTPC_ERR_NOMEM;

@@ -32,6 +32,7 @@ class FakeApi:
 
     def __init__(self):
         self.calls = []  # (externalId, Authorization header)
+        self.headers = []  # (externalId, {lower-case header name: value}) per call
         self.lock = threading.Lock()
         api = self
 
@@ -46,6 +47,7 @@ class FakeApi:
                 ext = path[len("/patients/"):] if path.startswith("/patients/") else None
                 with api.lock:
                     api.calls.append((ext, self.headers.get("Authorization")))
+                    api.headers.append((ext, {k.lower(): v for k, v in self.headers.items()}))
                     n = sum(1 for c in api.calls if c[0] == ext)
                 status, headers, body = api.answer(ext, n)
                 if status is None:
@@ -73,7 +75,7 @@ class FakeApi:
         good = {"name": "Synced Name", "email": "Synced@Example.org", "dateOfBirth": "1980-05-06",
                 "status": "inactive", "medicalRecord": EXT_RECORD, "ssn": "999-99-9999", "role": "admin",
                 "_id": "000000000000000000000000", "unknown": {"$set": 1}}
-        if ext in ("ok-1", "ok-2", "ok-3"):
+        if ext in ("ok-1", "ok-2", "ok-3", "ok-trace"):
             return 200, {}, good
         if ext == "wrapped":
             return 200, {}, {"data": {"name": "Wrapped Name", "status": "discharged"}}
@@ -90,7 +92,7 @@ class FakeApi:
             return (429, {"Retry-After": "1"}, {}) if n == 1 else (200, {}, {"name": "After Wait"})
         if ext == "limited-long":
             return 429, {"Retry-After": "120"}, {}
-        if ext == "flaky":
+        if ext in ("flaky", "flaky-trace"):
             return (503, {}, {}) if n == 1 else (200, {}, {"name": "Flaky Recovered"})
         if ext == "boom":
             return 500, {}, {"error": "boom"}
@@ -385,6 +387,38 @@ def check_sync_retries_a_transient_failure(e):
     st, _, doc, _ = sync(e.srv, e.admin, p["id"])
     assert st == 200 and doc["data"]["name"] == "Flaky Recovered", (st, doc)
     assert e.api.count("flaky") == 2
+
+
+TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-01$")
+
+
+def check_sync_propagates_trace_context_and_request_id(e):
+    p = new_patient(e.srv, e.admin, externalId="flaky-trace")
+    trace, span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    st, h, doc = call(e.srv, "POST", "/api/patients/%s/sync" % p["id"], token=e.admin,
+                      headers={"traceparent": "00-%s-%s-01" % (trace, span)})
+    assert st == 200, (st, doc)
+    with e.api.lock:
+        seen = [hd for ext, hd in e.api.headers if ext == "flaky-trace"]
+    assert len(seen) == 2, seen  # one failure, one retry
+    spans = set()
+    for hd in seen:
+        m = TRACEPARENT.match(hd.get("traceparent", ""))
+        assert m, hd
+        assert m.group(1) == trace and m.group(2) != span, hd
+        spans.add(m.group(2))
+        assert hd.get("x-request-id") and hd["x-request-id"] == h["x-request-id"], (hd, h)
+    assert len(spans) == 2, seen  # a new span per attempt
+    # Without an incoming traceparent a trace id is made up, the same for every attempt.
+    p = new_patient(e.srv, e.admin, externalId="ok-trace")
+    st, h, doc = call(e.srv, "POST", "/api/patients/%s/sync" % p["id"], token=e.admin)
+    assert st == 200, (st, doc)
+    with e.api.lock:
+        seen = [hd for ext, hd in e.api.headers if ext == "ok-trace"]
+    assert len(seen) == 1 and TRACEPARENT.match(seen[0].get("traceparent", "")), seen
+    assert seen[0]["x-request-id"] == h["x-request-id"], (seen, h)
+    lines = [l for l in e.srv.log_lines() if l.get("message") == "external api call"]
+    assert lines and all(isinstance(l.get("durationMs"), int) and l["durationMs"] >= 0 for l in lines), lines[-3:]
 
 
 def check_logs_hold_no_patient_secrets_or_api_key(e):

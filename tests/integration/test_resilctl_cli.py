@@ -423,7 +423,7 @@ def test_missing_socket_means_not_running():
         path = os.path.join(d, "nothing.sock")
         p = run(["-s", path, "status"])
         expect(p, 3)
-        assert err_lines(p) == ["resilctl: resild is not running (no control socket at %s)" % path], p.stderr
+        assert err_lines(p) == ["resilctl: resild is not running (no control socket at %s; from -s)" % path], p.stderr
         assert out(p) == ""
         p = run(["-s", os.path.join(d, "no", "such", "dir.sock"), "health"])
         expect(p, 3)
@@ -482,6 +482,8 @@ def test_socket_comes_from_option_env_or_runtime_directory():
         expect(run(["-s", srv.path, "reload"], env={"RESIL_CONTROL": "/nonexistent/x.sock"}), 0, "-s wins")
         p = run(["reload"], env={"RESIL_CONTROL": "/nonexistent/x.sock", "RUNTIME_DIRECTORY": srv.dir})
         expect(p, 3, "env wins")
+        assert err_lines(p) == ["resilctl: resild is not running (no control socket at /nonexistent/x.sock; "
+                                "from $RESIL_CONTROL)"], p.stderr
         assert len(srv.requests) == 5
     finally:
         srv.close()
@@ -497,6 +499,8 @@ def test_default_socket_is_resild_sock_in_the_current_directory():
         p = run(["reload"])  # elsewhere: nothing there
         expect(p, 3)
         assert "./resild.sock" in err_lines(p)[0], p.stderr
+        if not os.path.exists("/run/resil/control.sock"):  # the packaged unit's socket comes first
+            assert err_lines(p)[0].endswith("no -s, no $RESIL_CONTROL, no /run/resil/control.sock)"), p.stderr
     finally:
         srv.close()
         shutil.rmtree(d)
