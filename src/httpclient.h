@@ -58,8 +58,8 @@ struct httpc_request {
 	const char *bearer; /* Authorization: Bearer <bearer>; NULL or "" = none */
 	const char *body;   /* POST body (JSON), may be NULL */
 	size_t body_len;
-	uint64_t timeout_ms; /* whole call; 0 = HTTPC_TIMEOUT_DEFAULT_MS */
-	size_t max_body;     /* 0 = HTTPC_MAX_BODY_DEFAULT */
+	uint64_t timeout_ms;                /* whole call; 0 = HTTPC_TIMEOUT_DEFAULT_MS */
+	size_t max_body;                    /* 0 = HTTPC_MAX_BODY_DEFAULT */
 	const struct httpc_header *headers; /* extra headers, sent as given; may be NULL */
 	size_t nheaders;
 };

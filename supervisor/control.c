@@ -96,7 +96,6 @@ int ctl_defer(struct ctl_client *c)
 
 /* ---------------------------------------------------------- rendering */
 
-
 /* A generator with {"ok": true, already open; NULL (and the client told)
  * when out of memory. */
 static yajl_gen answer_open(struct ctl_client *c)
@@ -465,10 +464,11 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	(void)salen;
 	struct ucred cred = {.pid = -1, .uid = (uid_t)-1, .gid = (gid_t)-1};
 	socklen_t cl = sizeof(cred);
-	int denied = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || (cred.uid != 0 && cred.uid != geteuid());
+	int denied =
+	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || (cred.uid != 0 && cred.uid != geteuid());
 	if (denied)
-		log_warn(NULL, "control socket: refused a client of another user", LF_INT("uid", cl ? (int)cred.uid : -1),
-		         LF_INT("peerPid", cl ? (int)cred.pid : -1));
+		log_warn(NULL, "control socket: refused a client of another user",
+		         LF_INT("uid", cl ? (int)cred.uid : -1), LF_INT("peerPid", cl ? (int)cred.pid : -1));
 	/* A refused client still gets its answer after its request is read:
 	 * closing with the request unread would reset the connection, and the
 	 * client would see a broken pipe instead of "permission denied". */
@@ -495,8 +495,7 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
-struct control *control_open(struct event_base *base, struct supervisor *s, const char *path, char *err,
-                             size_t errlen)
+struct control *control_open(struct event_base *base, struct supervisor *s, const char *path, char *err, size_t errlen)
 {
 	struct control *ctl = calloc(1, sizeof(*ctl));
 	if (!ctl) {

@@ -28,6 +28,7 @@
 
 #include "supervisor.h"
 
+#include "bus.h"
 #include "child.h"
 #include "ctl_proto.h"
 #include "listen.h"
@@ -38,7 +39,6 @@
 #include "sdnotify.h"
 #include "sup_state.h"
 #include "worker.h"
-#include "bus.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -163,15 +163,15 @@ void spawn(struct supervisor *s, int slot, int replacement)
 	if (pid == 0) {
 		close(pfd[0]);
 		struct worker_opts wo = {
-			.cfg = s->cfg,
-			.listen_fd = s->listen_fd,
-			.id = slot,
-			.generation = p->generation,
-			.sb = s->sb,
-			.sb_index = idx,
-			.rl = s->rl,
-			.ready_fd = pfd[1],
-			.bus_fd = bus_fd,
+		    .cfg = s->cfg,
+		    .listen_fd = s->listen_fd,
+		    .id = slot,
+		    .generation = p->generation,
+		    .sb = s->sb,
+		    .sb_index = idx,
+		    .rl = s->rl,
+		    .ready_fd = pfd[1],
+		    .bus_fd = bus_fd,
 		};
 		child_run(s->base, sup_signals, NSUPSIG, &wo);
 	}
@@ -214,7 +214,8 @@ void drain_proc(struct supervisor *s, int idx, const char *why)
 		return;
 	p->state = P_DRAINING;
 	sb_set_state(&s->sb->entries[idx], SB_DRAINING);
-	log_info(NULL, "draining worker", LF_INT("worker", p->slot), LF_INT("workerPid", p->pid), LF_STR("reason", why));
+	log_info(NULL, "draining worker", LF_INT("worker", p->slot), LF_INT("workerPid", p->pid),
+	         LF_STR("reason", why));
 	kill(p->pid, SIGTERM);
 }
 
@@ -352,7 +353,8 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	proc_clear(s, idx);
 
 	if (was_state == P_DRAINING) {
-		log_info(NULL, "worker exited", LF_INT("worker", slot), LF_INT("workerPid", pid), LF_STR("status", how));
+		log_info(NULL, "worker exited", LF_INT("worker", slot), LF_INT("workerPid", pid),
+		         LF_STR("status", how));
 		if (sl->proc == idx)
 			sl->proc = -1;
 		maybe_finish_shutdown(s);
@@ -372,7 +374,8 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	if (sl->proc == idx)
 		sl->proc = -1;
 	if (s->stopping) {
-		log_info(NULL, "worker exited", LF_INT("worker", slot), LF_INT("workerPid", pid), LF_STR("status", how));
+		log_info(NULL, "worker exited", LF_INT("worker", slot), LF_INT("workerPid", pid),
+		         LF_STR("status", how));
 		maybe_finish_shutdown(s);
 		return;
 	}
@@ -387,7 +390,8 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 				if (s->procs[i].state != P_NONE)
 					alive++;
 			if (alive == 0) {
-				log_error(NULL, "no worker of the first generation became ready; exiting", LF_INT("workers", s->target));
+				log_error(NULL, "no worker of the first generation became ready; exiting",
+				          LF_INT("workers", s->target));
 				s->exit_code = 1;
 				s->stopping = 1;
 				maybe_finish_shutdown(s);
@@ -413,7 +417,8 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	sl->backoff_ms = sl->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : sl->backoff_ms * 2;
 	if (recent > CRASH_LIMIT) {
 		sl->errored = 1;
-		log_error(NULL, "worker crashed more than 10 times in 60 s; marking it errored (resilctl restart to retry)",
+		log_error(NULL,
+		          "worker crashed more than 10 times in 60 s; marking it errored (resilctl restart to retry)",
 		          LF_INT("worker", slot), LF_INT("workerPid", pid), LF_STR("status", how),
 		          LF_INT("restarts", sl->restarts));
 		notify_status(s);
@@ -593,9 +598,10 @@ static int reload_config(struct supervisor *s, char *err, size_t errlen)
 	if (s->nrestart_needed > 0) {
 		char list[128];
 		restart_needed_list(s, list, sizeof(list));
-		log_warn(NULL,
-		         "reload: these settings only take effect after a restart of resild; keeping the running values",
-		         LF_STR("restartNeeded", list));
+		log_warn(
+		    NULL,
+		    "reload: these settings only take effect after a restart of resild; keeping the running values",
+		    LF_STR("restartNeeded", list));
 	}
 	log_set_level(nc->log_level);
 	recycle_reset(s); /* max_memory may have changed */
@@ -621,14 +627,16 @@ static void do_reload(struct supervisor *s, struct ctl_client *c)
 		return;
 	}
 	if (s->roll.active) {
-		log_warn(NULL, "reload ignored: a reload or restart is already in progress", LF_INT("generation", s->generation));
+		log_warn(NULL, "reload ignored: a reload or restart is already in progress",
+		         LF_INT("generation", s->generation));
 		if (c)
 			ctl_reply_error(c, "a reload or restart is already in progress");
 		return;
 	}
 	log_info(NULL, "reloading configuration", LF_INT("generation", s->generation));
 	if (reload_config(s, err, sizeof(err)) < 0) {
-		log_error(NULL, "reload rejected: invalid configuration; keeping the running workers", LF_STR("error", err));
+		log_error(NULL, "reload rejected: invalid configuration; keeping the running workers",
+		          LF_STR("error", err));
 		if (c) {
 			char msg[CONFIG_ERR_MAX + 32];
 			snprintf(msg, sizeof(msg), "config: %s", err);
@@ -699,9 +707,11 @@ int sup_worker_row(const struct supervisor *s, int id, struct sup_worker_row *ou
 	memset(out, 0, sizeof(*out));
 	out->id = id;
 	out->restarts = sl->restarts;
-	out->state = sl->errored ? "errored" : !p ? "stopped" : p->state == P_STARTING ? "starting"
-	                                                    : p->state == P_DRAINING   ? "draining"
-	                                                                               : "ready";
+	out->state = sl->errored              ? "errored"
+	             : !p                     ? "stopped"
+	             : p->state == P_STARTING ? "starting"
+	             : p->state == P_DRAINING ? "draining"
+	                                      : "ready";
 	if (!p)
 		return 0;
 	out->pid = p->pid;

@@ -31,8 +31,8 @@
 #include "autoconfig.h"
 
 #include "api.h"
-#include "config.h"
 #include "authmw.h"
+#include "config.h"
 #include "handlers.h"
 #include "log.h"
 #include "routes.h"
@@ -40,15 +40,16 @@
 #include "validate.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <yajl/yajl_gen.h>
 
 #define PW_MAX_BYTES 512 /* 128 code points of UTF-8 */
 #define MSG_BAD_CREDENTIALS "invalid email or password"
-
 
 static const struct vrule register_rules[] = {
     V_STRING("username", V_REQUIRED, 3, 20, .charset = V_CHARSET_WORD),
@@ -147,6 +148,7 @@ struct cred_job {
 	bson_t *user;       /* result */
 	int demoted;        /* register: later admin candidates demoted (-1: this one was) */
 	bool match;         /* login */
+	unsigned delay_ms;  /* login: account-wide throttling delay, slept on the pool */
 	bool rehashed;      /* login: the stored hash was upgraded */
 	enum store_err rehash_err;
 	struct session_new session; /* the new refresh token (wiped after use) */
@@ -333,6 +335,11 @@ static void login_work(struct api_job *j)
 	struct cred_job *cj = (struct cred_job *)j;
 	struct store_op op;
 	char rehash[AUTH_HASH_MAX] = "";
+	if (cj->delay_ms) { /* this job runs on the pool: the loop keeps serving */
+		struct timespec ts = {.tv_sec = cj->delay_ms / 1000, .tv_nsec = (long)(cj->delay_ms % 1000) * 1000000L};
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+	}
 	store_op_init(&op, STORE_OP_FIND_ONE, COLL_USERS);
 	if (store_filter_str(&op.filter, "email", STORE_EQ, cj->email) < 0) {
 		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "service unavailable");
@@ -346,7 +353,8 @@ static void login_work(struct api_job *j)
 	const char *hash = err == STORE_OK ? users_password_hash(op.result) : NULL;
 	if (hash && strlen(hash) < AUTH_HASH_MAX) {
 		cj->match = auth_password_verify(hash, cj->pw, cj->pwlen) == 1;
-		if (cj->match && auth_password_needs_rehash(hash) == 1 && auth_password_hash(cj->pw, cj->pwlen, rehash) < 0)
+		if (cj->match && auth_password_needs_rehash(hash) == 1 &&
+		    auth_password_hash(cj->pw, cj->pwlen, rehash) < 0)
 			rehash[0] = '\0';
 	} else {
 		auth_dummy_verify(cj->pw, cj->pwlen); /* unknown e-mail: the same cost, never a match */
@@ -378,7 +386,7 @@ static void login_done(struct api_job *j, struct http_request *req)
 	struct cred_job *cj = (struct cred_job *)j;
 	struct log_ctx lc = lctx(req);
 	if (!cj->match) {
-		authmw_login_failed(cj->email);
+		authmw_login_failed(cj->email, req->remote_ip);
 		log_info(&lc, "login failed", LF_STR("email", cj->email));
 		app_fail(req, 401, "UNAUTHORIZED", MSG_BAD_CREDENTIALS);
 		return;
@@ -388,7 +396,7 @@ static void login_done(struct api_job *j, struct http_request *req)
 		app_fail(req, 401, "UNAUTHORIZED", "account is deactivated");
 		return;
 	}
-	authmw_login_succeeded(cj->email);
+	authmw_login_succeeded(cj->email, req->remote_ip);
 	if (cj->rehashed)
 		authmw_users_changed();
 	else if (cj->rehash_err != STORE_OK)
@@ -413,17 +421,18 @@ static int auth_login(struct http_request *req)
 	if (!lower)
 		return fail_unavailable(req);
 	int64_t retry_s = 0;
-	if (authmw_login_blocked(lower, &retry_s)) {
+	if (authmw_login_blocked(lower, req->remote_ip, &retry_s)) {
 		char v[24];
 		snprintf(v, sizeof(v), "%lld", (long long)(retry_s > 0 ? retry_s : 1));
 		http_add_header(req, "Retry-After", v);
 		struct log_ctx lc = lctx(req);
-		log_info(&lc, "login blocked: too many failed attempts", LF_STR("email", lower));
+		log_info(&lc, "login blocked: too many failed attempts from this address", LF_STR("email", lower));
 		return app_fail(req, 429, "RATE_LIMITED", "too many failed login attempts, try again later");
 	}
 	struct cred_job *cj = cred_job_new(req, login_work, login_done, body);
 	if (!cj)
 		return fail_unavailable(req);
+	cj->delay_ms = authmw_login_delay_ms(lower);
 	return api_job_submit(&cj->base);
 }
 
@@ -504,7 +513,7 @@ static int auth_refresh(struct http_request *req)
 
 struct logout_job {
 	struct api_job base;
-	char sid[25];    /* the access token's session; "" for a token without one */
+	char sid[25]; /* the access token's session; "" for a token without one */
 	bson_oid_t user;
 };
 

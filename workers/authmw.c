@@ -37,7 +37,6 @@
 #define USER_CACHE_TTL_MS 5000
 #define SESSION_CACHE_SIZE 1024
 #define AUTH_LOAD_TIMEOUT_MS 10000 /* a load bound to no request (WebSocket CONNECT) */
-#define LOGIN_FAIL_MAX 5
 #define LOGIN_FAIL_WINDOW_MS (15 * 60 * 1000)
 
 static struct ratelimit *g_rl;
@@ -643,44 +642,97 @@ int mw_rate_limit(struct http_request *req)
 	return APP_NEXT;
 }
 
-static int login_key(const char *email, char *key, size_t keylen)
+/* Login throttling (issue 13 item 6). Three shared counters of failed logins,
+ * none of which a third party can turn into a lockout of the account's owner:
+ *  - per (account, client address): LOGIN_PAIR_MAX failures per window -> 429
+ *    for that pair only;
+ *  - per client address, any account: LOGIN_IP_MAX failures -> 429 for that
+ *    address (it stops one address spraying many accounts);
+ *  - per account, any address: never refuses; each failure beyond
+ *    LOGIN_ACCT_FREE adds LOGIN_DELAY_STEP_MS of delay before the next attempt
+ *    is answered, capped at LOGIN_DELAY_MAX_MS (the login job sleeps on the
+ *    pool, never on the loop). */
+#define LOGIN_PAIR_MAX 5
+#define LOGIN_IP_MAX 20
+#define LOGIN_ACCT_COUNT_MAX 100000u /* counting only: never reached as a refusal */
+#define LOGIN_ACCT_FREE 5
+#define LOGIN_DELAY_STEP_MS 250
+#define LOGIN_DELAY_MAX_MS 3000
+
+static int login_key(const char *ns, const char *ip, const char *email, char *key, size_t keylen)
 {
-	int n = snprintf(key, keylen, "login:");
-	for (const char *p = email; *p && (size_t)n + 1 < keylen; p++)
+	int n = snprintf(key, keylen, "%s%s%s", ns, ip ? ip : "", ip && email ? "|" : "");
+	if (n < 0 || (size_t)n >= keylen)
+		n = (int)keylen - 1;
+	for (const char *p = email; p && *p && (size_t)n + 1 < keylen; p++)
 		key[n++] = (char)tolower((unsigned char)*p);
 	key[n] = '\0';
 	return n;
 }
 
-int authmw_login_blocked(const char *email, int64_t *retry_after_s)
+static int login_peek(const char *key, int kl, uint32_t limit, int64_t *retry_after_s)
 {
-	if (!g_rl)
-		return 0;
-	char key[300];
-	int kl = login_key(email, key, sizeof(key));
 	struct rl_result r;
-	int ok = rl_peek(g_rl, key, (size_t)kl, now_ms(), LOGIN_FAIL_MAX, &r);
-	if (ok == 0) {
-		*retry_after_s = (int64_t)((r.reset_ms + 999) / 1000);
+	if (rl_peek(g_rl, key, (size_t)kl, now_ms(), limit, &r) == 0) {
+		int64_t s = (int64_t)((r.reset_ms + 999) / 1000);
+		if (s > *retry_after_s)
+			*retry_after_s = s;
 		return 1;
 	}
 	return 0;
 }
 
-void authmw_login_failed(const char *email)
+int authmw_login_blocked(const char *email, const char *ip, int64_t *retry_after_s)
 {
 	if (!g_rl)
-		return;
-	char key[300];
-	int kl = login_key(email, key, sizeof(key));
-	rl_hit(g_rl, key, (size_t)kl, now_ms(), LOGIN_FAIL_MAX, LOGIN_FAIL_WINDOW_MS, NULL);
+		return 0;
+	char key[320];
+	int blocked = 0;
+	*retry_after_s = 0;
+	int kl = login_key("lfp:", ip, email, key, sizeof(key));
+	blocked |= login_peek(key, kl, LOGIN_PAIR_MAX, retry_after_s);
+	kl = login_key("lfi:", ip, NULL, key, sizeof(key));
+	blocked |= login_peek(key, kl, LOGIN_IP_MAX, retry_after_s);
+	return blocked;
 }
 
-void authmw_login_succeeded(const char *email)
+unsigned authmw_login_delay_ms(const char *email)
+{
+	if (!g_rl)
+		return 0;
+	char key[320];
+	int kl = login_key("lfa:", NULL, email, key, sizeof(key));
+	struct rl_result r;
+	if (rl_peek(g_rl, key, (size_t)kl, now_ms(), LOGIN_ACCT_COUNT_MAX, &r) < 0 || r.reset_ms == 0)
+		return 0;
+	uint32_t fails = r.limit > r.remaining ? r.limit - r.remaining : 0;
+	if (fails <= LOGIN_ACCT_FREE)
+		return 0;
+	uint64_t d = (uint64_t)(fails - LOGIN_ACCT_FREE) * LOGIN_DELAY_STEP_MS;
+	return d > LOGIN_DELAY_MAX_MS ? LOGIN_DELAY_MAX_MS : (unsigned)d;
+}
+
+void authmw_login_failed(const char *email, const char *ip)
 {
 	if (!g_rl)
 		return;
-	char key[300];
-	int kl = login_key(email, key, sizeof(key));
+	char key[320];
+	uint64_t now = now_ms();
+	int kl = login_key("lfp:", ip, email, key, sizeof(key));
+	rl_hit(g_rl, key, (size_t)kl, now, LOGIN_PAIR_MAX, LOGIN_FAIL_WINDOW_MS, NULL);
+	kl = login_key("lfi:", ip, NULL, key, sizeof(key));
+	rl_hit(g_rl, key, (size_t)kl, now, LOGIN_IP_MAX, LOGIN_FAIL_WINDOW_MS, NULL);
+	kl = login_key("lfa:", NULL, email, key, sizeof(key));
+	rl_hit(g_rl, key, (size_t)kl, now, LOGIN_ACCT_COUNT_MAX, LOGIN_FAIL_WINDOW_MS, NULL);
+}
+
+void authmw_login_succeeded(const char *email, const char *ip)
+{
+	if (!g_rl)
+		return;
+	/* Only this pair is forgiven: the address's and the account's counts
+	 * stay, so a success cannot launder an attacker's failures. */
+	char key[320];
+	int kl = login_key("lfp:", ip, email, key, sizeof(key));
 	rl_reset(g_rl, key, (size_t)kl);
 }

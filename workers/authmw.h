@@ -95,10 +95,15 @@ int authmw_issue_token(const char *user_id, const char *email, const char *role,
                        size_t outlen);
 /* The session id of the token mw_auth accepted, or NULL (a token without one). */
 const char *authmw_session_id(struct http_request *req);
-/* Failed-login limiter per email: 1 if blocked now. */
-int authmw_login_blocked(const char *email, int64_t *retry_after_s);
-void authmw_login_failed(const char *email);
-void authmw_login_succeeded(const char *email);
+/* Failed-login throttling, shared by all workers. ip is the client address
+ * (req->remote_ip). blocked: 1 when the (account, address) pair or the address
+ * has too many recent failures (Retry-After in *retry_after_s); the account
+ * alone is never refused, only slowed: authmw_login_delay_ms() is how long the
+ * login job waits before answering (0..3000 ms). */
+int authmw_login_blocked(const char *email, const char *ip, int64_t *retry_after_s);
+unsigned authmw_login_delay_ms(const char *email);
+void authmw_login_failed(const char *email, const char *ip);
+void authmw_login_succeeded(const char *email, const char *ip);
 /* Invalidate cached user and session lookups in every worker (after a user
  * write or a session revocation). */
 void authmw_users_changed(void);

@@ -72,9 +72,9 @@ static struct log_ctx req_log(struct http_request *req)
 {
 	struct app_ctx *ctx = app_ctx(req);
 	return (struct log_ctx){
-		.request_id = req->request_id,
-		.trace_id = req->trace_id[0] ? req->trace_id : NULL,
-		.user_id = ctx ? ctx->principal_id : NULL,
+	    .request_id = req->request_id,
+	    .trace_id = req->trace_id[0] ? req->trace_id : NULL,
+	    .user_id = ctx ? ctx->principal_id : NULL,
 	};
 }
 
@@ -97,9 +97,9 @@ struct sync {
 	struct raw_doc patient; /* as stored before the sync */
 	char *url;
 	unsigned attempts;
-	uint64_t deadline_ms; /* request deadline, CLOCK_MONOTONIC ms */
-	uint64_t timeout_ms;  /* configured per-call timeout */
-	int capped;           /* this attempt's timeout was cut by the deadline */
+	uint64_t deadline_ms;     /* request deadline, CLOCK_MONOTONIC ms */
+	uint64_t timeout_ms;      /* configured per-call timeout */
+	int capped;               /* this attempt's timeout was cut by the deadline */
 	uint64_t call_started_ms; /* this attempt's start, CLOCK_MONOTONIC ms */
 	struct httpc_call *call;
 	struct event *timer;
@@ -111,7 +111,8 @@ static void breaker_changed(void *ud, const char *name, int from, int to)
 {
 	(void)ud;
 	if (to == BREAKER_OPEN)
-		log_warn(NULL, "circuit breaker opened", LF_STR("circuit", name), LF_STR("from", breaker_state_name(from)));
+		log_warn(NULL, "circuit breaker opened", LF_STR("circuit", name),
+		         LF_STR("from", breaker_state_name(from)));
 	else
 		log_info(NULL, "circuit breaker state changed", LF_STR("circuit", name),
 		         LF_STR("from", breaker_state_name(from)), LF_STR("to", breaker_state_name(to)));
@@ -230,9 +231,9 @@ static void retry_later(struct sync *s, uint64_t delay_ms)
 /* The two jobs of a sync: load the patient, then store the merge. */
 struct sync_job {
 	struct api_job base;
-	struct sync *s;  /* in the request's arena: touched by done() only */
+	struct sync *s; /* in the request's arena: touched by done() only */
 	bson_oid_t id;
-	bson_t *fields;  /* the merge, consumed by the store */
+	bson_t *fields; /* the merge, consumed by the store */
 	uint32_t nfields;
 	bson_t *patient; /* result */
 	struct audit_actor actor;
@@ -301,8 +302,8 @@ static void merge(struct sync *s, const char *body, size_t len)
 	struct verrors errs;
 	patient_check(obj, patient_sync_rules, &errs);
 	for (int i = 0; i < errs.count; i++)
-		log_warn(&lc, "patient sync: ignored an invalid field from the external api",
-		         LF_STR("patientId", hex), LF_STR("field", errs.details[i].field));
+		log_warn(&lc, "patient sync: ignored an invalid field from the external api", LF_STR("patientId", hex),
+		         LF_STR("field", errs.details[i].field));
 	bson_t *doc = bson_new();
 	if (!doc || patient_append_fields(doc, obj, patient_sync_rules, &errs) < 0) {
 		if (doc)
@@ -443,13 +444,13 @@ static void attempt(struct sync *s)
 	    {"X-Request-ID", s->req->request_id},
 	};
 	struct httpc_request r = {
-		.method = HTTPC_GET,
-		.url = s->url,
-		.bearer = cfg->external_api_key,
-		.timeout_ms = tmo,
-		.max_body = SYNC_MAX_BODY,
-		.headers = hdrs,
-		.nheaders = s->req->request_id[0] ? 2 : 1,
+	    .method = HTTPC_GET,
+	    .url = s->url,
+	    .bearer = cfg->external_api_key,
+	    .timeout_ms = tmo,
+	    .max_body = SYNC_MAX_BODY,
+	    .headers = hdrs,
+	    .nheaders = s->req->request_id[0] ? 2 : 1,
 	};
 	s->call_started_ms = now;
 	if (!ext_client)
@@ -536,8 +537,8 @@ int patient_sync_route(struct http_request *req)
 	memset(s, 0, sizeof(*s));
 	s->req = req;
 	s->deadline_ms = req->start_ns / 1000000u + (uint64_t)w->cfg->request_timeout_ms;
-	s->timeout_ms = w->cfg->external_api_timeout_ms > 0 ? (uint64_t)w->cfg->external_api_timeout_ms
-	                                                     : HTTPC_TIMEOUT_DEFAULT_MS;
+	s->timeout_ms =
+	    w->cfg->external_api_timeout_ms > 0 ? (uint64_t)w->cfg->external_api_timeout_ms : HTTPC_TIMEOUT_DEFAULT_MS;
 	bson_oid_copy(&id, &s->id);
 	struct sync_job *sj = sync_job_new(req, s, load_work, load_done);
 	if (!sj)
@@ -573,4 +574,3 @@ void patient_sync_stop(void)
 		breaker_destroy(&ext_breaker);
 	ext_breaker_ready = 0;
 }
-
