@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -19,6 +20,7 @@
 #define AUDIT_PATH_MAX 1100
 
 static int g_fd = -1;
+static pthread_mutex_t g_open_lock = PTHREAD_MUTEX_INITIALIZER;
 static int g_sync; /* fdatasync after each record (db_sync=full) */
 static char g_path[AUDIT_PATH_MAX];
 
@@ -55,16 +57,37 @@ int audit_open(const struct resil_config *cfg, char *err, size_t errlen)
 	g_sync = cfg->db_sync == CONFIG_DB_SYNC_FULL;
 	g_fd = open_file();
 	if (g_fd < 0) {
+		/* Not fatal: the directory may not exist yet (the store creates
+		 * it) or come back later. Until the file opens, routes that must
+		 * audit answer 503 and disclose nothing; each record retries. */
 		snprintf(err, errlen, "audit_log: cannot open %s: %s", g_path, strerror(errno));
 		return -1;
 	}
 	return 0;
 }
 
+/* The descriptor, opening the file if an earlier attempt failed. */
+static int audit_fd(void)
+{
+	int fd = __atomic_load_n(&g_fd, __ATOMIC_ACQUIRE);
+	if (fd >= 0 || !g_path[0])
+		return fd;
+	if (pthread_mutex_lock(&g_open_lock) != 0)
+		return -1;
+	if (g_fd < 0) {
+		fd = open_file();
+		if (fd >= 0)
+			__atomic_store_n(&g_fd, fd, __ATOMIC_RELEASE);
+	}
+	fd = g_fd;
+	pthread_mutex_unlock(&g_open_lock);
+	return fd;
+}
+
 int audit_reopen(void)
 {
 	if (g_fd < 0)
-		return 0;
+		return audit_fd() < 0 && g_path[0] ? -1 : 0;
 	int fd = open_file();
 	if (fd < 0)
 		return -1;
@@ -93,8 +116,12 @@ static void gen_str(yajl_gen g, const char *key, const char *val)
 
 int audit_write(const struct audit_rec *r)
 {
-	if (g_fd < 0)
+	int fd = audit_fd();
+	if (fd < 0) {
+		log_error(NULL, "cannot write the audit trail", LF_STR("file", g_path),
+		          LF_STR("error", strerror(errno)));
 		return -1;
+	}
 	struct tm tm;
 	char when[40];
 	int64_t ms = clock_real_ms();
@@ -129,8 +156,8 @@ int audit_write(const struct audit_rec *r)
 		if (len + 1 <= sizeof(line)) {
 			memcpy(line, buf, len);
 			line[len] = '\n';
-			ssize_t w = write(g_fd, line, len + 1); /* one write: the line stays whole */
-			rc = w == (ssize_t)(len + 1) && (!g_sync || fdatasync(g_fd) == 0) ? 0 : -1;
+			ssize_t w = write(fd, line, len + 1); /* one write: the line stays whole */
+			rc = w == (ssize_t)(len + 1) && (!g_sync || fdatasync(fd) == 0) ? 0 : -1;
 		}
 	}
 	yajl_gen_free(g);

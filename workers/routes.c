@@ -37,14 +37,14 @@ int routes_register(struct app *app, struct worker *w)
 int routes_start(struct worker *w)
 {
 	char err[512];
-	if (audit_open(w->cfg, err, sizeof(err)) < 0) {
-		log_error(NULL, "cannot open the audit trail", LF_STR("error", err));
-		return -1;
-	}
 	if (api_open_store(w->base, w->cfg, err, sizeof(err)) < 0) {
 		log_error(NULL, "cannot open the database", LF_STR("error", err));
 		return -1;
 	}
+	/* After the store, which creates the database's directory. */
+	if (audit_open(w->cfg, err, sizeof(err)) < 0)
+		log_error(NULL, "cannot open the audit trail; patient routes answer 503 until it opens",
+		          LF_STR("error", err));
 	if (chat_start(w) < 0)
 		return -1;
 	return 0;

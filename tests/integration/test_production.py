@@ -34,5 +34,27 @@ def test_in_production_no_registration_yields_an_admin():
         srv.cleanup()
 
 
+def test_a_fresh_data_directory_gets_the_database_and_the_audit_trail():
+    """The README's first command starts on a fresh clone: data/ does not
+    exist yet. The worker must come up and audit beside the new database."""
+    srv = Server(workers=1)
+    srv.env["RESIL_DB"] = "sqlite:%s/fresh/sub/resil.db" % srv.dir
+    srv.start()
+    try:
+        st, _, doc = srv.json("GET", "/health")
+        assert st == 200 and doc["status"] == "healthy", doc
+        st, _, doc = srv.json("POST", "/api/auth/register",
+                              {"username": "first_admin", "email": "a@example.com", "password": "long-secret-1"})
+        assert st == 201 and doc["data"]["user"]["role"] == "admin", doc
+        st, _, doc = srv.json("GET", "/api/patients", None, {"Authorization": "Bearer " + doc["data"]["token"]})
+        assert st == 200, doc
+        path = os.path.join(srv.dir, "fresh", "sub", "audit.log")
+        assert os.path.exists(path) and "patient.list" in open(path).read()
+    finally:
+        srv.assert_clean_exit()
+        srv.cleanup()
+
+
 if __name__ == "__main__":
-    sys.exit(run_tests([test_in_production_no_registration_yields_an_admin]))
+    sys.exit(run_tests([test_in_production_no_registration_yields_an_admin,
+                        test_a_fresh_data_directory_gets_the_database_and_the_audit_trail]))
