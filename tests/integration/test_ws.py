@@ -265,9 +265,11 @@ async def join(ws, rid):
     return a, b
 
 
-async def connect_spread(srv, users, per_user, min_per_worker=2, limit=48):
+async def connect_spread(srv, users, per_user, min_per_worker=2, limit=160):
     """Open sockets round-robin over users until both workers hold at least
-    min_per_worker of them (the kernel picks the accepting worker)."""
+    min_per_worker of them (the kernel picks the accepting worker, and on a
+    busy machine one worker may take a long run of accepts: a short pause
+    between connects lets the other one in)."""
     socks = []
     by_pid = {}
     i = 0
@@ -281,6 +283,8 @@ async def connect_spread(srv, users, per_user, min_per_worker=2, limit=48):
         i += 1
         if i >= per_user * len(users) and len(by_pid) >= 2 and min(by_pid.values()) >= min_per_worker:
             break
+        if i >= per_user * len(users):
+            await asyncio.sleep(0.03)
     assert len(by_pid) >= 2, "every socket landed on one worker: %r" % by_pid
     return socks
 
