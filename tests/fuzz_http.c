@@ -208,9 +208,10 @@ static int fz_auth(struct http_request *req)
 	const char *v = http_header_get(req, "authorization", &n);
 	if (!v || n != 11 || memcmp(v, "Bearer fuzz", 11) != 0)
 		return app_fail(req, 401, "UNAUTHORIZED", "authentication required");
+	static const char fuzz_principal[] = "650000000000000000000001";
 	struct app_ctx *ctx = app_ctx(req);
-	ctx->authenticated = 1;
-	snprintf(ctx->user_id, sizeof(ctx->user_id), "%s", "650000000000000000000001");
+	ctx->principal = fuzz_principal; /* opaque to src/: any application value */
+	ctx->principal_id = fuzz_principal;
 	return APP_NEXT;
 }
 
