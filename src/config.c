@@ -1106,6 +1106,116 @@ void config_print_effective(const struct resil_config *cfg, FILE *out)
 		fprintf(out, "# workers = auto resolved to %d\n", cfg->workers);
 }
 
+/* ---- handing the configuration to an exec'd worker ----------------------- */
+
+/* Lines the worker's import reads besides the table's keys: the values no
+ * key writes back as given (the secret, which may be random bytes, and the
+ * facts about how the supervisor got its configuration). */
+#define EXPORT_SECRET_HEX "@jwt_secret_hex"
+#define EXPORT_SECRET_GENERATED "@jwt_secret_generated"
+#define EXPORT_WORKERS_AUTO "@workers_auto"
+#define EXPORT_FOREGROUND "@foreground"
+#define EXPORT_CONFIG_FILE "@config_file"
+
+int config_export(const struct resil_config *cfg, FILE *out)
+{
+	char buf[64], hex[2 * sizeof cfg->jwt_secret + 1];
+
+	for (int i = 0; i < K_COUNT; i++) {
+		const struct key_def *k = &keys[i];
+
+		if (k->type == KT_SECRET)
+			continue;
+		fprintf(out, "%s = ", k->name);
+		put_value(out, key_value(cfg, k, buf, sizeof buf));
+		fputc('\n', out);
+	}
+	sodium_bin2hex(hex, sizeof hex, cfg->jwt_secret, cfg->jwt_secret_len);
+	fprintf(out, "%s = %s\n%s = %d\n%s = %d\n%s = %d\n%s = ", EXPORT_SECRET_HEX, hex, EXPORT_SECRET_GENERATED,
+	        cfg->jwt_secret_generated, EXPORT_WORKERS_AUTO, cfg->workers_auto, EXPORT_FOREGROUND, cfg->foreground,
+	        EXPORT_CONFIG_FILE);
+	put_value(out, cfg->config_file);
+	fputc('\n', out);
+	sodium_memzero(hex, sizeof hex);
+	return fflush(out) == 0 && !ferror(out) ? 0 : -1;
+}
+
+/* One "@name = value" line of config_export(). */
+static int import_extra(struct resil_config *c, const char *name, const char *v, char *err, size_t errlen)
+{
+	if (strcmp(name, EXPORT_SECRET_HEX) == 0) {
+		size_t len = 0;
+
+		if (sodium_hex2bin(c->jwt_secret, sizeof c->jwt_secret, v, strlen(v), NULL, &len, NULL) < 0 ||
+		    len < JWT_SECRET_MIN)
+			return errf(err, errlen, "exported configuration: bad jwt_secret");
+		c->jwt_secret_len = len;
+	} else if (strcmp(name, EXPORT_SECRET_GENERATED) == 0) {
+		c->jwt_secret_generated = atoi(v) != 0;
+	} else if (strcmp(name, EXPORT_WORKERS_AUTO) == 0) {
+		c->workers_auto = atoi(v) != 0;
+	} else if (strcmp(name, EXPORT_FOREGROUND) == 0) {
+		c->foreground = atoi(v) != 0;
+	} else if (strcmp(name, EXPORT_CONFIG_FILE) == 0) {
+		snprintf(c->config_file, sizeof c->config_file, "%s", v);
+	}
+	/* Other @names come from a newer binary: ignored, like unknown keys. */
+	return 0;
+}
+
+int config_import(struct resil_config *cfg, FILE *in, char *err, size_t errlen)
+{
+	unsigned char set[K_COUNT] = {0};
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	int lineno = 0, rc = 0;
+
+	config_defaults(cfg);
+	while (rc == 0 && (n = getline(&line, &cap, in)) >= 0) {
+		char *s = trim(line), *eq = strchr(s, '=');
+
+		lineno++;
+		if (!*s)
+			continue;
+		if (!eq) {
+			rc = errf(err, errlen, "exported configuration: line %d: expected key = value", lineno);
+			break;
+		}
+		char name[64];
+		size_t nl = (size_t)(eq - s);
+
+		while (nl && isspace((unsigned char)s[nl - 1]))
+			nl--;
+		snprintf(name, sizeof name, "%.*s", (int)nl, s);
+		if (*name == '@') {
+			char *v = trim(eq + 1);
+
+			if (*v == '"') { /* only @config_file may be quoted: undo put_value */
+				char *r = v + 1, *w = v;
+
+				for (; *r && *r != '"'; r++) {
+					if (*r == '\\' && (r[1] == '"' || r[1] == '\\'))
+						r++;
+					*w++ = *r;
+				}
+				*w = '\0';
+			}
+			rc = import_extra(cfg, name, v, err, errlen);
+			continue;
+		}
+		if (key_find(name) < 0)
+			continue; /* a key this binary does not know: the supervisor is newer or older */
+		rc = parse_line(cfg, set, "exported configuration", lineno, s, err, errlen);
+	}
+	if (line)
+		sodium_memzero(line, cap);
+	free(line);
+	if (rc == 0 && !cfg->jwt_secret_len)
+		rc = errf(err, errlen, "exported configuration: no jwt_secret");
+	return rc;
+}
+
 static const char *doc_default(const struct key_def *k)
 {
 	return k->doc_def ? k->doc_def : k->def;

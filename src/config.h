@@ -104,6 +104,15 @@ int config_parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *s
  * --check-config); secrets are never printed, only whether they are set. */
 void config_print_effective(const struct resil_config *cfg, FILE *out);
 
+/* Write the whole effective configuration, secrets included, for an
+ * exec'd worker of this or a newer/older binary (the lines only
+ * config_import() reads: never a file an operator sees). 0, or -1 on a
+ * write error. */
+int config_export(const struct resil_config *cfg, FILE *out);
+/* Read what config_export() wrote into cfg (defaults first; keys this
+ * binary does not know are ignored). 0, or -1 with a message in err. */
+int config_import(struct resil_config *cfg, FILE *in, char *err, size_t errlen);
+
 /* Print the commented example file (etc/resild.conf) generated from the
  * key table: every key commented out with its default. */
 void config_print_example(FILE *out);

@@ -576,6 +576,17 @@ int log_init(int level, int json, const char *file, int worker)
 	return 0;
 }
 
+int log_adopt_file(const char *file, int fd)
+{
+	char *path = strdup(file);
+	if (!path)
+		return -1;
+	log_shutdown();
+	g_path = path;
+	atomic_store(&g_file_fd, fd);
+	return 0;
+}
+
 int log_file_fd(void)
 {
 	return atomic_load(&g_file_fd);

@@ -60,6 +60,9 @@ int log_init(int level, int json, const char *file, int worker);
 void log_set_worker(int worker);
 /* The log file's descriptor (-1: none); kept open across fork. */
 int log_file_fd(void);
+/* Take over fd, already open on file (inherited across exec), as the log
+ * file; file is kept for log_reopen(). 0, or -1 (nothing changed). */
+int log_adopt_file(const char *file, int fd);
 void log_set_level(int level);
 int log_enabled(int level);
 /* Reopen the log file (SIGUSR1 / logrotate). Returns 0 or -1. */

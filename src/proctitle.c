@@ -67,3 +67,17 @@ void proctitle_set(const char *title)
 	memcpy(area, title, n);
 	memset(area + n, 0, area_len - n);
 }
+
+void proctitle_unsetenv(const char *name)
+{
+	size_t len = strlen(name);
+	char *owned = NULL;
+	if (env_copy && environ == env_copy)
+		for (size_t i = 0; environ[i]; i++)
+			if (strncmp(environ[i], name, len) == 0 && environ[i][len] == '=') {
+				owned = environ[i]; /* our strdup'd copy: unsetenv forgets it */
+				break;
+			}
+	unsetenv(name);
+	free(owned);
+}

@@ -9,5 +9,7 @@
  * copies everything it keeps). 0 or -1. */
 int proctitle_init(int argc, char **argv);
 void proctitle_set(const char *title);
+/* unsetenv(name), also freeing the copy proctitle_init() made of it. */
+void proctitle_unsetenv(const char *name);
 
 #endif

@@ -17,6 +17,8 @@
  */
 #include "ratelimit.h"
 
+#include "shm.h"
+
 #include <errno.h>
 #include <sodium.h>
 #include <stdalign.h>
@@ -83,7 +85,7 @@ static inline int st_live(uint64_t k, uint64_t s, uint64_t off)
 	return st_gen(s) == key_gen(k) && st_count(s) > 0 && st_end(s) > off;
 }
 
-struct ratelimit *rl_create(unsigned capacity)
+struct ratelimit *rl_create_fd(unsigned capacity, int *fd_out)
 {
 	struct ratelimit *rl;
 	size_t cap = RL_PROBE, bytes;
@@ -102,13 +104,34 @@ struct ratelimit *rl_create(unsigned capacity)
 		return NULL;
 	}
 	bytes = sizeof *rl + cap * sizeof(struct rl_slot);
-	p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
+	p = shm_create("resil-ratelimit", bytes, fd_out);
+	if (!p)
 		return NULL;
-	rl = p; /* anonymous pages are zero: every slot empty, no epoch yet */
+	rl = p; /* new pages are zero: every slot empty, no epoch yet */
 	rl->bytes = bytes;
 	rl->mask = (uint32_t)(cap - 1);
 	randombytes_buf(rl->hashkey, sizeof rl->hashkey);
+	return rl;
+}
+
+struct ratelimit *rl_create(unsigned capacity)
+{
+	return rl_create_fd(capacity, NULL);
+}
+
+struct ratelimit *rl_attach(int fd)
+{
+	size_t bytes;
+	struct ratelimit *rl = shm_attach(fd, &bytes);
+
+	if (!rl)
+		return NULL;
+	if (bytes < sizeof *rl || rl->bytes != bytes ||
+	    bytes != sizeof *rl + ((size_t)rl->mask + 1) * sizeof(struct rl_slot)) {
+		munmap(rl, bytes);
+		errno = EPROTO;
+		return NULL;
+	}
 	return rl;
 }
 

@@ -44,6 +44,12 @@ struct rl_result {
  * least RL_PROBE; 0 means RL_DEFAULT_CAPACITY) shared with future children,
  * with a random hash key. NULL with errno set on failure (EINVAL: too large). */
 struct ratelimit *rl_create(unsigned capacity);
+/* The same, memfd-backed: *fd_out receives the descriptor (close-on-exec)
+ * that an exec'd process passes to rl_attach(). */
+struct ratelimit *rl_create_fd(unsigned capacity, int *fd_out);
+/* Map the table behind fd (left open). NULL with errno EPROTO when its
+ * layout is not this binary's. */
+struct ratelimit *rl_attach(int fd);
 
 /* Unmap the table from this process (other processes keep their mapping). NULL is ok. */
 void rl_destroy(struct ratelimit *rl);

@@ -1,20 +1,40 @@
 /* scoreboard.c - the shared-memory worker table (see scoreboard.h). */
 #include "scoreboard.h"
-#include "clock.h"
 
+#include "clock.h"
+#include "shm.h"
+
+#include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 
 #define SB_MAGIC 0x52534c42u /* "RSLB" */
 
+struct scoreboard *sb_create_fd(int *fd_out)
+{
+	struct scoreboard *sb = shm_create("resil-scoreboard", sizeof(struct scoreboard), fd_out);
+	if (sb)
+		sb->hdr.magic = SB_MAGIC;
+	return sb;
+}
+
 struct scoreboard *sb_create(void)
 {
-	void *p = mmap(NULL, sizeof(struct scoreboard), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
+	return sb_create_fd(NULL);
+}
+
+struct scoreboard *sb_attach(int fd)
+{
+	size_t bytes;
+	struct scoreboard *sb = shm_attach(fd, &bytes);
+	if (!sb)
 		return NULL;
-	struct scoreboard *sb = p;
-	sb->hdr.magic = SB_MAGIC;
+	if (bytes != sizeof(*sb) || sb->hdr.magic != SB_MAGIC) {
+		munmap(sb, bytes);
+		errno = EPROTO;
+		return NULL;
+	}
 	return sb;
 }
 

@@ -65,6 +65,12 @@ struct scoreboard {
 /* Map a new zeroed scoreboard (MAP_SHARED|MAP_ANONYMOUS): call before fork.
  * NULL on failure. */
 struct scoreboard *sb_create(void);
+/* The same, memfd-backed: *fd_out receives the descriptor (close-on-exec)
+ * that an exec'd process passes to sb_attach(). */
+struct scoreboard *sb_create_fd(int *fd_out);
+/* Map the scoreboard behind fd (left open). NULL with errno EPROTO when
+ * it was built by a binary with another layout (its size or magic differ). */
+struct scoreboard *sb_attach(int fd);
 void sb_destroy(struct scoreboard *sb);
 
 /* Supervisor: claim a free entry for a new process; -1 if none. */

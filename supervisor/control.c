@@ -179,6 +179,11 @@ void ctl_reply_reloaded(struct ctl_client *c, unsigned generation, const char *c
 	answer_send(c, g);
 }
 
+void ctl_reply_upgraded(struct ctl_client *c, pid_t pid)
+{
+	ctl_reply_stopping(c, pid); /* the same answer: {"ok": true, "pid": the new supervisor} */
+}
+
 void ctl_reply_restarted(struct ctl_client *c, const int *ids, int n)
 {
 	yajl_gen g = answer_open(c);
@@ -399,6 +404,8 @@ static void dispatch(struct ctl_client *c, const char *line)
 		} else {
 			ctl_reply_error(c, "target must be \"all\" or a worker id");
 		}
+	} else if (strcmp(name, CTL_CMD_UPGRADE) == 0) {
+		sup_ctl_upgrade(s, c);
 	} else if (strcmp(name, CTL_CMD_SCALE) == 0) {
 		const char *wp[] = {CTL_KEY_WORKERS, NULL};
 		yajl_val w = yajl_tree_get(doc, wp, yajl_t_number);
@@ -495,7 +502,8 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
-struct control *control_open(struct event_base *base, struct supervisor *s, const char *path, char *err, size_t errlen)
+struct control *control_open(struct event_base *base, struct supervisor *s, const char *path, int fd, char *err,
+                             size_t errlen)
 {
 	struct control *ctl = calloc(1, sizeof(*ctl));
 	if (!ctl) {
@@ -514,7 +522,9 @@ struct control *control_open(struct event_base *base, struct supervisor *s, cons
 	memset(&un, 0, sizeof(un));
 	un.sun_family = AF_UNIX;
 	memcpy(un.sun_path, path, strlen(path) + 1);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd >= 0)
+		goto watch; /* handed over by the supervisor this one replaces: already listening */
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		snprintf(err, errlen, "control: socket: %s", strerror(errno));
 		free(ctl);
@@ -542,6 +552,7 @@ struct control *control_open(struct event_base *base, struct supervisor *s, cons
 		free(ctl);
 		return NULL;
 	}
+watch:
 	ctl->listener = evconnlistener_new(base, accept_cb, ctl, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
 	if (!ctl->listener) {
 		snprintf(err, errlen, "control: cannot watch %s", path);
@@ -552,13 +563,25 @@ struct control *control_open(struct event_base *base, struct supervisor *s, cons
 	return ctl;
 }
 
-void control_close(struct control *ctl)
+void control_close(struct control *ctl, int unlink_path)
 {
 	if (!ctl)
 		return;
 	while (ctl->clients)
 		client_free(ctl->clients);
 	evconnlistener_free(ctl->listener);
-	unlink(ctl->path);
+	if (unlink_path)
+		unlink(ctl->path);
 	free(ctl);
+}
+
+void control_stop_accepting(struct control *ctl)
+{
+	if (ctl)
+		evconnlistener_disable(ctl->listener);
+}
+
+int control_fd(const struct control *ctl)
+{
+	return ctl ? evconnlistener_get_fd(ctl->listener) : -1;
 }

@@ -25,6 +25,7 @@
 #define CTL_CMD_RELOAD "reload"   /* answered when done: generation, restart_needed [keys] */
 #define CTL_CMD_STOP "stop"       /* answered at once with the supervisor's pid, then resild stops */
 #define CTL_CMD_SCALE "scale"     /* "workers": N; answer: workers */
+#define CTL_CMD_UPGRADE "upgrade" /* answered when done: pid (the new supervisor's) */
 
 /* Request arguments and answer fields. */
 #define CTL_KEY_TARGET "target"

@@ -117,6 +117,7 @@ void tick_cb(evutil_socket_t fd, short what, void *arg)
 	struct supervisor *s = arg;
 	(void)fd;
 	(void)what;
+	upgrade_tick(s);
 	uint64_t now = sb_now_mono_ms();
 	long hz = sysconf(_SC_CLK_TCK);
 	for (int i = 0; i < SB_MAX_ENTRIES; i++) {

@@ -30,14 +30,15 @@
 #define PACKAGE_VERSION "0.1.0"
 #endif
 
-enum cmd { CMD_STATUS, CMD_HEALTH, CMD_RESTART, CMD_RELOAD, CMD_STOP, CMD_SCALE };
+enum cmd { CMD_STATUS, CMD_HEALTH, CMD_RESTART, CMD_RELOAD, CMD_STOP, CMD_SCALE, CMD_UPGRADE };
 
 static const struct {
 	const char *name;
 	double timeout_s; /* default bound of the whole command */
 } cmds[] = {
-    [CMD_STATUS] = {CTL_CMD_STATUS, 10},  [CMD_HEALTH] = {CTL_CMD_HEALTH, 10}, [CMD_RESTART] = {CTL_CMD_RESTART, 120},
-    [CMD_RELOAD] = {CTL_CMD_RELOAD, 120}, [CMD_STOP] = {CTL_CMD_STOP, 60},     [CMD_SCALE] = {CTL_CMD_SCALE, 10},
+    [CMD_STATUS] = {CTL_CMD_STATUS, 10},    [CMD_HEALTH] = {CTL_CMD_HEALTH, 10}, [CMD_RESTART] = {CTL_CMD_RESTART, 120},
+    [CMD_RELOAD] = {CTL_CMD_RELOAD, 120},   [CMD_STOP] = {CTL_CMD_STOP, 60},     [CMD_SCALE] = {CTL_CMD_SCALE, 10},
+    [CMD_UPGRADE] = {CTL_CMD_UPGRADE, 120},
 };
 #define NCMDS (sizeof cmds / sizeof cmds[0])
 
@@ -93,13 +94,16 @@ static void print_help(void)
 	       "                     for the outcome\n"
 	       "  stop               graceful shutdown; returns once resild has exited\n"
 	       "  scale N            set the number of workers (%d-%d)\n"
+	       "  upgrade            replace the supervisor with the resild binary on disk,\n"
+	       "                     keeping the sockets; waits for the outcome (rolled back\n"
+	       "                     if the new one does not become ready)\n"
 	       "\n"
 	       "Options:\n"
 	       "  -s, --socket PATH  control socket (default: $" CTL_ENV_SOCKET ", else\n"
 	       "                     $RUNTIME_DIRECTORY/" CTL_RUNTIME_SOCKET_NAME ", else " CTL_PACKAGED_SOCKET "\n"
 	       "                     if it exists, else " CTL_DEFAULT_SOCKET ")\n"
-	       "      --timeout SEC  give up after SEC seconds (default 10; restart and reload\n"
-	       "                     120; stop 60, including the wait for resild to exit)\n"
+	       "      --timeout SEC  give up after SEC seconds (default 10; restart, reload and\n"
+	       "                     upgrade 120; stop 60, including the wait for resild to exit)\n"
 	       "      --json         status, health: print the answer as one JSON object\n"
 	       "  -h, --help         print this help and exit\n"
 	       "  -V, --version      print the version and exit\n"
@@ -475,7 +479,9 @@ static int exchange(const struct opts *o, const char *path, int64_t deadline, do
 	close(fd);
 	if (rc == -2) {
 		fail("no answer from resild within %g s (%s)%s", limit_s, cmds[o->cmd].name,
-		     o->cmd == CMD_RESTART || o->cmd == CMD_RELOAD ? "; it may still be in progress" : "");
+		     o->cmd == CMD_RESTART || o->cmd == CMD_RELOAD || o->cmd == CMD_UPGRADE
+		         ? "; it may still be in progress"
+		         : "");
 		return CTL_EXIT_PROTOCOL;
 	}
 	if (rc == -3) {
@@ -976,6 +982,12 @@ static int render(const struct opts *o, yajl_val root, int64_t deadline, double 
 		print_restart_needed(root);
 		return CTL_EXIT_OK;
 	case CMD_STOP: return wait_stopped(root, deadline, limit_s);
+	case CMD_UPGRADE:
+		if (get_int(root, CTL_KEY_PID, &n) == 0)
+			printf("upgraded: new supervisor pid %lld\n", n);
+		else
+			printf("upgraded\n");
+		return CTL_EXIT_OK;
 	case CMD_SCALE:
 		if (get_int(root, CTL_KEY_WORKERS, &n) < 0)
 			n = o->workers;

@@ -2,6 +2,7 @@
  * before any fork), optional daemonisation, then the supervisor. */
 #include "autoconfig.h"
 
+#include "child.h"
 #include "config.h"
 #include "listen.h"
 #include "log.h"
@@ -55,6 +56,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "resild: libsodium initialisation failed\n");
 		return 1;
 	}
+	if (getenv(CHILD_ENV))
+		return child_exec_main(); /* a worker the supervisor exec'd (child.h) */
 	if (config_load(&cfg, argc, argv, &action, err, sizeof(err)) < 0) {
 		fprintf(stderr, "resild: %s\n", err);
 		return 1;
@@ -81,7 +84,17 @@ int main(int argc, char **argv)
 		         "RESIL_JWT_SECRET is not set: using a random secret for this run (tokens will not survive a "
 		         "restart)",
 		         LF_STR("env", "development"));
-	int fd = listen_open(cfg.listen, 4096, err, sizeof(err));
+	struct sup_handoff handoff;
+	if (upgrade_handoff_parse(&handoff) < 0) {
+		fprintf(stderr, "resild: %s is not an upgrade hand-off this binary understands\n", UPGRADE_ENV);
+		return 1;
+	}
+	/* The new supervisor of a binary upgrade keeps the old one's socket
+	 * (and its foreground/daemon state: it is already detached or not). */
+	int fd = handoff.active ? handoff.listen_fd : listen_open(cfg.listen, 4096, err, sizeof(err));
+	if (handoff.active)
+		log_info(NULL, "binary upgrade: this supervisor takes over from the running one",
+		         LF_INT("oldPid", handoff.old_pid));
 	if (fd < 0) {
 		log_error(NULL, err, LF_STR("listen", cfg.listen));
 		fprintf(stderr, "resild: %s\n", err);
@@ -89,6 +102,8 @@ int main(int argc, char **argv)
 	}
 	/* A daemon's stderr becomes /dev/null: say where the lines go while
 	 * the operator can still read it. */
+	if (handoff.active)
+		cfg.foreground = 1;
 	if (!cfg.foreground && cfg.log_file[0])
 		log_info(NULL, "daemonizing: log lines go to log_file", LF_STR("logFile", cfg.log_file));
 	else if (!cfg.foreground)
@@ -100,9 +115,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "resild: cannot daemonize\n");
 		return 1;
 	}
-	int rc = supervisor_run(&cfg, argc, argv, fd);
+	int rc = supervisor_run(&cfg, argc, argv, fd, &handoff);
 	close(fd);
-	if (strncmp(cfg.listen, "unix:", 5) == 0)
+	if (strncmp(cfg.listen, "unix:", 5) == 0 && !supervisor_handed_over())
 		unlink(cfg.listen + 5);
 	log_shutdown();
 	return rc;

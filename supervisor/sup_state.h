@@ -90,6 +90,17 @@ struct rolling {
 	int failed;
 };
 
+/* A binary upgrade in progress (upgrade.c), seen from the old supervisor. */
+struct upgrade {
+	pid_t pid;   /* the new supervisor, 0: none */
+	int exited;  /* reaped */
+	int waiting; /* for its ready byte: not yet answered */
+	int fd;      /* its ready pipe, -1: none */
+	struct event *ev, *timer;
+	struct ctl_client *client; /* resilctl upgrade, answered at the end */
+	uint64_t kill_at_ms;       /* monotonic: SIGKILL it then if still there */
+};
+
 struct route_count {
 	char route[SB_ROUTE_LEN];
 	unsigned count;
@@ -104,6 +115,8 @@ struct supervisor {
 	char listen_desc[600];
 	struct scoreboard *sb;
 	struct ratelimit *rl; /* shared by all workers: created before any fork */
+	int sb_fd, rl_fd;     /* their memfds, handed to every exec'd worker */
+	char exe[4096];       /* the resild binary on disk that workers exec ("": none found) */
 	struct bus_hub *hub;  /* WebSocket broadcast between workers (bus.h); NULL: none */
 	struct proc procs[SB_MAX_ENTRIES];
 	struct slot slots[SB_MAX_WORKERS];
@@ -125,6 +138,9 @@ struct supervisor {
 	const char *restart_needed[CONFIG_RESTART_KEYS_MAX];
 	int nrestart_needed;
 	int memory_limit_reported; /* "max_memory below a fresh worker" logged */
+	struct upgrade up;
+	int handed_over;      /* a new supervisor took the sockets: leave them alone */
+	int handoff_ready_fd; /* new supervisor: tell the old one when all are ready (-1: done/none) */
 };
 
 /* supervisor.c */
@@ -157,6 +173,23 @@ void roll_next(struct supervisor *s);
 void roll_finish(struct supervisor *s, const char *error);
 /* Listen timeout of the slot being replaced (arg: the supervisor). */
 void roll_timeout_cb(evutil_socket_t fd, short what, void *arg);
+
+/* upgrade.c */
+void upgrade_init(struct upgrade *u);
+void upgrade_free(struct supervisor *s);
+/* Start a binary upgrade (c, if any, gets the answer at the end). 0, or -1
+ * when refused or failed at once (c answered). */
+int upgrade_start(struct supervisor *s, struct ctl_client *c);
+/* pid was reaped: 1 if it was the new supervisor (handled), else 0. */
+int upgrade_reaped(struct supervisor *s, pid_t pid, int status);
+/* Every tick: SIGKILL a failed new supervisor that lingers; release the
+ * scoreboard entries of processes of another supervisor that are gone. */
+void upgrade_tick(struct supervisor *s);
+/* New supervisor: every worker is ready; tell the old one. */
+void upgrade_signal_ready(struct supervisor *s);
+/* supervisor.c: the new supervisor serves: drain the workers and exit
+ * without touching the listening and control sockets. */
+void supervisor_handover(struct supervisor *s);
 
 /* monitor.c (arg: the supervisor) */
 /* Every TICK_MS: sample CPU and RSS, kill hung workers, recycle the ones

@@ -173,7 +173,8 @@ void spawn(struct supervisor *s, int slot, int replacement)
 		    .ready_fd = pfd[1],
 		    .bus_fd = bus_fd,
 		};
-		child_run(s->base, sup_signals, NSUPSIG, &wo);
+		struct child_exec ex = {.exe = s->exe, .sb_fd = s->sb_fd, .rl_fd = s->rl_fd};
+		child_run(s->base, sup_signals, NSUPSIG, &wo, &ex);
 	}
 	close(pfd[1]);
 	if (bus_fd >= 0)
@@ -236,6 +237,7 @@ static void check_all_ready(struct supervisor *s)
 		sdn_send(msg);
 		log_info(NULL, "all workers ready", LF_INT("workers", s->target), LF_STR("listen", s->listen_desc));
 		notify_status(s);
+		upgrade_signal_ready(s);
 	}
 }
 
@@ -331,6 +333,8 @@ static void record_route_crash(struct supervisor *s, const char *route)
 
 static void handle_exit(struct supervisor *s, pid_t pid, int status)
 {
+	if (upgrade_reaped(s, pid, status))
+		return;
 	int idx = proc_index_by_pid(s, pid);
 	if (idx < 0)
 		return;
@@ -525,13 +529,14 @@ static void begin_shutdown(struct supervisor *s, int immediate)
 	if (s->stopping && !immediate)
 		return;
 	s->stopping = 1;
-	sdn_send("STOPPING=1");
+	if (!s->handed_over)
+		sdn_send("STOPPING=1");
 	/* Stop accepting at once, in every process: the listening socket is
 	 * shared with the workers, and shutting it down (not just closing our
 	 * descriptor) takes it out of the listen state, so a new connection is
 	 * refused instead of waiting in a backlog nobody will accept from.
 	 * (A binary upgrade that hands the socket on must not come here.) */
-	if (s->listen_fd >= 0 && shutdown(s->listen_fd, SHUT_RD) < 0 && errno != ENOTCONN)
+	if (!s->handed_over && s->listen_fd >= 0 && shutdown(s->listen_fd, SHUT_RD) < 0 && errno != ENOTCONN)
 		log_warn(NULL, "cannot shut the listening socket down", LF_STR("error", strerror(errno)));
 	log_info(NULL, immediate ? "immediate shutdown" : "graceful shutdown", LF_INT("workers", s->target),
 	         LF_INT("timeoutMs", immediate ? 0 : s->cfg->shutdown_timeout_ms));
@@ -657,6 +662,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 	case SIGINT: begin_shutdown(s, 0); break;
 	case SIGQUIT: begin_shutdown(s, 1); break;
 	case SIGHUP: do_reload(s, NULL); break;
+	case SIGUSR2: upgrade_start(s, NULL); break;
 	case SIGUSR1:
 		if (log_reopen() < 0)
 			log_error(NULL, "cannot reopen the log file", LF_STR("error", strerror(errno)));
@@ -772,6 +778,24 @@ void sup_ctl_reload(struct supervisor *s, struct ctl_client *c)
 	do_reload(s, c);
 }
 
+void sup_ctl_upgrade(struct supervisor *s, struct ctl_client *c)
+{
+	upgrade_start(s, c);
+}
+
+void supervisor_handover(struct supervisor *s)
+{
+	/* Nobody new talks to this one: the new supervisor answers on the
+	 * control socket (the same file) from now on. */
+	control_stop_accepting(s->ctl);
+	begin_shutdown(s, 0);
+}
+
+int supervisor_handed_over(void)
+{
+	return g_sup && g_sup->handed_over;
+}
+
 void sup_ctl_stop(struct supervisor *s, struct ctl_client *c)
 {
 	ctl_reply_stopping(c, getpid());
@@ -794,7 +818,42 @@ void sup_ctl_scale(struct supervisor *s, struct ctl_client *c, int n)
 
 /* --------------------------------------------------------------- main */
 
-int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_fd)
+/* The binary workers exec: the path this supervisor was started from, so
+ * a binary replaced there (install, mv) is what the next worker runs. */
+static void find_exe(struct supervisor *s)
+{
+	ssize_t n = readlink("/proc/self/exe", s->exe, sizeof(s->exe) - 1);
+	s->exe[n > 0 ? n : 0] = '\0';
+	if (n <= 0 || (size_t)n >= sizeof(s->exe) - 1 || s->exe[0] != '/') {
+		s->exe[0] = '\0';
+		log_warn(NULL, "cannot find resild's own binary: workers run the supervisor's image (a reload does not "
+		               "pick up a rebuilt binary)");
+	}
+}
+
+/* The new supervisor of an upgrade joins the old one's tables (the rate
+ * limits and the counters carry on); a table of another layout is not
+ * joined, and this one starts its own. */
+static void adopt_tables(struct supervisor *s, const struct sup_handoff *h)
+{
+	if (h->sb_fd >= 0 && (s->sb = sb_attach(h->sb_fd)) != NULL)
+		s->sb_fd = h->sb_fd;
+	if (h->rl_fd >= 0 && (s->rl = rl_attach(h->rl_fd)) != NULL)
+		s->rl_fd = h->rl_fd;
+	const char *lost = !s->sb && h->sb_fd >= 0
+	                       ? (!s->rl && h->rl_fd >= 0 ? "scoreboard, rate limits" : "scoreboard")
+	                   : !s->rl && h->rl_fd >= 0 ? "rate limits"
+	                                             : NULL;
+	if (lost)
+		log_warn(NULL, "binary upgrade: an old shared table has another layout; starting a new one",
+		         LF_STR("tables", lost));
+	if (!s->sb && h->sb_fd >= 0)
+		close(h->sb_fd);
+	if (!s->rl && h->rl_fd >= 0)
+		close(h->rl_fd);
+}
+
+int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_fd, const struct sup_handoff *h)
 {
 	static struct supervisor sup;
 	struct supervisor *s = &sup;
@@ -807,6 +866,9 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 	s->argc = argc;
 	s->argv = argv;
 	s->listen_fd = listen_fd;
+	s->sb_fd = s->rl_fd = -1;
+	s->handoff_ready_fd = h && h->active ? h->ready_fd : -1;
+	upgrade_init(&s->up);
 	s->started_ms = mono_ms();
 	s->generation = 1;
 	for (int i = 0; i < SB_MAX_ENTRIES; i++) {
@@ -820,8 +882,15 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 	if (listen_describe(listen_fd, s->listen_desc, sizeof(s->listen_desc)) < 0)
 		snprintf(s->listen_desc, sizeof(s->listen_desc), "%s", cfg->listen);
 	proctitle_set("resild: supervisor");
-	s->sb = sb_create();
-	s->rl = rl_create(0);
+	if (h && h->active)
+		adopt_tables(s, h);
+	if (s->sb) /* the old supervisor's: its generations go on */
+		s->generation = atomic_load(&s->sb->hdr.generation) + 1;
+	if (!s->sb)
+		s->sb = sb_create_fd(&s->sb_fd);
+	if (!s->rl)
+		s->rl = rl_create_fd(0, &s->rl_fd);
+	find_exe(s);
 	s->base = event_base_new();
 	if (!s->sb || !s->base || !s->rl) {
 		log_error(NULL, "cannot create the scoreboard or event loop", LF_STR("error", strerror(errno)));
@@ -835,7 +904,7 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 	atomic_store(&s->sb->hdr.started_ms, sb_now_real_ms());
 	atomic_store(&s->sb->hdr.generation, s->generation);
 	char err[512];
-	s->ctl = control_open(s->base, s, cfg->control, err, sizeof(err));
+	s->ctl = control_open(s->base, s, cfg->control, h && h->active ? h->ctl_fd : -1, err, sizeof(err));
 	if (!s->ctl) {
 		log_error(NULL, err, LF_STR("control", cfg->control));
 		bus_hub_free(s->hub);
@@ -877,7 +946,10 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 	for (int i = 0; i < SB_MAX_WORKERS; i++)
 		if (s->slots[i].restart_ev)
 			event_free(s->slots[i].restart_ev);
-	control_close(s->ctl);
+	control_close(s->ctl, !s->handed_over);
+	upgrade_free(s);
+	if (s->handoff_ready_fd >= 0)
+		close(s->handoff_ready_fd);
 	for (size_t i = 0; i < NSUPSIG; i++)
 		if (s->sig_ev[i])
 			event_free(s->sig_ev[i]);
@@ -890,6 +962,10 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 	event_base_free(s->base);
 	sb_destroy(s->sb);
 	rl_destroy(s->rl);
+	if (s->sb_fd >= 0)
+		close(s->sb_fd);
+	if (s->rl_fd >= 0)
+		close(s->rl_fd);
 	int rc = s->exit_code;
 	log_info(NULL, "resild stopped", LF_INT("exitCode", rc));
 	free(s->cfg);

@@ -20,10 +20,27 @@ struct supervisor;
 struct ctl_client;
 struct sb_entry;
 
+/* What a binary upgrade hands the new supervisor (upgrade.c): descriptor
+ * numbers, in UPGRADE_ENV. */
+#define UPGRADE_ENV "RESIL_UPGRADE_HANDOFF"
+struct sup_handoff {
+	int active; /* this process is the new supervisor of an upgrade */
+	int listen_fd, ctl_fd, sb_fd, rl_fd;
+	int ready_fd; /* write one byte when every worker is ready */
+	int old_pid;
+};
+/* Read UPGRADE_ENV: 1 (h filled, descriptors close-on-exec again), 0 when
+ * absent, -1 when malformed. */
+int upgrade_handoff_parse(struct sup_handoff *h);
+
 /* Run the supervisor until it stops. cfg is the loaded configuration;
- * argc/argv are kept to re-read the configuration on reload. listen_fd is
- * already bound. Returns the process exit status. */
-int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_fd);
+ * argc/argv are kept to re-read the configuration on reload (and to exec
+ * the new binary on upgrade). listen_fd is already bound. h: NULL, or what
+ * the old supervisor handed over. Returns the process exit status. */
+int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_fd, const struct sup_handoff *h);
+/* After supervisor_run(): 1 when a new supervisor took over the sockets
+ * (the caller must not unlink them). */
+int supervisor_handed_over(void);
 
 /* ---- The control socket (control.c) ----------------------------------
  *
@@ -37,6 +54,7 @@ void sup_ctl_restart(struct supervisor *s, struct ctl_client *c, int target); /*
 void sup_ctl_reload(struct supervisor *s, struct ctl_client *c);
 void sup_ctl_stop(struct supervisor *s, struct ctl_client *c);
 void sup_ctl_scale(struct supervisor *s, struct ctl_client *c, int n);
+void sup_ctl_upgrade(struct supervisor *s, struct ctl_client *c);
 
 /* The supervisor as a whole. Strings point into the supervisor (or are
  * literals) and stay valid until it next changes state: render at once. */
@@ -77,8 +95,15 @@ int sup_crash_route(const struct supervisor *s, int i, const char **route, unsig
 /* Control socket server. */
 struct control;
 struct event_base;
-struct control *control_open(struct event_base *base, struct supervisor *s, const char *path, char *err, size_t errlen);
-void control_close(struct control *ctl);
+/* fd >= 0: adopt that listening socket (a binary upgrade's) instead of
+ * binding path. */
+struct control *control_open(struct event_base *base, struct supervisor *s, const char *path, int fd, char *err,
+                             size_t errlen);
+/* Close; unlink_path 0 leaves the socket file to the supervisor that took it. */
+void control_close(struct control *ctl, int unlink_path);
+int control_fd(const struct control *ctl);
+/* Accept no new clients (the ones connected still get their answers). */
+void control_stop_accepting(struct control *ctl);
 
 /* Answers. Each sends one JSON line and closes the client; a client whose
  * peer went away is released silently. */
@@ -88,6 +113,7 @@ void ctl_reply_scaled(struct ctl_client *c, int workers);
 /* names[0..n): restart-only keys the reload could not apply ("restart_needed"). */
 void ctl_reply_reloaded(struct ctl_client *c, unsigned generation, const char *const *names, int n);
 void ctl_reply_restarted(struct ctl_client *c, const int *ids, int n);
+void ctl_reply_upgraded(struct ctl_client *c, pid_t pid);
 /* Keep the client waiting for a later answer; returns 0. */
 int ctl_defer(struct ctl_client *c);
 

@@ -78,8 +78,9 @@ def free_port():
 class Server:
     """A resild process with its own directory, port and log capture."""
 
-    def __init__(self, workers=1, env=None, args=None, db=None):
+    def __init__(self, workers=1, env=None, args=None, db=None, binary=None):
         self.dir = tempfile.mkdtemp(prefix="resil-it-")
+        self.binary = binary or RESILD
         self.port = free_port()
         self.log_path = os.path.join(self.dir, "stderr.log")
         e = {k: v for k, v in os.environ.items() if not k.startswith("RESIL_") or k.startswith("RESIL_TEST_")}
@@ -104,7 +105,7 @@ class Server:
         if os.environ.get("RESIL_VALGRIND"):
             wrap = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
                     "--errors-for-leak-kinds=definite", "--trace-children=yes", "--child-silent-after-fork=yes"]
-        self.proc = subprocess.Popen(wrap + [RESILD, "--foreground"] + self.args, env=self.env, cwd=self.dir,
+        self.proc = subprocess.Popen(wrap + [self.binary, "--foreground"] + self.args, env=self.env, cwd=self.dir,
                                      stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
         if wait:
             self.wait_ready()
