@@ -93,6 +93,10 @@ class Server:
             "RESIL_LOG_LEVEL": "debug",
             "RESIL_ENV": "development",
         })
+        if os.environ.get("RESIL_VALGRIND"):
+            # Under valgrind every worker is a new valgrind process (workers
+            # exec the binary): its start takes seconds, not milliseconds.
+            e["RESIL_LISTEN_TIMEOUT"] = "90s"
         if env:
             e.update(env)
         self.env = e

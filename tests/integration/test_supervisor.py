@@ -739,22 +739,22 @@ def test_ttin_ttou_and_scale_change_the_worker_count():
     try:
         pids = all_ready(srv, 2)
         srv.send_signal(signal.SIGTTIN)
-        p3 = wait_for(lambda: all_ready(srv, 3), 5, "3 workers")
+        p3 = wait_for(lambda: all_ready(srv, 3), 15, "3 workers")
         assert health_total(srv) == 3
         assert status(srv)["supervisor"]["workers_target"] == 3
         assert all(p3[i] == pids[i] for i in (0, 1)), (pids, p3)
         srv.send_signal(signal.SIGTTOU)
-        wait_for(lambda: all_ready(srv, 2), 5, "2 workers")
-        wait_for(lambda: gone(p3[2]), 5, "worker 2 exited")
+        wait_for(lambda: all_ready(srv, 2), 15, "2 workers")
+        wait_for(lambda: gone(p3[2]), 15, "worker 2 exited")
         assert health_total(srv) == 2
         p = resilctl(srv, "scale", "4")
         assert p.returncode == 0 and p.stdout.strip() == "scaled to 4 workers", p
-        wait_for(lambda: all_ready(srv, 4), 5, "4 workers")
+        wait_for(lambda: all_ready(srv, 4), 15, "4 workers")
         st, _, doc = srv.json("GET", "/health")
         assert doc["checks"]["workers"] == {"total": 4, "ready": 4}, doc
         p = resilctl(srv, "scale", "1")
         assert p.returncode == 0 and p.stdout.strip() == "scaled to 1 worker", p
-        p1 = wait_for(lambda: all_ready(srv, 1), 5, "1 worker")
+        p1 = wait_for(lambda: all_ready(srv, 1), 15, "1 worker")
         assert p1[0] == pids[0]
         assert health_total(srv) == 1
         srv.send_signal(signal.SIGTTOU)  # never below one worker
@@ -763,7 +763,7 @@ def test_ttin_ttou_and_scale_change_the_worker_count():
         for _ in range(10):
             assert get_once(srv.port) == 200
         srv.send_signal(signal.SIGTTIN)
-        wait_for(lambda: all_ready(srv, 2), 5, "2 workers again")
+        wait_for(lambda: all_ready(srv, 2), 15, "2 workers again")
         assert all(w["restarts"] == 0 for w in status(srv)["workers"])
         clean_exit(srv)
     finally:
