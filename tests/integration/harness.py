@@ -119,6 +119,8 @@ class Server:
         return self
 
     def wait_ready(self, timeout=30.0):
+        if os.environ.get("RESIL_VALGRIND"):
+            timeout = max(timeout, 120.0)  # the supervisor and each exec'd worker start under valgrind
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

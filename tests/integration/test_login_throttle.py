@@ -68,7 +68,8 @@ def test_a_third_party_cannot_lock_the_owner_out():
     st, _, doc, took = login(S, email.upper(), pw, "203.0.113.9")
     assert st == 200 and doc["data"]["token"], (st, doc)
     assert took >= 1.0, took            # the account-wide delay applies ...
-    assert took < DELAY_MAX_S + 2.0, took  # ... capped
+    # ... capped (the slack covers one argon2id check, ~50x slower under valgrind)
+    assert took < DELAY_MAX_S + (15.0 if os.environ.get("RESIL_VALGRIND") else 2.0), took
     # Its success forgives only its own pair: the attackers stay throttled.
     st, _, doc, _ = login(S, email, "wrong-password-x", attackers[0])
     assert st == 429, (st, doc)
