@@ -24,6 +24,7 @@ struct route_entry {
 	char pattern[192]; /* "GET /api/posts/:id", for crash reports */
 	app_fn chain[APP_MAX_CHAIN + 1];
 	int methods;
+	int tmpl;           /* app_template() index */
 	int64_t body_limit; /* unguarded routes: 0 = APP_PUBLIC_BODY_LIMIT */
 };
 
@@ -39,6 +40,7 @@ struct app {
 	int nguards;
 	struct route_entry **chains; /* owned route entries */
 	size_t nchains;
+	int ntemplates;
 };
 
 struct app *app_new(void)
@@ -89,6 +91,26 @@ static void route_name(int methods, const char *pattern, char *out, size_t outle
 	snprintf(out, outlen, "%s %s", allow, pattern);
 }
 
+/* The pattern part of a route entry's "GET /api/posts/:id". */
+static const char *entry_template(const struct route_entry *re)
+{
+	const char *sp = strchr(re->pattern, ' ');
+	return sp ? sp + 1 : re->pattern;
+}
+
+int app_template_count(const struct app *a)
+{
+	return a->ntemplates;
+}
+
+const char *app_template(const struct app *a, int i)
+{
+	for (size_t k = 0; k < a->nchains; k++)
+		if (a->chains[k]->tmpl == i)
+			return entry_template(a->chains[k]);
+	return NULL;
+}
+
 int app_route(struct app *a, int methods, const char *pattern, const app_fn *chain)
 {
 	size_t n = 0;
@@ -102,12 +124,18 @@ int app_route(struct app *a, int methods, const char *pattern, const app_fn *cha
 	memcpy(copy->chain, chain, n * sizeof(*chain));
 	route_name(methods, pattern, copy->pattern, sizeof(copy->pattern));
 	copy->methods = methods;
+	copy->tmpl = -1;
+	for (size_t k = 0; k < a->nchains && copy->tmpl < 0; k++)
+		if (strcmp(entry_template(a->chains[k]), entry_template(copy)) == 0)
+			copy->tmpl = a->chains[k]->tmpl;
 	struct route_entry **nc = realloc(a->chains, (a->nchains + 1) * sizeof(*nc));
 	if (!nc) {
 		free(copy);
 		return -1;
 	}
 	a->chains = nc;
+	if (copy->tmpl < 0)
+		copy->tmpl = a->ntemplates++;
 	a->chains[a->nchains++] = copy;
 	if (router_add(a->router, methods, pattern, copy) < 0)
 		return -1;
@@ -217,6 +245,7 @@ static void run(struct http_request *req)
 				ctx->pos = 0;
 				ctx->chain = re->chain;
 				ctx->route = re->pattern;
+				ctx->route_index = re->tmpl;
 				if (a->route_hook)
 					a->route_hook(req, re->pattern);
 				continue;
@@ -243,6 +272,7 @@ void app_handle(struct http_request *req, void *ud)
 		return;
 	}
 	memset(ctx, 0, sizeof(*ctx));
+	ctx->route_index = -1;
 	ctx->app = ud;
 	req->app_data[1] = ctx;
 	req->on_free = ctx_free;
