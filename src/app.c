@@ -190,6 +190,16 @@ int app_headers(struct http_request *req, void *ud)
 	return HTTP_HEADERS_READ_BODY;
 }
 
+/* The context with the route match, made once when the request arrives
+ * (so a request that app-level middleware answers, a 429, still has its
+ * route for the metrics) and used when the middleware is done. */
+struct ctx_priv {
+	struct app_ctx pub; /* first: app_ctx() is this */
+	enum router_result rr;
+	struct route_entry *re;
+	int allow;
+};
+
 static void ctx_free(struct http_request *req)
 {
 	struct app_ctx *ctx = req->app_data[1];
@@ -219,10 +229,9 @@ static void run(struct http_request *req)
 			if (ctx->pos < a->nmw) {
 				fn = a->mw[ctx->pos++];
 			} else {
-				void *route = NULL;
-				int allow = 0;
-				enum router_result rr = router_match(a->router, req->method, req->path, req->path_len,
-				                                     &route, &ctx->params, &allow);
+				const struct ctx_priv *cp = (const struct ctx_priv *)ctx;
+				enum router_result rr = cp->rr;
+				int allow = cp->allow;
 				if (rr == ROUTER_NOT_FOUND) {
 					app_fail(req, 404, "NOT_FOUND", "route not found");
 					return;
@@ -240,12 +249,11 @@ static void run(struct http_request *req)
 					app_fail(req, 405, "METHOD_NOT_ALLOWED", "method not allowed");
 					return;
 				}
-				struct route_entry *re = route;
+				struct route_entry *re = cp->re;
 				ctx->phase = 1;
 				ctx->pos = 0;
 				ctx->chain = re->chain;
 				ctx->route = re->pattern;
-				ctx->route_index = re->tmpl;
 				if (a->route_hook)
 					a->route_hook(req, re->pattern);
 				continue;
@@ -266,13 +274,18 @@ static void run(struct http_request *req)
 
 void app_handle(struct http_request *req, void *ud)
 {
-	struct app_ctx *ctx = http_alloc(req, sizeof(*ctx));
-	if (!ctx) {
+	struct ctx_priv *cp = http_alloc(req, sizeof(*cp));
+	if (!cp) {
 		http_send_error(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 		return;
 	}
-	memset(ctx, 0, sizeof(*ctx));
-	ctx->route_index = -1;
+	memset(cp, 0, sizeof(*cp));
+	struct app_ctx *ctx = &cp->pub;
+	struct app *a = ud;
+	void *route = NULL;
+	cp->rr = router_match(a->router, req->method, req->path, req->path_len, &route, &ctx->params, &cp->allow);
+	cp->re = route;
+	ctx->route_index = cp->rr == ROUTER_FOUND ? cp->re->tmpl : -1;
 	ctx->app = ud;
 	req->app_data[1] = ctx;
 	req->on_free = ctx_free;

@@ -37,7 +37,8 @@ struct app_ctx {
 	int pos;
 	const app_fn *chain; /* route chain, NULL-terminated */
 	const char *route;   /* matched pattern, e.g. "GET /api/posts/:id" */
-	int route_index;     /* app_template() index of the matched route; -1: none */
+	int route_index;     /* app_template() index of the route the path matches (set on arrival, before
+	                      * any middleware); -1: none */
 	struct route_params params;
 	struct json_value *body;  /* parsed JSON or urlencoded body (owned) */
 	struct json_value *query; /* parsed query string (owned), lazily */
