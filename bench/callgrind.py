@@ -40,7 +40,7 @@ def worker_instructions(resild, path, n, warm):
     env.update({"RESIL_LISTEN": "127.0.0.1:%d" % port, "RESIL_WORKERS": "1", "RESIL_DB": "sqlite:%s/db" % d,
                 "RESIL_CONTROL": os.path.join(d, "control.sock"), "RESIL_ENV": "production",
                 "RESIL_JWT_SECRET": "x" * 40, "RESIL_LOG_LEVEL": "info", "RESIL_LOG_FORMAT": "json",
-                "RESIL_LOG_FILE": "", "RESIL_RATE_LIMIT": "100000000/15m"})
+                "RESIL_LOG_FILE": "", "RESIL_RATE_LIMIT": "1000000/15m"})
     log = open(os.path.join(d, "log"), "wb")
     p = subprocess.Popen(["valgrind", "--tool=callgrind", "--callgrind-out-file=%s/cg.%%p" % d, resild,
                           "--foreground"], env=env, cwd=d, stdout=subprocess.DEVNULL, stderr=log,
