@@ -357,6 +357,41 @@ def test_counters_survive_reload_and_a_killed_worker_and_never_go_back():
         srv.cleanup()
 
 
+def test_websocket_connections_messages_and_deliveries_are_counted():
+    from test_ws import Api, Raw, ev  # python3-websockets, as test_ws.py needs
+    srv = Server(workers=1).start()
+    sock = None
+    try:
+        api = Api(srv)
+        u = api.user("m")
+        rid = api.room(u)
+        b = scrape(srv)
+        sock = Raw(srv.port, token=u["token"])
+        assert sock.status == 101, sock.status
+        sock.send_text(ev("join_room", roomId=rid))
+        assert sock.recv_event()["event"] == "room_joined"
+        assert sock.recv_event()["event"] == "recent_messages"
+        sock.send_text(ev("send_message", roomId=rid, content="hello metrics"))
+        while sock.recv_event()["event"] != "new_message":
+            pass
+        a = wait_for(lambda: (lambda m: m if value(m, "resil_websocket_frames_sent_total") -
+                              value(b, "resil_websocket_frames_sent_total") >= 3 else None)(scrape(srv)),
+                     10, "three frames delivered")
+        assert value(a, "resil_websocket_connections") == 1
+        assert value(a, "resil_websocket_messages_received_total") - \
+            value(b, "resil_websocket_messages_received_total") == 2
+        assert requests_total(a, "/ws", "GET", "1xx") - requests_total(b, "/ws", "GET", "1xx") == 1
+        assert value(a, "resil_store_operations_total", backend="sqlite", op="insert_many", result="ok") > \
+            value(b, "resil_store_operations_total", backend="sqlite", op="insert_many", result="ok")
+        sock.close()
+        sock = None
+        wait_for(lambda: value(scrape(srv), "resil_websocket_connections") == 0, 10, "the socket gone")
+    finally:
+        if sock:
+            sock.close()
+        srv.cleanup()
+
+
 def test_only_allowed_peers_read_metrics_and_the_socket_peer_is_checked():
     # ::1 only: 127.0.0.1 is refused, with the JSON error envelope
     srv = Server(workers=1, env={"RESIL_METRICS_ALLOW": "::1"}).start()
@@ -394,5 +429,6 @@ if __name__ == "__main__":
         test_counts_are_summed_over_both_workers_exactly,
         test_status_classes_store_ops_and_rate_limit_rejections_are_counted,
         test_counters_survive_reload_and_a_killed_worker_and_never_go_back,
+        test_websocket_connections_messages_and_deliveries_are_counted,
         test_only_allowed_peers_read_metrics_and_the_socket_peer_is_checked,
     ])
