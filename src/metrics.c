@@ -262,25 +262,23 @@ static void head(struct out *o, const char *name, const char *type, const char *
 }
 
 /* The histogram's series; labels is "route=\"/x\"" (without braces). */
-static void put_hist(struct out *o, const char *name, const char *labels, const uint64_t *bucket, uint64_t count,
-                     uint64_t sum_ns)
+static void put_hist(struct out *o, const char *name, const char *labels, const struct sb_hist *h)
 {
-	uint64_t cum = 0;
+	uint64_t cum = 0, count = h->count, sum_ns = h->sum_ns;
 	for (int i = 0; i < SB_METRIC_BUCKETS; i++) {
-		cum += bucket[i];
+		cum += h->bucket[i];
 		put(o, "%s_bucket{%s,le=\"%s\"} %" PRIu64 "\n", name, labels, bucket_le[i], cum);
 	}
 	/* +Inf is the count, so a scrape between two of the writer's stores
 	 * still sees buckets that never exceed it. */
-	cum += bucket[SB_METRIC_BUCKETS];
+	cum += h->bucket[SB_METRIC_BUCKETS];
 	put(o, "%s_bucket{%s,le=\"+Inf\"} %" PRIu64 "\n", name, labels, cum > count ? cum : count);
 	put(o, "%s_sum{%s} %.9f\n", name, labels, (double)sum_ns / 1e9);
 	put(o, "%s_count{%s} %" PRIu64 "\n", name, labels, cum > count ? cum : count);
 }
 
-static void name_of(const struct scoreboard *sb, struct sb_name *tab, int i, char *out, size_t outlen)
+static void name_of(struct sb_name *tab, int i, char *out, size_t outlen)
 {
-	(void)sb;
 	if (atomic_load_explicit(&tab[i].state, memory_order_acquire) != 2) {
 		out[0] = '\0';
 		return;
@@ -298,7 +296,7 @@ static void route_label(const struct scoreboard *sb, int r, char *out, size_t ou
 	else if (r == SB_METRIC_ROUTE_OTHER)
 		snprintf(out, outlen, "other");
 	else
-		name_of(sb, route_names(sb), r, out, outlen);
+		name_of(route_names(sb), r, out, outlen);
 }
 
 static int live(int state)
@@ -336,8 +334,7 @@ static void render_requests(struct out *o, const struct scoreboard *sb, const st
 			continue;
 		char labels[sizeof(route) + 16];
 		snprintf(labels, sizeof(labels), "route=\"%s\"", route);
-		put_hist(o, "resil_http_request_duration_seconds", labels, (const uint64_t *)h->bucket, h->count,
-		         h->sum_ns);
+		put_hist(o, "resil_http_request_duration_seconds", labels, h);
 	}
 }
 
@@ -363,8 +360,7 @@ static void render_store(struct out *o, const struct sb_counters *c)
 			char labels[64];
 			snprintf(labels, sizeof(labels), "backend=\"%s\",op=\"%s\"", backend_names[b],
 			         store_op_names[k]);
-			put_hist(o, "resil_store_operation_duration_seconds", labels, (const uint64_t *)h->bucket,
-			         h->count, h->sum_ns);
+			put_hist(o, "resil_store_operation_duration_seconds", labels, h);
 		}
 }
 
@@ -444,7 +440,7 @@ static void render_circuits(struct out *o, const struct scoreboard *sb, const st
 	head(o, "resil_circuit_transitions_total", "counter", "Breaker state changes, by circuit and state entered.");
 	for (int k = 0; k < SB_METRIC_CIRCUITS; k++) {
 		char name[2 * SB_NAME_LEN + 1];
-		name_of(sb, circuit_names(sb), k, name, sizeof(name));
+		name_of(circuit_names(sb), k, name, sizeof(name));
 		if (!name[0])
 			continue;
 		for (int s = 0; s < 3; s++)
@@ -516,18 +512,20 @@ static void render_workers(struct out *o, const struct scoreboard *sb)
 
 int metrics_render(const struct scoreboard *sb, struct evbuffer *b, const char *version)
 {
-	uint64_t *sum = malloc(SB_COUNTER_WORDS * sizeof(*sum));
+	/* A private copy (35 KiB: not on the loop's stack). */
+	struct sb_counters *sum = malloc(sizeof(*sum));
 	if (!sum)
 		return -1;
 	if (sb) {
 		sb_counters_sum(sb, sum);
 	} else {
 		const atomic_uint_least64_t *w = (const atomic_uint_least64_t *)&local_block.c;
+		atomic_uint_least64_t *to = (atomic_uint_least64_t *)sum;
 		for (size_t i = 0; i < SB_COUNTER_WORDS; i++)
-			sum[i] = atomic_load_explicit(&w[i], memory_order_relaxed);
+			atomic_store_explicit(&to[i], atomic_load_explicit(&w[i], memory_order_relaxed),
+			                      memory_order_relaxed);
 	}
-	/* Same layout, plain words: read through a copy of the struct type. */
-	const struct sb_counters *c = (const struct sb_counters *)(const void *)sum;
+	const struct sb_counters *c = sum;
 	struct out o = {.b = b};
 	char ver[64];
 	metrics_escape_label(version ? version : "", ver, sizeof(ver));

@@ -105,8 +105,9 @@ void sb_count_restart(struct scoreboard *sb, int cause)
 	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1, memory_order_relaxed);
 }
 
-void sb_counters_sum(const struct scoreboard *sb, uint64_t out[SB_COUNTER_WORDS])
+void sb_counters_sum(const struct scoreboard *sb, struct sb_counters *sum)
 {
+	atomic_uint_least64_t *out = (atomic_uint_least64_t *)sum;
 	int hwm = atomic_load_explicit(&sb->hdr.entries_hwm, memory_order_relaxed);
 	if (hwm > SB_MAX_ENTRIES)
 		hwm = SB_MAX_ENTRIES;
@@ -121,11 +122,17 @@ void sb_counters_sum(const struct scoreboard *sb, uint64_t out[SB_COUNTER_WORDS]
 		}
 		const atomic_uint_least64_t *r = (const atomic_uint_least64_t *)&sb->retired;
 		for (size_t i = 0; i < SB_COUNTER_WORDS; i++)
-			out[i] = atomic_load_explicit(&r[i], memory_order_relaxed);
+			atomic_store_explicit(&out[i], atomic_load_explicit(&r[i], memory_order_relaxed),
+			                      memory_order_relaxed);
 		for (int e = 0; e < hwm; e++) {
 			const atomic_uint_least64_t *w = (const atomic_uint_least64_t *)&sb->metrics[e].c;
-			for (size_t i = 0; i < SB_COUNTER_WORDS; i++)
-				out[i] += atomic_load_explicit(&w[i], memory_order_relaxed);
+			for (size_t i = 0; i < SB_COUNTER_WORDS; i++) {
+				uint64_t v = atomic_load_explicit(&w[i], memory_order_relaxed);
+				if (v)
+					atomic_store_explicit(&out[i],
+					                      atomic_load_explicit(&out[i], memory_order_relaxed) + v,
+					                      memory_order_relaxed);
+			}
 		}
 		atomic_thread_fence(memory_order_acquire);
 		if (last || atomic_load_explicit(&sb->fold_seq, memory_order_relaxed) == seq)

@@ -162,9 +162,9 @@ void sb_count_restart(struct scoreboard *sb, int cause);
  * any thread; -1 when the table is full. Not for a hot path: it compares
  * strings. */
 int sb_name_index(struct sb_name *tab, int n, const char *name);
-/* Sum of retired + every entry's counters into out (plain words, same
- * layout as struct sb_counters), consistent with respect to folds. */
-void sb_counters_sum(const struct scoreboard *sb, uint64_t out[SB_COUNTER_WORDS]);
+/* Sum of retired + every entry's counters into out (a private copy),
+ * consistent with respect to folds. */
+void sb_counters_sum(const struct scoreboard *sb, struct sb_counters *out);
 
 /* Worker side (own entry only). */
 void sb_set_state(struct sb_entry *e, int state);

@@ -110,14 +110,14 @@ START_TEST(test_released_entry_is_folded_into_retired_and_totals_do_not_move)
 	metrics_gauge_set(MG_JOBS_QUEUED, 7);
 	metrics_detach();
 
-	uint64_t *before = malloc(SB_COUNTER_WORDS * sizeof(uint64_t));
-	uint64_t *after = malloc(SB_COUNTER_WORDS * sizeof(uint64_t));
+	struct sb_counters *before = calloc(1, sizeof(*before));
+	struct sb_counters *after = calloc(1, sizeof(*after));
 	ck_assert_ptr_nonnull(before);
 	ck_assert_ptr_nonnull(after);
 	sb_counters_sum(sb, before);
 	sb_release(sb, idx);
 	sb_counters_sum(sb, after);
-	ck_assert_int_eq(memcmp(before, after, SB_COUNTER_WORDS * sizeof(uint64_t)), 0);
+	ck_assert_int_eq(memcmp(before, after, sizeof(*before)), 0);
 	ck_assert_uint_eq(sb->retired.requests[SB_METRIC_ROUTE_UNMATCHED][2][1], 5);
 	ck_assert_uint_eq(sb->metrics[idx].c.requests[SB_METRIC_ROUTE_UNMATCHED][2][1], 0);
 	ck_assert_int_eq(sb->metrics[idx].g.gauge[MG_JOBS_QUEUED], 0); /* a gone process has no gauges */

@@ -392,6 +392,48 @@ def test_websocket_connections_messages_and_deliveries_are_counted():
         srv.cleanup()
 
 
+def test_mongodb_failures_and_breaker_transitions_are_counted():
+    from test_api_rooms import MongoDouble
+    md = MongoDouble()
+    srv = Server(workers=1, db=md.uri("resil_it_metrics_%d" % os.getpid()),
+                 env={"RESIL_RATE_LIMIT": "100000/15m"})
+    try:
+        srv.start()
+        st, _, doc = srv.json("POST", "/api/auth/register",
+                              {"username": "mia", "email": "mia@example.com", "password": "password123"})
+        assert st == 201, (st, doc)
+        auth = {"Authorization": "Bearer " + doc["data"]["token"]}
+        assert srv.json("GET", "/api/rooms", None, auth)[0] == 200
+        b = scrape(srv)
+        assert value(b, "resil_store_operations_total", backend="mongodb", op="insert", result="ok") >= 1
+        assert value(b, "resil_circuit_state", circuit="mongodb") == 0
+        md.cmd("stop")
+        codes, n503 = set(), 0
+        deadline = time.monotonic() + 25
+        while "CIRCUIT_OPEN" not in codes and time.monotonic() < deadline:
+            st, _, doc = srv.json("GET", "/api/rooms", None, auth)
+            assert st == 503, (st, doc)
+            codes.add(doc["code"])
+            n503 += 1
+        assert "CIRCUIT_OPEN" in codes, codes
+        a = scrape(srv)
+        failed = sum(value(a, "resil_store_operations_total", backend="mongodb", op=op, result=r)
+                     for op in ("find", "count") for r in ("unavailable", "timeout"))
+        assert failed >= 1, [k for k in a if k[0] == "resil_store_operations_total"]
+        assert sum(v for k, v in a.items() if k[0] == "resil_store_operations_total" and
+                   ("result", "circuit_open") in k[1]) >= 1, [(k, v) for k, v in a.items()
+                                                              if k[0] == "resil_store_operations_total"]
+        assert value(a, "resil_circuit_transitions_total", circuit="mongodb", to="open") - \
+            value(b, "resil_circuit_transitions_total", circuit="mongodb", to="open") >= 1
+        assert requests_total(a, "/api/rooms", "GET", "5xx") - requests_total(b, "/api/rooms", "GET", "5xx") == n503
+        wait_for(lambda: value(scrape(srv), "resil_circuit_state", circuit="mongodb") in (1, 2), 10,
+                 "the breaker open in the scoreboard")
+    finally:
+        md.cmd("start")
+        srv.cleanup()
+        md.close()
+
+
 def test_only_allowed_peers_read_metrics_and_the_socket_peer_is_checked():
     # ::1 only: 127.0.0.1 is refused, with the JSON error envelope
     srv = Server(workers=1, env={"RESIL_METRICS_ALLOW": "::1"}).start()
@@ -430,5 +472,6 @@ if __name__ == "__main__":
         test_status_classes_store_ops_and_rate_limit_rejections_are_counted,
         test_counters_survive_reload_and_a_killed_worker_and_never_go_back,
         test_websocket_connections_messages_and_deliveries_are_counted,
+        test_mongodb_failures_and_breaker_transitions_are_counted,
         test_only_allowed_peers_read_metrics_and_the_socket_peer_is_checked,
     ])
