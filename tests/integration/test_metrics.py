@@ -18,6 +18,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import RESILD, Server, run_tests  # noqa: E402
+# At the top: without python3-websockets, test_ws re-runs this file with
+# /usr/bin/python3 (Debian's), which must happen before any test starts.
+from test_api_rooms import MongoDouble  # noqa: E402
+from test_ws import Api, Raw, ev  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESILCTL = os.environ.get("RESILCTL") or os.path.join(HERE, "..", "..", "resilctl")
@@ -232,6 +236,7 @@ def test_exposition_is_strict_prometheus_text_with_every_family():
         # gzip when asked (a scraper's Accept-Encoding)
         st, h, data = srv.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
         assert st == 200 and h.get("content-encoding") == "gzip", h
+        srv.assert_clean_exit()  # exit 0, no sanitizer or valgrind report
     finally:
         srv.cleanup()
 
@@ -256,6 +261,7 @@ def test_counts_are_summed_over_both_workers_exactly():
         again = scrape(srv)
         assert requests_total(again, "/health/live", "GET", "2xx") == requests_total(after, "/health/live", "GET",
                                                                                      "2xx")
+        srv.assert_clean_exit()  # exit 0, no sanitizer or valgrind report
     finally:
         srv.cleanup()
 
@@ -293,6 +299,7 @@ def test_status_classes_store_ops_and_rate_limit_rejections_are_counted():
         # /metrics itself is outside the limit
         for _ in range(5):
             scrape(srv)
+        srv.assert_clean_exit()  # exit 0, no sanitizer or valgrind report
     finally:
         srv.cleanup()
 
@@ -350,6 +357,7 @@ def test_counters_survive_reload_and_a_killed_worker_and_never_go_back():
         stop.set()
         t.join(30)
         assert not problems, problems
+        srv.assert_clean_exit()  # exit 0, no sanitizer or valgrind report
     finally:
         stop.set()
         if t.is_alive():
@@ -358,7 +366,6 @@ def test_counters_survive_reload_and_a_killed_worker_and_never_go_back():
 
 
 def test_websocket_connections_messages_and_deliveries_are_counted():
-    from test_ws import Api, Raw, ev  # python3-websockets, as test_ws.py needs
     srv = Server(workers=1).start()
     sock = None
     try:
@@ -386,6 +393,7 @@ def test_websocket_connections_messages_and_deliveries_are_counted():
         sock.close()
         sock = None
         wait_for(lambda: value(scrape(srv), "resil_websocket_connections") == 0, 10, "the socket gone")
+        srv.assert_clean_exit()  # exit 0, no sanitizer or valgrind report
     finally:
         if sock:
             sock.close()
@@ -393,7 +401,6 @@ def test_websocket_connections_messages_and_deliveries_are_counted():
 
 
 def test_mongodb_failures_and_breaker_transitions_are_counted():
-    from test_api_rooms import MongoDouble
     md = MongoDouble()
     srv = Server(workers=1, db=md.uri("resil_it_metrics_%d" % os.getpid()),
                  env={"RESIL_RATE_LIMIT": "100000/15m"})
@@ -428,6 +435,7 @@ def test_mongodb_failures_and_breaker_transitions_are_counted():
         assert requests_total(a, "/api/rooms", "GET", "5xx") - requests_total(b, "/api/rooms", "GET", "5xx") == n503
         wait_for(lambda: value(scrape(srv), "resil_circuit_state", circuit="mongodb") in (1, 2), 10,
                  "the breaker open in the scoreboard")
+        srv.assert_clean_exit()  # exit 0, no sanitizer or valgrind report
     finally:
         md.cmd("start")
         srv.cleanup()
