@@ -24,6 +24,7 @@ struct route_entry {
 	char pattern[192]; /* "GET /api/posts/:id", for crash reports */
 	app_fn chain[APP_MAX_CHAIN + 1];
 	int methods;
+	int tmpl;           /* app_template() index */
 	int64_t body_limit; /* unguarded routes: 0 = APP_PUBLIC_BODY_LIMIT */
 };
 
@@ -39,6 +40,7 @@ struct app {
 	int nguards;
 	struct route_entry **chains; /* owned route entries */
 	size_t nchains;
+	int ntemplates;
 };
 
 struct app *app_new(void)
@@ -89,6 +91,26 @@ static void route_name(int methods, const char *pattern, char *out, size_t outle
 	snprintf(out, outlen, "%s %s", allow, pattern);
 }
 
+/* The pattern part of a route entry's "GET /api/posts/:id". */
+static const char *entry_template(const struct route_entry *re)
+{
+	const char *sp = strchr(re->pattern, ' ');
+	return sp ? sp + 1 : re->pattern;
+}
+
+int app_template_count(const struct app *a)
+{
+	return a->ntemplates;
+}
+
+const char *app_template(const struct app *a, int i)
+{
+	for (size_t k = 0; k < a->nchains; k++)
+		if (a->chains[k]->tmpl == i)
+			return entry_template(a->chains[k]);
+	return NULL;
+}
+
 int app_route(struct app *a, int methods, const char *pattern, const app_fn *chain)
 {
 	size_t n = 0;
@@ -102,12 +124,18 @@ int app_route(struct app *a, int methods, const char *pattern, const app_fn *cha
 	memcpy(copy->chain, chain, n * sizeof(*chain));
 	route_name(methods, pattern, copy->pattern, sizeof(copy->pattern));
 	copy->methods = methods;
+	copy->tmpl = -1;
+	for (size_t k = 0; k < a->nchains && copy->tmpl < 0; k++)
+		if (strcmp(entry_template(a->chains[k]), entry_template(copy)) == 0)
+			copy->tmpl = a->chains[k]->tmpl;
 	struct route_entry **nc = realloc(a->chains, (a->nchains + 1) * sizeof(*nc));
 	if (!nc) {
 		free(copy);
 		return -1;
 	}
 	a->chains = nc;
+	if (copy->tmpl < 0)
+		copy->tmpl = a->ntemplates++;
 	a->chains[a->nchains++] = copy;
 	if (router_add(a->router, methods, pattern, copy) < 0)
 		return -1;
@@ -162,6 +190,16 @@ int app_headers(struct http_request *req, void *ud)
 	return HTTP_HEADERS_READ_BODY;
 }
 
+/* The context with the route match, made once when the request arrives
+ * (so a request that app-level middleware answers, a 429, still has its
+ * route for the metrics) and used when the middleware is done. */
+struct ctx_priv {
+	struct app_ctx pub; /* first: app_ctx() is this */
+	enum router_result rr;
+	struct route_entry *re;
+	int allow;
+};
+
 static void ctx_free(struct http_request *req)
 {
 	struct app_ctx *ctx = req->app_data[1];
@@ -191,10 +229,9 @@ static void run(struct http_request *req)
 			if (ctx->pos < a->nmw) {
 				fn = a->mw[ctx->pos++];
 			} else {
-				void *route = NULL;
-				int allow = 0;
-				enum router_result rr = router_match(a->router, req->method, req->path, req->path_len,
-				                                     &route, &ctx->params, &allow);
+				const struct ctx_priv *cp = (const struct ctx_priv *)ctx;
+				enum router_result rr = cp->rr;
+				int allow = cp->allow;
 				if (rr == ROUTER_NOT_FOUND) {
 					app_fail(req, 404, "NOT_FOUND", "route not found");
 					return;
@@ -212,7 +249,7 @@ static void run(struct http_request *req)
 					app_fail(req, 405, "METHOD_NOT_ALLOWED", "method not allowed");
 					return;
 				}
-				struct route_entry *re = route;
+				struct route_entry *re = cp->re;
 				ctx->phase = 1;
 				ctx->pos = 0;
 				ctx->chain = re->chain;
@@ -237,12 +274,18 @@ static void run(struct http_request *req)
 
 void app_handle(struct http_request *req, void *ud)
 {
-	struct app_ctx *ctx = http_alloc(req, sizeof(*ctx));
-	if (!ctx) {
+	struct ctx_priv *cp = http_alloc(req, sizeof(*cp));
+	if (!cp) {
 		http_send_error(req, 503, "SERVICE_UNAVAILABLE", "service unavailable");
 		return;
 	}
-	memset(ctx, 0, sizeof(*ctx));
+	memset(cp, 0, sizeof(*cp));
+	struct app_ctx *ctx = &cp->pub;
+	struct app *a = ud;
+	void *route = NULL;
+	cp->rr = router_match(a->router, req->method, req->path, req->path_len, &route, &ctx->params, &cp->allow);
+	cp->re = route;
+	ctx->route_index = cp->rr == ROUTER_FOUND ? cp->re->tmpl : -1;
 	ctx->app = ud;
 	req->app_data[1] = ctx;
 	req->on_free = ctx_free;

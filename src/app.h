@@ -37,6 +37,8 @@ struct app_ctx {
 	int pos;
 	const app_fn *chain; /* route chain, NULL-terminated */
 	const char *route;   /* matched pattern, e.g. "GET /api/posts/:id" */
+	int route_index;     /* app_template() index of the route the path matches (set on arrival, before
+	                      * any middleware); -1: none */
 	struct route_params params;
 	struct json_value *body;  /* parsed JSON or urlencoded body (owned) */
 	struct json_value *query; /* parsed query string (owned), lazily */
@@ -63,6 +65,12 @@ int app_route(struct app *app, int methods, const char *pattern, const app_fn *c
 #define app_patch(a, p, ...) app_route(a, HTTP_M_PATCH, p, APP_CHAIN_(__VA_ARGS__))
 #define app_put(a, p, ...) app_route(a, HTTP_M_PUT, p, APP_CHAIN_(__VA_ARGS__))
 #define app_delete(a, p, ...) app_route(a, HTTP_M_DELETE, p, APP_CHAIN_(__VA_ARGS__))
+
+/* Route templates ("/api/posts/:id"), one per distinct pattern whatever
+ * its methods, numbered 0..count-1 in registration order: the index a
+ * matched request carries in app_ctx.route_index (metrics). */
+int app_template_count(const struct app *app);
+const char *app_template(const struct app *app, int i);
 
 /* Header-time guards. A middleware that decides from the headers alone
  * (authentication) can come with a guard, a predicate run when a request's

@@ -89,6 +89,7 @@ enum key_id {
 	K_USER,
 	K_GROUP,
 	K_TRUST_PROXY,
+	K_METRICS_ALLOW,
 	K_COUNT
 };
 
@@ -194,6 +195,10 @@ static const struct key_def keys[K_COUNT] = {
                        .doc_def = "empty: trust none", .example = "10.0.0.0/8, ::1",
                        .help = "comma-separated CIDRs of trusted proxies: from these peers the client address is the "
                                "right-most X-Forwarded-For (else Forwarded) address not itself trusted"},
+    [K_METRICS_ALLOW] = {"metrics_allow", "RESIL_METRICS_ALLOW", KT_CIDRS, FIELD(metrics_allow),
+                         .def = "127.0.0.0/8,::1",
+                         .help = "comma-separated CIDRs allowed to read GET /metrics, matched against the "
+                                 "socket's peer address (never a forwarded one); others get 403"},
 };
 
 static const char *const env_names[] = {"development", "production"};

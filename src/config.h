@@ -62,7 +62,8 @@ struct resil_config {
 	int64_t job_threads; /* 0 = same as db_pool_size */
 	char user[64];       /* drop privileges in workers; empty: no */
 	char group[64];
-	char trust_proxy[1024]; /* CIDRs of trusted proxies; empty: none */
+	char trust_proxy[1024];   /* CIDRs of trusted proxies; empty: none */
+	char metrics_allow[1024]; /* CIDRs whose peers may read GET /metrics; empty: none */
 	/* Command-line only. */
 	int foreground;
 	int check_config;

@@ -20,6 +20,7 @@
 #define _GNU_SOURCE
 #include "jobs.h"
 #include "clock.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -468,6 +469,8 @@ int jobs_submit(struct job_pool *p, struct job *j)
 			abort();
 	}
 	unlock(&p->qlock);
+	if (err == EAGAIN)
+		metrics_count(MC_JOBS_REJECTED); /* loop thread only, as this call */
 	if (err) {
 		errno = err;
 		return -1;

@@ -8,6 +8,8 @@
  */
 #include "resilience.h"
 
+#include "metrics.h"
+
 #include <errno.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -91,7 +93,10 @@ static void unlock_or_die(pthread_mutex_t *m)
 
 static void notify(const struct breaker *b, const struct transition *t)
 {
-	if (t->from != t->to && b->on_state_change)
+	if (t->from == t->to)
+		return;
+	metrics_circuit_transition(b->name, t->to);
+	if (b->on_state_change)
 		b->on_state_change(b->ud, b->name, t->from, t->to);
 }
 

@@ -5,6 +5,7 @@
 #include "shm.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -81,10 +82,114 @@ int sb_claim(struct scoreboard *sb, int worker_id, unsigned generation)
 	return -1;
 }
 
+/* The entry's process is gone: its counters move to the retired totals.
+ * Readers (sb_counters_sum) retry while fold_seq is odd or changed, so
+ * none sees the counters twice (added, not yet zeroed) or not at all. */
+static void fold(struct scoreboard *sb, int idx)
+{
+	atomic_uint_least64_t *from = (atomic_uint_least64_t *)&sb->metrics[idx].c;
+	atomic_uint_least64_t *to = (atomic_uint_least64_t *)&sb->retired;
+	unsigned seq = atomic_load_explicit(&sb->fold_seq, memory_order_relaxed);
+	atomic_store_explicit(&sb->fold_seq, seq + 1, memory_order_relaxed);
+	atomic_thread_fence(memory_order_release);
+	for (size_t i = 0; i < SB_COUNTER_WORDS; i++) {
+		uint64_t v = atomic_load_explicit(&from[i], memory_order_relaxed);
+		if (!v)
+			continue;
+		atomic_store_explicit(&to[i], atomic_load_explicit(&to[i], memory_order_relaxed) + v,
+		                      memory_order_relaxed);
+		atomic_store_explicit(&from[i], 0, memory_order_relaxed);
+	}
+	atomic_store_explicit(&sb->fold_seq, seq + 2, memory_order_release);
+	atomic_int_least64_t *gauge = sb->metrics[idx].g.gauge;
+	for (int i = 0; i < SB_METRIC_GAUGES; i++)
+		atomic_store_explicit(&gauge[i], 0, memory_order_relaxed);
+	atomic_store_explicit(&sb->metrics[idx].g.rss_bytes, 0, memory_order_relaxed);
+	atomic_store_explicit(&sb->metrics[idx].g.cpu_ns, 0, memory_order_relaxed);
+	atomic_store_explicit(&sb->metrics[idx].g.cpu_permille, 0, memory_order_relaxed);
+}
+
 void sb_release(struct scoreboard *sb, int idx)
 {
-	if (idx >= 0 && idx < SB_MAX_ENTRIES)
-		atomic_store(&sb->entries[idx].state, SB_FREE);
+	if (idx < 0 || idx >= SB_MAX_ENTRIES)
+		return;
+	fold(sb, idx);
+	atomic_store(&sb->entries[idx].state, SB_FREE);
+}
+
+void sb_count_restart(struct scoreboard *sb, int cause)
+{
+	if (cause < 0 || cause >= SB_RESTART_CAUSES)
+		return;
+	atomic_uint_least64_t *c = &sb->restarts[cause];
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1, memory_order_relaxed);
+}
+
+void sb_counters_sum(const struct scoreboard *sb, struct sb_counters *sum)
+{
+	atomic_uint_least64_t *out = (atomic_uint_least64_t *)sum;
+	int hwm = atomic_load_explicit(&sb->hdr.entries_hwm, memory_order_relaxed);
+	if (hwm > SB_MAX_ENTRIES)
+		hwm = SB_MAX_ENTRIES;
+	/* A fold takes microseconds; after many retries (a supervisor that
+	 * died inside one) take what is there. */
+	for (int tries = 0;; tries++) {
+		unsigned seq = atomic_load_explicit(&sb->fold_seq, memory_order_acquire);
+		int last = tries >= 1000;
+		if ((seq & 1) && !last) {
+			sched_yield();
+			continue;
+		}
+		const atomic_uint_least64_t *r = (const atomic_uint_least64_t *)&sb->retired;
+		for (size_t i = 0; i < SB_COUNTER_WORDS; i++)
+			atomic_store_explicit(&out[i], atomic_load_explicit(&r[i], memory_order_relaxed),
+			                      memory_order_relaxed);
+		for (int e = 0; e < hwm; e++) {
+			const atomic_uint_least64_t *w = (const atomic_uint_least64_t *)&sb->metrics[e].c;
+			for (size_t i = 0; i < SB_COUNTER_WORDS; i++) {
+				uint64_t v = atomic_load_explicit(&w[i], memory_order_relaxed);
+				if (v)
+					atomic_store_explicit(&out[i],
+					                      atomic_load_explicit(&out[i], memory_order_relaxed) + v,
+					                      memory_order_relaxed);
+			}
+		}
+		atomic_thread_fence(memory_order_acquire);
+		if (last || atomic_load_explicit(&sb->fold_seq, memory_order_relaxed) == seq)
+			return;
+	}
+}
+
+int sb_name_index(struct sb_name *tab, int n, const char *name)
+{
+	char want[SB_NAME_LEN];
+	size_t len = strlen(name);
+	if (len >= sizeof(want))
+		len = sizeof(want) - 1;
+	memcpy(want, name, len);
+	want[len] = '\0';
+	for (int i = 0; i < n; i++) {
+		struct sb_name *s = &tab[i];
+		int st = atomic_load_explicit(&s->state, memory_order_acquire);
+		if (st == 0) {
+			int expect = 0;
+			if (atomic_compare_exchange_strong(&s->state, &expect, 1)) {
+				memcpy(s->name, want, len + 1);
+				atomic_store_explicit(&s->state, 2, memory_order_release);
+				return i;
+			}
+			st = expect;
+		}
+		/* Someone is writing this slot: wait for it (a writer that died
+		 * in between leaves the slot unusable, not the table). */
+		for (int spin = 0; st == 1 && spin < 10000; spin++) {
+			sched_yield();
+			st = atomic_load_explicit(&s->state, memory_order_acquire);
+		}
+		if (st == 2 && strcmp(s->name, want) == 0)
+			return i;
+	}
+	return -1;
 }
 
 void sb_set_state(struct sb_entry *e, int state)

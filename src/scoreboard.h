@@ -17,6 +17,36 @@
 #define SB_MAX_CIRCUITS 4
 #define SB_ROUTE_LEN 80
 
+/* Metrics (GET /metrics, src/metrics.c). Every counter of a process lives
+ * in its own block below (struct sb_metrics, indexed like entries[]) and
+ * has one writer thread, or is bumped with an atomic add where pool
+ * threads share it (store ops, breaker transitions). Labels that are
+ * names (route templates, circuits) index shared name tables, so the hot
+ * path is an array index and every process uses the same index. */
+#define SB_METRIC_ROUTES 64                        /* route templates; beyond: "other" */
+#define SB_METRIC_ROUTE_UNMATCHED SB_METRIC_ROUTES /* 404/405 and requests refused before routing */
+#define SB_METRIC_ROUTE_OTHER (SB_METRIC_ROUTES + 1)
+#define SB_METRIC_ROUTE_SLOTS (SB_METRIC_ROUTES + 2)
+#define SB_METRIC_METHODS 8  /* GET HEAD POST PUT PATCH DELETE OPTIONS other */
+#define SB_METRIC_CLASSES 5  /* 1xx..5xx */
+#define SB_METRIC_BUCKETS 16 /* latency bounds (metrics.c); one more slot for +Inf */
+#define SB_METRIC_BACKENDS 2 /* sqlite, mongodb */
+#define SB_METRIC_STORE_OPS 9
+#define SB_METRIC_STORE_RESULTS 8
+#define SB_METRIC_CIRCUITS 8
+#define SB_METRIC_COUNTERS 16 /* enum metrics_counter (metrics.h) */
+#define SB_METRIC_GAUGES 8    /* enum metrics_gauge (metrics.h) */
+#define SB_NAME_LEN SB_ROUTE_LEN
+enum sb_restart_cause {
+	SB_RESTART_CRASH = 0, /* killed by a signal */
+	SB_RESTART_EXIT,      /* exited although nobody asked it to */
+	SB_RESTART_HUNG,      /* heartbeat too old: killed */
+	SB_RESTART_MEMORY,    /* over max_memory: recycled */
+	SB_RESTART_RELOAD,    /* reload (SIGHUP, resilctl reload) */
+	SB_RESTART_RESTART,   /* resilctl restart */
+	SB_RESTART_CAUSES
+};
+
 enum sb_state { SB_FREE = 0, SB_STARTING, SB_READY, SB_DRAINING, SB_STOPPED, SB_ERRORED };
 enum sb_db_state { SB_DB_UNKNOWN = 0, SB_DB_CONNECTED, SB_DB_DISCONNECTED };
 
@@ -46,6 +76,48 @@ struct sb_entry {
 	char pad[64];
 } __attribute__((aligned(64)));
 
+/* Latency histogram: per-bucket (not cumulative) counts, the last slot
+ * for values above the highest bound; sum in nanoseconds. */
+struct sb_hist {
+	atomic_uint_least64_t bucket[SB_METRIC_BUCKETS + 1];
+	atomic_uint_least64_t count;
+	atomic_uint_least64_t sum_ns;
+};
+
+/* The counters of one process, folded into the retired block when its
+ * entry is released: nothing but atomic_uint_least64_t, so folding and
+ * summing treat it as an array of words. */
+struct sb_counters {
+	atomic_uint_least64_t requests[SB_METRIC_ROUTE_SLOTS][SB_METRIC_METHODS][SB_METRIC_CLASSES];
+	struct sb_hist request_seconds[SB_METRIC_ROUTE_SLOTS];
+	atomic_uint_least64_t store_ops[SB_METRIC_BACKENDS][SB_METRIC_STORE_OPS][SB_METRIC_STORE_RESULTS];
+	struct sb_hist store_seconds[SB_METRIC_BACKENDS][SB_METRIC_STORE_OPS];
+	atomic_uint_least64_t circuit_transitions[SB_METRIC_CIRCUITS][3]; /* by the state entered */
+	atomic_uint_least64_t counter[SB_METRIC_COUNTERS];                /* enum metrics_counter */
+};
+#define SB_COUNTER_WORDS (sizeof(struct sb_counters) / sizeof(atomic_uint_least64_t))
+
+/* Gauges of one process: not folded (a gone process has none). */
+struct sb_gauges {
+	atomic_int_least64_t gauge[SB_METRIC_GAUGES]; /* enum metrics_gauge, written by the worker */
+	/* Written by the supervisor's monitor (250 ms tick). */
+	atomic_uint_least64_t rss_bytes;
+	atomic_uint_least64_t cpu_ns;       /* user + system since the process started */
+	atomic_uint_least64_t cpu_permille; /* of one core, over the last tick */
+};
+
+struct sb_metrics {
+	struct sb_counters c;
+	struct sb_gauges g;
+} __attribute__((aligned(64)));
+
+/* A shared name table slot (route templates, circuit names): claimed once
+ * by whichever process or thread needs the name first, never freed. */
+struct sb_name {
+	atomic_int state; /* 0 free, 1 being written, 2 set */
+	char name[SB_NAME_LEN];
+};
+
 struct sb_header {
 	uint32_t magic;
 	atomic_int workers_target;
@@ -60,6 +132,16 @@ struct sb_header {
 struct scoreboard {
 	struct sb_header hdr;
 	struct sb_entry entries[SB_MAX_ENTRIES];
+	/* Metrics. Readers sum retired + metrics[0..entries_hwm): a released
+	 * entry's counters are folded into retired and then zeroed inside a
+	 * sequence-counter section (fold_seq odd while folding), so a reader
+	 * that saw fold_seq change sums again and a counter never goes back. */
+	atomic_uint fold_seq;
+	atomic_uint_least64_t restarts[SB_RESTART_CAUSES]; /* supervisor only */
+	struct sb_name route_names[SB_METRIC_ROUTES];
+	struct sb_name circuit_names[SB_METRIC_CIRCUITS];
+	struct sb_counters retired; /* supervisor only */
+	struct sb_metrics metrics[SB_MAX_ENTRIES];
 };
 
 /* Map a new zeroed scoreboard (MAP_SHARED|MAP_ANONYMOUS): call before fork.
@@ -75,7 +157,20 @@ void sb_destroy(struct scoreboard *sb);
 
 /* Supervisor: claim a free entry for a new process; -1 if none. */
 int sb_claim(struct scoreboard *sb, int worker_id, unsigned generation);
+/* Supervisor, after the entry's process exited (or never started): fold
+ * its counters into the retired totals, zero its metrics, free it. */
 void sb_release(struct scoreboard *sb, int idx);
+/* Supervisor: one worker restart of this cause (enum sb_restart_cause). */
+void sb_count_restart(struct scoreboard *sb, int cause);
+
+/* Index of name in a shared name table of n slots, claiming a free slot
+ * for a new name (names longer than SB_NAME_LEN - 1 are cut). Any process,
+ * any thread; -1 when the table is full. Not for a hot path: it compares
+ * strings. */
+int sb_name_index(struct sb_name *tab, int n, const char *name);
+/* Sum of retired + every entry's counters into out (a private copy),
+ * consistent with respect to folds. */
+void sb_counters_sum(const struct scoreboard *sb, struct sb_counters *out);
 
 /* Worker side (own entry only). */
 void sb_set_state(struct sb_entry *e, int state);

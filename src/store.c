@@ -34,7 +34,11 @@
 #include <sodium.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "store_internal.h"
+
+_Static_assert(STORE_OP_INSERT_MANY == SB_METRIC_STORE_OPS, "metrics.c names every op kind");
+_Static_assert(STORE_INTERNAL + 1 == SB_METRIC_STORE_RESULTS, "metrics.c names every result");
 
 #define STORE_DEFAULT_POOL 4
 #define STORE_DEFAULT_INFLIGHT 1024
@@ -61,6 +65,7 @@ struct thread_slot {
 struct store {
 	const struct store_backend *be;
 	const struct store_schema *schema;
+	int metric_backend; /* metrics_backend_index() of be->name */
 	void *bctx;
 	struct event_base *base;
 	struct job_pool *pool;
@@ -949,6 +954,7 @@ static void op_work(struct job *job)
 
 static void finish(struct store_op *op)
 {
+	metrics_store_op(op->priv.st->metric_backend, op->kind, (int)op->err, clock_mono_ns() - op->priv.start_ns);
 	op->priv.busy = false;
 	op->priv.in_pool = false;
 	op->priv.next = NULL;
@@ -1041,6 +1047,7 @@ int store_submit(struct store *st, struct store_op *op)
 	op->priv.allowed = false;
 	op->priv.in_pool = false;
 	op->priv.attempts = 0;
+	op->priv.start_ns = clock_mono_ns();
 	if (op->kind == STORE_OP_INSERT)
 		bson_oid_init(&op->id, st->oidctx);
 
@@ -1075,7 +1082,19 @@ int store_submit(struct store *st, struct store_op *op)
 	return 0;
 }
 
+static enum store_err exec(struct store *st, struct store_op *op);
+
 enum store_err store_exec(struct store *st, struct store_op *op)
+{
+	uint64_t t0 = clock_mono_ns();
+	enum store_err err = exec(st, op);
+	if (st && op)
+		metrics_store_op(st->metric_backend, op->kind, (int)err, clock_mono_ns() - t0);
+	return err;
+}
+
+/* store_exec() without the metric. */
+static enum store_err exec(struct store *st, struct store_op *op)
 {
 	bool allowed = false, locked = false;
 	struct thread_slot *slot;
@@ -1247,6 +1266,7 @@ struct store *store_open(const char *uri, struct event_base *base, const struct 
 		seterr(err, errlen, "database URI must start with sqlite: or mongodb://");
 		return NULL;
 	}
+	st->metric_backend = metrics_backend_index(st->be->name);
 	resolve_opts(&st->o, opts);
 	if (!st->o.write_threads) /* SQLite has one writer at a time anyway */
 		st->o.write_threads = st->be == &store_sqlite_backend ? 1 : (st->o.job_threads + 1) / 2;

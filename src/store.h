@@ -263,6 +263,7 @@ struct store_op {
 		bool allowed;   /* breaker_allow() said yes; record owed */
 		bool internal;  /* health probe: bypasses the breaker */
 		unsigned attempts;
+		uint64_t start_ns; /* store_submit(): for the latency metric */
 	} priv;
 };
 

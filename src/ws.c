@@ -25,6 +25,7 @@
 
 #include "http.h"
 #include "json.h"
+#include "metrics.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -235,6 +236,7 @@ static void queue_consume(struct ws_conn *c, size_t n)
 		c->qcount--;
 		c->qoff = 0;
 		c->srv->stats.frames_out++;
+		metrics_count(MC_WS_DELIVERIES);
 	}
 }
 
@@ -413,6 +415,7 @@ static void cb_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 			ws_close(c, WS_INVALID_PAYLOAD, "invalid utf-8");
 			return;
 		}
+		metrics_count(MC_WS_MESSAGES_IN);
 		c->srv->h.on_text(c, msg, arg->msg_length);
 		return;
 	case WSLAY_BINARY_FRAME: ws_close(c, WS_UNSUPPORTED_DATA, "binary messages are not supported"); return;
@@ -448,6 +451,7 @@ static void check_backlog(struct ws_conn *c)
 	struct ws_server *s = c->srv;
 	if (c->state == C_OPEN && (c->qbytes > s->lim.max_backlog || c->qcount > WS_QUEUE_MAX)) {
 		s->stats.closed_backlog++;
+		metrics_count(MC_WS_SLOW_CLOSES);
 		ws_close(c, WS_TRY_AGAIN_LATER, "backlog too large");
 	}
 }
@@ -705,6 +709,7 @@ int ws_send_frame(struct ws_conn *c, struct ws_frame *f)
 	 * (a full recent_messages) never trips it on a healthy socket. */
 	if (c->qcount && (c->qbytes > s->lim.max_backlog || c->qcount >= WS_QUEUE_MAX)) {
 		s->stats.closed_backlog++;
+		metrics_count(MC_WS_SLOW_CLOSES);
 		ws_close(c, WS_TRY_AGAIN_LATER, "backlog too large");
 		return -1;
 	}

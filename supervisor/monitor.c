@@ -109,7 +109,8 @@ static void recycle_maybe(struct supervisor *s, struct proc *p, struct slot *sl,
 	         LF_INT("workerPid", p->pid), LF_INT("rssBytes", rss), LF_INT("maxMemory", s->cfg->max_memory),
 	         LF_INT("recycles", sl->recycles), LF_INT("nextRecycleAfterMs", wait));
 	int slot = p->slot;
-	roll_start(s, 0, &slot, 1, NULL);
+	if (roll_start(s, 0, &slot, 1, NULL) == 0)
+		s->roll.cause = SB_RESTART_MEMORY; /* counted when the old one is drained */
 }
 
 void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -133,6 +134,12 @@ void tick_cb(evutil_socket_t fd, short what, void *arg)
 			p->cpu_prev_ticks = ticks;
 			p->cpu_prev_ms = now;
 			p->rss = rss;
+			struct sb_gauges *g = &s->sb->metrics[i].g;
+			atomic_store_explicit(&g->rss_bytes, rss, memory_order_relaxed);
+			if (hz > 0)
+				atomic_store_explicit(&g->cpu_ns, ticks * (1000000000u / (uint64_t)hz),
+				                      memory_order_relaxed);
+			atomic_store_explicit(&g->cpu_permille, (uint64_t)(p->cpu_pct * 10.0), memory_order_relaxed);
 		}
 		if (s->stopping)
 			continue;

@@ -81,6 +81,7 @@ struct slot {
 struct rolling {
 	int active;
 	int is_reload;
+	int cause; /* enum sb_restart_cause of the replacements (metrics) */
 	int slots[SB_MAX_WORKERS];
 	int nslots, pos;
 	int done[SB_MAX_WORKERS];

@@ -271,8 +271,10 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
 		int old = sl->proc;
 		sl->proc = idx;
 		sl->pending = -1;
-		if (old >= 0)
+		if (old >= 0) {
+			sb_count_restart(s->sb, s->roll.cause);
 			drain_proc(s, old, s->roll.is_reload ? "reload" : "restart");
+		}
 		if (s->roll.active && s->roll.pos < s->roll.nslots && s->roll.slots[s->roll.pos] == p->slot) {
 			s->roll.done[s->roll.ndone++] = p->slot;
 			s->roll.pos++;
@@ -406,6 +408,7 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 	}
 	/* A crash (or a clean exit nobody asked for). */
 	sl->restarts++;
+	sb_count_restart(s->sb, hung ? SB_RESTART_HUNG : WIFSIGNALED(status) ? SB_RESTART_CRASH : SB_RESTART_EXIT);
 	uint64_t now = mono_ms();
 	sl->crashes[sl->ncrash % (CRASH_LIMIT + 1)] = now;
 	sl->ncrash++;

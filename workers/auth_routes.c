@@ -35,6 +35,7 @@
 #include "config.h"
 #include "handlers.h"
 #include "log.h"
+#include "metrics.h"
 #include "routes.h"
 #include "sessions.h"
 #include "validate.h"
@@ -427,6 +428,7 @@ static int auth_login(struct http_request *req)
 		http_add_header(req, "Retry-After", v);
 		struct log_ctx lc = lctx(req);
 		log_info(&lc, "login blocked: too many failed attempts from this address", LF_STR("email", lower));
+		metrics_count(MC_RATELIMIT_LOGIN);
 		return app_fail(req, 429, "RATE_LIMITED", "too many failed login attempts, try again later");
 	}
 	struct cred_job *cj = cred_job_new(req, login_work, login_done, body);

@@ -21,6 +21,7 @@
 #include "api.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "ratelimit.h"
 #include "routes.h"
 #include "scoreboard.h"
@@ -637,6 +638,7 @@ int mw_rate_limit(struct http_request *req)
 		char v[32];
 		snprintf(v, sizeof(v), "%llu", (unsigned long long)((r.reset_ms + 999) / 1000));
 		http_add_header(req, "Retry-After", v);
+		metrics_count(MC_RATELIMIT_API);
 		return app_fail(req, 429, "RATE_LIMITED", "too many requests, try again later");
 	}
 	return APP_NEXT;

@@ -51,6 +51,12 @@ void chat_stop(void);
  * the WebSocket send_message does; for other writers such as POST
  * /api/rooms/:id/messages. 0, or -1 when the chat is down or the bus full. */
 int chat_publish_message(const bson_t *msg);
+/* GET /metrics, readable from cfg->metrics_allow peers (metrics_route.c);
+ * metrics_publish_gauges samples this process's gauges (job queue) into
+ * its scoreboard block (the heartbeat calls it each second). */
+struct resil_config;
+int metrics_routes(struct app *app, const struct resil_config *cfg);
+void metrics_publish_gauges(void);
 /* Test-only routes; mounted only with RESIL_TEST_HOOKS=1 outside production. */
 struct resil_config;
 int testhooks_routes(struct app *app, const struct resil_config *cfg);

@@ -24,6 +24,7 @@ int routes_register(struct app *app, struct worker *w)
 
 	int rc = 0;
 	rc |= health_routes(app);
+	rc |= metrics_routes(app, w->cfg);
 	rc |= auth_routes(app);
 	rc |= users_routes(app);
 	rc |= rooms_routes(app);

@@ -19,6 +19,7 @@
 #include "handlers.h"
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "middleware.h"
 #include "routes.h"
 #include "scoreboard.h"
@@ -115,6 +116,14 @@ static void heartbeat_cb(evutil_socket_t fd, short what, void *arg)
 		                      memory_order_relaxed);
 	}
 	health_publish_circuits(w->sbe);
+	metrics_publish_gauges();
+}
+
+/* Each answered request: its metrics, then its access line. */
+static void on_complete(struct http_request *req, size_t bytes_out, void *ud)
+{
+	metrics_request_done(req);
+	mw_access_log(req, bytes_out, ud);
 }
 
 /* Counters for the scoreboard (cheap relaxed stores). */
@@ -159,6 +168,7 @@ int worker_run(const struct worker_opts *opts)
 	if (opts->sb && opts->sb_index >= 0)
 		w.sbe = &opts->sb->entries[opts->sb_index];
 	current = &w;
+	metrics_attach(opts->sb, opts->sb_index);
 	log_set_worker(opts->id); /* the 0-based id of the title, resilctl and the scoreboard */
 
 	signal(SIGPIPE, SIG_IGN);
@@ -202,6 +212,10 @@ int worker_run(const struct worker_opts *opts)
 		w.exit_code = WORKER_EXIT_FATAL;
 		goto out;
 	}
+	if (metrics_bind_routes(w.app) < 0) {
+		w.exit_code = WORKER_EXIT_FATAL;
+		goto out;
+	}
 	/* Validated when the configuration was loaded. */
 	struct cidr_list trust_proxy;
 	char cidr_err[160];
@@ -221,7 +235,7 @@ int worker_run(const struct worker_opts *opts)
 	    .trust_proxy = &trust_proxy,
 	    .on_headers = app_headers,
 	    .on_request = app_handle,
-	    .on_complete = mw_access_log,
+	    .on_complete = on_complete,
 	    .fixed_headers = mw_security_headers(),
 	    .on_stats = http_stats_cb,
 	    .ud = w.app,
@@ -267,7 +281,8 @@ out:
 		event_free(w.heartbeat_ev);
 	if (w.log_flush_ev)
 		event_free(w.log_flush_ev);
-	routes_stop(&w);
+	routes_stop(&w); /* joins the pool threads: nothing counts after it */
+	metrics_detach();
 	if (w.bus_fd >= 0)
 		close(w.bus_fd); /* never handed to the chat */
 	http_server_free(w.http);
