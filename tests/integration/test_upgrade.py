@@ -65,6 +65,17 @@ def binary_inode(pid, path):
     return None
 
 
+def requests_total(srv):
+    """Sum of resil_http_requests_total over every series of /metrics."""
+    st, _, body = srv.request("GET", "/metrics")
+    assert st == 200, st
+    total = 0
+    for line in body.decode().splitlines():
+        if line.startswith("resil_http_requests_total{"):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
 def status(srv):
     p = resilctl(srv, "status", "--json")
     assert p.returncode == 0, p.stderr
@@ -162,6 +173,7 @@ def test_upgrade_replaces_the_supervisor_under_load():
         gen_before = status(srv)["supervisor"]["generation"]
         load = Load(srv.port)
         time.sleep(0.5)
+        counted_before = requests_total(srv)
         new_ino = replace_binary(binary, RESILD)
         p = resilctl(srv, "upgrade", timeout=120)
         assert p.returncode == 0, p.stdout + p.stderr
@@ -171,6 +183,10 @@ def test_upgrade_replaces_the_supervisor_under_load():
         # The old supervisor drains its workers and exits 0.
         rc = srv.proc.wait(60 * SLOW)
         assert rc == 0, "old supervisor exited with %s" % rc
+        # The new supervisor kept the shared scoreboard: the counters go on
+        # from where they were (a new one would start from nothing).
+        counted_after = requests_total(srv)
+        assert counted_after >= counted_before, (counted_before, counted_after)
         doc = status(srv)
         assert doc["supervisor"]["pid"] == new_pid, doc["supervisor"]
         assert doc["supervisor"]["generation"] > gen_before, (gen_before, doc["supervisor"])
