@@ -22,7 +22,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static void close_fds_except(const int *keep, int nkeep)
+void child_close_fds_except(const int *keep, int nkeep)
 {
 	/* keep is small; close every other descriptor above 2. */
 	int sorted[8];
@@ -46,7 +46,7 @@ static void close_fds_except(const int *keep, int nkeep)
 	syscall(SYS_close_range, lo, ~0u, 0);
 }
 
-static int drop_privileges(const struct resil_config *cfg)
+int child_drop_privileges(const struct resil_config *cfg)
 {
 	if (!cfg->user[0] && !cfg->group[0])
 		return 0;
@@ -101,8 +101,8 @@ void child_run(struct event_base *sup_base, const int *signals, size_t nsignals,
 		event_base_free(sup_base);
 	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 	int keep[4] = {wo->listen_fd, wo->ready_fd, log_file_fd(), wo->bus_fd};
-	close_fds_except(keep, 4);
-	if (drop_privileges(wo->cfg) < 0) {
+	child_close_fds_except(keep, 4);
+	if (child_drop_privileges(wo->cfg) < 0) {
 		log_flush();
 		_exit(WORKER_EXIT_FATAL);
 	}

@@ -7,7 +7,13 @@
 #include <stddef.h>
 
 struct event_base;
+struct resil_config;
 struct worker_opts;
+
+/* Close every descriptor above 2 but the nkeep (at most 8) in keep. */
+void child_close_fds_except(const int *keep, int nkeep);
+/* Become RESIL_USER / RESIL_GROUP when set. 0, or -1 (logged). */
+int child_drop_privileges(const struct resil_config *cfg);
 
 /* In the child right after fork(): reset the supervisor's signals (the
  * nsignals in signals) to their defaults, leave and free the supervisor's

@@ -109,7 +109,8 @@ static void recycle_maybe(struct supervisor *s, struct proc *p, struct slot *sl,
 	         LF_INT("workerPid", p->pid), LF_INT("rssBytes", rss), LF_INT("maxMemory", s->cfg->max_memory),
 	         LF_INT("recycles", sl->recycles), LF_INT("nextRecycleAfterMs", wait));
 	int slot = p->slot;
-	roll_start(s, 0, &slot, 1, NULL);
+	if (roll_start(s, 0, &slot, 1, NULL) == 0)
+		s->roll.recycle = 1;
 }
 
 void tick_cb(evutil_socket_t fd, short what, void *arg)

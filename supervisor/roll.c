@@ -120,6 +120,7 @@ int roll_start(struct supervisor *s, int is_reload, const int *slots, int n, str
 	memset(s->roll.slots, 0, sizeof(s->roll.slots));
 	s->roll.active = 1;
 	s->roll.is_reload = is_reload;
+	s->roll.recycle = 0;
 	s->roll.pos = 0;
 	s->roll.ndone = 0;
 	s->roll.client = c;

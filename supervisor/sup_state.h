@@ -9,6 +9,7 @@
  *   monitor.c     the 250 ms tick: heartbeats, RSS, CPU; the systemd watchdog
  *   child.c       the worker side of the fork, up to worker_run()
  *   control.c     the control socket and every answer it renders
+ *   usercmd.c     resilctl user create: the helper process that opens the store
  *
  * A process table entry (struct proc) has the same index as its scoreboard
  * entry. A logical slot (worker id 0..N-1) points to its serving process
@@ -19,6 +20,7 @@
 
 #include "config.h"
 #include "scoreboard.h"
+#include "supervisor.h"
 
 #include <event2/util.h>
 #include <stdint.h>
@@ -30,6 +32,7 @@ struct ratelimit;
 struct bus_hub;
 struct control;
 struct ctl_client;
+struct usercmd;
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 15000
@@ -76,6 +79,10 @@ struct slot {
 	uint64_t recycle_not_before; /* monotonic ms */
 	unsigned recycles;
 	int recycle_off;
+	/* resilctl describe: replacements by cause (enum sup_restart_cause)
+	 * and the last unplanned exit. */
+	unsigned restarts_by[SUP_RESTART_CAUSES];
+	struct sup_crash last_crash; /* .real_ms 0: none yet */
 };
 
 struct rolling {
@@ -88,6 +95,7 @@ struct rolling {
 	struct ctl_client *client;
 	struct event *timeout_ev;
 	int failed;
+	int recycle; /* started by the memory limit (monitor.c), not an operator */
 };
 
 struct route_count {
@@ -125,6 +133,7 @@ struct supervisor {
 	const char *restart_needed[CONFIG_RESTART_KEYS_MAX];
 	int nrestart_needed;
 	int memory_limit_reported; /* "max_memory below a fresh worker" logged */
+	struct usercmd *usercmds;  /* resilctl user create helpers running (usercmd.c) */
 };
 
 /* supervisor.c */
@@ -157,6 +166,12 @@ void roll_next(struct supervisor *s);
 void roll_finish(struct supervisor *s, const char *error);
 /* Listen timeout of the slot being replaced (arg: the supervisor). */
 void roll_timeout_cb(evutil_socket_t fd, short what, void *arg);
+
+/* usercmd.c */
+/* pid was a user create helper (reap() got its status): 1, else 0. */
+int usercmd_reaped(struct supervisor *s, pid_t pid, int status);
+/* At exit: kill and reap every helper, answer their clients. */
+void usercmd_stop_all(struct supervisor *s);
 
 /* monitor.c (arg: the supervisor) */
 /* Every TICK_MS: sample CPU and RSS, kill hung workers, recycle the ones
