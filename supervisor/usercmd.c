@@ -208,7 +208,10 @@ void sup_ctl_user_create(struct supervisor *s, struct ctl_client *c, const char 
 	log_flush();
 	pid_t pid = fork();
 	if (pid == 0) {
-		close(pfd[0]);
+		/* The child's copy of u: neither event was added to the loop yet,
+		 * so freeing them touches nothing of the supervisor's; this also
+		 * closes the read end. */
+		usercmd_free(u);
 		helper_main(s, &req, pfd[1]);
 	}
 	usercreate_wipe(&req);
