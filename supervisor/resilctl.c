@@ -1171,22 +1171,27 @@ static int read_line(char *out, size_t outlen, size_t *len)
 	return 0;
 }
 
-/* On a terminal: prompt on stderr without echo. */
+/* Terminal echo off (before any prompt is shown, so nothing typed after
+ * it is flushed or echoed), restored by tty_restore(), also on a signal. */
+static void tty_echo_off(void)
+{
+	struct termios t;
+	if (tcgetattr(STDIN_FILENO, &tty_saved) < 0)
+		return;
+	t = tty_saved;
+	t.c_lflag &= ~(tcflag_t)ECHO;
+	signal(SIGINT, tty_signal);
+	signal(SIGTERM, tty_signal);
+	signal(SIGHUP, tty_signal);
+	tty_changed = tcsetattr(STDIN_FILENO, TCSAFLUSH, &t) == 0;
+}
+
+/* On a terminal (echo already off): prompt on stderr, read one line. */
 static int prompt_line(const char *prompt, char *out, size_t outlen, size_t *len)
 {
 	fputs(prompt, stderr);
 	fflush(stderr);
-	struct termios t;
-	if (tcgetattr(STDIN_FILENO, &tty_saved) == 0) {
-		t = tty_saved;
-		t.c_lflag &= ~(tcflag_t)ECHO;
-		signal(SIGINT, tty_signal);
-		signal(SIGTERM, tty_signal);
-		signal(SIGHUP, tty_signal);
-		tty_changed = tcsetattr(STDIN_FILENO, TCSAFLUSH, &t) == 0;
-	}
 	int rc = read_line(out, outlen, len);
-	tty_restore();
 	fputc('\n', stderr);
 	return rc;
 }
@@ -1198,9 +1203,11 @@ static int read_password(struct opts *o)
 	if (isatty(STDIN_FILENO)) {
 		char again[PW_BUF];
 		size_t n2 = 0;
+		tty_echo_off();
 		rc = prompt_line("Password for the new user: ", o->password, sizeof o->password, &o->pwlen);
 		if (rc == 0 && o->pwlen > 0)
 			rc = prompt_line("Repeat it: ", again, sizeof again, &n2);
+		tty_restore();
 		if (rc == 0 && o->pwlen > 0 && (n2 != o->pwlen || memcmp(again, o->password, n2))) {
 			explicit_bzero(again, sizeof again);
 			fail("user create: the passwords do not match");

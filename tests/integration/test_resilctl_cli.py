@@ -16,6 +16,7 @@ import json
 import os
 import pty
 import re
+import select
 import shlex
 import shutil
 import socket
@@ -600,29 +601,47 @@ def test_user_create_refuses_a_missing_or_overlong_password_without_asking_resil
             srv.close()
 
 
-@test
-def test_user_create_prompts_without_echo_on_a_terminal():
+def prompted(answers):
+    """resilctl user create on a terminal: answer each prompt in turn.
+    Returns (exit status, stdout, what the terminal showed, requests)."""
     srv = FakeServer({"ok": True, "id": "6b172dbe05c2b8f870010c10"})
     master, slave = pty.openpty()
     try:
         argv = WRAPPER + [RESILCTL, "-s", srv.path] + USER
         proc = subprocess.Popen(argv, stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=clean_env())
         seen = b""
-        for answer in (b"typed-secret-1\n", b"typed-secret-1\n"):
+        for answer in answers:
             deadline = time.time() + 30
             while not seen.rstrip().endswith(b":") and time.time() < deadline:
                 seen += os.read(master, 4096)
             os.write(master, answer)
             seen += b"|"
         outs, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, (proc.returncode, seen)
-        assert outs == b"6b172dbe05c2b8f870010c10\n", outs
-        assert b"typed-secret-1" not in seen, "the password was echoed: %r" % seen
-        assert srv.request()["password"] == "typed-secret-1"
+        while select.select([master], [], [], 0.5)[0]:  # what it wrote after the last answer
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            seen += data
+        return proc.returncode, outs, seen, list(srv.requests)
     finally:
         os.close(master)
         os.close(slave)
         srv.close()
+
+
+@test
+def test_user_create_prompts_twice_without_echo_on_a_terminal():
+    rc, outs, seen, reqs = prompted([b"typed-secret-1\n", b"typed-secret-1\n"])
+    assert rc == 0, (rc, seen)
+    assert outs == b"6b172dbe05c2b8f870010c10\n", outs
+    assert b"Password for the new user:" in seen and b"Repeat it:" in seen, seen
+    assert b"typed-secret-1" not in seen, "the password was echoed: %r" % seen
+    assert len(reqs) == 1 and json.loads(reqs[0])["password"] == "typed-secret-1", reqs
+    rc, outs, seen, reqs = prompted([b"typed-secret-1\n", b"typed-secret-2\n"])
+    assert rc == 1 and outs == b"" and b"do not match" in seen and reqs == [], (rc, outs, seen, reqs)
 
 
 @test
