@@ -159,8 +159,13 @@ static void create(const struct resil_config *cfg, struct usercreate_req *req, i
 		write_line(fd, "dup", "email");
 	} else {
 		char why[96];
-		snprintf(why, sizeof(why), "database error: %s",
-		         store_err_name(err == STORE_OK ? STORE_INTERNAL : err));
+		if (err == STORE_UNAVAILABLE || err == STORE_TIMEOUT || err == STORE_CIRCUIT_OPEN || err == STORE_BUSY)
+			snprintf(why, sizeof(why), "the database is unavailable (%s); nothing was created",
+			         store_err_name(err));
+		else
+			snprintf(why, sizeof(why), "database error (%s; see resild's log)",
+			         store_err_name(err == STORE_OK ? STORE_INTERNAL : err));
+		log_error(NULL, "user create: the insert failed", LF_STR("error", store_err_name(err)));
 		write_line(fd, "fail", why);
 	}
 	store_op_clear(&op);

@@ -20,7 +20,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from harness import Server, run_tests  # noqa: E402
-from test_api_users import MongoDouble  # noqa: E402
+from test_api_rooms import MongoDouble  # noqa: E402 (with cmd(): fault injection)
 
 RESILCTL = os.environ.get("RESILCTL") or os.path.join(HERE, "..", "..", "resilctl")
 SECRET = "resil-it-user-create-secret-0123456789abcdef"
@@ -189,6 +189,30 @@ def check_duplicates_and_bad_input(backend):
         srv.cleanup()
 
 
+def check_database_down_fails_with_a_line_and_recovers(backend):
+    """The helper meets a database that is down: exit 1 with one line, in
+    bounded time, the supervisor's loop answering meanwhile; once the
+    database is back the same command succeeds."""
+    if backend != "mongodb":
+        return
+    srv = started(backend)
+    try:
+        DOUBLE.cmd("stop")
+        p = user_create(srv, "--email", "late@example.com", "--username", "late_admin", "--role", "admin",
+                        stdin=b"long-enough-1\n")
+        assert p.returncode == 1 and p.stdout == b"", (p.returncode, p.stdout, p.stderr)
+        assert "the database is unavailable" in one_line(p), p.stderr
+        DOUBLE.cmd("start")
+        p = user_create(srv, "--email", "late@example.com", "--username", "late_admin", "--role", "admin",
+                        stdin=b"long-enough-1\n")
+        assert p.returncode == 0 and HEX24.match(p.stdout.decode()), (p.returncode, p.stdout, p.stderr)
+        assert helpers_of(srv) == [], helpers_of(srv)
+        assert "long-enough-1" not in srv.logs() and "late@example.com" not in srv.logs()
+    finally:
+        srv.assert_clean_exit()
+        srv.cleanup()
+
+
 def check_not_running_is_exit_3(backend):
     if backend != "sqlite":
         return
@@ -199,7 +223,8 @@ def check_not_running_is_exit_3(backend):
     assert b"long-enough-1" not in p.stderr + p.stdout
 
 
-TESTS = [check_create_login_and_audit, check_duplicates_and_bad_input, check_not_running_is_exit_3]
+TESTS = [check_create_login_and_audit, check_duplicates_and_bad_input,
+         check_database_down_fails_with_a_line_and_recovers, check_not_running_is_exit_3]
 
 
 def bind(test, backend):
