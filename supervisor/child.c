@@ -27,7 +27,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static void close_fds_except(const int *keep, int nkeep)
+void child_close_fds_except(const int *keep, int nkeep)
 {
 	/* keep is small; close every other descriptor above 2. */
 	int sorted[8];
@@ -51,7 +51,7 @@ static void close_fds_except(const int *keep, int nkeep)
 	syscall(SYS_close_range, lo, ~0u, 0);
 }
 
-static int drop_privileges(const struct resil_config *cfg)
+int child_drop_privileges(const struct resil_config *cfg)
 {
 	if (!cfg->user[0] && !cfg->group[0])
 		return 0;
@@ -169,8 +169,8 @@ void child_run(struct event_base *sup_base, const int *signals, size_t nsignals,
 	if (event_reinit(sup_base) == 0)
 		event_base_free(sup_base);
 	int keep[6] = {wo->listen_fd, wo->ready_fd, log_file_fd(), wo->bus_fd, ex->sb_fd, ex->rl_fd};
-	close_fds_except(keep, 6);
-	if (drop_privileges(wo->cfg) < 0) {
+	child_close_fds_except(keep, 6);
+	if (child_drop_privileges(wo->cfg) < 0) {
 		log_flush();
 		_exit(WORKER_EXIT_FATAL);
 	}

@@ -15,6 +15,7 @@
 #include <stddef.h>
 
 struct event_base;
+struct resil_config;
 struct worker_opts;
 
 #define CHILD_ENV "RESIL_WORKER_HANDOFF"
@@ -25,6 +26,11 @@ struct child_exec {
 	int sb_fd;       /* scoreboard memfd (-1: none) */
 	int rl_fd;       /* rate-limit memfd (-1: none) */
 };
+
+/* Close every descriptor above 2 but the nkeep (at most 8) in keep. */
+void child_close_fds_except(const int *keep, int nkeep);
+/* Become RESIL_USER / RESIL_GROUP when set. 0, or -1 (logged). */
+int child_drop_privileges(const struct resil_config *cfg);
 
 /* In the child right after fork(): reset the supervisor's signals (the
  * nsignals in signals) to their defaults, leave and free the supervisor's

@@ -28,6 +28,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_tree.h>
@@ -184,6 +186,16 @@ void ctl_reply_upgraded(struct ctl_client *c, pid_t pid)
 	ctl_reply_stopping(c, pid); /* the same answer: {"ok": true, "pid": the new supervisor} */
 }
 
+void ctl_reply_user_created(struct ctl_client *c, const char *id)
+{
+	yajl_gen g = answer_open(c);
+	if (!g)
+		return;
+	json_gen_cstr(g, CTL_KEY_ID);
+	json_gen_cstr(g, id);
+	answer_send(c, g);
+}
+
 void ctl_reply_restarted(struct ctl_client *c, const int *ids, int n)
 {
 	yajl_gen g = answer_open(c);
@@ -249,7 +261,8 @@ static void gen_circuits(yajl_gen g, const struct sb_entry *const *e, int n)
 	yajl_gen_map_close(g);
 }
 
-static void gen_worker(yajl_gen g, const struct sup_worker_row *w)
+/* A worker's status row as an open map (the caller may add members). */
+static void gen_worker_open(yajl_gen g, const struct sup_worker_row *w)
 {
 	const struct sb_entry *e = w->sbe;
 	yajl_gen_map_open(g);
@@ -277,7 +290,100 @@ static void gen_worker(yajl_gen g, const struct sup_worker_row *w)
 	yajl_gen_integer(g, w->generation);
 	json_gen_cstr(g, "circuits");
 	gen_circuits(g, &e, e ? 1 : 0);
+}
+
+static void gen_worker(yajl_gen g, const struct sup_worker_row *w)
+{
+	gen_worker_open(g, w);
 	yajl_gen_map_close(g);
+}
+
+/* The exit status as describe shows it: "signal": 9 or "exit_code": 1, and
+ * a human "status" line. */
+static void gen_exit_status(yajl_gen g, int status)
+{
+	char how[96];
+	if (WIFSIGNALED(status)) {
+		json_gen_cstr(g, "signal");
+		yajl_gen_integer(g, WTERMSIG(status));
+		snprintf(how, sizeof(how), "signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+	} else {
+		json_gen_cstr(g, "exit_code");
+		yajl_gen_integer(g, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+		snprintf(how, sizeof(how), "exit %d", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	}
+	json_gen_cstr(g, "status");
+	json_gen_cstr(g, how);
+}
+
+static void gen_last_crash(yajl_gen g, const struct sup_crash *lc)
+{
+	if (!lc->real_ms) {
+		yajl_gen_null(g);
+		return;
+	}
+	char when[40];
+	time_t secs = (time_t)(lc->real_ms / 1000);
+	struct tm tm;
+	gmtime_r(&secs, &tm);
+	size_t n = strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(when + n, sizeof(when) - n, ".%03dZ", (int)(lc->real_ms % 1000));
+	int64_t now = (int64_t)sb_now_real_ms();
+	yajl_gen_map_open(g);
+	json_gen_cstr(g, "time");
+	json_gen_cstr(g, when);
+	json_gen_cstr(g, "ago_s");
+	yajl_gen_integer(g, now > lc->real_ms ? (now - lc->real_ms) / 1000 : 0);
+	json_gen_cstr(g, "cause");
+	json_gen_cstr(g, sup_restart_cause_name(lc->cause));
+	json_gen_cstr(g, "pid");
+	yajl_gen_integer(g, lc->pid);
+	json_gen_cstr(g, "generation");
+	yajl_gen_integer(g, lc->generation);
+	gen_exit_status(g, lc->status);
+	json_gen_cstr(g, "uptime_s");
+	yajl_gen_integer(g, (long long)(lc->up_ms / 1000));
+	json_gen_cstr(g, "route");
+	if (lc->route[0])
+		json_gen_cstr(g, lc->route);
+	else
+		yajl_gen_null(g);
+	yajl_gen_map_close(g);
+}
+
+/* describe: {"ok", "worker": {the status row, "restarts_by_cause",
+ * "last_crash", "errored", "restart_pending", "connections"}} */
+static void render_describe(struct ctl_client *c, int id)
+{
+	struct sup_worker_detail d;
+	if (sup_worker_detail(c->ctl->sup, id, &d) < 0) {
+		char msg[64];
+		snprintf(msg, sizeof(msg), "no such worker: %d", id);
+		ctl_reply_error(c, msg);
+		return;
+	}
+	yajl_gen g = answer_open(c);
+	if (!g)
+		return;
+	json_gen_cstr(g, CTL_KEY_WORKER);
+	gen_worker_open(g, &d.row);
+	json_gen_cstr(g, "connections");
+	yajl_gen_integer(g, d.row.sbe ? (long long)atomic_load(&d.row.sbe->connections) : 0);
+	json_gen_cstr(g, "restarts_by_cause");
+	yajl_gen_map_open(g);
+	for (int i = 0; i < SUP_RESTART_CAUSES; i++) {
+		json_gen_cstr(g, sup_restart_cause_name(i));
+		yajl_gen_integer(g, d.restarts_by[i]);
+	}
+	yajl_gen_map_close(g);
+	json_gen_cstr(g, "last_crash");
+	gen_last_crash(g, &d.last_crash);
+	json_gen_cstr(g, "errored");
+	yajl_gen_bool(g, d.errored);
+	json_gen_cstr(g, "restart_pending");
+	yajl_gen_bool(g, d.restart_pending);
+	yajl_gen_map_close(g);
+	answer_send(c, g);
 }
 
 /* status: {"ok", "supervisor": {...}, "workers": [...], "crashes_by_route": {...}} */
@@ -371,6 +477,23 @@ static void render_health(struct ctl_client *c)
 
 /* ----------------------------------------------------------- requests */
 
+static const char *req_str(yajl_val doc, const char *key)
+{
+	const char *path[] = {key, NULL};
+	yajl_val v = yajl_tree_get(doc, path, yajl_t_string);
+	return v ? v->u.string : NULL;
+}
+
+/* Erase the strings of a request that carried a password. */
+static void wipe_strings(yajl_val doc)
+{
+	for (size_t i = 0; YAJL_IS_OBJECT(doc) && i < doc->u.object.len; i++) {
+		yajl_val v = doc->u.object.values[i];
+		if (YAJL_IS_STRING(v))
+			explicit_bzero(v->u.string, strlen(v->u.string));
+	}
+}
+
 static void dispatch(struct ctl_client *c, const char *line)
 {
 	char errbuf[128];
@@ -406,6 +529,17 @@ static void dispatch(struct ctl_client *c, const char *line)
 		}
 	} else if (strcmp(name, CTL_CMD_UPGRADE) == 0) {
 		sup_ctl_upgrade(s, c);
+	} else if (strcmp(name, CTL_CMD_DESCRIBE) == 0) {
+		const char *ip[] = {CTL_KEY_ID, NULL};
+		yajl_val t = yajl_tree_get(doc, ip, yajl_t_number);
+		if (t && YAJL_IS_INTEGER(t) && YAJL_GET_INTEGER(t) >= 0 && YAJL_GET_INTEGER(t) < 100000)
+			render_describe(c, (int)YAJL_GET_INTEGER(t));
+		else
+			ctl_reply_error(c, "id must be a worker id (a number)");
+	} else if (strcmp(name, CTL_CMD_USER_CREATE) == 0) {
+		sup_ctl_user_create(s, c, req_str(doc, CTL_KEY_EMAIL), req_str(doc, CTL_KEY_USERNAME),
+		                    req_str(doc, CTL_KEY_ROLE), req_str(doc, CTL_KEY_PASSWORD));
+		wipe_strings(doc);
 	} else if (strcmp(name, CTL_CMD_SCALE) == 0) {
 		const char *wp[] = {CTL_KEY_WORKERS, NULL};
 		yajl_val w = yajl_tree_get(doc, wp, yajl_t_number);
@@ -445,6 +579,7 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
 		return;
 	}
 	dispatch(c, line);
+	explicit_bzero(line, len); /* a user_create request carries a password */
 	free(line);
 }
 

@@ -19,12 +19,17 @@
 
 /* Request: {"cmd": NAME, ...arguments} */
 #define CTL_KEY_CMD "cmd"
-#define CTL_CMD_STATUS "status"   /* answer: supervisor, workers, crashes_by_route */
-#define CTL_CMD_HEALTH "health"   /* answer: status, checks */
-#define CTL_CMD_RESTART "restart" /* "target": "all" or a worker id; answered when done: restarted [ids] */
-#define CTL_CMD_RELOAD "reload"   /* answered when done: generation, restart_needed [keys] */
-#define CTL_CMD_STOP "stop"       /* answered at once with the supervisor's pid, then resild stops */
-#define CTL_CMD_SCALE "scale"     /* "workers": N; answer: workers */
+#define CTL_CMD_STATUS "status"     /* answer: supervisor, workers, crashes_by_route */
+#define CTL_CMD_HEALTH "health"     /* answer: status, checks */
+#define CTL_CMD_RESTART "restart"   /* "target": "all" or a worker id; answered when done: restarted [ids] */
+#define CTL_CMD_RELOAD "reload"     /* answered when done: generation, restart_needed [keys] */
+#define CTL_CMD_STOP "stop"         /* answered at once with the supervisor's pid, then resild stops */
+#define CTL_CMD_SCALE "scale"       /* "workers": N; answer: workers */
+#define CTL_CMD_DESCRIBE "describe" /* "id": a worker id; answer: worker {...} */
+/* "email", "username", "role", "password" (over this 0600, owner-checked
+ * socket only; never on a command line); answered when the user is stored:
+ * id. A helper process opens the store, the supervisor never does. */
+#define CTL_CMD_USER_CREATE "user_create"
 #define CTL_CMD_UPGRADE "upgrade" /* answered when done: pid (the new supervisor's) */
 
 /* Request arguments and answer fields. */
@@ -41,6 +46,12 @@
 #define CTL_KEY_CHECKS "checks"
 #define CTL_KEY_SUPERVISOR "supervisor"
 #define CTL_KEY_CRASHES "crashes_by_route"
+#define CTL_KEY_ID "id"
+#define CTL_KEY_WORKER "worker"
+#define CTL_KEY_EMAIL "email"
+#define CTL_KEY_USERNAME "username"
+#define CTL_KEY_ROLE "role"
+#define CTL_KEY_PASSWORD "password"
 
 /* Values of "status" in the health answer. */
 #define CTL_HEALTH_HEALTHY "healthy"

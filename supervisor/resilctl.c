@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 #include <yajl/yajl_gen.h>
@@ -30,15 +31,36 @@
 #define PACKAGE_VERSION "0.1.0"
 #endif
 
-enum cmd { CMD_STATUS, CMD_HEALTH, CMD_RESTART, CMD_RELOAD, CMD_STOP, CMD_SCALE, CMD_UPGRADE };
+/* Longest password line read (bytes, newline excluded): resild's rule is
+ * 8-128 characters, at most 4 bytes each. */
+#define PW_BUF (128 * 4 + 1)
+
+enum cmd {
+	CMD_STATUS,
+	CMD_HEALTH,
+	CMD_RESTART,
+	CMD_RELOAD,
+	CMD_STOP,
+	CMD_SCALE,
+	CMD_DESCRIBE,
+	CMD_USER_CREATE,
+	CMD_UPGRADE
+};
 
 static const struct {
-	const char *name;
+	const char *name; /* on the wire */
+	const char *cli;  /* on the command line: one word, or two ("user create") */
 	double timeout_s; /* default bound of the whole command */
 } cmds[] = {
-    [CMD_STATUS] = {CTL_CMD_STATUS, 10},    [CMD_HEALTH] = {CTL_CMD_HEALTH, 10}, [CMD_RESTART] = {CTL_CMD_RESTART, 120},
-    [CMD_RELOAD] = {CTL_CMD_RELOAD, 120},   [CMD_STOP] = {CTL_CMD_STOP, 60},     [CMD_SCALE] = {CTL_CMD_SCALE, 10},
-    [CMD_UPGRADE] = {CTL_CMD_UPGRADE, 120},
+    [CMD_STATUS] = {CTL_CMD_STATUS, "status", 10},
+    [CMD_HEALTH] = {CTL_CMD_HEALTH, "health", 10},
+    [CMD_RESTART] = {CTL_CMD_RESTART, "restart", 120},
+    [CMD_RELOAD] = {CTL_CMD_RELOAD, "reload", 120},
+    [CMD_STOP] = {CTL_CMD_STOP, "stop", 60},
+    [CMD_SCALE] = {CTL_CMD_SCALE, "scale", 10},
+    [CMD_DESCRIBE] = {CTL_CMD_DESCRIBE, "describe", 10},
+    [CMD_USER_CREATE] = {CTL_CMD_USER_CREATE, "user create", 90},
+    [CMD_UPGRADE] = {CTL_CMD_UPGRADE, "upgrade", 120},
 };
 #define NCMDS (sizeof cmds / sizeof cmds[0])
 
@@ -47,8 +69,11 @@ struct opts {
 	double timeout_s;   /* 0: the command's default */
 	enum cmd cmd;
 	int json;
-	long target; /* restart: worker id, -1 = all */
+	long target; /* restart: worker id, -1 = all; describe: worker id */
 	long workers;
+	const char *email, *username, *role; /* user create */
+	char password[PW_BUF];               /* user create: read from stdin, wiped after use */
+	size_t pwlen;
 };
 
 enum parse_result { PARSE_RUN, PARSE_HELP, PARSE_VERSION, PARSE_USAGE };
@@ -97,14 +122,22 @@ static void print_help(void)
 	       "  upgrade            replace the supervisor with the resild binary on disk,\n"
 	       "                     keeping the sockets; waits for the outcome (rolled back\n"
 	       "                     if the new one does not become ready)\n"
+	       "  describe ID [--json]\n"
+	       "                     one worker: pid, generation, restarts by cause, last crash,\n"
+	       "                     memory, cpu, requests, circuits\n"
+	       "  user create --email E --username U --role user|clinician|admin\n"
+	       "                     create a user in resild's database; the password is read\n"
+	       "                     from standard input (one line; prompted without echo on a\n"
+	       "                     terminal), never from the command line; prints the new id\n"
 	       "\n"
 	       "Options:\n"
 	       "  -s, --socket PATH  control socket (default: $" CTL_ENV_SOCKET ", else\n"
 	       "                     $RUNTIME_DIRECTORY/" CTL_RUNTIME_SOCKET_NAME ", else " CTL_PACKAGED_SOCKET "\n"
 	       "                     if it exists, else " CTL_DEFAULT_SOCKET ")\n"
 	       "      --timeout SEC  give up after SEC seconds (default 10; restart, reload and\n"
-	       "                     upgrade 120; stop 60, including the wait for resild to exit)\n"
-	       "      --json         status, health: print the answer as one JSON object\n"
+	       "                     upgrade 120; stop 60, including the wait for resild to exit; user\n"
+	       "                     create 90)\n"
+	       "      --json         status, health, describe: print the answer as one JSON object\n"
 	       "  -h, --help         print this help and exit\n"
 	       "  -V, --version      print the version and exit\n"
 	       "\n"
@@ -206,6 +239,15 @@ static enum parse_result parse_args(int argc, char **argv, struct opts *o)
 				usage_error("--timeout needs a positive number of seconds");
 				return PARSE_USAGE;
 			}
+		} else if ((v = opt_value(argc, argv, &i, NULL, "--email", &missing)) || missing ||
+		           (v = opt_value(argc, argv, &i, NULL, "--username", &missing)) || missing ||
+		           (v = opt_value(argc, argv, &i, NULL, "--role", &missing)) || missing) {
+			if (missing) {
+				usage_error("%s needs a value", a);
+				return PARSE_USAGE;
+			}
+			const char **slot = a[2] == 'e' ? &o->email : a[2] == 'u' ? &o->username : &o->role;
+			*slot = v;
 		} else {
 			usage_error("unknown option '%s'", a);
 			return PARSE_USAGE;
@@ -216,23 +258,43 @@ static enum parse_result parse_args(int argc, char **argv, struct opts *o)
 		return PARSE_USAGE;
 	}
 	size_t c = 0;
-	while (c < NCMDS && strcmp(pos[0], cmds[c].name))
+	while (c < NCMDS && strncmp(pos[0], cmds[c].cli, strcspn(cmds[c].cli, " ")))
 		c++;
-	if (c == NCMDS) {
+	if (c == NCMDS || strlen(pos[0]) != strcspn(cmds[c].cli, " ")) {
 		usage_error("unknown command '%s'", pos[0]);
 		return PARSE_USAGE;
 	}
 	o->cmd = (enum cmd)c;
-	int want = o->cmd == CMD_SCALE ? 2 : 1, maxpos = o->cmd == CMD_RESTART ? 2 : want;
+	if (o->cmd == CMD_USER_CREATE && (npos < 2 || strcmp(pos[1], "create"))) {
+		usage_error("user: the only subcommand is 'create'");
+		return PARSE_USAGE;
+	}
+	int want = o->cmd == CMD_SCALE || o->cmd == CMD_DESCRIBE || o->cmd == CMD_USER_CREATE ? 2 : 1,
+	    maxpos = o->cmd == CMD_RESTART ? 2 : want;
 	if (npos < want || npos > maxpos) {
 		if (o->cmd == CMD_SCALE)
 			usage_error("scale needs a worker count");
+		else if (o->cmd == CMD_DESCRIBE)
+			usage_error("describe needs a worker id");
 		else
-			usage_error("wrong number of arguments for %s", pos[0]);
+			usage_error("wrong number of arguments for %s", cmds[o->cmd].cli);
 		return PARSE_USAGE;
 	}
-	if (o->json && o->cmd != CMD_STATUS && o->cmd != CMD_HEALTH) {
-		usage_error("--json only applies to status and health");
+	if (o->json && o->cmd != CMD_STATUS && o->cmd != CMD_HEALTH && o->cmd != CMD_DESCRIBE) {
+		usage_error("--json only applies to status, health and describe");
+		return PARSE_USAGE;
+	}
+	if (o->cmd != CMD_USER_CREATE && (o->email || o->username || o->role)) {
+		usage_error("--email, --username and --role only apply to user create");
+		return PARSE_USAGE;
+	}
+	if (o->cmd == CMD_USER_CREATE && (!o->email || !o->username || !o->role)) {
+		usage_error(
+		    "user create needs --email, --username and --role (the password comes from standard input)");
+		return PARSE_USAGE;
+	}
+	if (o->cmd == CMD_DESCRIBE && parse_long(pos[1], 0, INT_MAX, &o->target) < 0) {
+		usage_error("describe: '%s' is not a worker id", pos[1]);
 		return PARSE_USAGE;
 	}
 	if (o->cmd == CMD_RESTART && npos == 2 && strcmp(pos[1], CTL_TARGET_ALL) &&
@@ -446,12 +508,23 @@ static int build_request(const struct opts *o, char *out, size_t outlen, size_t 
 		goto out;
 	if (o->cmd == CMD_SCALE && (GEN_STR(g, CTL_KEY_WORKERS) || yajl_gen_integer(g, o->workers)))
 		goto out;
-	if (yajl_gen_map_close(g) || yajl_gen_get_buf(g, &buf, &n) || n + 1 > outlen)
+	if (o->cmd == CMD_DESCRIBE && (GEN_STR(g, CTL_KEY_ID) || yajl_gen_integer(g, o->target)))
 		goto out;
-	memcpy(out, buf, n);
-	out[n] = '\n';
-	*len = n + 1;
-	rc = 0;
+	if (o->cmd == CMD_USER_CREATE &&
+	    (GEN_STR(g, CTL_KEY_EMAIL) || GEN_STR(g, o->email) || GEN_STR(g, CTL_KEY_USERNAME) ||
+	     GEN_STR(g, o->username) || GEN_STR(g, CTL_KEY_ROLE) || GEN_STR(g, o->role) ||
+	     GEN_STR(g, CTL_KEY_PASSWORD) ||
+	     yajl_gen_string(g, (const unsigned char *)o->password, o->pwlen) != yajl_gen_status_ok))
+		goto out;
+	if (yajl_gen_map_close(g) || yajl_gen_get_buf(g, &buf, &n))
+		goto out;
+	if (n + 1 <= outlen) {
+		memcpy(out, buf, n);
+		out[n] = '\n';
+		*len = n + 1;
+		rc = 0;
+	}
+	explicit_bzero((void *)buf, n); /* it may hold the password */
 out:
 	yajl_gen_free(g);
 	return rc;
@@ -467,18 +540,22 @@ static int exchange(const struct opts *o, const char *path, int64_t deadline, do
 	int fd, rc;
 
 	if (build_request(o, req, sizeof req, &reqlen) < 0) {
-		fail("cannot build the request");
-		return CTL_EXIT_PROTOCOL;
+		explicit_bzero(req, sizeof req);
+		fail("cannot build the request%s", o->cmd == CMD_USER_CREATE ? " (the fields are too long)" : "");
+		return o->cmd == CMD_USER_CREATE ? CTL_EXIT_FAILED : CTL_EXIT_PROTOCOL;
 	}
-	if ((rc = ctl_connect(path, deadline, &fd)) != CTL_EXIT_OK)
+	if ((rc = ctl_connect(path, deadline, &fd)) != CTL_EXIT_OK) {
+		explicit_bzero(req, sizeof req);
 		return rc;
+	}
 	rc = send_all(fd, req, reqlen, deadline);
+	explicit_bzero(req, sizeof req);
 	if (rc == 0)
 		rc = recv_line(fd, deadline, &ans, &anslen);
 	int e = errno;
 	close(fd);
 	if (rc == -2) {
-		fail("no answer from resild within %g s (%s)%s", limit_s, cmds[o->cmd].name,
+		fail("no answer from resild within %g s (%s)%s", limit_s, cmds[o->cmd].cli,
 		     o->cmd == CMD_RESTART || o->cmd == CMD_RELOAD || o->cmd == CMD_UPGRADE
 		         ? "; it may still be in progress"
 		         : "");
@@ -958,6 +1035,223 @@ static void print_restart_needed(yajl_val root)
 	printf("\n");
 }
 
+/* ------------------------------------------------------------ describe */
+
+/* "key               value" lines, pm2 describe's two columns. */
+static void kv(const char *key, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void kv(const char *key, const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("%-18s ", key);
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+}
+
+static void kv_int(yajl_val w, const char *key, const char *label)
+{
+	long long ll;
+	if (get_int(w, key, &ll) == 0)
+		kv(label, "%lld", ll);
+}
+
+static void print_last_crash(yajl_val lc)
+{
+	long long ll;
+	char up[64];
+	if (!YAJL_IS_OBJECT(lc)) {
+		kv("last crash", "none");
+		return;
+	}
+	const char *t = get_str(lc, "time"), *st = get_str(lc, "status"), *cause = get_str(lc, "cause");
+	const char *route = get_str(lc, "route");
+	printf("%-18s %s", "last crash", t ? t : "?");
+	if (get_int(lc, "ago_s", &ll) == 0) {
+		fmt_uptime(up, sizeof up, ll, 1);
+		printf(" (%s ago)", up);
+	}
+	printf(": %s", st ? st : "?");
+	if (cause && strcmp(cause, "crash"))
+		printf(" (%s)", cause);
+	if (get_int(lc, "pid", &ll) == 0)
+		printf(", pid %lld", ll);
+	if (get_int(lc, "generation", &ll) == 0)
+		printf(", generation %lld", ll);
+	if (get_int(lc, "uptime_s", &ll) == 0) {
+		fmt_uptime(up, sizeof up, ll, 1);
+		printf(", after %s up", up);
+	}
+	printf(", route %s\n", route ? route : "none (no request in flight)");
+}
+
+static int print_describe(yajl_val root)
+{
+	yajl_val w = get(root, CTL_KEY_WORKER), by = get(w, "restarts_by_cause"), circ = get(w, "circuits");
+	const char *st = get_str(w, "state");
+	long long ll;
+	double d;
+	char buf[64];
+	if (!YAJL_IS_OBJECT(w) || !st) {
+		fail("invalid answer from resild: describe without a worker");
+		return CTL_EXIT_PROTOCOL;
+	}
+	kv_int(w, "id", "id");
+	if (get_int(w, "pid", &ll) == 0 && ll > 0)
+		kv("pid", "%lld", ll);
+	else
+		kv("pid", "-");
+	kv("state", "%s%s", st, YAJL_IS_TRUE(get(w, "restart_pending")) ? " (restart scheduled)" : "");
+	kv_int(w, "generation", "generation");
+	if (get_int(w, "uptime_s", &ll) == 0) {
+		fmt_uptime(buf, sizeof buf, ll, 1);
+		kv("uptime", "%s", buf);
+	}
+	kv_int(w, "restarts", "restarts");
+	if (YAJL_IS_OBJECT(by)) {
+		printf("%-18s ", "restarts by cause");
+		for (size_t k = 0; k < by->u.object.len; k++) {
+			yajl_val v = by->u.object.values[k];
+			printf("%s%s %lld", k ? ", " : "", by->u.object.keys[k],
+			       YAJL_IS_INTEGER(v) ? YAJL_GET_INTEGER(v) : 0LL);
+		}
+		putchar('\n');
+	}
+	print_last_crash(get(w, "last_crash"));
+	if (get_num(w, "cpu_pct", &d) == 0)
+		kv("cpu", "%.1f%%", d);
+	if (get_num(w, "rss_bytes", &d) == 0) {
+		fmt_bytes(buf, sizeof buf, d);
+		kv("memory", "%s", buf);
+	}
+	kv_int(w, "requests", "requests");
+	kv_int(w, "inflight", "inflight");
+	kv_int(w, "connections", "connections");
+	kv_int(w, "websockets", "websockets");
+	printf("%-18s ", "circuits");
+	if (!YAJL_IS_OBJECT(circ) || circ->u.object.len == 0)
+		printf("none");
+	for (size_t k = 0; YAJL_IS_OBJECT(circ) && k < circ->u.object.len; k++) {
+		const char *cs = YAJL_GET_STRING(circ->u.object.values[k]);
+		printf("%s%s %s", k ? ", " : "", circ->u.object.keys[k], cs ? cs : "?");
+	}
+	putchar('\n');
+	return CTL_EXIT_OK;
+}
+
+/* --------------------------------------------------------- user create */
+
+static struct termios tty_saved;
+static volatile sig_atomic_t tty_changed;
+
+static void tty_restore(void)
+{
+	if (tty_changed) {
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &tty_saved);
+		tty_changed = 0;
+	}
+}
+
+static void tty_signal(int sig)
+{
+	tty_restore();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+/* One line from fd 0 into out (NUL-terminated, newline and a CR before it
+ * stripped). 0, -1 too long, -2 read error. */
+static int read_line(char *out, size_t outlen, size_t *len)
+{
+	size_t n = 0;
+	for (;;) {
+		char ch;
+		ssize_t r = read(STDIN_FILENO, &ch, 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -2;
+		if (r == 0 || ch == '\n')
+			break;
+		if (n + 1 >= outlen) {
+			explicit_bzero(out, outlen);
+			return -1;
+		}
+		out[n++] = ch;
+	}
+	if (n > 0 && out[n - 1] == '\r')
+		n--;
+	out[n] = '\0';
+	*len = n;
+	return 0;
+}
+
+/* Terminal echo off (before any prompt is shown, so nothing typed after
+ * it is flushed or echoed), restored by tty_restore(), also on a signal. */
+static void tty_echo_off(void)
+{
+	struct termios t;
+	if (tcgetattr(STDIN_FILENO, &tty_saved) < 0)
+		return;
+	t = tty_saved;
+	t.c_lflag &= ~(tcflag_t)ECHO;
+	signal(SIGINT, tty_signal);
+	signal(SIGTERM, tty_signal);
+	signal(SIGHUP, tty_signal);
+	tty_changed = tcsetattr(STDIN_FILENO, TCSAFLUSH, &t) == 0;
+}
+
+/* On a terminal (echo already off): prompt on stderr, read one line. */
+static int prompt_line(const char *prompt, char *out, size_t outlen, size_t *len)
+{
+	fputs(prompt, stderr);
+	fflush(stderr);
+	int rc = read_line(out, outlen, len);
+	fputc('\n', stderr);
+	return rc;
+}
+
+/* The new user's password from standard input, never from argv. */
+static int read_password(struct opts *o)
+{
+	int rc;
+	if (isatty(STDIN_FILENO)) {
+		char again[PW_BUF];
+		size_t n2 = 0;
+		tty_echo_off();
+		rc = prompt_line("Password for the new user: ", o->password, sizeof o->password, &o->pwlen);
+		if (rc == 0 && o->pwlen > 0)
+			rc = prompt_line("Repeat it: ", again, sizeof again, &n2);
+		tty_restore();
+		if (rc == 0 && o->pwlen > 0 && (n2 != o->pwlen || memcmp(again, o->password, n2))) {
+			explicit_bzero(again, sizeof again);
+			fail("user create: the passwords do not match");
+			return CTL_EXIT_FAILED;
+		}
+		explicit_bzero(again, sizeof again);
+	} else {
+		rc = read_line(o->password, sizeof o->password, &o->pwlen);
+	}
+	if (rc == -1) {
+		fail("user create: the password is too long (at most 128 characters)");
+		return CTL_EXIT_FAILED;
+	}
+	if (rc < 0) {
+		fail("user create: cannot read the password from standard input: %s", strerror(errno));
+		return CTL_EXIT_FAILED;
+	}
+	if (o->pwlen == 0) {
+		fail("user create: no password on standard input (one line expected)");
+		return CTL_EXIT_FAILED;
+	}
+	if (memchr(o->password, '\0', o->pwlen)) {
+		fail("user create: the password must not contain a NUL byte");
+		return CTL_EXIT_FAILED;
+	}
+	return CTL_EXIT_OK;
+}
+
 static int render(const struct opts *o, yajl_val root, int64_t deadline, double limit_s)
 {
 	long long n;
@@ -988,6 +1282,16 @@ static int render(const struct opts *o, yajl_val root, int64_t deadline, double 
 		else
 			printf("upgraded\n");
 		return CTL_EXIT_OK;
+	case CMD_DESCRIBE: return o->json ? print_json(root) : print_describe(root);
+	case CMD_USER_CREATE: {
+		const char *id = get_str(root, CTL_KEY_ID);
+		if (!id) {
+			fail("invalid answer from resild: user create without an id");
+			return CTL_EXIT_PROTOCOL;
+		}
+		printf("%s\n", id);
+		return CTL_EXIT_OK;
+	}
 	case CMD_SCALE:
 		if (get_int(root, CTL_KEY_WORKERS, &n) < 0)
 			n = o->workers;
@@ -1016,10 +1320,14 @@ int main(int argc, char **argv)
 		usage_error("control socket path too long (set -s or " CTL_ENV_SOCKET ")");
 		return CTL_EXIT_USAGE;
 	}
+	if (o.cmd == CMD_USER_CREATE && (rc = read_password(&o)) != CTL_EXIT_OK)
+		return rc;
 	double limit_s = o.timeout_s > 0 ? o.timeout_s : cmds[o.cmd].timeout_s;
 	int64_t deadline = now_ms() + (int64_t)(limit_s * 1000 + 0.999);
 
-	if ((rc = exchange(&o, path, deadline, limit_s, &root)) != CTL_EXIT_OK)
+	rc = exchange(&o, path, deadline, limit_s, &root);
+	explicit_bzero(o.password, sizeof o.password);
+	if (rc != CTL_EXIT_OK)
 		return rc;
 	yajl_val ok = get(root, CTL_KEY_OK);
 	if (!o.json)
@@ -1027,7 +1335,7 @@ int main(int argc, char **argv)
 	if (YAJL_IS_FALSE(ok)) {
 		defang(get(root, CTL_KEY_ERROR), 0);
 		const char *err = get_str(root, CTL_KEY_ERROR);
-		fail("%s failed: %s", cmds[o.cmd].name, err ? err : "(no reason given)");
+		fail("%s failed: %s", cmds[o.cmd].cli, err ? err : "(no reason given)");
 		rc = CTL_EXIT_FAILED;
 	} else if (!YAJL_IS_TRUE(ok)) {
 		fail("invalid answer from resild: no \"ok\"");

@@ -9,6 +9,7 @@
  *   monitor.c     the 250 ms tick: heartbeats, RSS, CPU; the systemd watchdog
  *   child.c       the worker side of the fork, up to worker_run()
  *   control.c     the control socket and every answer it renders
+ *   usercmd.c     resilctl user create: the helper process that opens the store
  *
  * A process table entry (struct proc) has the same index as its scoreboard
  * entry. A logical slot (worker id 0..N-1) points to its serving process
@@ -19,6 +20,7 @@
 
 #include "config.h"
 #include "scoreboard.h"
+#include "supervisor.h"
 
 #include <event2/util.h>
 #include <stdint.h>
@@ -30,6 +32,7 @@ struct ratelimit;
 struct bus_hub;
 struct control;
 struct ctl_client;
+struct usercmd;
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 15000
@@ -76,6 +79,10 @@ struct slot {
 	uint64_t recycle_not_before; /* monotonic ms */
 	unsigned recycles;
 	int recycle_off;
+	/* resilctl describe: replacements by cause (enum sup_restart_cause)
+	 * and the last unplanned exit. */
+	unsigned restarts_by[SUP_RESTART_CAUSES];
+	struct sup_crash last_crash; /* .real_ms 0: none yet */
 };
 
 struct rolling {
@@ -140,8 +147,9 @@ struct supervisor {
 	int nrestart_needed;
 	int memory_limit_reported; /* "max_memory below a fresh worker" logged */
 	struct upgrade up;
-	int handed_over;      /* a new supervisor took the sockets: leave them alone */
-	int handoff_ready_fd; /* new supervisor: tell the old one when all are ready (-1: done/none) */
+	int handed_over;          /* a new supervisor took the sockets: leave them alone */
+	int handoff_ready_fd;     /* new supervisor: tell the old one when all are ready (-1: done/none) */
+	struct usercmd *usercmds; /* resilctl user create helpers running (usercmd.c) */
 };
 
 /* supervisor.c */
@@ -191,6 +199,11 @@ void upgrade_signal_ready(struct supervisor *s);
 /* supervisor.c: the new supervisor serves: drain the workers and exit
  * without touching the listening and control sockets. */
 void supervisor_handover(struct supervisor *s);
+/* usercmd.c */
+/* pid was a user create helper (reap() got its status): 1, else 0. */
+int usercmd_reaped(struct supervisor *s, pid_t pid, int status);
+/* At exit: kill and reap every helper, answer their clients. */
+void usercmd_stop_all(struct supervisor *s);
 
 /* monitor.c (arg: the supervisor) */
 /* Every TICK_MS: sample CPU and RSS, kill hung workers, recycle the ones

@@ -276,6 +276,9 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
 			drain_proc(s, old, s->roll.is_reload ? "reload" : "restart");
 		}
 		if (s->roll.active && s->roll.pos < s->roll.nslots && s->roll.slots[s->roll.pos] == p->slot) {
+			sl->restarts_by[s->roll.cause == SB_RESTART_RELOAD   ? SUP_RESTART_RELOAD
+			                : s->roll.cause == SB_RESTART_MEMORY ? SUP_RESTART_MEMORY
+			                                                     : SUP_RESTART_OPERATOR]++;
 			s->roll.done[s->roll.ndone++] = p->slot;
 			s->roll.pos++;
 			if (s->roll.timeout_ev)
@@ -418,6 +421,14 @@ static void handle_exit(struct supervisor *s, pid_t pid, int status)
 			recent++;
 	if (WIFSIGNALED(status) && !hung)
 		record_route_crash(s, route);
+	sl->restarts_by[hung ? SUP_RESTART_HUNG : SUP_RESTART_CRASH]++;
+	sl->last_crash = (struct sup_crash){.real_ms = sb_now_real_ms(),
+	                                    .pid = pid,
+	                                    .generation = gen,
+	                                    .status = status,
+	                                    .cause = hung ? SUP_RESTART_HUNG : SUP_RESTART_CRASH,
+	                                    .up_ms = up};
+	memcpy(sl->last_crash.route, route, sizeof(route));
 	if (up >= BACKOFF_RESET_UP_MS || sl->backoff_ms == 0)
 		sl->backoff_ms = backoff_base_ms(s->cfg);
 	uint64_t delay = sl->backoff_ms;
@@ -445,7 +456,8 @@ static void reap(struct supervisor *s)
 		pid_t pid = waitpid(-1, &status, WNOHANG);
 		if (pid <= 0)
 			break;
-		handle_exit(s, pid, status);
+		if (!usercmd_reaped(s, pid, status))
+			handle_exit(s, pid, status);
 	}
 }
 
@@ -733,6 +745,25 @@ int sup_worker_row(const struct supervisor *s, int id, struct sup_worker_row *ou
 	return 0;
 }
 
+const char *sup_restart_cause_name(int cause)
+{
+	static const char *const names[SUP_RESTART_CAUSES] = {"crash", "hung", "memory", "restart", "reload"};
+	return cause >= 0 && cause < SUP_RESTART_CAUSES ? names[cause] : "?";
+}
+
+int sup_worker_detail(const struct supervisor *s, int id, struct sup_worker_detail *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (sup_worker_row(s, id, &out->row) < 0)
+		return -1;
+	const struct slot *sl = &s->slots[id];
+	memcpy(out->restarts_by, sl->restarts_by, sizeof(out->restarts_by));
+	out->last_crash = sl->last_crash;
+	out->errored = sl->errored;
+	out->restart_pending = sl->restart_scheduled;
+	return 0;
+}
+
 int sup_serving_entries(const struct supervisor *s, const struct sb_entry **out, int max)
 {
 	int n = 0;
@@ -949,6 +980,7 @@ int supervisor_run(struct resil_config *cfg, int argc, char **argv, int listen_f
 	for (int i = 0; i < SB_MAX_WORKERS; i++)
 		if (s->slots[i].restart_ev)
 			event_free(s->slots[i].restart_ev);
+	usercmd_stop_all(s);
 	control_close(s->ctl, !s->handed_over);
 	upgrade_free(s);
 	if (s->handoff_ready_fd >= 0)

@@ -12,6 +12,7 @@
 #define RESIL_SUPERVISOR_H
 
 #include "config.h"
+#include "scoreboard.h"
 
 #include <stdint.h>
 #include <sys/types.h>
@@ -55,6 +56,10 @@ void sup_ctl_reload(struct supervisor *s, struct ctl_client *c);
 void sup_ctl_stop(struct supervisor *s, struct ctl_client *c);
 void sup_ctl_scale(struct supervisor *s, struct ctl_client *c, int n);
 void sup_ctl_upgrade(struct supervisor *s, struct ctl_client *c);
+/* resilctl user create (usercmd.c): any field may be NULL (then refused);
+ * answered with the new id once a helper process has stored the user. */
+void sup_ctl_user_create(struct supervisor *s, struct ctl_client *c, const char *email, const char *username,
+                         const char *role, const char *password);
 
 /* The supervisor as a whole. Strings point into the supervisor (or are
  * literals) and stay valid until it next changes state: render at once. */
@@ -85,6 +90,40 @@ struct sup_worker_row {
 /* 0, or -1 when id is not below workers_target. */
 int sup_worker_row(const struct supervisor *s, int id, struct sup_worker_row *out);
 
+/* Why a slot's process was replaced (resilctl describe). */
+enum sup_restart_cause {
+	SUP_RESTART_CRASH = 0, /* it died unasked (a signal or an exit) */
+	SUP_RESTART_HUNG,      /* killed for a heartbeat older than worker_timeout */
+	SUP_RESTART_MEMORY,    /* recycled for RSS over max_memory */
+	SUP_RESTART_OPERATOR,  /* resilctl restart */
+	SUP_RESTART_RELOAD,    /* SIGHUP or resilctl reload */
+	SUP_RESTART_CAUSES
+};
+/* "crash", "hung", "memory", "restart", "reload". */
+const char *sup_restart_cause_name(int cause);
+
+/* A slot's last unplanned exit. */
+struct sup_crash {
+	int64_t real_ms; /* wall clock, ms since the epoch; 0: never */
+	pid_t pid;
+	unsigned generation;
+	int status;               /* as waitpid() gave it */
+	int cause;                /* SUP_RESTART_CRASH or SUP_RESTART_HUNG */
+	uint64_t up_ms;           /* how long that process had run */
+	char route[SB_ROUTE_LEN]; /* the request in flight ("" none): crash attribution */
+};
+
+/* One worker in detail (resilctl describe): its row plus its history. */
+struct sup_worker_detail {
+	struct sup_worker_row row;
+	unsigned restarts_by[SUP_RESTART_CAUSES];
+	struct sup_crash last_crash;
+	int errored;
+	int restart_pending; /* a crash restart is scheduled (backing off) */
+};
+/* 0, or -1 when id is not below workers_target. */
+int sup_worker_detail(const struct supervisor *s, int id, struct sup_worker_detail *out);
+
 /* The scoreboard entries of every process that serves now (ready, not
  * draining), for aggregates; returns how many were stored (at most max). */
 int sup_serving_entries(const struct supervisor *s, const struct sb_entry **out, int max);
@@ -114,6 +153,8 @@ void ctl_reply_scaled(struct ctl_client *c, int workers);
 void ctl_reply_reloaded(struct ctl_client *c, unsigned generation, const char *const *names, int n);
 void ctl_reply_restarted(struct ctl_client *c, const int *ids, int n);
 void ctl_reply_upgraded(struct ctl_client *c, pid_t pid);
+/* user create: {"ok": true, "id": id} */
+void ctl_reply_user_created(struct ctl_client *c, const char *id);
 /* Keep the client waiting for a later answer; returns 0. */
 int ctl_defer(struct ctl_client *c);
 

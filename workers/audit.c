@@ -147,6 +147,8 @@ int audit_write(const struct audit_rec *r)
 	gen_str(g, "outcome", r->outcome);
 	if (r->target_user_id)
 		gen_str(g, "targetUserId", r->target_user_id);
+	if (r->target_role)
+		gen_str(g, "targetRole", r->target_role);
 	yajl_gen_map_close(g);
 	const unsigned char *buf;
 	size_t len;
@@ -197,6 +199,16 @@ int audit_role_change(const struct audit_actor *a, const char *target, const cha
 	                      .action = "user.role_change",
 	                      .outcome = outcome,
 	                      .target_user_id = target};
+	return audit_write(&r);
+}
+
+int audit_user_create(const char *target, const char *role)
+{
+	struct audit_rec r = {.actor_role = "operator",
+	                      .action = "user.create",
+	                      .outcome = "success",
+	                      .target_user_id = target,
+	                      .target_role = role};
 	return audit_write(&r);
 }
 

@@ -6,7 +6,9 @@
  *    "fields","outcome"}
  *
  * action: patient.list, patient.read, patient.create, patient.update,
- * patient.delete, patient.sync, user.role_change; fields: the sensitive
+ * patient.delete, patient.sync, user.role_change, user.create (an
+ * operator's `resilctl user create`: actorId and requestId null, actorRole
+ * "operator", plus targetUserId and targetRole); fields: the sensitive
  * fields the response disclosed (ssn, medicalRecord); outcome: success,
  * denied, not_found, failed.
  *
@@ -32,7 +34,8 @@ struct audit_rec {
 	const char *patient_id;    /* NULL: none (a list) */
 	const char *const *fields; /* NULL-terminated, may be NULL */
 	const char *outcome;
-	const char *target_user_id; /* user.role_change only, else NULL */
+	const char *target_user_id; /* user.role_change and user.create only, else NULL */
+	const char *target_role;    /* user.create only, else NULL */
 };
 
 /* Who acts, copied from the request on the loop for a job to audit with. */
@@ -49,6 +52,10 @@ int audit_log_as(const struct audit_actor *a, const char *action, const char *pa
 /* A role change of target (a user id): action user.role_change, with the
  * target as targetUserId (the one extra key, on these records only). */
 int audit_role_change(const struct audit_actor *a, const char *target, const char *outcome);
+
+/* The operator created user target with role (resilctl user create, from
+ * the supervisor's helper process): action user.create, outcome success. */
+int audit_user_create(const char *target, const char *role);
 
 /* Open the trail (worker start, after fork). 0, or -1 with a reason. */
 int audit_open(const struct resil_config *cfg, char *err, size_t errlen);

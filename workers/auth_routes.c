@@ -49,15 +49,7 @@
 #include <time.h>
 #include <yajl/yajl_gen.h>
 
-#define PW_MAX_BYTES 512 /* 128 code points of UTF-8 */
 #define MSG_BAD_CREDENTIALS "invalid email or password"
-
-static const struct vrule register_rules[] = {
-    V_STRING("username", V_REQUIRED, 3, 20, .charset = V_CHARSET_WORD),
-    V_EMAIL("email", V_REQUIRED),
-    V_STRING("password", V_REQUIRED, 8, 128),
-    V_END,
-};
 
 static const struct vrule login_rules[] = {
     V_EMAIL("email", V_REQUIRED),
@@ -190,8 +182,7 @@ static struct cred_job *cred_job_new(struct http_request *req, api_job_fn work, 
 	api_job_slow(&cj->base);
 	memcpy(cj->pw, pw, pl);
 	cj->pwlen = pl;
-	for (size_t i = 0; i < el; i++)
-		cj->email[i] = (char)tolower((unsigned char)email[i]);
+	users_email_lower(email, el, cj->email, sizeof(cj->email)); /* fits: checked above */
 	return cj;
 }
 
@@ -278,8 +269,7 @@ static void register_work(struct api_job *j)
 		admin = err == STORE_NOT_FOUND;
 	}
 	store_op_init(&op, STORE_OP_INSERT, COLL_USERS);
-	op.doc = BCON_NEW("username", BCON_UTF8(cj->username), "email", BCON_UTF8(cj->email), "password",
-	                  BCON_UTF8(hash), "role", BCON_UTF8(admin ? "admin" : "user"), "isActive", BCON_BOOL(true));
+	op.doc = users_new_doc(cj->username, cj->email, hash, admin ? "admin" : "user");
 	sodium_memzero(hash, sizeof(hash));
 	if (!op.doc)
 		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "service unavailable");
@@ -319,7 +309,7 @@ static int auth_register(struct http_request *req)
 {
 	const struct json_value *body = app_body(req);
 	struct verrors errs;
-	if (validate(body, register_rules, &errs) > 0)
+	if (validate(body, users_new_rules, &errs) > 0)
 		return app_fail_validation(req, &errs);
 	struct cred_job *cj = cred_job_new(req, register_work, register_done, body);
 	if (!cj)

@@ -4,6 +4,7 @@
 #define RESIL_HANDLERS_H
 
 #include "app.h"
+#include "validate.h"
 
 #include <bson/bson.h>
 
@@ -18,6 +19,20 @@ void users_gen(void *yajl_gen, const bson_t *user);
  * keeps it (bcrypt or, once resil re-hashed it, argon2id), else
  * `passwordHash` of databases written by resil before 0.2. NULL: none. */
 const char *users_password_hash(const bson_t *user);
+/* A new user's fields, shared by POST /api/auth/register (auth_routes.c)
+ * and the operator's `resilctl user create` (usercreate.c):
+ * users_new_rules checks username, email and password (SPEC section 6);
+ * USERS_ROLES lists the roles for V_ENUM; PW_MAX_BYTES bounds a password
+ * (128 code points of UTF-8); users_new_doc builds the document to insert
+ * (email already lower-cased, hash from auth_password_hash), NULL when out
+ * of memory. */
+#define USERS_ROLES "user", "clinician", "admin"
+#define PW_MAX_BYTES 512
+extern const struct vrule users_new_rules[];
+bson_t *users_new_doc(const char *username, const char *email, const char *hash, const char *role);
+/* Copy s[0..len) into out (outlen bytes) with ASCII letters lower-cased, as
+ * e-mails are stored; -1 (out untouched) when it does not fit. */
+int users_email_lower(const char *s, size_t len, char *out, size_t outlen);
 /* Report another circuit breaker (name, state 0 closed / 1 open / 2 half-open) in /health. */
 void health_add_circuit(const char *name, int (*state)(void));
 /* Write this process's breaker states (the store's and the added ones)

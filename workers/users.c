@@ -37,7 +37,6 @@
 
 #define USERS_PAGE_DEFAULT 25
 #define USERS_PAGE_MAX 100
-#define PW_MAX_BYTES 512 /* 128 code points of UTF-8 */
 
 /* The user object's fields beside id and _id (SPEC section 6). */
 static const char *const user_fields[] = {"username", "email", "role", "isActive", "createdAt", "updatedAt", NULL};
@@ -47,10 +46,33 @@ static const struct vrule patch_rules[] = {
     V_EMAIL("email", V_OPTIONAL),
     V_STRING("password", V_OPTIONAL, 8, 128),
     V_STRING("currentPassword", V_OPTIONAL, 1, 128),
-    V_ENUM("role", V_OPTIONAL, "user", "clinician", "admin"),
+    V_ENUM("role", V_OPTIONAL, USERS_ROLES),
     V_BOOL("isActive", V_OPTIONAL),
     V_END,
 };
+
+const struct vrule users_new_rules[] = {
+    V_STRING("username", V_REQUIRED, 3, 20, .charset = V_CHARSET_WORD),
+    V_EMAIL("email", V_REQUIRED),
+    V_STRING("password", V_REQUIRED, 8, 128),
+    V_END,
+};
+
+bson_t *users_new_doc(const char *username, const char *email, const char *hash, const char *role)
+{
+	return BCON_NEW("username", BCON_UTF8(username), "email", BCON_UTF8(email), "password", BCON_UTF8(hash), "role",
+	                BCON_UTF8(role), "isActive", BCON_BOOL(true));
+}
+
+int users_email_lower(const char *s, size_t len, char *out, size_t outlen)
+{
+	if (len >= outlen)
+		return -1;
+	for (size_t i = 0; i < len; i++)
+		out[i] = (char)tolower((unsigned char)s[i]);
+	out[len] = '\0';
+	return 0;
+}
 
 static int fail_unavailable(struct http_request *req)
 {
@@ -336,11 +358,7 @@ static bson_t *patch_fields(const struct json_value *body)
 		ok = bson_append_utf8(d, "username", -1, s, (int)len);
 	if (ok && has_value(body, "email") && (s = json_get_str(body, "email", &len))) {
 		char email[256];
-		size_t n = len < sizeof(email) - 1 ? len : sizeof(email) - 1;
-		for (size_t i = 0; i < n; i++)
-			email[i] = (char)tolower((unsigned char)s[i]);
-		email[n] = '\0';
-		ok = BSON_APPEND_UTF8(d, "email", email);
+		ok = users_email_lower(s, len, email, sizeof(email)) == 0 && BSON_APPEND_UTF8(d, "email", email);
 	}
 	if (ok && has_value(body, "role") && (s = json_get_str(body, "role", &len)))
 		ok = BSON_APPEND_UTF8(d, "role", s);

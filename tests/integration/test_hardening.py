@@ -171,6 +171,11 @@ def exercise(s, check_procs=True):
     st, _, reg = s.json("POST", "/api/auth/register",
                         {"username": "sandboxed", "email": "sandboxed@example.com", "password": "correct-horse-1"})
     assert st == 201, (st, reg)
+    # resilctl user create forks a helper that opens the store: traced too.
+    p = subprocess.run([RESILCTL, "-s", s.env["RESIL_CONTROL"], "user", "create", "--email", "ops@example.com",
+                        "--username", "sandbox_ops", "--role", "admin"], input="correct-horse-2\n",
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and len(p.stdout.strip()) == 24, ("resilctl user create", p.returncode, p.stderr)
     auth = {"Authorization": "Bearer " + reg["data"]["token"]}
     st, _, post = s.json("POST", "/api/posts", {"title": "in a sandbox", "content": "still writes"}, headers=auth)
     assert st == 201, (st, post)

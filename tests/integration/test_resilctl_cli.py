@@ -16,6 +16,7 @@ import json
 import os
 import pty
 import re
+import select
 import shlex
 import shutil
 import socket
@@ -142,11 +143,13 @@ def clean_env(extra=None):
     return env
 
 
-def run(args, server=None, env=None, cwd=None, timeout=60):
-    """Run resilctl (with -s pointing at server unless server is None)."""
+def run(args, server=None, env=None, cwd=None, timeout=60, stdin=None):
+    """Run resilctl (with -s pointing at server unless server is None);
+    stdin: bytes for its standard input (default: /dev/null)."""
     argv = WRAPPER + [RESILCTL] + (["-s", server.path] if server else []) + list(args)
-    return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=clean_env(env), cwd=cwd or tempfile.gettempdir(), timeout=timeout)
+    return subprocess.run(argv, stdin=subprocess.DEVNULL if stdin is None else None, input=stdin,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(env),
+                          cwd=cwd or tempfile.gettempdir(), timeout=timeout)
 
 
 def with_server(handler, args, **kw):
@@ -506,11 +509,150 @@ def test_default_socket_is_resild_sock_in_the_current_directory():
         shutil.rmtree(d)
 
 
+DESCRIBE = {
+    "ok": True,
+    "worker": {"id": 1, "pid": 98765, "state": "ready", "uptime_s": 7500, "restarts": 2, "cpu_pct": 12.25,
+               "rss_bytes": 123456789, "requests": 1234567, "inflight": 3, "websockets": 17, "generation": 4,
+               "circuits": {"sqlite": "closed", "external-api": "open"}, "connections": 20,
+               "restarts_by_cause": {"crash": 1, "hung": 1, "memory": 0, "restart": 2, "reload": 1},
+               "last_crash": {"time": "2026-12-07T19:06:19.976Z", "ago_s": 95, "cause": "hung", "pid": 4321,
+                              "generation": 2, "signal": 9, "status": "signal 9 (Killed)", "uptime_s": 3700,
+                              "route": "GET /api/posts/:id"},
+               "errored": False, "restart_pending": False},
+}
+
+DESCRIBE_TEXT = [
+    "id                 1",
+    "pid                98765",
+    "state              ready",
+    "generation         4",
+    "uptime             2h 5m",
+    "restarts           2",
+    "restarts by cause  crash 1, hung 1, memory 0, restart 2, reload 1",
+    "last crash         2026-12-07T19:06:19.976Z (1m 35s ago): signal 9 (Killed) (hung), pid 4321, generation 2, "
+    "after 1h 1m up, route GET /api/posts/:id",
+    "cpu                12.2%",
+    "memory             117.7 MiB",
+    "requests           1234567",
+    "inflight           3",
+    "connections        20",
+    "websockets         17",
+    "circuits           sqlite closed, external-api open",
+]
+
+
+@test
+def test_describe_sends_the_id_and_prints_aligned_key_values():
+    p, req = with_server(DESCRIBE, ["describe", "1"])
+    expect(p, 0)
+    assert req == {"cmd": "describe", "id": 1} and isinstance(req["id"], int), req
+    assert out(p).splitlines() == DESCRIBE_TEXT, out(p)
+    p, _ = with_server(DESCRIBE, ["describe", "1", "--json"])
+    expect(p, 0)
+    doc = json.loads(out(p))
+    assert doc == {"worker": DESCRIBE["worker"]}, doc
+    never = dict(DESCRIBE, worker=dict(DESCRIBE["worker"], last_crash=None, pid=0, circuits={}))
+    p, _ = with_server(never, ["describe", "1"])
+    expect(p, 0)
+    lines = out(p).splitlines()
+    assert "last crash         none" in lines and "pid                -" in lines, lines
+    assert "circuits           none" in lines, lines
+    p, _ = with_server({"ok": False, "error": "no such worker: 9"}, ["describe", "9"])
+    expect(p, 1)
+    assert err_lines(p) == ["resilctl: describe failed: no such worker: 9"], p.stderr
+    p, _ = with_server({"ok": True}, ["describe", "1"])
+    expect(p, 4)
+
+
+USER = ["user", "create", "--email", "Ops@Example.com", "--username", "ops_admin", "--role", "admin"]
+
+
+@test
+def test_user_create_sends_the_password_read_from_stdin_and_prints_the_id():
+    for stdin, pw in ((b"s3cret-pass word\n", "s3cret-pass word"), (b"crlf-pass-1\r\n", "crlf-pass-1"),
+                      (b"no-newline-1", "no-newline-1"), (b"first-line-1\nsecond\n", "first-line-1")):
+        srv = FakeServer({"ok": True, "id": "6b172dbe05c2b8f870010c10"})
+        try:
+            p = run(USER, srv, stdin=stdin)
+            expect(p, 0, repr(stdin))
+            assert out(p) == "6b172dbe05c2b8f870010c10\n" and p.stderr == b"", (p.stdout, p.stderr)
+            assert srv.request() == {"cmd": "user_create", "email": "Ops@Example.com", "username": "ops_admin",
+                                     "role": "admin", "password": pw}, srv.request()
+        finally:
+            srv.close()
+    p, _ = with_server({"ok": False, "error": "a user with this email already exists"}, USER,
+                       stdin=b"long-enough-1\n")
+    expect(p, 1)
+    assert err_lines(p) == ["resilctl: user create failed: a user with this email already exists"], p.stderr
+    p, _ = with_server({"ok": True}, USER, stdin=b"long-enough-1\n")
+    expect(p, 4)
+
+
+@test
+def test_user_create_refuses_a_missing_or_overlong_password_without_asking_resild():
+    for stdin, word in ((b"", "no password"), (b"\n", "no password"), (b"x" * 513 + b"\n", "too long")):
+        srv = FakeServer({"ok": True, "id": "6b172dbe05c2b8f870010c10"})
+        try:
+            p = run(USER, srv, stdin=stdin)
+            expect(p, 1, repr(stdin[:10]))
+            assert len(err_lines(p)) == 1 and word in err_lines(p)[0], p.stderr
+            assert srv.requests == [], "asked resild anyway"
+        finally:
+            srv.close()
+
+
+def prompted(answers):
+    """resilctl user create on a terminal: answer each prompt in turn.
+    Returns (exit status, stdout, what the terminal showed, requests)."""
+    srv = FakeServer({"ok": True, "id": "6b172dbe05c2b8f870010c10"})
+    master, slave = pty.openpty()
+    try:
+        argv = WRAPPER + [RESILCTL, "-s", srv.path] + USER
+        proc = subprocess.Popen(argv, stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=clean_env())
+        seen = b""
+        for answer in answers:
+            deadline = time.time() + 30
+            while not seen.rstrip().endswith(b":") and time.time() < deadline:
+                seen += os.read(master, 4096)
+            os.write(master, answer)
+            seen += b"|"
+        outs, _ = proc.communicate(timeout=60)
+        while select.select([master], [], [], 0.5)[0]:  # what it wrote after the last answer
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            seen += data
+        return proc.returncode, outs, seen, list(srv.requests)
+    finally:
+        os.close(master)
+        os.close(slave)
+        srv.close()
+
+
+@test
+def test_user_create_prompts_twice_without_echo_on_a_terminal():
+    rc, outs, seen, reqs = prompted([b"typed-secret-1\n", b"typed-secret-1\n"])
+    assert rc == 0, (rc, seen)
+    assert outs == b"6b172dbe05c2b8f870010c10\n", outs
+    assert b"Password for the new user:" in seen and b"Repeat it:" in seen, seen
+    assert b"typed-secret-1" not in seen, "the password was echoed: %r" % seen
+    assert len(reqs) == 1 and json.loads(reqs[0])["password"] == "typed-secret-1", reqs
+    rc, outs, seen, reqs = prompted([b"typed-secret-1\n", b"typed-secret-2\n"])
+    assert rc == 1 and outs == b"" and b"do not match" in seen and reqs == [], (rc, outs, seen, reqs)
+
+
 @test
 def test_usage_errors_exit_64():
     cases = [[], ["frobnicate"], ["status", "extra"], ["reload", "--json"], ["--bogus", "status"],
              ["restart", "x"], ["restart", "-1"], ["restart", "1", "2"], ["scale"], ["-s"],
-             ["--timeout", "0", "status"], ["--timeout", "soon", "status"], ["-s", "x" * 200, "status"]]
+             ["--timeout", "0", "status"], ["--timeout", "soon", "status"], ["-s", "x" * 200, "status"],
+             ["describe"], ["describe", "x"], ["describe", "1", "2"], ["health", "1"], ["user"], ["user", "delete"],
+             ["user", "create"], ["user", "create", "--email", "a@example.com", "--username", "abc"],
+             USER + ["--password", "long-enough-1"], USER + ["extra"], ["status", "--role", "admin"],
+             ["user", "create", "--email"]]
     for args in cases:
         p = run(args)
         expect(p, 64, repr(args))

@@ -468,6 +468,10 @@ def test_hung_worker_is_killed_after_the_worker_timeout():
         hung_id = [i for i, p in before.items() if p == hung[0]][0]
         assert workers(srv)[hung_id]["restarts"] == 1
         assert status(srv)["crashes_by_route"] == {}, "a hang kill is not a route crash"
+        d = ctl(srv, {"cmd": "describe", "id": hung_id})["worker"]
+        assert d["restarts_by_cause"] == {"crash": 0, "hung": 1, "memory": 0, "restart": 0, "reload": 0}, d
+        assert d["last_crash"]["cause"] == "hung" and d["last_crash"]["signal"] == 9, d["last_crash"]
+        assert d["last_crash"]["pid"] == hung[0], d["last_crash"]
         print("  killed after %.2f s, replacement ready after %.2f s" % (t_kill, t_ready))
         assert new
         clean_exit(srv)
@@ -724,6 +728,80 @@ def test_memory_recycles_of_one_slot_back_off_like_crash_restarts():
         assert [e["recycles"] for e in rec] == [1, 2, 3], rec
         assert not log_events(srv, "below the memory of a freshly started worker")
         assert all(w["restarts"] == 0 for w in status(srv)["workers"])
+        d = ctl(srv, {"cmd": "describe", "id": 0})["worker"]
+        assert d["restarts_by_cause"]["memory"] == 3 and d["restarts_by_cause"]["restart"] == 0, d
+        assert d["last_crash"] is None, d
+        clean_exit(srv)
+    finally:
+        srv.cleanup()
+
+
+def describe(srv, wid):
+    p = resilctl(srv, "describe", str(wid), "--json")
+    assert p.returncode == 0 and p.stderr == "", p
+    return json.loads(p.stdout)["worker"]
+
+
+def test_describe_shows_restarts_by_cause_and_the_last_crash():
+    """resilctl describe ID (SPEC section 4): pid, generation, restarts by
+    cause, the last crash with its signal and route, memory, circuits."""
+    srv = started(2)
+    try:
+        before = all_ready(srv, 2)
+        d = describe(srv, 0)
+        assert d["pid"] == before[0] and d["state"] == "ready" and d["generation"] == 1, d
+        assert d["restarts"] == 0 and d["last_crash"] is None, d
+        assert set(d["restarts_by_cause"]) == {"crash", "hung", "memory", "restart", "reload"}, d
+        assert d["circuits"].get("sqlite") == "closed", d
+        # A SIGKILL'd worker: a crash restart, the signal, no route in flight.
+        os.kill(before[0], signal.SIGKILL)
+        after = wait_for(lambda: (lambda r: r if r and r[0] != before[0] else None)(all_ready(srv, 2)), 5,
+                         "worker 0 replaced")
+        d = describe(srv, 0)
+        assert d["pid"] == after[0] and d["restarts"] == 1, d
+        assert d["restarts_by_cause"] == {"crash": 1, "hung": 0, "memory": 0, "restart": 0, "reload": 0}, d
+        lc = d["last_crash"]
+        assert lc["signal"] == 9 and lc["cause"] == "crash" and lc["pid"] == before[0], lc
+        assert lc["route"] is None and lc["generation"] == 1 and "signal 9" in lc["status"], lc
+        assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", lc["time"]) and lc["ago_s"] >= 0, lc
+        # A crash on a route names the route, in whichever worker took it.
+        try:
+            get_once(srv.port, "/__test/crash")
+            raise AssertionError("the crash hook answered")
+        except OSError:
+            pass
+        wait_for(lambda: sum(w["restarts"] for w in status(srv)["workers"]) == 2 and all_ready(srv, 2), 5,
+                 "route crash restarted")
+        routes = [describe(srv, i)["last_crash"] for i in (0, 1)]
+        assert [lc["route"] for lc in routes if lc and lc["signal"] == 6] == ["GET /__test/crash"], routes
+        # An operator restart and a reload are counted apart from crashes.
+        p = resilctl(srv, "restart", "0")
+        assert p.returncode == 0, p
+        p = resilctl(srv, "reload")
+        assert p.returncode == 0, p
+        wait_for(lambda: all_ready(srv, 2), 5, "reloaded")
+        d0, d1 = describe(srv, 0), describe(srv, 1)
+        assert d0["restarts_by_cause"]["restart"] == 1 and d0["restarts_by_cause"]["reload"] == 1, d0
+        assert d1["restarts_by_cause"]["restart"] == 0 and d1["restarts_by_cause"]["reload"] == 1, d1
+        assert d0["generation"] == 3 and d0["restarts"] == d0["restarts_by_cause"]["crash"], d0
+        # The text form: aligned "key  value" lines.
+        p = resilctl(srv, "describe", "0")
+        assert p.returncode == 0, p
+        lines = p.stdout.splitlines()
+        keys = [l[:19].rstrip() for l in lines]
+        for k in ("id", "pid", "state", "generation", "uptime", "restarts", "restarts by cause", "last crash",
+                  "cpu", "memory", "requests", "inflight", "connections", "websockets", "circuits"):
+            assert k in keys, (k, lines)
+        assert all(len(l) > 19 and l[18] == " " and l[19] != " " for l in lines), lines
+        by = lines[keys.index("restarts by cause")][19:]
+        assert "restart 1" in by and "reload 1" in by, by
+        assert "signal" in lines[keys.index("last crash")], lines
+        # Unknown id: 1 with a line; not an id: usage.
+        p = resilctl(srv, "describe", "7")
+        assert p.returncode == 1 and p.stderr.strip() == "resilctl: describe failed: no such worker: 7", p
+        for bad in ("x", "-1", "1.5"):
+            p = resilctl(srv, "describe", bad)
+            assert p.returncode == 64 and p.stdout == "", p
         clean_exit(srv)
     finally:
         srv.cleanup()
@@ -1179,6 +1257,7 @@ if __name__ == "__main__":
         test_memory_recycles_of_one_slot_back_off_like_crash_restarts,
         test_ttin_ttou_and_scale_change_the_worker_count,
         test_every_resilctl_command_against_the_real_resild,
+        test_describe_shows_restarts_by_cause_and_the_last_crash,
         test_control_socket_refuses_other_users,
         test_systemd_notify_protocol,
         test_test_hooks_cannot_be_enabled_in_production,
