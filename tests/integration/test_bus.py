@@ -219,7 +219,9 @@ def test_messages_from_both_hosts_reach_every_socket_in_one_order_equal_to_histo
 
         total = per_sender * len(senders)
         await asyncio.gather(*(send_all(ws, tag) for ws, tag in senders))
-        seen = await asyncio.gather(*(collect(ws, total) for ws in socks))
+        # The senders are members too: they get the same order (and reading
+        # keeps their sockets drained for a prompt close).
+        seen = await asyncio.gather(*(collect(ws, total) for ws in socks + [s for s, _ in senders]))
         order = [m["id"] for m in seen[0]]
         assert len(set(order)) == total, len(set(order))
         for got in seen[1:]:
@@ -306,6 +308,53 @@ def test_redis_outage_local_delivery_degraded_health_then_resume_within_5s():
     asyncio.run(run())
 
 
+def test_api_rate_limit_is_global_across_hosts_exactly_n_of_n_plus_k():
+    redis, double, _, _ = hosts()
+    n, k = 30, 12
+    # A pair of its own (a small limit) on Redis database 1: counters apart
+    # from the other tests' hosts.
+    env = {"RESIL_BUS": "redis://127.0.0.1:%d/1" % redis.port, "RESIL_JWT_SECRET": SECRET,
+           "RESIL_RATE_LIMIT": "%d/10m" % n}
+    uri = double.uri("resilbus_rl")
+    a = Server(workers=2, env=env, db=uri).start()
+    b = Server(workers=2, env=env, db=uri).start()
+    try:
+        for h in (a, b):
+            wait_bus(h, "up")
+        codes = []
+        remaining = []
+        for i in range(n + k):
+            st, hdrs, _ = (a if i % 2 == 0 else b).request("GET", "/api/posts")
+            codes.append(st)
+            h = hdrs
+            assert h["ratelimit-limit"] == str(n), h
+            remaining.append(int(h["ratelimit-remaining"]))
+            if st == 429:
+                assert int(h["retry-after"]) > 0, h
+        assert codes.count(200) == n and codes.count(429) == k, codes
+        assert codes[:n] == [200] * n, codes
+        assert remaining[:n] == list(range(n - 1, -1, -1)), remaining
+    finally:
+        for h in (a, b):
+            h.stop()
+            h.cleanup()
+
+
+def test_post_written_on_one_host_is_listed_at_once_on_the_other():
+    redis, double, a, b = hosts()
+    u = Api(a).user("p")
+    for _ in range(2):  # B has listed (and, single-host, would have cached) the page
+        st, _, doc = b.json("GET", "/api/posts")
+        assert st == 200, (st, doc)
+    st, _, doc = a.json("POST", "/api/posts", {"title": "cross-host", "content": "written on A"},
+                        {"Authorization": "Bearer " + u["token"]})
+    assert st == 201, (st, doc)
+    pid = doc["data"]["id"]
+    for _ in range(4):  # every worker of B
+        st, _, doc = b.json("GET", "/api/posts")
+        assert st == 200 and pid in [p["id"] for p in doc["data"]], (st, doc)
+
+
 def test_single_host_without_bus_reports_no_bus():
     srv = Server(workers=2, env={"RESIL_JWT_SECRET": SECRET}).start()
     try:
@@ -338,6 +387,8 @@ if __name__ == "__main__":
                    test_single_host_without_bus_reports_no_bus,
                    test_messages_from_both_hosts_reach_every_socket_in_one_order_equal_to_history,
                    test_typing_crosses_hosts,
+                   test_api_rate_limit_is_global_across_hosts_exactly_n_of_n_plus_k,
+                   test_post_written_on_one_host_is_listed_at_once_on_the_other,
                    test_redis_outage_local_delivery_degraded_health_then_resume_within_5s])
     finally:
         teardown()
