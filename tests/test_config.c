@@ -783,6 +783,7 @@ static const char *const env_names[] = {
     "RESIL_USER",
     "RESIL_GROUP",
     "RESIL_TRUST_PROXY",
+    "RESIL_BUS",
 };
 #define NKEYS (sizeof env_names / sizeof env_names[0])
 
