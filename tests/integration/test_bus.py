@@ -138,14 +138,37 @@ def hosts():
 
 
 def teardown():
+    """Whatever is still running (after a failure): stop and remove."""
+    global ENV
     if ENV is None:
         return
     redis, double, a, b = ENV
+    ENV = None
     for h in (a, b):
         h.stop()
         h.cleanup()
     redis.close()
     double.close()
+
+
+def stop_clean(srv):
+    """SIGTERM, exit status 0 and no valgrind or sanitizer report, then remove."""
+    try:
+        srv.assert_clean_exit()
+    finally:
+        srv.cleanup()
+
+
+def test_hosts_exit_cleanly():
+    global ENV
+    redis, double, a, b = hosts()
+    ENV = None
+    try:
+        stop_clean(a)
+        stop_clean(b)
+    finally:
+        redis.close()
+        double.close()
 
 
 def health(srv):
@@ -308,6 +331,40 @@ def test_redis_outage_local_delivery_degraded_health_then_resume_within_5s():
     asyncio.run(run())
 
 
+def test_hung_redis_counts_as_down_then_resumes():
+    """SIGSTOP: the connections stay open but nothing answers; after the
+    2 s stall bound each worker drops them and goes degraded."""
+    redis, double, a, b = hosts()
+    api = Api(a)
+    u1, u2 = api.user("h"), api.user("h")
+    rid = api.room(u1, [u2])
+
+    async def run():
+        a1, b1 = await connect(a, u1), await connect(b, u2)
+        for ws in (a1, b1):
+            await join(ws, rid)
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            for h in (a, b):
+                wait_bus(h, "degraded", timeout=15.0)
+            await a1.send(ev("send_message", roomId=rid, content="while hung"))
+            got = await collect(a1, 1)
+            assert got[0]["content"] == "while hung"
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        for h in (a, b):
+            wait_bus(h, "up", timeout=5.0)
+        await b1.send(ev("send_message", roomId=rid, content="after the hang"))
+        while True:
+            got = await collect(a1, 1, timeout=5.0)
+            if got[0]["content"] == "after the hang":
+                break
+        for ws in (a1, b1):
+            await ws.close()
+
+    asyncio.run(run())
+
+
 def test_api_rate_limit_is_global_across_hosts_exactly_n_of_n_plus_k():
     redis, double, _, _ = hosts()
     n, k = 30, 12
@@ -335,9 +392,8 @@ def test_api_rate_limit_is_global_across_hosts_exactly_n_of_n_plus_k():
         assert codes[:n] == [200] * n, codes
         assert remaining[:n] == list(range(n - 1, -1, -1)), remaining
     finally:
-        for h in (a, b):
-            h.stop()
-            h.cleanup()
+        stop_clean(a)
+        stop_clean(b)
 
 
 def test_post_written_on_one_host_is_listed_at_once_on_the_other():
@@ -361,8 +417,7 @@ def test_single_host_without_bus_reports_no_bus():
         st, doc = health(srv)
         assert st == 200 and "bus" not in doc["checks"], doc
     finally:
-        srv.stop()
-        srv.cleanup()
+        stop_clean(srv)
 
 
 def test_bad_bus_uri_is_a_clear_configuration_error_without_the_password():
@@ -389,6 +444,8 @@ if __name__ == "__main__":
                    test_typing_crosses_hosts,
                    test_api_rate_limit_is_global_across_hosts_exactly_n_of_n_plus_k,
                    test_post_written_on_one_host_is_listed_at_once_on_the_other,
-                   test_redis_outage_local_delivery_degraded_health_then_resume_within_5s])
+                   test_redis_outage_local_delivery_degraded_health_then_resume_within_5s,
+                   test_hung_redis_counts_as_down_then_resumes,
+                   test_hosts_exit_cleanly])
     finally:
         teardown()
