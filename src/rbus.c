@@ -374,6 +374,16 @@ int rbus_reserve(unsigned count, rbus_reserve_fn done, void *ud)
 	return send_cmd(r, 6, argv, lens);
 }
 
+void rbus_stamp(uint64_t us, unsigned char id[12], int64_t *created_ms)
+{
+	uint32_t sec = (uint32_t)(us / 1000000u);
+	for (int k = 0; k < 4; k++)
+		id[k] = (unsigned char)(sec >> (24 - 8 * k));
+	for (int k = 0; k < 8; k++)
+		id[4 + k] = (unsigned char)(us >> (56 - 8 * k));
+	*created_ms = (int64_t)(us / 1000u);
+}
+
 /* EVAL publish_lua with first seq and records (count 0: a tick). */
 static int ordered(enum req_kind kind, uint64_t first_seq, const struct iovec *recs, unsigned count)
 {

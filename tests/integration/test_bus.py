@@ -3,7 +3,8 @@
 supervisors with their own ports and control sockets) on one MongoDB wire
 double and one Debian redis-server, with RESIL_BUS set on both.
 
-Checked: chat messages sent on both hosts at once reach every member socket
+Checked: chat messages sent on both hosts at once (over WebSockets and
+REST) reach every member socket
 on both hosts in one order, the order of the REST history and of
 recent_messages; typing crosses hosts; the /api/ rate limit is global
 (exactly N of N+k requests pass, alternating hosts); a post written on one
@@ -240,8 +241,15 @@ def test_messages_from_both_hosts_reach_every_socket_in_one_order_equal_to_histo
             for k in range(per_sender):
                 await ws.send(ev("send_message", roomId=rid, content="%s-%03d" % (tag, k)))
 
-        total = per_sender * len(senders)
-        await asyncio.gather(*(send_all(ws, tag) for ws, tag in senders))
+        def rest_all(h, tag, n=10):  # REST-posted messages take their place in the same order
+            for k in range(n):
+                st, _, doc = h.json("POST", "/api/rooms/%s/messages" % rid, {"content": "%s-%03d" % (tag, k)},
+                                    {"Authorization": "Bearer " + users[3]["token"]})
+                assert st == 201, (st, doc)
+
+        total = per_sender * len(senders) + 20
+        await asyncio.gather(*(send_all(ws, tag) for ws, tag in senders),
+                             asyncio.to_thread(rest_all, a, "RA"), asyncio.to_thread(rest_all, b, "RB"))
         # The senders are members too: they get the same order (and reading
         # keeps their sockets drained for a prompt close).
         seen = await asyncio.gather(*(collect(ws, total) for ws in socks + [s for s, _ in senders]))
@@ -249,9 +257,9 @@ def test_messages_from_both_hosts_reach_every_socket_in_one_order_equal_to_histo
         assert len(set(order)) == total, len(set(order))
         for got in seen[1:]:
             assert [m["id"] for m in got] == order, "two sockets saw different orders"
-        for _, tag in senders:  # each sender's own messages in its order
+        for tag, n in [(tag, per_sender) for _, tag in senders] + [("RA", 10), ("RB", 10)]:
             mine = [m["content"] for m in seen[0] if m["content"].startswith(tag + "-")]
-            assert mine == ["%s-%03d" % (tag, k) for k in range(per_sender)], mine[:5]
+            assert mine == ["%s-%03d" % (tag, k) for k in range(n)], mine[:5]  # each sender's own order
         # The history (oldest first, last 100) and a late joiner's
         # recent_messages (last 50), asked on each host, are the same order.
         for h in (a, b):
