@@ -207,6 +207,21 @@ async def join(ws, rid):
     return b["data"]
 
 
+def room_with(srv, prefix, n):
+    """n new users (registered on srv) and a room of theirs."""
+    api = Api(srv)
+    users = [api.user(prefix) for _ in range(n)]
+    return users, api.room(users[0], users[1:])
+
+
+async def wait_message(ws, content, timeout=5.0):
+    """Until ws receives the new_message with this content (within timeout each)."""
+    while True:
+        got = await collect(ws, 1, timeout=timeout)
+        if got[0]["content"] == content:
+            return got[0]
+
+
 async def collect(ws, n, timeout=30):
     got = []
     deadline = time.time() + timeout
@@ -279,9 +294,7 @@ def test_messages_from_both_hosts_reach_every_socket_in_one_order_equal_to_histo
 
 def test_typing_crosses_hosts():
     redis, double, a, b = hosts()
-    api = Api(a)
-    u1, u2 = api.user("t"), api.user("t")
-    rid = api.room(u1, [u2])
+    (u1, u2), rid = room_with(a, "t", 2)
 
     async def run():
         wa, wb = await connect(a, u1), await connect(b, u2)
@@ -298,9 +311,7 @@ def test_typing_crosses_hosts():
 
 def test_redis_outage_local_delivery_degraded_health_then_resume_within_5s():
     redis, double, a, b = hosts()
-    api = Api(a)
-    u1, u2, u3 = api.user("r"), api.user("r"), api.user("r")
-    rid = api.room(u1, [u2, u3])
+    (u1, u2, u3), rid = room_with(a, "r", 3)
 
     async def run():
         a1, a2, b1 = await connect(a, u1), await connect(a, u2), await connect(b, u3)
@@ -328,10 +339,7 @@ def test_redis_outage_local_delivery_degraded_health_then_resume_within_5s():
             wait_bus(h, "up", timeout=5.0)
         # Cross-host delivery is back (every worker reconnects by itself).
         await a1.send(ev("send_message", roomId=rid, content="after the outage"))
-        while True:
-            got = await collect(b1, 1, timeout=5.0)
-            if got[0]["content"] == "after the outage":
-                break
+        await wait_message(b1, "after the outage")
         assert time.time() - t0 < 5.0 + 5.0, time.time() - t0
         for ws in (a1, a2, b1):
             await ws.close()
@@ -343,9 +351,7 @@ def test_hung_redis_counts_as_down_then_resumes():
     """SIGSTOP: the connections stay open but nothing answers; after the
     2 s stall bound each worker drops them and goes degraded."""
     redis, double, a, b = hosts()
-    api = Api(a)
-    u1, u2 = api.user("h"), api.user("h")
-    rid = api.room(u1, [u2])
+    (u1, u2), rid = room_with(a, "h", 2)
 
     async def run():
         a1, b1 = await connect(a, u1), await connect(b, u2)
@@ -363,10 +369,7 @@ def test_hung_redis_counts_as_down_then_resumes():
         for h in (a, b):
             wait_bus(h, "up", timeout=5.0)
         await b1.send(ev("send_message", roomId=rid, content="after the hang"))
-        while True:
-            got = await collect(a1, 1, timeout=5.0)
-            if got[0]["content"] == "after the hang":
-                break
+        await wait_message(a1, "after the hang")
         for ws in (a1, b1):
             await ws.close()
 
