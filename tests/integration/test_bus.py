@@ -125,16 +125,28 @@ ENV = None  # redis, double, host A, host B
 def hosts():
     global ENV
     if ENV is None:
-        redis = Redis()
-        double = MongoDouble()
-        env = {"RESIL_BUS": "redis://127.0.0.1:%d/0" % redis.port, "RESIL_JWT_SECRET": SECRET,
-               "RESIL_WS_MESSAGE_RATE": "1000", "RESIL_RATE_LIMIT": "100000/15m"}
-        uri = double.uri("resilbus")
-        a = Server(workers=2, env=env, db=uri).start()
-        b = Server(workers=2, env=env, db=uri).start()
+        started = []  # ended again if a later start fails
+        try:
+            redis = Redis()
+            started.append(redis.close)
+            double = MongoDouble()
+            started.append(double.close)
+            env = {"RESIL_BUS": "redis://127.0.0.1:%d/0" % redis.port, "RESIL_JWT_SECRET": SECRET,
+                   "RESIL_WS_MESSAGE_RATE": "1000", "RESIL_RATE_LIMIT": "100000/15m"}
+            uri = double.uri("resilbus")
+            a = Server(workers=2, env=env, db=uri)
+            started.append(a.cleanup)
+            a.start()
+            b = Server(workers=2, env=env, db=uri)
+            started.append(b.cleanup)
+            b.start()
+            for h in (a, b):
+                wait_bus(h, "up")
+        except BaseException:
+            for end in reversed(started):
+                end()
+            raise
         ENV = (redis, double, a, b)
-        for h in (a, b):
-            wait_bus(h, "up")
     return ENV
 
 
@@ -152,12 +164,18 @@ def teardown():
     double.close()
 
 
-def stop_clean(srv):
-    """SIGTERM, exit status 0 and no valgrind or sanitizer report, then remove."""
+def stop_clean(*servers):
+    """SIGTERM, exit status 0 and no valgrind or sanitizer report, then
+    remove; every server is stopped even when an earlier one fails."""
+    if not servers:
+        return
     try:
-        srv.assert_clean_exit()
+        servers[0].assert_clean_exit()
     finally:
-        srv.cleanup()
+        try:
+            servers[0].cleanup()
+        finally:
+            stop_clean(*servers[1:])
 
 
 def test_hosts_exit_cleanly():
@@ -165,8 +183,7 @@ def test_hosts_exit_cleanly():
     redis, double, a, b = hosts()
     ENV = None
     try:
-        stop_clean(a)
-        stop_clean(b)
+        stop_clean(a, b)
     finally:
         redis.close()
         double.close()
@@ -403,8 +420,7 @@ def test_api_rate_limit_is_global_across_hosts_exactly_n_of_n_plus_k():
         assert codes[:n] == [200] * n, codes
         assert remaining[:n] == list(range(n - 1, -1, -1)), remaining
     finally:
-        stop_clean(a)
-        stop_clean(b)
+        stop_clean(a, b)
 
 
 def test_post_written_on_one_host_is_listed_at_once_on_the_other():
