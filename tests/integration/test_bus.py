@@ -401,9 +401,11 @@ def test_api_rate_limit_is_global_across_hosts_exactly_n_of_n_plus_k():
     env = {"RESIL_BUS": "redis://127.0.0.1:%d/1" % redis.port, "RESIL_JWT_SECRET": SECRET,
            "RESIL_RATE_LIMIT": "%d/10m" % n}
     uri = double.uri("resilbus_rl")
-    a = Server(workers=2, env=env, db=uri).start()
-    b = Server(workers=2, env=env, db=uri).start()
+    a = Server(workers=2, env=env, db=uri)
+    b = Server(workers=2, env=env, db=uri)
     try:
+        a.start()
+        b.start()
         for h in (a, b):
             wait_bus(h, "up")
         codes = []
@@ -439,8 +441,9 @@ def test_post_written_on_one_host_is_listed_at_once_on_the_other():
 
 
 def test_single_host_without_bus_reports_no_bus():
-    srv = Server(workers=2, env={"RESIL_JWT_SECRET": SECRET}).start()
+    srv = Server(workers=2, env={"RESIL_JWT_SECRET": SECRET})
     try:
+        srv.start()
         st, doc = health(srv)
         assert st == 200 and "bus" not in doc["checks"], doc
     finally:
