@@ -64,8 +64,7 @@ struct resil_config {
 	char group[64];
 	char trust_proxy[1024];   /* CIDRs of trusted proxies; empty: none */
 	char metrics_allow[1024]; /* CIDRs whose peers may read GET /metrics; empty: none */
-	char trust_proxy[1024]; /* CIDRs of trusted proxies; empty: none */
-	char bus[512];          /* redis://host:port[/db]; empty: single host (src/rbus.h) */
+	char bus[512];            /* redis://host:port[/db]; empty: single host (src/rbus.h) */
 	/* Command-line only. */
 	int foreground;
 	int check_config;
