@@ -71,6 +71,10 @@ static const struct {
 	int agg;
 } gauge_rows[MG_COUNT] = {
     [MG_JOBS_QUEUED] = {{"resil_jobs_queued", NULL, "Jobs waiting for a pool thread, over all workers."}, AGG_SUM},
+    [MG_BUS_STATE] = {{"resil_bus_state", NULL,
+                       "Cross-host bus (RESIL_BUS): 0 not configured, 1 up, 2 degraded (local delivery only); the "
+                       "worst worker."},
+                      AGG_MAX},
 };
 
 /* ------------------------------------------------------------ recording */

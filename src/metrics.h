@@ -43,6 +43,7 @@ enum metrics_counter {
 /* Per-process gauges, aggregated over live processes as the table says. */
 enum metrics_gauge {
 	MG_JOBS_QUEUED = 0, /* jobs waiting for a pool thread (sampled each second) */
+	MG_BUS_STATE,       /* enum rbus_state: 0 off, 1 up, 2 degraded (sampled each second) */
 	MG_COUNT
 };
 

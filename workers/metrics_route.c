@@ -19,12 +19,14 @@
 #include "jobs.h"
 #include "log.h"
 #include "metrics.h"
+#include "rbus.h"
 #include "routes.h"
 
 static struct cidr_list allow;
 
 void metrics_publish_gauges(void)
 {
+	metrics_gauge_set(MG_BUS_STATE, rbus_state());
 	struct store *st = api_store();
 	struct job_pool *pool = st ? store_job_pool(st) : NULL;
 	if (!pool)

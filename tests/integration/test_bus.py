@@ -194,6 +194,23 @@ def health(srv):
     return st, doc
 
 
+def wait_bus_metric(srv, value, timeout=10.0):
+    """Until /metrics shows resil_bus_state == value (the worst worker; the
+    gauges are sampled every second)."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        st, _, body = srv.request("GET", "/metrics")
+        if st == 200:
+            for line in body.decode().splitlines():
+                if line.startswith("resil_bus_state "):
+                    last = float(line.split()[1])
+            if last == value:
+                return
+        time.sleep(0.1)
+    raise AssertionError("resil_bus_state never %s on port %d (last %r)" % (value, srv.port, last))
+
+
 def wait_bus(srv, state, timeout=10.0):
     """Until every worker answering /health reports the bus in state (each
     worker has its own connections: ask several times in a row)."""
@@ -340,6 +357,7 @@ def test_redis_outage_local_delivery_degraded_health_then_resume_within_5s():
             assert doc["status"] == "degraded", doc
             st, _ = health(h)
             assert st == 200
+            wait_bus_metric(h, 2)  # and in the metrics: degraded
         await a1.send(ev("send_message", roomId=rid, content="during the outage"))
         for ws in (a1, a2):
             got = await collect(ws, 1)
@@ -358,6 +376,8 @@ def test_redis_outage_local_delivery_degraded_health_then_resume_within_5s():
         await a1.send(ev("send_message", roomId=rid, content="after the outage"))
         await wait_message(b1, "after the outage")
         assert time.time() - t0 < 5.0 + 5.0, time.time() - t0
+        for h in (a, b):
+            wait_bus_metric(h, 1)  # up again
         for ws in (a1, a2, b1):
             await ws.close()
 
