@@ -13,12 +13,12 @@ resild's log, and no helper process left behind (each is reaped)."""
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from test_supervisor import ctl  # noqa: E402
 from harness import Server, run_tests  # noqa: E402
 from test_api_rooms import MongoDouble  # noqa: E402 (with cmd(): fault injection)
 
@@ -59,20 +59,7 @@ def one_line(p):
 
 
 def worker_pids(srv):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(30)
-    try:
-        s.connect(srv.env["RESIL_CONTROL"])
-        s.sendall(b'{"cmd":"status"}\n')
-        buf = b""
-        while b"\n" not in buf:
-            b = s.recv(65536)
-            if not b:
-                break
-            buf += b
-    finally:
-        s.close()
-    return {w["pid"] for w in json.loads(buf)["workers"]}
+    return {w["pid"] for w in ctl(srv, {"cmd": "status"}, timeout=30)["workers"]}
 
 
 def helpers_of(srv):
