@@ -15,8 +15,10 @@
 //                (performance.timeOrigin + performance.now(), µs precision),
 //                scheduled against the start so timer lag does not accumulate
 //   rooms        --rooms FILE [--flood] --duration D: FILE is
-//                [{roomId, tokens: [...]}]; every token connects and joins its
-//                room, the first one of each room is its sender. After a "go"
+//                [{roomId, tokens: [...], ports: [...]}]; every token connects
+//                (to its port in ports, when given, else --port: a room can
+//                span several hosts) and joins its room, the first one of each
+//                room is its sender. After a "go"
 //                line on stdin, for D seconds: flow-controlled, a sender sends
 //                its next message when its previous one came back to it as
 //                new_message; --flood, senders never wait (batches per
@@ -72,10 +74,10 @@ function tally(map, key) {
 
 const NEW_MESSAGE_PREFIX = Buffer.from('{"event":"new_message"');
 
-function openResil(token, h) {
+function openResil(token, h, port = A.port) {
   const WebSocket = require('ws');
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${A.port}/ws?token=${encodeURIComponent(token)}`,
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws?token=${encodeURIComponent(token)}`,
       { perMessageDeflate: false, handshakeTimeout: 30000 });
     let opened = false;
     const conn = {
@@ -118,12 +120,12 @@ function openResil(token, h) {
   });
 }
 
-function openSocketio(token, h) {
+function openSocketio(token, h, port = A.port) {
   const { io } = require('socket.io-client');
   return new Promise((resolve, reject) => {
     // forceNew: each connection its own Manager and WebSocket (socket.io-client
     // would otherwise multiplex every io() to the same URL on one connection)
-    const s = io(`http://127.0.0.1:${A.port}`, {
+    const s = io(`http://127.0.0.1:${port}`, {
       transports: ['websocket'], auth: { token }, query: { token }, forceNew: true, reconnection: false, timeout: 30000,
     });
     let opened = false;
@@ -194,7 +196,7 @@ async function openAll(specs, h) {
           }
           h.closed(why, c, state);
         },
-      });
+      }, spec.port);
     } catch (e) {
       failed++;
       tally(failures, `connect: ${e.message}`);
@@ -399,7 +401,9 @@ async function fanoutSend() {
 async function rooms() {
   const spec = JSON.parse(fs.readFileSync(A.rooms, 'utf8'));
   const specs = [];
-  for (const r of spec) r.tokens.forEach((token, i) => specs.push({ token, room: r.roomId, sender: i === 0 }));
+  for (const r of spec) {
+    r.tokens.forEach((token, i) => specs.push({ token, room: r.roomId, sender: i === 0, port: r.ports && r.ports[i] }));
+  }
   const FLOOD_BOUND = 256 * 1024; // bytes not yet handed to the kernel, per sender
   const FLOOD_BATCH = 20;
   const content = 'x'.repeat(64);
