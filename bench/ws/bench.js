@@ -1163,6 +1163,10 @@ function ratios(results) {
     return v.length && v.every((y) => y != null) ? Math.max(...v) : null;
   };
   const cross = crossP99(bus);
+  if (bus && bus.lost) {
+    out.push(`* resil-bus lost ${fmt.n(bus.lost)} of ${fmt.n(bus.expected)} fan-out deliveries: the hosts did not ` +
+      'share them (no bus in this build, or it was down), so its cross-host figures are missing or partial');
+  }
   if (bus && f('resil')) {
     out.push(`* fan-out p99 on the other host(s), resil with the bus ÷ single-host resil: ${fmt.n(cross, 1)} / ` +
       `${fmt.n(f('resil').p99Ms, 1)} ms = ${x(div(cross, f('resil').p99Ms))} (target ≤ 2×); all receivers: ` +
