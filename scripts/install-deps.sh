@@ -5,7 +5,7 @@ set -eu
 
 PKGS="autoconf automake libtool pkg-config make gcc
 libevent-dev libyajl-dev libmongoc-dev libbson-dev libsodium-dev check
-libsqlite3-dev zlib1g-dev libwslay-dev node-llhttp nettle-dev libcrypt-dev
+libsqlite3-dev zlib1g-dev libwslay-dev node-llhttp nettle-dev libcrypt-dev libhiredis-dev
 python3 curl procps"
 # Extra tools for the test suite (valgrind step, WebSocket client).
 if [ "${1:-}" = "--test" ]; then
@@ -14,6 +14,8 @@ if [ "${1:-}" = "--test" ]; then
 	# setpriv/prlimit (util-linux) and strace, and scores the unit with
 	# systemd-analyze; CI builds and installs the Debian package.
 	PKGS="$PKGS python3-yaml util-linux strace systemd dpkg-dev debhelper fakeroot"
+	# The cross-host bus test (test_bus.py) runs a redis-server of its own.
+	PKGS="$PKGS redis-server"
 	# node and npm run the npm socket.io-client test; any install will do.
 	command -v node >/dev/null 2>&1 || PKGS="$PKGS nodejs"
 	command -v npm >/dev/null 2>&1 || PKGS="$PKGS npm"

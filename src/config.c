@@ -15,6 +15,7 @@
 #include "config.h"
 
 #include "cidr.h"
+#include "rbus.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -53,6 +54,7 @@ enum key_type {
 	KT_INT,      /* int64 in [min, max] */
 	KT_NAME,     /* user or group name, empty = unset */
 	KT_CIDRS,    /* comma-separated networks, empty = none */
+	KT_BUS,      /* redis://host:port[/db], empty = none */
 };
 
 enum key_id {
@@ -89,6 +91,7 @@ enum key_id {
 	K_USER,
 	K_GROUP,
 	K_TRUST_PROXY,
+	K_BUS,
 	K_COUNT
 };
 
@@ -194,6 +197,11 @@ static const struct key_def keys[K_COUNT] = {
                        .doc_def = "empty: trust none", .example = "10.0.0.0/8, ::1",
                        .help = "comma-separated CIDRs of trusted proxies: from these peers the client address is the "
                                "right-most X-Forwarded-For (else Forwarded) address not itself trusted"},
+    [K_BUS] = {"bus", "RESIL_BUS", KT_BUS, FIELD(bus), .def = "", .doc_def = "unset: single host",
+               .example = "redis://127.0.0.1:6379/0",
+               .help = "cross-host bus: redis://host:port[/db] (chat, /api/ rate limit and post cache across "
+                       "hosts); unset: single host",
+               .restart_only = 1},
 };
 
 static const char *const env_names[] = {"development", "production"};
@@ -636,6 +644,13 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 				            who, show(v, &q));
 		return set_string(c, k, v, who, err, errlen);
 	case KT_PATH: return set_string(c, k, v, who, err, errlen);
+	case KT_BUS: {
+		char why[160];
+
+		if (*v && rbus_parse_uri(v, NULL, why, sizeof why) < 0)
+			return errf(err, errlen, "%s: %s", who, why);
+		return set_string(c, k, v, who, err, errlen);
+	}
 	}
 	abort();
 }
@@ -1061,6 +1076,7 @@ static const char *key_value(const struct resil_config *c, const struct key_def 
 	case KT_URL:
 	case KT_TOKEN:
 	case KT_NAME:
+	case KT_BUS:
 	case KT_CIDRS: return field;
 	}
 	abort();

@@ -63,6 +63,7 @@ struct resil_config {
 	char user[64];       /* drop privileges in workers; empty: no */
 	char group[64];
 	char trust_proxy[1024]; /* CIDRs of trusted proxies; empty: none */
+	char bus[512];          /* redis://host:port[/db]; empty: single host (src/rbus.h) */
 	/* Command-line only. */
 	int foreground;
 	int check_config;

@@ -576,7 +576,8 @@ static enum store_err build_insert_many(struct store_op *op, int64_t now_ms)
 	if (!op->docs)
 		return STORE_INTERNAL;
 	for (size_t i = 0; i < op->nbatch; i++) {
-		op->docs[i] = stored_form(&op->batch_ids[i], op->batch[i], now_ms);
+		op->docs[i] = stored_form(&op->batch_ids[i], op->batch[i],
+		                          op->given_created_ms ? op->given_created_ms[i] : now_ms);
 		if (!op->docs[i])
 			return STORE_INTERNAL;
 		op->ndocs = i + 1;
@@ -1016,7 +1017,10 @@ static int assign_batch_ids(struct store *st, struct store_op *op)
 		return -1;
 	op->batch_ids = ids;
 	for (size_t i = 0; i < op->nbatch; i++)
-		bson_oid_init(&ids[i], st->oidctx);
+		if (op->given_ids)
+			ids[i] = op->given_ids[i];
+		else
+			bson_oid_init(&ids[i], st->oidctx);
 	return 0;
 }
 

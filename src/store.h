@@ -233,7 +233,13 @@ struct store_op {
 	 * SQLite, a prefix on MongoDB) and err tells why the rest were not. */
 	bson_t **batch;
 	size_t nbatch;
-	bson_oid_t *batch_ids;            /* private: one id per batch document, set at submit */
+	bson_oid_t *batch_ids; /* private: one id per batch document, set at submit */
+	/* INSERT_MANY, optional (caller-owned, nbatch each, read at submit and
+	 * while the op runs): the ids and createdAt (ms) to store instead of
+	 * fresh ones and the clock, so that documents ordered elsewhere (a
+	 * cross-host sequence, src/rbus.h) sort (createdAt, _id) in that order. */
+	const bson_oid_t *given_ids;
+	const int64_t *given_created_ms;
 	struct store_filter filter;       /* FIND, FIND_ONE, COUNT */
 	char push_field[STORE_FIELD_MAX]; /* UPDATE: add_to_set field ("" = none) */
 	struct store_value push_value;    /* UPDATE: value added to that array if absent */

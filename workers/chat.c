@@ -882,6 +882,12 @@ int chat_init(struct event_base *base, const struct resil_config *cfg, const str
 	g.rate = (double)cfg->ws_message_rate;
 	g.burst = g.rate * CHAT_BURST_S;
 	g.pid_tag = (uint64_t)(uint32_t)getpid() << 32;
+	if (cfg->bus[0]) {
+		/* Tags travel to other hosts, where pids repeat: random high bits. */
+		uint32_t salt;
+		randombytes_buf(&salt, sizeof(salt));
+		g.pid_tag ^= (uint64_t)(salt & 0xffc00000u) << 32; /* pids stay below 2^22 */
+	}
 	g.ping_ms = lim->ping_idle_ms ? lim->ping_idle_ms : 25000;
 	randombytes_buf(&g.sid_key, sizeof(g.sid_key));
 	g.sio_auth_ms = test_ms(cfg, "RESIL_TEST_SIO_AUTH_MS");
@@ -896,7 +902,7 @@ int chat_init(struct event_base *base, const struct resil_config *cfg, const str
 		chat_stop();
 		return -1;
 	}
-	if (chat_rooms_open(base, bus_fd) < 0) { /* the bus closed bus_fd */
+	if (chat_rooms_open(base, bus_fd, cfg->bus) < 0) { /* the bus closed bus_fd */
 		chat_stop();
 		return -1;
 	}
@@ -932,7 +938,8 @@ void chat_drain(void (*done)(void *ud), void *ud)
 
 void chat_stop(void)
 {
-	ws_server_free(g.ws); /* closes every socket: on_close empties the registry */
+	chat_rooms_close_rbus(); /* its failed callbacks may still answer sockets */
+	ws_server_free(g.ws);    /* closes every socket: on_close empties the registry */
 	g.ws = NULL;
 	chat_rooms_close();
 	if (g.gen)

@@ -15,7 +15,9 @@
 #include "chat_batch.h"
 
 #include "api.h"
+#include "chat_rooms.h"
 #include "handlers.h"
+#include "rbus.h"
 #include "ws.h"
 
 #include <stdlib.h>
@@ -24,6 +26,9 @@
 struct chat_batch {
 	struct store_op op;
 	size_t n;
+	uint64_t seq;    /* first cross-host sequence number (rbus_reserve); 0: none */
+	bson_oid_t *ids; /* with seq: the ids and createdAt the sequence gives */
+	int64_t *created;
 	struct ws_conn *c[];
 };
 
@@ -43,15 +48,49 @@ int chat_batch_full(void)
 	return q.nqueue >= CHAT_BATCH_MAX;
 }
 
+static void batch_free(struct chat_batch *b)
+{
+	store_op_clear(&b->op);
+	free(b->ids);
+	free(b);
+}
+
+/* With the cross-host bus: release the batch's slots in sequence order,
+ * each stored message as its record, the rest as given-up slots. ok[i]:
+ * message i went out (else its sender hears so). */
+static void publish_ordered(struct chat_batch *b, unsigned char *ok)
+{
+	struct iovec *iov = calloc(b->n, sizeof(*iov));
+	for (size_t i = 0; iov && i < b->op.ndocs && i < b->n; i++) {
+		size_t len;
+		unsigned char *rec;
+		if (chat_message_record(b->op.docs[i], &rec, &len) == 0) {
+			iov[i].iov_base = rec;
+			iov[i].iov_len = len;
+		}
+	}
+	int sent = iov && rbus_publish_ordered(b->seq, iov, (unsigned)b->n) == 0;
+	for (size_t i = 0; i < b->n && i < b->op.ndocs; i++) {
+		/* Redis went away since the reserve: this host only. */
+		ok[i] = iov && iov[i].iov_len && (sent || chat_publish_local(iov[i].iov_base, iov[i].iov_len) == 0);
+	}
+	for (size_t i = 0; iov && i < b->n; i++)
+		free(iov[i].iov_base);
+	free(iov);
+}
+
 static void batch_done(struct store_op *sop, enum store_err err)
 {
 	struct chat_batch *b = sop->user;
 	q.inflight = 0;
+	unsigned char *ok = NULL;
+	if (b->seq && (ok = calloc(b->n, 1)))
+		publish_ordered(b, ok);
 	/* The stored prefix goes out in order; the rest hear why not. */
 	for (size_t i = 0; i < b->n; i++) {
 		struct ws_conn *c = b->c[i];
 		if (i < b->op.ndocs) {
-			if (chat_publish_message(b->op.docs[i]) < 0) {
+			if (b->seq ? !(ok && ok[i]) : chat_publish_message(b->op.docs[i]) < 0) {
 				if (!ws_conn_closing(c))
 					chat_fail(c, "message stored but not delivered, server busy");
 			} else {
@@ -61,13 +100,69 @@ static void batch_done(struct store_op *sop, enum store_err err)
 			chat_fail(c, chat_store_message(err));
 		}
 	}
+	free(ok);
 	q.inflight = 1; /* what the releases queue waits for the next batch */
 	for (size_t i = 0; i < b->n; i++)
 		chat_sock_resume(b->c[i]);
 	q.inflight = 0;
-	store_op_clear(&b->op);
-	free(b);
+	batch_free(b);
 	batch_submit();
+}
+
+/* A batch the store would not take (after its reservation): every sender
+ * hears so and is released; its slots are given up at once. */
+static void batch_refused(struct chat_batch *b)
+{
+	if (b->seq) {
+		struct iovec *none = calloc(b->n, sizeof(*none));
+		if (none)
+			rbus_publish_ordered(b->seq, none, (unsigned)b->n);
+		free(none);
+	}
+	q.inflight = 1;
+	for (size_t i = 0; i < b->n; i++) {
+		if (!ws_conn_closing(b->c[i]))
+			chat_fail(b->c[i], "service unavailable");
+		chat_sock_resume(b->c[i]);
+	}
+	q.inflight = 0;
+	batch_free(b);
+	batch_submit();
+}
+
+/* The sequence range came back (or the bus failed: ok 0, the batch is
+ * stored with this host's ids and delivered on this host only). */
+static void batch_reserved(void *ud, int ok, uint64_t seq, uint64_t us)
+{
+	struct chat_batch *b = ud;
+	struct store *st = api_store();
+	if (ok && (b->ids = malloc(b->n * (sizeof(*b->ids) + sizeof(*b->created))))) {
+		/* _id: big-endian seconds then the timestamp in microseconds, so
+		 * (createdAt, _id) sorts in sequence order on every host. */
+		b->created = (int64_t *)(void *)(b->ids + b->n);
+		for (size_t i = 0; i < b->n; i++) {
+			uint64_t t = us + i;
+			uint32_t sec = (uint32_t)(t / 1000000u);
+			for (int k = 0; k < 4; k++)
+				b->ids[i].bytes[k] = (uint8_t)(sec >> (24 - 8 * k));
+			for (int k = 0; k < 8; k++)
+				b->ids[i].bytes[4 + k] = (uint8_t)(t >> (56 - 8 * k));
+			b->created[i] = (int64_t)(t / 1000u);
+		}
+		b->seq = seq;
+		b->op.given_ids = b->ids;
+		b->op.given_created_ms = b->created;
+	} else if (ok) {
+		/* No memory for the ids: give the slots up, store as usual. */
+		b->seq = seq;
+		struct iovec *none = calloc(b->n, sizeof(*none));
+		if (none)
+			rbus_publish_ordered(b->seq, none, (unsigned)b->n);
+		free(none);
+		b->seq = 0;
+	}
+	if (!st || store_submit(st, &b->op) < 0)
+		batch_refused(b);
 }
 
 /* Hand what is queued to the store as one batch. 0, or -1 if it could not
@@ -85,6 +180,9 @@ static int batch_start(void)
 		free(b);
 		return -1;
 	}
+	b->seq = 0;
+	b->ids = NULL;
+	b->created = NULL;
 	store_op_init(&b->op, STORE_OP_INSERT_MANY, COLL_MESSAGES);
 	b->op.batch = docs;
 	b->op.nbatch = n;
@@ -95,6 +193,13 @@ static int batch_start(void)
 	for (size_t i = 0; i < n; i++) {
 		b->c[i] = q.queue[i].c;
 		docs[i] = q.queue[i].doc;
+	}
+	/* Cross-host: take the batch's place in the one order first (the
+	 * store waits for it, never the loop). */
+	if (rbus_state() == RBUS_UP && st && rbus_reserve((unsigned)n, batch_reserved, b) == 0) {
+		q.nqueue = 0;
+		q.inflight = 1;
+		return 0;
 	}
 	if (!st || store_submit(st, &b->op) < 0) {
 		store_op_clear(&b->op); /* frees the documents */

@@ -31,6 +31,7 @@
 #include "json.h"
 #include "log.h"
 #include "message.h"
+#include "rbus.h"
 #include "ws.h"
 
 #include <stdlib.h>
@@ -77,6 +78,7 @@ struct chat_member_ref {
 
 static struct {
 	struct bus *bus;
+	int rbus; /* the cross-host bus (src/rbus.h) is open */
 	struct room **buckets;
 	uint32_t nbuckets, nrooms;
 } reg;
@@ -310,26 +312,18 @@ void chat_rooms_release_hold(struct chat_sock *cs, const bson_oid_t *room, bson_
 
 /* ------------------------------------------------------------ broadcast */
 
-/* Write one record to the bus (see REC_HDR). 0 or -1. */
-static int publish(int kind, const bson_oid_t *id, const bson_oid_t *mid, uint64_t exclude, const char *json,
-                   size_t len, const char *sio_json, size_t sio_len)
+/* Build one record (see REC_HDR) in a malloc'd buffer. 0 or -1. */
+static int record_build(int kind, const bson_oid_t *id, const bson_oid_t *mid, uint64_t exclude, const char *json,
+                        size_t len, const char *sio_json, size_t sio_len, unsigned char **out, size_t *outlen)
 {
-	unsigned char rec[REC_HDR + 16384];
-	unsigned char *p = rec;
-	unsigned char *heap = NULL;
-	if (!reg.bus)
-		return -1;
 	if (len > BUS_MAX_MSG - REC_HDR || sio_len > BUS_MAX_MSG - REC_HDR - len) {
 		log_warn(NULL, "chat broadcast dropped: too large", LF_INT("bytes", (int64_t)(len + sio_len)));
 		return -1;
 	}
 	size_t total = REC_HDR + len + sio_len;
-	if (total > sizeof(rec)) {
-		heap = malloc(total);
-		if (!heap)
-			return -1;
-		p = heap;
-	}
+	unsigned char *p = malloc(total);
+	if (!p)
+		return -1;
 	p[0] = (unsigned char)kind;
 	memcpy(p + 1, id->bytes, 12);
 	if (mid)
@@ -343,10 +337,34 @@ static int publish(int kind, const bson_oid_t *id, const bson_oid_t *mid, uint64
 	memcpy(p + REC_HDR, json, len);
 	if (sio_len)
 		memcpy(p + REC_HDR + len, sio_json, sio_len);
-	int rc = bus_publish(reg.bus, p, total);
-	free(heap);
+	*out = p;
+	*outlen = total;
+	return 0;
+}
+
+/* Send a built record: across hosts when the Redis bus is up (this host
+ * then delivers what comes back from Redis), else on this host's bus. */
+static int record_send(const unsigned char *rec, size_t len)
+{
+	if (!reg.bus)
+		return -1;
+	if (reg.rbus && rbus_state() == RBUS_UP && rbus_publish(rec, len) == 0)
+		return 0;
+	int rc = bus_publish(reg.bus, rec, len);
 	if (rc < 0)
-		log_warn(NULL, "chat broadcast dropped: bus queue full", LF_INT("bytes", (int64_t)total));
+		log_warn(NULL, "chat broadcast dropped: bus queue full", LF_INT("bytes", (int64_t)len));
+	return rc;
+}
+
+static int publish(int kind, const bson_oid_t *id, const bson_oid_t *mid, uint64_t exclude, const char *json,
+                   size_t len, const char *sio_json, size_t sio_len)
+{
+	unsigned char *rec;
+	size_t total;
+	if (!reg.bus || record_build(kind, id, mid, exclude, json, len, sio_json, sio_len, &rec, &total) < 0)
+		return -1;
+	int rc = record_send(rec, total);
+	free(rec);
 	return rc;
 }
 
@@ -383,29 +401,45 @@ int chat_notify_added_to_room(const bson_oid_t *user, const bson_t *room)
 	return chat_notify_user(user, buf, len);
 }
 
-int chat_publish_message(const bson_t *msg)
+int chat_message_record(const bson_t *msg, unsigned char **rec, size_t *len)
 {
 	bson_oid_t room, mid;
-	if (!reg.bus || api_doc_oid(msg, "room", &room) < 0)
+	if (api_doc_oid(msg, "room", &room) < 0)
 		return -1;
 	int has_mid = api_doc_oid(msg, "_id", &mid) == 0;
 	/* The /ws text is copied: the generator is reused for the Socket.IO one. */
 	message_gen(chat_gen_begin("new_message"), msg);
 	const char *buf;
-	size_t len;
-	if (chat_gen_end(&buf, &len) < 0)
+	size_t plen;
+	if (chat_gen_end(&buf, &plen) < 0)
 		return -1;
-	char *plain = malloc(len ? len : 1);
+	char *plain = malloc(plen ? plen : 1);
 	if (!plain)
 		return -1;
-	memcpy(plain, buf, len);
+	memcpy(plain, buf, plen);
 	message_gen_mongoose(chat_gen_begin("new_message"), msg);
 	size_t sio_len;
 	int rc = -1;
 	if (chat_gen_end(&buf, &sio_len) == 0)
-		rc = chat_rooms_publish(&room, has_mid ? &mid : NULL, 0, plain, len, buf, sio_len);
+		rc = record_build(REC_ROOM_EVENT, &room, has_mid ? &mid : NULL, 0, plain, plen, buf, sio_len, rec, len);
 	free(plain);
 	return rc;
+}
+
+int chat_publish_message(const bson_t *msg)
+{
+	unsigned char *rec;
+	size_t len;
+	if (!reg.bus || chat_message_record(msg, &rec, &len) < 0)
+		return -1;
+	int rc = record_send(rec, len);
+	free(rec);
+	return rc;
+}
+
+int chat_publish_local(const unsigned char *rec, size_t len)
+{
+	return reg.bus ? bus_publish(reg.bus, rec, len) : -1;
 }
 
 static void hold_frame(struct join_hold *h, struct ws_frame *f, const bson_oid_t *mid)
@@ -476,14 +510,34 @@ static void deliver(const unsigned char *rec, size_t len, void *ud)
 
 /* ------------------------------------------------------------ lifecycle */
 
-int chat_rooms_open(struct event_base *base, int bus_fd)
+int chat_rooms_open(struct event_base *base, int bus_fd, const char *bus_uri)
 {
 	reg.bus = bus_open(base, bus_fd, deliver, NULL);
-	return reg.bus ? 0 : -1;
+	if (!reg.bus)
+		return -1;
+	if (bus_uri && *bus_uri) {
+		/* After fork, in this worker: one subscriber and one command
+		 * connection of its own (hiredis contexts are not fork-safe). */
+		if (rbus_open(base, bus_uri, deliver, NULL) < 0) {
+			bus_close(reg.bus);
+			reg.bus = NULL;
+			return -1;
+		}
+		reg.rbus = 1;
+	}
+	return 0;
+}
+
+void chat_rooms_close_rbus(void)
+{
+	if (reg.rbus)
+		rbus_close();
+	reg.rbus = 0;
 }
 
 void chat_rooms_close(void)
 {
+	chat_rooms_close_rbus();
 	bus_close(reg.bus);
 	reg.bus = NULL;
 	free(reg.buckets);

@@ -11,8 +11,12 @@
 
 #define CHAT_ROOMS_PER_SOCKET 64
 
-/* Open the bus on fd (taken; -1: loopback). 0 or -1. */
-int chat_rooms_open(struct event_base *base, int bus_fd);
+/* Open the bus on fd (taken; -1: loopback) and, when bus_uri is set, the
+ * cross-host bus (src/rbus.h), through which records then go while it is
+ * up. 0 or -1. */
+int chat_rooms_open(struct event_base *base, int bus_fd, const char *bus_uri);
+/* Close the cross-host bus only (its pending callbacks run now). */
+void chat_rooms_close_rbus(void);
 /* Close the bus and free the registry (every socket has left). */
 void chat_rooms_close(void);
 /* Rooms with at least one member socket in this worker. */
@@ -43,5 +47,11 @@ void chat_rooms_release_hold(struct chat_sock *cs, const bson_oid_t *room, bson_
  * 0, or -1 (bus full or too large: logged). */
 int chat_rooms_publish(const bson_oid_t *room, const bson_oid_t *mid, uint64_t exclude, const char *json, size_t len,
                        const char *sio_json, size_t sio_len);
+
+/* The new_message record of a stored message document (malloc'd: free
+ * it), for an ordered cross-host release (chat_batch.c). 0 or -1. */
+int chat_message_record(const bson_t *msg, unsigned char **rec, size_t *len);
+/* Send a built record on this host's bus only (the Redis bus is down). */
+int chat_publish_local(const unsigned char *rec, size_t len);
 
 #endif

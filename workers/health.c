@@ -8,6 +8,7 @@
 
 #include "api.h"
 #include "handlers.h"
+#include "rbus.h"
 #include "routes.h"
 #include "scoreboard.h"
 
@@ -157,7 +158,10 @@ static int health(struct http_request *req)
 	 * connected and every worker slot is ready. The HTTP status is 503
 	 * only when the service cannot answer (database down, nothing ready),
 	 * so a load balancer keeps an instance that lost one worker of four. */
-	int healthy = db_ok && ready >= total;
+	/* The cross-host bus (when configured) as this worker sees it: a host
+	 * without Redis still serves and delivers locally, so degraded only. */
+	enum rbus_state bus = rbus_state();
+	int healthy = db_ok && ready >= total && bus != RBUS_DEGRADED;
 	int answers = db_ok && (ready > 0 || serving);
 	struct hbuf h;
 	h.n = 0;
@@ -170,6 +174,10 @@ static int health(struct http_request *req)
 	hput(&h, ts, iso_now(ts));
 	HLIT(&h, "\",\"version\":\"" PACKAGE_VERSION "\",\"checks\":{\"database\":\"");
 	hstr(&h, db_ok ? "connected" : "disconnected");
+	if (bus != RBUS_OFF) {
+		HLIT(&h, "\",\"bus\":\"");
+		hstr(&h, rbus_state_name(bus));
+	}
 	HLIT(&h, "\",\"workers\":{\"total\":");
 	hint(&h, total);
 	HLIT(&h, ",\"ready\":");

@@ -1,0 +1,343 @@
+#!/usr/bin/env python3
+"""The cross-host bus (issue 17, SPEC section 12): two resild "hosts" (two
+supervisors with their own ports and control sockets) on one MongoDB wire
+double and one Debian redis-server, with RESIL_BUS set on both.
+
+Checked: chat messages sent on both hosts at once reach every member socket
+on both hosts in one order, the order of the REST history and of
+recent_messages; typing crosses hosts; the /api/ rate limit is global
+(exactly N of N+k requests pass, alternating hosts); a post written on one
+host is listed at once on the other after it cached the list; with Redis
+stopped each host keeps delivering locally and /health says bus degraded,
+and once Redis is back cross-host delivery resumes within 5 s. A single
+host with RESIL_BUS unset shows no bus at all.
+
+Loopback only; the redis-server, the double and both resild are this
+test's own and are ended by pid. Without redis-server the test fails and
+says why (scripts/install-deps.sh --test installs it).
+"""
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+# Debian installs python3-websockets for the system interpreter only (see test_ws.py).
+try:
+    import websockets  # noqa: F401
+except ImportError:
+    if os.environ.get("RESIL_WS_REEXEC") != "1" and os.path.exists("/usr/bin/python3") and \
+            os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3"):
+        os.environ["RESIL_WS_REEXEC"] = "1"
+        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
+    print("FAIL: the python3 websockets module is missing (scripts/install-deps.sh --test installs it)")
+    print("0 passed, 1 failed")
+    sys.exit(1)
+
+import websockets  # noqa: E402
+
+from harness import Server, free_port, run_tests  # noqa: E402
+from test_api_rooms import MongoDouble  # noqa: E402
+from test_ws import Api, ev, recv_event  # noqa: E402
+
+SECRET = "bus-test-secret-0123456789abcdef-0123456789"
+REDIS_SERVER = os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class Redis:
+    """A redis-server of the test's own on a free loopback port, no persistence."""
+
+    def __init__(self):
+        if not os.access(REDIS_SERVER, os.X_OK):
+            raise AssertionError("redis-server not found (%s): install it with scripts/install-deps.sh --test "
+                                 "(Debian package redis-server); the cross-host bus cannot be tested without it"
+                                 % REDIS_SERVER)
+        self.dir = tempfile.mkdtemp(prefix="resil-redis-")
+        self.port = free_port()
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.log = open(os.path.join(self.dir, "redis.log"), "ab")
+        self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", self.dir,
+                                      "--daemonize", "no", "--protected-mode", "yes"],
+                                     stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError("redis-server exited: %s" % self.logs())
+            try:
+                if self.command(b"PING") == b"+PONG":
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not answer PING: %s" % self.logs())
+
+    def command(self, *args):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        try:
+            out = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+            s.sendall(out)
+            data = b""
+            while not data.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return data.strip()
+        finally:
+            s.close()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+
+    def logs(self):
+        with open(os.path.join(self.dir, "redis.log"), "rb") as f:
+            return f.read().decode("utf-8", "replace")[-3000:]
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ setup
+
+ENV = None  # redis, double, host A, host B
+
+
+def hosts():
+    global ENV
+    if ENV is None:
+        redis = Redis()
+        double = MongoDouble()
+        env = {"RESIL_BUS": "redis://127.0.0.1:%d/0" % redis.port, "RESIL_JWT_SECRET": SECRET,
+               "RESIL_WS_MESSAGE_RATE": "1000", "RESIL_RATE_LIMIT": "100000/15m"}
+        uri = double.uri("resilbus")
+        a = Server(workers=2, env=env, db=uri).start()
+        b = Server(workers=2, env=env, db=uri).start()
+        ENV = (redis, double, a, b)
+        for h in (a, b):
+            wait_bus(h, "up")
+    return ENV
+
+
+def teardown():
+    if ENV is None:
+        return
+    redis, double, a, b = ENV
+    for h in (a, b):
+        h.stop()
+        h.cleanup()
+    redis.close()
+    double.close()
+
+
+def health(srv):
+    st, _, doc = srv.json("GET", "/health")
+    return st, doc
+
+
+def wait_bus(srv, state, timeout=10.0):
+    """Until every worker answering /health reports the bus in state (each
+    worker has its own connections: ask several times in a row)."""
+    deadline = time.time() + timeout
+    streak = 0
+    while time.time() < deadline:
+        st, doc = health(srv)
+        if st == 200 and doc["checks"].get("bus") == state:
+            streak += 1
+            if streak >= 6:
+                return doc
+        else:
+            streak = 0
+        time.sleep(0.05)
+    raise AssertionError("bus never %s on port %d: %r" % (state, srv.port, health(srv)))
+
+
+async def connect(srv, user):
+    return await websockets.connect("ws://127.0.0.1:%d/ws?token=%s" % (srv.port, user["token"]), max_size=2 ** 22)
+
+
+async def join(ws, rid):
+    await ws.send(ev("join_room", roomId=rid))
+    a = await recv_event(ws)
+    assert a["event"] == "room_joined", a
+    b = await recv_event(ws)
+    assert b["event"] == "recent_messages", b
+    return b["data"]
+
+
+async def collect(ws, n, timeout=30):
+    got = []
+    deadline = time.time() + timeout
+    while len(got) < n:
+        e = await recv_event(ws, max(0.1, deadline - time.time()))
+        if e["event"] == "new_message":
+            got.append(e["data"])
+    return got
+
+
+# -------------------------------------------------------------------- tests
+
+
+def test_messages_from_both_hosts_reach_every_socket_in_one_order_equal_to_history():
+    redis, double, a, b = hosts()
+    api = Api(a)
+    users = [api.user("o") for _ in range(4)]
+    rid = api.room(users[0], users[1:])
+    per_sender, senders_per_host = 25, 4  # 200 messages
+
+    async def run():
+        socks = []
+        for i in range(6):  # three receivers on each host, more than one worker each
+            socks.append(await connect(a if i % 2 == 0 else b, users[i % 4]))
+        senders = []
+        for i in range(2 * senders_per_host):
+            senders.append((await connect(a if i % 2 == 0 else b, users[i % 4]), "AB"[i % 2] + str(i)))
+        for ws in socks + [s for s, _ in senders]:
+            await join(ws, rid)
+
+        async def send_all(ws, tag):
+            for k in range(per_sender):
+                await ws.send(ev("send_message", roomId=rid, content="%s-%03d" % (tag, k)))
+
+        total = per_sender * len(senders)
+        await asyncio.gather(*(send_all(ws, tag) for ws, tag in senders))
+        seen = await asyncio.gather(*(collect(ws, total) for ws in socks))
+        order = [m["id"] for m in seen[0]]
+        assert len(set(order)) == total, len(set(order))
+        for got in seen[1:]:
+            assert [m["id"] for m in got] == order, "two sockets saw different orders"
+        for _, tag in senders:  # each sender's own messages in its order
+            mine = [m["content"] for m in seen[0] if m["content"].startswith(tag + "-")]
+            assert mine == ["%s-%03d" % (tag, k) for k in range(per_sender)], mine[:5]
+        # The history (oldest first, last 100) and a late joiner's
+        # recent_messages (last 50), asked on each host, are the same order.
+        for h in (a, b):
+            st, _, doc = h.json("GET", "/api/rooms/%s/messages?limit=100" % rid, None,
+                                {"Authorization": "Bearer " + users[1]["token"]})
+            assert st == 200, (st, doc)
+            assert [m["id"] for m in doc["data"]] == order[-100:], "history order differs from delivery order"
+            late = await connect(h, users[2])
+            recent = await join(late, rid)
+            assert [m["id"] for m in recent] == order[-50:]
+            await late.close()
+        for ws in socks + [s for s, _ in senders]:
+            await ws.close()
+
+    asyncio.run(run())
+
+
+def test_typing_crosses_hosts():
+    redis, double, a, b = hosts()
+    api = Api(a)
+    u1, u2 = api.user("t"), api.user("t")
+    rid = api.room(u1, [u2])
+
+    async def run():
+        wa, wb = await connect(a, u1), await connect(b, u2)
+        await join(wa, rid)
+        await join(wb, rid)
+        await wa.send(ev("typing_start", roomId=rid))
+        e = await recv_event(wb)
+        assert e["event"] == "user_typing" and e["data"]["userId"] == u1["id"], e
+        await wa.close()
+        await wb.close()
+
+    asyncio.run(run())
+
+
+def test_redis_outage_local_delivery_degraded_health_then_resume_within_5s():
+    redis, double, a, b = hosts()
+    api = Api(a)
+    u1, u2, u3 = api.user("r"), api.user("r"), api.user("r")
+    rid = api.room(u1, [u2, u3])
+
+    async def run():
+        a1, a2, b1 = await connect(a, u1), await connect(a, u2), await connect(b, u3)
+        for ws in (a1, a2, b1):
+            await join(ws, rid)
+        redis.stop()
+        for h in (a, b):
+            doc = wait_bus(h, "degraded")
+            assert doc["status"] == "degraded", doc
+            st, _ = health(h)
+            assert st == 200
+        await a1.send(ev("send_message", roomId=rid, content="during the outage"))
+        for ws in (a1, a2):
+            got = await collect(ws, 1)
+            assert got[0]["content"] == "during the outage"
+        # Stored: a new joiner's history has it.
+        late = await connect(a, u2)
+        recent = await join(late, rid)
+        assert [m["content"] for m in recent][-1:] == ["during the outage"], recent
+        await late.close()
+
+        redis.start()
+        t0 = time.time()
+        for h in (a, b):
+            wait_bus(h, "up", timeout=5.0)
+        # Cross-host delivery is back (every worker reconnects by itself).
+        await a1.send(ev("send_message", roomId=rid, content="after the outage"))
+        while True:
+            got = await collect(b1, 1, timeout=5.0)
+            if got[0]["content"] == "after the outage":
+                break
+        assert time.time() - t0 < 5.0 + 5.0, time.time() - t0
+        for ws in (a1, a2, b1):
+            await ws.close()
+
+    asyncio.run(run())
+
+
+def test_single_host_without_bus_reports_no_bus():
+    srv = Server(workers=2, env={"RESIL_JWT_SECRET": SECRET}).start()
+    try:
+        st, doc = health(srv)
+        assert st == 200 and "bus" not in doc["checks"], doc
+    finally:
+        srv.stop()
+        srv.cleanup()
+
+
+def test_bad_bus_uri_is_a_clear_configuration_error_without_the_password():
+    for uri, why in (("rediss://127.0.0.1:6379", "not supported yet"),
+                     ("redis://user:hunter2secret@127.0.0.1:6379", "passwords"),
+                     ("redis://127.0.0.1:99999", "port")):
+        srv = Server(env={"RESIL_BUS": uri})
+        try:
+            p = subprocess.run([os.environ.get("RESILD") or os.path.join(os.path.dirname(__file__), "..", "..",
+                                                                           "resild"), "--check-config"],
+                               env=srv.env, cwd=srv.dir, capture_output=True, timeout=30)
+            out = (p.stdout + p.stderr).decode()
+            assert p.returncode != 0 and "bus" in out.lower() and why in out, (p.returncode, out)
+            assert "hunter2" not in out, out
+        finally:
+            srv.cleanup()
+
+
+if __name__ == "__main__":
+    try:
+        run_tests([test_bad_bus_uri_is_a_clear_configuration_error_without_the_password,
+                   test_single_host_without_bus_reports_no_bus,
+                   test_messages_from_both_hosts_reach_every_socket_in_one_order_equal_to_history,
+                   test_typing_crosses_hosts,
+                   test_redis_outage_local_delivery_degraded_health_then_resume_within_5s])
+    finally:
+        teardown()
