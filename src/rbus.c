@@ -114,19 +114,20 @@ static const char reserve_lua[] = "local c = tonumber(ARGV[1])\n"
                                   "redis.call('SET', KEYS[2], string.format('%.0f', now + c - 1))\n"
                                   "return {string.format('%.0f', n - c + 1), string.format('%.0f', now)}\n";
 
-/* KEYS: released-up-to, held records (hash seq -> record), gap start.
- * ARGV: channel, first seq (0: none, a tick), gap ms, records...
- * Releases in sequence order; a record behind the released point (after a
- * skipped gap, or a Redis restart) goes out at once. */
+/* KEYS: released-up-to, held records (hash seq -> record), gap start, the
+ * sequence counter. ARGV: channel, first seq (0: none, a tick), gap ms,
+ * records... Releases in sequence order; a record behind the released point
+ * (its gap was skipped) or beyond the counter (reserved before a Redis
+ * restart, which starts both at 0 again) goes out at once. */
 static const char publish_lua[] = "local function s(x) return string.format('%.0f', x) end\n"
                                   "local ch, first, gap = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
                                   "local t = redis.call('TIME')\n"
                                   "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-                                  "local p = tonumber(redis.call('GET', KEYS[1]) or '-1')\n"
-                                  "if p < 0 then if first > 0 then p = first - 1 else p = 0 end end\n"
+                                  "local p = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+                                  "local top = tonumber(redis.call('GET', KEYS[4]) or '0')\n"
                                   "for i = 4, #ARGV do\n"
                                   "  local n = first + i - 4\n"
-                                  "  if n <= p then\n"
+                                  "  if n <= p or n > top then\n"
                                   "    if #ARGV[i] > 0 then redis.call('PUBLISH', ch, ARGV[i]) end\n"
                                   "  else redis.call('HSET', KEYS[2], s(n), ARGV[i]) end\n"
                                   "end\n"
@@ -373,6 +374,16 @@ int rbus_reserve(unsigned count, rbus_reserve_fn done, void *ud)
 	return send_cmd(r, 6, argv, lens);
 }
 
+void rbus_stamp(uint64_t us, unsigned char id[12], int64_t *created_ms)
+{
+	uint32_t sec = (uint32_t)(us / 1000000u);
+	for (int k = 0; k < 4; k++)
+		id[k] = (unsigned char)(sec >> (24 - 8 * k));
+	for (int k = 0; k < 8; k++)
+		id[4 + k] = (unsigned char)(us >> (56 - 8 * k));
+	*created_ms = (int64_t)(us / 1000u);
+}
+
 /* EVAL publish_lua with first seq and records (count 0: a tick). */
 static int ordered(enum req_kind kind, uint64_t first_seq, const struct iovec *recs, unsigned count)
 {
@@ -380,22 +391,22 @@ static int ordered(enum req_kind kind, uint64_t first_seq, const struct iovec *r
 		B.stats.dropped++;
 		return -1;
 	}
-	const char *argv[9 + 1024];
-	size_t lens[9 + 1024];
+	const char *argv[10 + 1024];
+	size_t lens[10 + 1024];
 	char first[24], gap[16];
 	snprintf(first, sizeof(first), "%" PRIu64, first_seq);
 	snprintf(gap, sizeof(gap), "%d", RBUS_GAP_MS);
-	const char *head[9] = {"EVAL", publish_lua, "3", B.k_pub, B.k_pend, B.k_since, B.channel, first, gap};
-	for (int i = 0; i < 9; i++) {
+	const char *head[10] = {"EVAL", publish_lua, "4", B.k_pub, B.k_pend, B.k_since, B.k_seq, B.channel, first, gap};
+	for (int i = 0; i < 10; i++) {
 		argv[i] = head[i];
 		lens[i] = strlen(head[i]);
 	}
 	for (unsigned i = 0; i < count; i++) {
-		argv[9 + i] = recs[i].iov_len ? recs[i].iov_base : "";
-		lens[9 + i] = recs[i].iov_len;
+		argv[10 + i] = recs[i].iov_len ? recs[i].iov_base : "";
+		lens[10 + i] = recs[i].iov_len;
 	}
 	struct rbus_req *r = req_new(kind);
-	if (!r || send_cmd(r, 9 + (int)count, argv, lens) < 0)
+	if (!r || send_cmd(r, 10 + (int)count, argv, lens) < 0)
 		return -1;
 	return 0;
 }

@@ -87,6 +87,10 @@ int rbus_publish(const void *msg, size_t len);
  * never runs) when not up. */
 typedef void (*rbus_reserve_fn)(void *ud, int ok, uint64_t first_seq, uint64_t first_us);
 int rbus_reserve(unsigned count, rbus_reserve_fn done, void *ud);
+/* The _id (big-endian seconds, then the big-endian microsecond timestamp)
+ * and createdAt (ms) of the document stored in the slot stamped us, so that
+ * (createdAt, _id) sorts in sequence order. */
+void rbus_stamp(uint64_t us, unsigned char id[12], int64_t *created_ms);
 /* Release the reserved slots first_seq.. with these records, in order; an
  * empty iovec gives its slot up (a message that was not stored). -1 when
  * not up or over the bound (the slots are then skipped after RBUS_GAP_MS). */

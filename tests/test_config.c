@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include "../src/config.h"
+#include "../src/rbus.h"
 
 #include <arpa/inet.h>
 #include <check.h>
@@ -783,6 +784,7 @@ static const char *const env_names[] = {
     "RESIL_USER",
     "RESIL_GROUP",
     "RESIL_TRUST_PROXY",
+    "RESIL_BUS",
 };
 #define NKEYS (sizeof env_names / sizeof env_names[0])
 
@@ -913,6 +915,44 @@ START_TEST(test_origin_allowed_only_on_exact_match)
 }
 END_TEST
 
+/* RESIL_BUS: redis://host[:port][/db]; TLS and passwords refused (not yet),
+ * the password never repeated. */
+START_TEST(test_bus_uri_forms_and_refusals)
+{
+	struct resil_config c;
+	struct rbus_addr a;
+	char err[CONFIG_ERR_MAX];
+	const char *args[] = {"-c", write_conf("bus = redis://10.0.0.5:6380/3\n"), NULL};
+
+	load_ok(&c, args);
+	ck_assert_str_eq(c.bus, "redis://10.0.0.5:6380/3");
+	ck_assert_int_eq(rbus_parse_uri(c.bus, &a, err, sizeof err), 0);
+	ck_assert_str_eq(a.host, "10.0.0.5");
+	ck_assert_int_eq(a.port, 6380);
+	ck_assert_int_eq(a.db, 3);
+	ck_assert_int_eq(rbus_parse_uri("redis://[::1]/0", &a, err, sizeof err), 0);
+	ck_assert_str_eq(a.host, "::1");
+	ck_assert_int_eq(a.port, 6379);
+	ck_assert_int_eq(rbus_parse_uri("redis://cache.internal", &a, err, sizeof err), 0);
+	ck_assert_str_eq(a.host, "cache.internal");
+	ck_assert_int_eq(a.db, 0);
+
+	load_file_err("bus = rediss://10.0.0.5:6380\n", err);
+	ck_assert_ptr_nonnull(strstr(err, "bus: TLS (rediss://) is not supported yet"));
+	load_file_err("bus = redis://admin:s3cr3tpass@10.0.0.5:6380\n", err);
+	ck_assert_ptr_nonnull(strstr(err, "passwords in the URI"));
+	ck_assert_ptr_null(strstr(err, "s3cr3t"));
+	load_file_err("bus = redis://10.0.0.5:0\n", err);
+	ck_assert_ptr_nonnull(strstr(err, "port must be 1-65535"));
+	load_file_err("bus = redis://10.0.0.5:6379/x\n", err);
+	ck_assert_ptr_nonnull(strstr(err, "database must be a number"));
+	load_file_err("bus = http://10.0.0.5\n", err);
+	ck_assert_ptr_nonnull(strstr(err, "expected redis://host:port[/db]"));
+	load_file_err("bus = redis://:6379\n", err);
+	ck_assert_ptr_nonnull(strstr(err, "missing or too long host"));
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
 	Suite *s = suite_create("config");
@@ -950,6 +990,7 @@ static Suite *config_suite(void)
 	    {"example file", test_example_file_is_valid_commented_and_uncommented},
 	    {"effective config", test_effective_config_reads_back_identically},
 	    {"cors", test_origin_allowed_only_on_exact_match},
+	    {"bus uri", test_bus_uri_forms_and_refusals},
 	};
 
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

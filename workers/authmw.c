@@ -22,6 +22,7 @@
 #include "config.h"
 #include "log.h"
 #include "ratelimit.h"
+#include "rbus.h"
 #include "routes.h"
 #include "scoreboard.h"
 
@@ -623,15 +624,12 @@ static void rate_headers(struct http_request *req, const struct rl_result *r)
 	http_add_header(req, "RateLimit-Policy", v);
 }
 
-int mw_rate_limit(struct http_request *req)
+/* The local limiter (shared memory, this host): the single-host path, and
+ * the cross-host path's fallback while Redis is down. */
+static int rate_local(struct http_request *req, const char *key, size_t kl, uint32_t limit)
 {
-	if (!g_rl || req->path_len < 5 || memcmp(req->path, "/api/", 5) != 0)
-		return APP_NEXT;
-	char key[80];
-	int kl = snprintf(key, sizeof(key), "ip:%s", req->remote_ip);
 	struct rl_result r;
-	uint32_t limit = g_cfg->rate_limit_max > RL_LIMIT_MAX ? RL_LIMIT_MAX : (uint32_t)g_cfg->rate_limit_max;
-	int ok = rl_hit(g_rl, key, (size_t)kl, now_ms(), limit, (uint64_t)g_cfg->rate_limit_window_ms, &r);
+	int ok = rl_hit(g_rl, key, kl, now_ms(), limit, (uint64_t)g_cfg->rate_limit_window_ms, &r);
 	rate_headers(req, &r);
 	if (ok == 0) {
 		char v[32];
@@ -640,6 +638,92 @@ int mw_rate_limit(struct http_request *req)
 		return app_fail(req, 429, "RATE_LIMITED", "too many requests, try again later");
 	}
 	return APP_NEXT;
+}
+
+static uint32_t rate_max(void)
+{
+	return g_cfg->rate_limit_max > RL_LIMIT_MAX ? RL_LIMIT_MAX : (uint32_t)g_cfg->rate_limit_max;
+}
+
+/* ---- the cross-host limit: one counter per client in Redis (src/rbus.h),
+ * the request waiting for the reply (never the loop). */
+#define RL_SLOT 4 /* req->app_data slot */
+
+struct rl_wait {
+	struct rbus_req *rq; /* in flight; NULL once answered */
+	void (*chained_free)(struct http_request *);
+};
+
+static void rl_wait_free(struct http_request *req)
+{
+	struct rl_wait *w = req->app_data[RL_SLOT];
+	void (*next)(struct http_request *) = w ? w->chained_free : NULL;
+	if (w && w->rq)
+		rbus_cancel(w->rq);
+	req->app_data[RL_SLOT] = NULL;
+	if (next)
+		next(req);
+}
+
+static void rl_gone(struct http_request *req)
+{
+	struct rl_wait *w = req->app_data[RL_SLOT];
+	if (!w || !w->rq)
+		return;
+	rbus_cancel(w->rq);
+	w->rq = NULL;
+	req->on_abort = NULL;
+	app_fail(req, 499, "CLIENT_CLOSED", "client closed request");
+}
+
+static void rl_counted(void *ud, int ok, int64_t hits, int64_t reset_ms)
+{
+	struct http_request *req = ud;
+	struct rl_wait *w = req->app_data[RL_SLOT];
+	w->rq = NULL;
+	req->on_abort = NULL;
+	uint32_t limit = rate_max();
+	if (!ok) {
+		char key[80];
+		int kl = snprintf(key, sizeof(key), "ip:%s", req->remote_ip);
+		if (rate_local(req, key, (size_t)kl, limit) == APP_NEXT)
+			app_next(req);
+		return;
+	}
+	struct rl_result r = {.limit = limit,
+	                      .remaining = hits >= (int64_t)limit ? 0 : limit - (uint32_t)hits,
+	                      .reset_ms = reset_ms > 0 ? (uint64_t)reset_ms : 0};
+	rate_headers(req, &r);
+	if (hits > (int64_t)limit) {
+		char v[32];
+		snprintf(v, sizeof(v), "%llu", (unsigned long long)((r.reset_ms + 999) / 1000));
+		http_add_header(req, "Retry-After", v);
+		app_fail(req, 429, "RATE_LIMITED", "too many requests, try again later");
+		return;
+	}
+	app_next(req);
+}
+
+int mw_rate_limit(struct http_request *req)
+{
+	if (!g_rl || req->path_len < 5 || memcmp(req->path, "/api/", 5) != 0)
+		return APP_NEXT;
+	char key[80];
+	int kl = snprintf(key, sizeof(key), "ip:%s", req->remote_ip);
+	if (g_cfg->bus[0] && rbus_state() == RBUS_UP) {
+		struct rl_wait *w = http_alloc(req, sizeof(*w));
+		if (w) {
+			w->rq = rbus_count(key, (size_t)kl, (uint64_t)g_cfg->rate_limit_window_ms, rl_counted, req);
+			if (w->rq) {
+				w->chained_free = req->on_free;
+				req->on_free = rl_wait_free;
+				req->on_abort = rl_gone;
+				req->app_data[RL_SLOT] = w;
+				return APP_DONE;
+			}
+		}
+	}
+	return rate_local(req, key, (size_t)kl, rate_max());
 }
 
 /* Login throttling (issue 13 item 6). Three shared counters of failed logins,

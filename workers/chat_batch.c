@@ -137,18 +137,9 @@ static void batch_reserved(void *ud, int ok, uint64_t seq, uint64_t us)
 	struct chat_batch *b = ud;
 	struct store *st = api_store();
 	if (ok && (b->ids = malloc(b->n * (sizeof(*b->ids) + sizeof(*b->created))))) {
-		/* _id: big-endian seconds then the timestamp in microseconds, so
-		 * (createdAt, _id) sorts in sequence order on every host. */
 		b->created = (int64_t *)(void *)(b->ids + b->n);
-		for (size_t i = 0; i < b->n; i++) {
-			uint64_t t = us + i;
-			uint32_t sec = (uint32_t)(t / 1000000u);
-			for (int k = 0; k < 4; k++)
-				b->ids[i].bytes[k] = (uint8_t)(sec >> (24 - 8 * k));
-			for (int k = 0; k < 8; k++)
-				b->ids[i].bytes[4 + k] = (uint8_t)(t >> (56 - 8 * k));
-			b->created[i] = (int64_t)(t / 1000u);
-		}
+		for (size_t i = 0; i < b->n; i++)
+			rbus_stamp(us + i, b->ids[i].bytes, &b->created[i]);
 		b->seq = seq;
 		b->op.given_ids = b->ids;
 		b->op.given_created_ms = b->created;

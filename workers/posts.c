@@ -16,6 +16,11 @@
  * stored under the generation read before its first database call, so it
  * cannot outlive that write either.
  *
+ * With the cross-host bus configured (RESIL_BUS) lists are not cached: a
+ * write on another host could not reach this host's cache before that
+ * writer's answer without a Redis round trip on every cached read, which
+ * costs about what the list query it saves (see HACKING.md, "Scale-out").
+ *
  * Query strings are typed: `category` must be a single string (a repeated
  * key becomes an array and fails validation); keys such as `category[$gt]`
  * are unknown and ignored. An empty `category=` means no filter.
@@ -123,8 +128,17 @@ static size_t cache_slot(int64_t page, int64_t limit, const char *category)
 	return (size_t)(h % POSTS_CACHE_SLOTS);
 }
 
+/* Whether lists may be cached on this host (not with the cross-host bus). */
+static int cache_on(void)
+{
+	struct worker *w = worker_current();
+	return !w || !w->cfg || !w->cfg->bus[0];
+}
+
 static const struct cache_entry *cache_get(int64_t page, int64_t limit, const char *category)
 {
+	if (!cache_on())
+		return NULL;
 	struct cache_entry *e = &cache[cache_slot(page, limit, category)];
 	if (!e->body || e->page != page || e->limit != limit || strcmp(e->category, category) != 0)
 		return NULL;
@@ -138,7 +152,8 @@ static const struct cache_entry *cache_get(int64_t page, int64_t limit, const ch
 static void cache_put(int64_t page, int64_t limit, const char *category, int generation, const unsigned char *buf,
                       size_t len)
 {
-	if (len > POSTS_CACHE_ENTRY_MAX || strlen(category) >= CATEGORY_KEY_MAX || generation != post_generation())
+	if (len > POSTS_CACHE_ENTRY_MAX || strlen(category) >= CATEGORY_KEY_MAX || generation != post_generation() ||
+	    !cache_on())
 		return;
 	struct cache_entry *e = &cache[cache_slot(page, limit, category)];
 	cache_drop(e);

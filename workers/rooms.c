@@ -20,8 +20,10 @@
 #include "api.h"
 #include "authmw.h"
 #include "chat.h"
+#include "chat_rooms.h"
 #include "handlers.h"
 #include "message.h"
+#include "rbus.h"
 #include "validate.h"
 
 #include <stdio.h>
@@ -97,7 +99,11 @@ struct room_job {
 	bson_t *doc;       /* create: the room; send: the message (consumed by the store) */
 	int64_t limit;     /* history */
 	int status;
-	bson_t *result;        /* the room or the message */
+	bson_t *result;      /* the room or the message */
+	uint64_t seq;        /* send with the cross-host bus: the message's slot (rbus.h); 0: none */
+	int released;        /* the slot was released (the message or nothing) */
+	bson_oid_t given_id; /* with seq: the id and createdAt the slot gives */
+	int64_t given_created;
 	struct store_op found; /* history: the messages, newest first */
 	struct api_list list;  /* GET /api/rooms */
 };
@@ -105,6 +111,11 @@ struct room_job {
 static void room_cleanup(struct api_job *j)
 {
 	struct room_job *rj = (struct room_job *)j;
+	if (rj->seq && !rj->released) {
+		/* Not stored (or not answered): give the slot up at once. */
+		struct iovec none = {0};
+		rbus_publish_ordered(rj->seq, &none, 1);
+	}
 	if (rj->doc)
 		bson_destroy(rj->doc);
 	if (rj->result)
@@ -410,7 +421,28 @@ static void send_work(struct api_job *j)
 	if (!room)
 		return;
 	bson_destroy(room);
-	insert_doc(j, rj, COLL_MESSAGES);
+	if (!rj->seq) {
+		insert_doc(j, rj, COLL_MESSAGES);
+		return;
+	}
+	/* With its cross-host slot: stored under the slot's id and createdAt. */
+	struct store_op op;
+	store_op_init(&op, STORE_OP_INSERT_MANY, COLL_MESSAGES);
+	op.batch = malloc(sizeof(*op.batch));
+	if (!op.batch) {
+		api_job_fail(j, 503, "SERVICE_UNAVAILABLE", "service unavailable");
+		return;
+	}
+	op.batch[0] = rj->doc;
+	op.nbatch = 1;
+	rj->doc = NULL;
+	op.given_ids = &rj->given_id;
+	op.given_created_ms = &rj->given_created;
+	if (api_run(j, &op) == 0 && op.ndocs == 1) {
+		rj->result = op.docs[0];
+		op.docs[0] = NULL;
+	}
+	store_op_clear(&op);
 }
 
 static void send_done(struct api_job *j, struct http_request *req)
@@ -423,9 +455,36 @@ static void send_done(struct api_job *j, struct http_request *req)
 	}
 	message_gen(g, rj->result);
 	/* Stored first, then broadcast: WebSocket members see REST-posted
-	 * messages too (best effort: a full bus is logged by the chat). */
-	chat_publish_message(rj->result);
+	 * messages too (best effort: a full bus is logged by the chat). With
+	 * the cross-host bus the message takes its reserved place in the one
+	 * order (or, Redis gone since, goes to this host's sockets only). */
+	if (rj->seq) {
+		unsigned char *rec;
+		size_t len;
+		if (chat_message_record(rj->result, &rec, &len) == 0) {
+			struct iovec one = {.iov_base = rec, .iov_len = len};
+			if (rbus_publish_ordered(rj->seq, &one, 1) == 0)
+				rj->released = 1;
+			else
+				chat_publish_local(rec, len);
+			free(rec);
+		}
+	} else {
+		chat_publish_message(rj->result);
+	}
 	app_send_gen(req, 201);
+}
+
+/* The message's cross-host slot came back (ok 0: the bus failed meanwhile;
+ * stored and delivered as on a single host). */
+static void send_reserved(void *ud, int ok, uint64_t seq, uint64_t us)
+{
+	struct room_job *rj = ud;
+	if (ok) {
+		rj->seq = seq;
+		rbus_stamp(us, rj->given_id.bytes, &rj->given_created);
+	}
+	api_job_submit(&rj->base);
 }
 
 static int rooms_send(struct http_request *req)
@@ -442,6 +501,10 @@ static int rooms_send(struct http_request *req)
 	    !bson_append_oid(doc, "sender", 6, &rj->me) || !bson_append_utf8(doc, "senderName", 10, rj->my_name, -1) ||
 	    !bson_append_utf8(doc, "content", 7, content, (int)clen))
 		return api_job_drop(&rj->base);
+	/* Cross-host: take the message's place in the one order before the
+	 * store (the request waits for it; the loop does not). */
+	if (rbus_state() == RBUS_UP && rbus_reserve(1, send_reserved, rj) == 0)
+		return APP_DONE;
 	return api_job_submit(&rj->base);
 }
 

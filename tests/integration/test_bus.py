@@ -3,7 +3,8 @@
 supervisors with their own ports and control sockets) on one MongoDB wire
 double and one Debian redis-server, with RESIL_BUS set on both.
 
-Checked: chat messages sent on both hosts at once reach every member socket
+Checked: chat messages sent on both hosts at once (over WebSockets and
+REST) reach every member socket
 on both hosts in one order, the order of the REST history and of
 recent_messages; typing crosses hosts; the /api/ rate limit is global
 (exactly N of N+k requests pass, alternating hosts); a post written on one
@@ -138,14 +139,37 @@ def hosts():
 
 
 def teardown():
+    """Whatever is still running (after a failure): stop and remove."""
+    global ENV
     if ENV is None:
         return
     redis, double, a, b = ENV
+    ENV = None
     for h in (a, b):
         h.stop()
         h.cleanup()
     redis.close()
     double.close()
+
+
+def stop_clean(srv):
+    """SIGTERM, exit status 0 and no valgrind or sanitizer report, then remove."""
+    try:
+        srv.assert_clean_exit()
+    finally:
+        srv.cleanup()
+
+
+def test_hosts_exit_cleanly():
+    global ENV
+    redis, double, a, b = hosts()
+    ENV = None
+    try:
+        stop_clean(a)
+        stop_clean(b)
+    finally:
+        redis.close()
+        double.close()
 
 
 def health(srv):
@@ -217,16 +241,25 @@ def test_messages_from_both_hosts_reach_every_socket_in_one_order_equal_to_histo
             for k in range(per_sender):
                 await ws.send(ev("send_message", roomId=rid, content="%s-%03d" % (tag, k)))
 
-        total = per_sender * len(senders)
-        await asyncio.gather(*(send_all(ws, tag) for ws, tag in senders))
-        seen = await asyncio.gather(*(collect(ws, total) for ws in socks))
+        def rest_all(h, tag, n=10):  # REST-posted messages take their place in the same order
+            for k in range(n):
+                st, _, doc = h.json("POST", "/api/rooms/%s/messages" % rid, {"content": "%s-%03d" % (tag, k)},
+                                    {"Authorization": "Bearer " + users[3]["token"]})
+                assert st == 201, (st, doc)
+
+        total = per_sender * len(senders) + 20
+        await asyncio.gather(*(send_all(ws, tag) for ws, tag in senders),
+                             asyncio.to_thread(rest_all, a, "RA"), asyncio.to_thread(rest_all, b, "RB"))
+        # The senders are members too: they get the same order (and reading
+        # keeps their sockets drained for a prompt close).
+        seen = await asyncio.gather(*(collect(ws, total) for ws in socks + [s for s, _ in senders]))
         order = [m["id"] for m in seen[0]]
         assert len(set(order)) == total, len(set(order))
         for got in seen[1:]:
             assert [m["id"] for m in got] == order, "two sockets saw different orders"
-        for _, tag in senders:  # each sender's own messages in its order
+        for tag, n in [(tag, per_sender) for _, tag in senders] + [("RA", 10), ("RB", 10)]:
             mine = [m["content"] for m in seen[0] if m["content"].startswith(tag + "-")]
-            assert mine == ["%s-%03d" % (tag, k) for k in range(per_sender)], mine[:5]
+            assert mine == ["%s-%03d" % (tag, k) for k in range(n)], mine[:5]  # each sender's own order
         # The history (oldest first, last 100) and a late joiner's
         # recent_messages (last 50), asked on each host, are the same order.
         for h in (a, b):
@@ -306,14 +339,93 @@ def test_redis_outage_local_delivery_degraded_health_then_resume_within_5s():
     asyncio.run(run())
 
 
+def test_hung_redis_counts_as_down_then_resumes():
+    """SIGSTOP: the connections stay open but nothing answers; after the
+    2 s stall bound each worker drops them and goes degraded."""
+    redis, double, a, b = hosts()
+    api = Api(a)
+    u1, u2 = api.user("h"), api.user("h")
+    rid = api.room(u1, [u2])
+
+    async def run():
+        a1, b1 = await connect(a, u1), await connect(b, u2)
+        for ws in (a1, b1):
+            await join(ws, rid)
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            for h in (a, b):
+                wait_bus(h, "degraded", timeout=15.0)
+            await a1.send(ev("send_message", roomId=rid, content="while hung"))
+            got = await collect(a1, 1)
+            assert got[0]["content"] == "while hung"
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        for h in (a, b):
+            wait_bus(h, "up", timeout=5.0)
+        await b1.send(ev("send_message", roomId=rid, content="after the hang"))
+        while True:
+            got = await collect(a1, 1, timeout=5.0)
+            if got[0]["content"] == "after the hang":
+                break
+        for ws in (a1, b1):
+            await ws.close()
+
+    asyncio.run(run())
+
+
+def test_api_rate_limit_is_global_across_hosts_exactly_n_of_n_plus_k():
+    redis, double, _, _ = hosts()
+    n, k = 30, 12
+    # A pair of its own (a small limit) on Redis database 1: counters apart
+    # from the other tests' hosts.
+    env = {"RESIL_BUS": "redis://127.0.0.1:%d/1" % redis.port, "RESIL_JWT_SECRET": SECRET,
+           "RESIL_RATE_LIMIT": "%d/10m" % n}
+    uri = double.uri("resilbus_rl")
+    a = Server(workers=2, env=env, db=uri).start()
+    b = Server(workers=2, env=env, db=uri).start()
+    try:
+        for h in (a, b):
+            wait_bus(h, "up")
+        codes = []
+        remaining = []
+        for i in range(n + k):
+            st, hdrs, _ = (a if i % 2 == 0 else b).request("GET", "/api/posts")
+            codes.append(st)
+            h = hdrs
+            assert h["ratelimit-limit"] == str(n), h
+            remaining.append(int(h["ratelimit-remaining"]))
+            if st == 429:
+                assert int(h["retry-after"]) > 0, h
+        assert codes.count(200) == n and codes.count(429) == k, codes
+        assert codes[:n] == [200] * n, codes
+        assert remaining[:n] == list(range(n - 1, -1, -1)), remaining
+    finally:
+        stop_clean(a)
+        stop_clean(b)
+
+
+def test_post_written_on_one_host_is_listed_at_once_on_the_other():
+    redis, double, a, b = hosts()
+    u = Api(a).user("p")
+    for _ in range(2):  # B has listed (and, single-host, would have cached) the page
+        st, _, doc = b.json("GET", "/api/posts")
+        assert st == 200, (st, doc)
+    st, _, doc = a.json("POST", "/api/posts", {"title": "cross-host", "content": "written on A"},
+                        {"Authorization": "Bearer " + u["token"]})
+    assert st == 201, (st, doc)
+    pid = doc["data"]["id"]
+    for _ in range(4):  # every worker of B
+        st, _, doc = b.json("GET", "/api/posts")
+        assert st == 200 and pid in [p["id"] for p in doc["data"]], (st, doc)
+
+
 def test_single_host_without_bus_reports_no_bus():
     srv = Server(workers=2, env={"RESIL_JWT_SECRET": SECRET}).start()
     try:
         st, doc = health(srv)
         assert st == 200 and "bus" not in doc["checks"], doc
     finally:
-        srv.stop()
-        srv.cleanup()
+        stop_clean(srv)
 
 
 def test_bad_bus_uri_is_a_clear_configuration_error_without_the_password():
@@ -338,6 +450,10 @@ if __name__ == "__main__":
                    test_single_host_without_bus_reports_no_bus,
                    test_messages_from_both_hosts_reach_every_socket_in_one_order_equal_to_history,
                    test_typing_crosses_hosts,
-                   test_redis_outage_local_delivery_degraded_health_then_resume_within_5s])
+                   test_api_rate_limit_is_global_across_hosts_exactly_n_of_n_plus_k,
+                   test_post_written_on_one_host_is_listed_at_once_on_the_other,
+                   test_redis_outage_local_delivery_degraded_health_then_resume_within_5s,
+                   test_hung_redis_counts_as_down_then_resumes,
+                   test_hosts_exit_cleanly])
     finally:
         teardown()
