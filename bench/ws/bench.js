@@ -976,7 +976,8 @@ async function scenarioFanout(srv, receivers, messages, rate) {
     const expected = joined * (sent.sent == null ? messages : sent.sent);
     return {
       receivers: joined, failed: sum(ready.map((r) => r.failed)), socketsPerWorker: counts,
-      sent: sent.sent, senderMaxLagMs: sent.maxLagMs, senderEvents: sent.events, expected, delivered: received,
+      sent: sent.sent, senderEchoed: sent.echoed, senderMaxLagMs: sent.maxLagMs, senderEvents: sent.events, expected,
+      delivered: received,
       lost: expected - received, minPerReceiver: res.length ? Math.min(...res.map((r) => r.minPerConn)) : null,
       maxPerReceiver: res.length ? Math.max(...res.map((r) => r.maxPerConn)) : null,
       p50Ms: percentile(lat, 0.5), p99Ms: percentile(lat, 0.99), maxMs: lat.length ? lat[lat.length - 1] : null,

@@ -13,7 +13,8 @@
 //   fanout-send  --room R --messages M --rate r: one connection sends M
 //                messages at r/s, each content the wall-clock send time in ms
 //                (performance.timeOrigin + performance.now(), µs precision),
-//                scheduled against the start so timer lag does not accumulate
+//                scheduled against the start so timer lag does not accumulate;
+//                closes once its own M copies came back (at most 15 s later)
 //   rooms        --rooms FILE [--flood] --duration D: FILE is
 //                [{roomId, tokens: [...], ports: [...]}]; every token connects
 //                (to its port in ports, when given, else --port: a room can
@@ -369,8 +370,11 @@ async function fanoutSend() {
   const list = tokens();
   const events = {};
   const closes = {};
+  let echoed = 0; // its own messages back (it is a member of the room)
   const { conns, failed, failures } = await openAll([{ token: list[0], room: A.room }], {
-    newMessage: () => {},
+    newMessage: () => {
+      echoed++;
+    },
     event: (name, data) => tally(events, name === 'error' ? `error: ${data && data.message}` : name),
     closed: (why) => tally(closes, why),
   });
@@ -392,9 +396,12 @@ async function fanoutSend() {
     sent++;
   }
   const elapsed = performance.now() - t0;
-  await sleep(500); // let the last frames leave before the close
+  // close only once the server has broadcast all of them (its copies are back),
+  // or after 15 s: a close with messages still unread would lose them
+  const until = Date.now() + 15000;
+  while (echoed < sent && c.open() && Date.now() < until && !terminated) await sleep(50);
   await closeAll(conns);
-  emit({ type: 'result', sent, elapsedMs: Math.round(elapsed), maxLagMs: Math.round(maxLag * 1000) / 1000,
+  emit({ type: 'result', sent, echoed, elapsedMs: Math.round(elapsed), maxLagMs: Math.round(maxLag * 1000) / 1000,
     events, closes, cpuMs: cpuMs() });
 }
 
