@@ -1205,9 +1205,12 @@ function markdown(results, meta) {
     '',
     `\`${meta.command}\` — ${meta.cpu}, ${meta.nproc} cores; ${meta.workers} workers each` +
       (multi ? ` on one host; the -bus servers: ${ARGS.hosts} hosts of ${ARGS.hostWorkers} worker(s) each on one ` +
-        'redis-server, members split over the hosts' : '') + '; ' +
-      `idle ${fmt.n(ARGS.idle)}, fan-out ${fmt.n(ARGS.receivers)} × ${ARGS.messages} at ${ARGS.rate}/s, ` +
-      `rooms ${NROOMS} × ${ROOM_SIZE} for ${ARGS.duration} s.`,
+        'redis-server, members split over the hosts' : '') + '; ' + [
+      ARGS.only.includes('idle') && `idle ${fmt.n(ARGS.idle)}`,
+      ARGS.only.includes('fanout') && `fan-out ${fmt.n(ARGS.receivers)} × ${ARGS.messages} at ${ARGS.rate}/s`,
+      (ARGS.only.includes('throughput') || ARGS.only.includes('flood')) &&
+        `rooms ${NROOMS} × ${ROOM_SIZE} for ${ARGS.duration} s`,
+    ].filter(Boolean).join(', ') + '.',
     '',
     ...servers.map((s) => `* ${s}: ${meta.versions[s] || '?'}`),
     '',
