@@ -26,9 +26,9 @@
 struct chat_batch {
 	struct store_op op;
 	size_t n;
-	uint64_t seq;    /* first cross-host sequence number (rbus_reserve); 0: none */
-	bson_oid_t *ids; /* with seq: the ids and createdAt the sequence gives */
-	int64_t *created;
+	uint64_t seq;     /* first cross-host sequence number (rbus_reserve); 0: none */
+	int64_t *created; /* with seq: the createdAt and ids the sequence gives, one block */
+	bson_oid_t *ids;
 	struct ws_conn *c[];
 };
 
@@ -51,7 +51,7 @@ int chat_batch_full(void)
 static void batch_free(struct chat_batch *b)
 {
 	store_op_clear(&b->op);
-	free(b->ids);
+	free(b->created); /* ids live in the same block */
 	free(b);
 }
 
@@ -136,8 +136,8 @@ static void batch_reserved(void *ud, int ok, uint64_t seq, uint64_t us)
 {
 	struct chat_batch *b = ud;
 	struct store *st = api_store();
-	if (ok && (b->ids = malloc(b->n * (sizeof(*b->ids) + sizeof(*b->created))))) {
-		b->created = (int64_t *)(void *)(b->ids + b->n);
+	if (ok && (b->created = malloc(b->n * (sizeof(*b->created) + sizeof(*b->ids))))) {
+		b->ids = (bson_oid_t *)(void *)(b->created + b->n); /* the int64s first: aligned */
 		for (size_t i = 0; i < b->n; i++)
 			rbus_stamp(us + i, b->ids[i].bytes, &b->created[i]);
 		b->seq = seq;
