@@ -1109,8 +1109,10 @@ function rows(results) {
     'p99 ≤ 20 ms');
   add('fanout', 'delivered / expected (lost)', (r) => `${fmt.n(r.delivered)} / ${fmt.n(r.expected)} (${fmt.n(r.lost)})`,
     'nothing lost');
-  add('fanout', 'delivery p50 / p99 per host (sender on host 0)', (r) => (!r.perHost ? 'one host'
-    : r.perHost.map((h) => `h${h.host}: ${fmt.n(h.p50Ms, 1)} / ${fmt.n(h.p99Ms, 1)}`).join('; ') + ' ms'));
+  if (ARGS.servers.some((s) => s.endsWith('-bus'))) {
+    add('fanout', 'delivery p50 / p99 per host (sender on host 0)', (r) => (!r.perHost ? 'one host'
+      : r.perHost.map((h) => `h${h.host}: ${fmt.n(h.p50Ms, 1)} / ${fmt.n(h.p99Ms, 1)}`).join('; ') + ' ms'));
+  }
   add('fanout', 'worker CPU per delivery', (r) => `${fmt.n(r.workerUsPerDelivery, 2)} µs`);
   add('fanout', 'supervisor / primary, redis CPU per delivery', (r) => Object.entries(r.extraUsPerDelivery || {})
     .map(([k, v]) => `${k} ${fmt.n(v, 2)} µs`).join(', '));
