@@ -15,6 +15,16 @@
 //   flood       the same rooms, senders that never wait, D s: worker deaths,
 //               peak RSS, deliveries, errors and closes the clients saw
 //
+// Across hosts (--suite bus, SPEC §12): resil-bus is --hosts resild
+// supervisors (--host-workers workers each, one SQLite file, one JWT secret)
+// sharing chat delivery through RESIL_BUS and a redis-server of its own;
+// socketio-bus is as many ref-server.js processes on one redis-server. Their
+// fan-out receivers are split over the hosts (the sender on the first), a
+// room's members alternate between them, and the report adds latency per
+// host, CPU of every server process incl. redis per delivery, and the ratios
+// SPEC §11 states its scale-out targets in. resil-base is a second resild
+// (RESIL_BASE_BIN, e.g. a build without the feature) on one host.
+//
 // Prints a markdown table (stdout) and a JSON dump of everything; progress on
 // stderr. Never fails on a figure: exits non-zero only when a server cannot be
 // started or set up (or a required program is missing).
@@ -22,9 +32,10 @@
 //   node bench/ws/bench.js [--only idle,fanout,throughput,flood]
 //        [--servers resil,socketio] [--idle 10000] [--receivers 1000]
 //        [--messages 200] [--rate 20] [--duration 10] [--workers 2]
+//        [--suite bus] [--hosts 2] [--host-workers 1]
 //
 // Environment: RESIL_BIN (resild to run; resilctl is taken beside it, else
-// from the repository root), BENCH_KEEP_TMP=1 (keep the temp dir with the
+// from the repository root), RESIL_BASE_BIN (resil-base's), BENCH_KEEP_TMP=1 (keep the temp dir with the
 // server logs), BENCH_START_TIMEOUT (s, default 30), BENCH_FANOUT_PROCS
 // (fan-out receiver processes, default 2).
 'use strict';
