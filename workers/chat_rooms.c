@@ -312,16 +312,18 @@ void chat_rooms_release_hold(struct chat_sock *cs, const bson_oid_t *room, bson_
 
 /* ------------------------------------------------------------ broadcast */
 
-/* Build one record (see REC_HDR) in a malloc'd buffer. 0 or -1. */
+/* Build one record (see REC_HDR) in buf when it fits in cap bytes, else in
+ * a malloc'd buffer (*out != buf: the caller frees it). 0 or -1. */
 static int record_build(int kind, const bson_oid_t *id, const bson_oid_t *mid, uint64_t exclude, const char *json,
-                        size_t len, const char *sio_json, size_t sio_len, unsigned char **out, size_t *outlen)
+                        size_t len, const char *sio_json, size_t sio_len, unsigned char *buf, size_t cap,
+                        unsigned char **out, size_t *outlen)
 {
 	if (len > BUS_MAX_MSG - REC_HDR || sio_len > BUS_MAX_MSG - REC_HDR - len) {
 		log_warn(NULL, "chat broadcast dropped: too large", LF_INT("bytes", (int64_t)(len + sio_len)));
 		return -1;
 	}
 	size_t total = REC_HDR + len + sio_len;
-	unsigned char *p = malloc(total);
+	unsigned char *p = total <= cap ? buf : malloc(total);
 	if (!p)
 		return -1;
 	p[0] = (unsigned char)kind;
@@ -359,12 +361,14 @@ static int record_send(const unsigned char *rec, size_t len)
 static int publish(int kind, const bson_oid_t *id, const bson_oid_t *mid, uint64_t exclude, const char *json,
                    size_t len, const char *sio_json, size_t sio_len)
 {
-	unsigned char *rec;
+	unsigned char stack[REC_HDR + 16384], *rec;
 	size_t total;
-	if (!reg.bus || record_build(kind, id, mid, exclude, json, len, sio_json, sio_len, &rec, &total) < 0)
+	if (!reg.bus ||
+	    record_build(kind, id, mid, exclude, json, len, sio_json, sio_len, stack, sizeof(stack), &rec, &total) < 0)
 		return -1;
 	int rc = record_send(rec, total);
-	free(rec);
+	if (rec != stack)
+		free(rec);
 	return rc;
 }
 
@@ -401,7 +405,8 @@ int chat_notify_added_to_room(const bson_oid_t *user, const bson_t *room)
 	return chat_notify_user(user, buf, len);
 }
 
-int chat_message_record(const bson_t *msg, unsigned char **rec, size_t *len)
+/* The new_message record of msg, in buf when it fits (see record_build). */
+static int message_record(const bson_t *msg, unsigned char *stack, size_t cap, unsigned char **rec, size_t *len)
 {
 	bson_oid_t room, mid;
 	if (api_doc_oid(msg, "room", &room) < 0)
@@ -421,19 +426,26 @@ int chat_message_record(const bson_t *msg, unsigned char **rec, size_t *len)
 	size_t sio_len;
 	int rc = -1;
 	if (chat_gen_end(&buf, &sio_len) == 0)
-		rc = record_build(REC_ROOM_EVENT, &room, has_mid ? &mid : NULL, 0, plain, plen, buf, sio_len, rec, len);
+		rc = record_build(REC_ROOM_EVENT, &room, has_mid ? &mid : NULL, 0, plain, plen, buf, sio_len, stack,
+		                  cap, rec, len);
 	free(plain);
 	return rc;
 }
 
+int chat_message_record(const bson_t *msg, unsigned char **rec, size_t *len)
+{
+	return message_record(msg, NULL, 0, rec, len);
+}
+
 int chat_publish_message(const bson_t *msg)
 {
-	unsigned char *rec;
+	unsigned char stack[REC_HDR + 16384], *rec;
 	size_t len;
-	if (!reg.bus || chat_message_record(msg, &rec, &len) < 0)
+	if (!reg.bus || message_record(msg, stack, sizeof(stack), &rec, &len) < 0)
 		return -1;
 	int rc = record_send(rec, len);
-	free(rec);
+	if (rec != stack)
+		free(rec);
 	return rc;
 }
 

@@ -125,16 +125,28 @@ ENV = None  # redis, double, host A, host B
 def hosts():
     global ENV
     if ENV is None:
-        redis = Redis()
-        double = MongoDouble()
-        env = {"RESIL_BUS": "redis://127.0.0.1:%d/0" % redis.port, "RESIL_JWT_SECRET": SECRET,
-               "RESIL_WS_MESSAGE_RATE": "1000", "RESIL_RATE_LIMIT": "100000/15m"}
-        uri = double.uri("resilbus")
-        a = Server(workers=2, env=env, db=uri).start()
-        b = Server(workers=2, env=env, db=uri).start()
+        started = []  # ended again if a later start fails
+        try:
+            redis = Redis()
+            started.append(redis.close)
+            double = MongoDouble()
+            started.append(double.close)
+            env = {"RESIL_BUS": "redis://127.0.0.1:%d/0" % redis.port, "RESIL_JWT_SECRET": SECRET,
+                   "RESIL_WS_MESSAGE_RATE": "1000", "RESIL_RATE_LIMIT": "100000/15m"}
+            uri = double.uri("resilbus")
+            a = Server(workers=2, env=env, db=uri)
+            started.append(a.cleanup)
+            a.start()
+            b = Server(workers=2, env=env, db=uri)
+            started.append(b.cleanup)
+            b.start()
+            for h in (a, b):
+                wait_bus(h, "up")
+        except BaseException:
+            for end in reversed(started):
+                end()
+            raise
         ENV = (redis, double, a, b)
-        for h in (a, b):
-            wait_bus(h, "up")
     return ENV
 
 
@@ -152,12 +164,18 @@ def teardown():
     double.close()
 
 
-def stop_clean(srv):
-    """SIGTERM, exit status 0 and no valgrind or sanitizer report, then remove."""
+def stop_clean(*servers):
+    """SIGTERM, exit status 0 and no valgrind or sanitizer report, then
+    remove; every server is stopped even when an earlier one fails."""
+    if not servers:
+        return
     try:
-        srv.assert_clean_exit()
+        servers[0].assert_clean_exit()
     finally:
-        srv.cleanup()
+        try:
+            servers[0].cleanup()
+        finally:
+            stop_clean(*servers[1:])
 
 
 def test_hosts_exit_cleanly():
@@ -165,8 +183,7 @@ def test_hosts_exit_cleanly():
     redis, double, a, b = hosts()
     ENV = None
     try:
-        stop_clean(a)
-        stop_clean(b)
+        stop_clean(a, b)
     finally:
         redis.close()
         double.close()
@@ -205,6 +222,21 @@ async def join(ws, rid):
     b = await recv_event(ws)
     assert b["event"] == "recent_messages", b
     return b["data"]
+
+
+def room_with(srv, prefix, n):
+    """n new users (registered on srv) and a room of theirs."""
+    api = Api(srv)
+    users = [api.user(prefix) for _ in range(n)]
+    return users, api.room(users[0], users[1:])
+
+
+async def wait_message(ws, content, timeout=5.0):
+    """Until ws receives the new_message with this content (within timeout each)."""
+    while True:
+        got = await collect(ws, 1, timeout=timeout)
+        if got[0]["content"] == content:
+            return got[0]
 
 
 async def collect(ws, n, timeout=30):
@@ -279,9 +311,7 @@ def test_messages_from_both_hosts_reach_every_socket_in_one_order_equal_to_histo
 
 def test_typing_crosses_hosts():
     redis, double, a, b = hosts()
-    api = Api(a)
-    u1, u2 = api.user("t"), api.user("t")
-    rid = api.room(u1, [u2])
+    (u1, u2), rid = room_with(a, "t", 2)
 
     async def run():
         wa, wb = await connect(a, u1), await connect(b, u2)
@@ -298,9 +328,7 @@ def test_typing_crosses_hosts():
 
 def test_redis_outage_local_delivery_degraded_health_then_resume_within_5s():
     redis, double, a, b = hosts()
-    api = Api(a)
-    u1, u2, u3 = api.user("r"), api.user("r"), api.user("r")
-    rid = api.room(u1, [u2, u3])
+    (u1, u2, u3), rid = room_with(a, "r", 3)
 
     async def run():
         a1, a2, b1 = await connect(a, u1), await connect(a, u2), await connect(b, u3)
@@ -328,10 +356,7 @@ def test_redis_outage_local_delivery_degraded_health_then_resume_within_5s():
             wait_bus(h, "up", timeout=5.0)
         # Cross-host delivery is back (every worker reconnects by itself).
         await a1.send(ev("send_message", roomId=rid, content="after the outage"))
-        while True:
-            got = await collect(b1, 1, timeout=5.0)
-            if got[0]["content"] == "after the outage":
-                break
+        await wait_message(b1, "after the outage")
         assert time.time() - t0 < 5.0 + 5.0, time.time() - t0
         for ws in (a1, a2, b1):
             await ws.close()
@@ -343,9 +368,7 @@ def test_hung_redis_counts_as_down_then_resumes():
     """SIGSTOP: the connections stay open but nothing answers; after the
     2 s stall bound each worker drops them and goes degraded."""
     redis, double, a, b = hosts()
-    api = Api(a)
-    u1, u2 = api.user("h"), api.user("h")
-    rid = api.room(u1, [u2])
+    (u1, u2), rid = room_with(a, "h", 2)
 
     async def run():
         a1, b1 = await connect(a, u1), await connect(b, u2)
@@ -363,10 +386,7 @@ def test_hung_redis_counts_as_down_then_resumes():
         for h in (a, b):
             wait_bus(h, "up", timeout=5.0)
         await b1.send(ev("send_message", roomId=rid, content="after the hang"))
-        while True:
-            got = await collect(a1, 1, timeout=5.0)
-            if got[0]["content"] == "after the hang":
-                break
+        await wait_message(a1, "after the hang")
         for ws in (a1, b1):
             await ws.close()
 
@@ -381,9 +401,11 @@ def test_api_rate_limit_is_global_across_hosts_exactly_n_of_n_plus_k():
     env = {"RESIL_BUS": "redis://127.0.0.1:%d/1" % redis.port, "RESIL_JWT_SECRET": SECRET,
            "RESIL_RATE_LIMIT": "%d/10m" % n}
     uri = double.uri("resilbus_rl")
-    a = Server(workers=2, env=env, db=uri).start()
-    b = Server(workers=2, env=env, db=uri).start()
+    a = Server(workers=2, env=env, db=uri)
+    b = Server(workers=2, env=env, db=uri)
     try:
+        a.start()
+        b.start()
         for h in (a, b):
             wait_bus(h, "up")
         codes = []
@@ -400,8 +422,7 @@ def test_api_rate_limit_is_global_across_hosts_exactly_n_of_n_plus_k():
         assert codes[:n] == [200] * n, codes
         assert remaining[:n] == list(range(n - 1, -1, -1)), remaining
     finally:
-        stop_clean(a)
-        stop_clean(b)
+        stop_clean(a, b)
 
 
 def test_post_written_on_one_host_is_listed_at_once_on_the_other():
@@ -420,8 +441,9 @@ def test_post_written_on_one_host_is_listed_at_once_on_the_other():
 
 
 def test_single_host_without_bus_reports_no_bus():
-    srv = Server(workers=2, env={"RESIL_JWT_SECRET": SECRET}).start()
+    srv = Server(workers=2, env={"RESIL_JWT_SECRET": SECRET})
     try:
+        srv.start()
         st, doc = health(srv)
         assert st == 200 and "bus" not in doc["checks"], doc
     finally:
