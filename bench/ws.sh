@@ -11,6 +11,8 @@
 #   bench/ws.sh --idle 500 --receivers 100 --messages 50 --duration 3
 #   bench/ws.sh --only fanout,throughput --servers resil
 #   RESIL_BIN=/usr/local/bin/resild bench/ws.sh  # use this binary, no build
+#   BENCH_BASE_REF=main bench/ws.sh --suite bus  # scale-out across two hosts,
+#                                                # and single-host against main
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,18 +27,27 @@ die() {
 for a in "$@"; do
     if [[ $a == -h || $a == --help ]]; then
         cat <<EOF
-usage: bench/ws.sh [--only idle,fanout,throughput,flood] [--servers resil,socketio]
-                   [--idle N] [--receivers N] [--messages M] [--rate R]
-                   [--duration S] [--workers N]
+usage: bench/ws.sh [--only idle,fanout,throughput,flood] [--servers LIST]
+                   [--suite bus] [--idle N] [--receivers N] [--messages M]
+                   [--rate R] [--duration S] [--workers N] [--hosts N]
+                   [--host-workers N]
   --only LIST      scenarios to run, in this order (default: all four)
-  --servers LIST   resil, socketio or both (default: both, resil first)
+  --servers LIST   of resil, resil-base, resil-sio, resil-bus, socketio,
+                   socketio-bus (default: resil,socketio)
+  --suite bus      scale-out (issue 17): --only fanout,throughput --servers
+                   resil,[resil-base,]resil-bus,socketio-bus unless given
   --idle N         idle connections (default 10000)
   --receivers N    fan-out receivers in one room (default 1000)
   --messages M     fan-out messages (default 200)
   --rate R         fan-out messages per second (default 20)
   --duration S     seconds of the throughput and flood runs (default 10)
-  --workers N      worker processes of each server (default 2)
+  --workers N      worker processes of each single-host server (default 2)
+  --hosts N        hosts of resil-bus and socketio-bus (default 2)
+  --host-workers N worker processes per host of those (default 1)
 environment: RESIL_BIN=/path/to/resild (resilctl beside it) skips the build;
+RESIL_BASE_BIN=/path/to/resild is the resil-base server (a build without the
+feature under test); BENCH_BASE_REF=REV builds REV for it (git archive, then
+configure with CFLAGS="-O2 -g -DNDEBUG", in bench/.build/base-SHA);
 BENCH_KEEP_TMP=1 keeps the temp dir with the server logs;
 BENCH_START_TIMEOUT=S waits that long for a server (default 30).
 EOF
@@ -79,6 +90,26 @@ elif [[ ! -x $ROOT/resild || ! -x $ROOT/resilctl ]]; then
     else
         die "no resild in $ROOT: build it first (./configure && make), or set RESIL_BIN"
     fi
+fi
+
+# A revision to compare with (resil-base): its own release build, kept
+# between runs under bench/.build/base-SHA.
+if [[ -z ${RESIL_BASE_BIN:-} && -n ${BENCH_BASE_REF:-} ]]; then
+    sha=$(git -C "$ROOT" rev-parse --short "$BENCH_BASE_REF^{commit}" 2>/dev/null) ||
+        die "BENCH_BASE_REF=$BENCH_BASE_REF is not a revision of $ROOT"
+    base=$BENCH_DIR/.build/base-$sha
+    if [[ ! -x $base/resild || ! -x $base/resilctl ]]; then
+        echo "bench: building $BENCH_BASE_REF ($sha) in $base (log: $base.log)" >&2
+        rm -rf "$base"
+        mkdir -p "$base"
+        git -C "$ROOT" archive "$sha" | tar -x -C "$base" || die "git archive $sha failed"
+        (cd "$base" && timeout 600 autoreconf -fi && ./configure CFLAGS="-O2 -g -DNDEBUG" &&
+            timeout 1800 make -j2) >"$base.log" 2>&1 || die "building $sha failed: see $base.log"
+    fi
+    export RESIL_BASE_BIN=$base/resild
+fi
+if [[ -n ${RESIL_BASE_BIN:-} ]]; then
+    [[ -x $RESIL_BASE_BIN ]] || die "RESIL_BASE_BIN=$RESIL_BASE_BIN is not an executable"
 fi
 
 exec node "$WS_DIR/bench.js" "$@"

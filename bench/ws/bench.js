@@ -15,6 +15,16 @@
 //   flood       the same rooms, senders that never wait, D s: worker deaths,
 //               peak RSS, deliveries, errors and closes the clients saw
 //
+// Across hosts (--suite bus, SPEC §12): resil-bus is --hosts resild
+// supervisors (--host-workers workers each, one SQLite file, one JWT secret)
+// sharing chat delivery through RESIL_BUS and a redis-server of its own;
+// socketio-bus is as many ref-server.js processes on one redis-server. Their
+// fan-out receivers are split over the hosts (the sender on the first), a
+// room's members alternate between them, and the report adds latency per
+// host, CPU of every server process incl. redis per delivery, and the ratios
+// SPEC §11 states its scale-out targets in. resil-base is a second resild
+// (RESIL_BASE_BIN, e.g. a build without the feature) on one host.
+//
 // Prints a markdown table (stdout) and a JSON dump of everything; progress on
 // stderr. Never fails on a figure: exits non-zero only when a server cannot be
 // started or set up (or a required program is missing).
@@ -22,9 +32,10 @@
 //   node bench/ws/bench.js [--only idle,fanout,throughput,flood]
 //        [--servers resil,socketio] [--idle 10000] [--receivers 1000]
 //        [--messages 200] [--rate 20] [--duration 10] [--workers 2]
+//        [--suite bus] [--hosts 2] [--host-workers 1]
 //
 // Environment: RESIL_BIN (resild to run; resilctl is taken beside it, else
-// from the repository root), BENCH_KEEP_TMP=1 (keep the temp dir with the
+// from the repository root), RESIL_BASE_BIN (resil-base's), BENCH_KEEP_TMP=1 (keep the temp dir with the
 // server logs), BENCH_START_TIMEOUT (s, default 30), BENCH_FANOUT_PROCS
 // (fan-out receiver processes, default 2).
 'use strict';
@@ -45,7 +56,15 @@ const RESILCTL = [path.join(path.dirname(RESILD), 'resilctl'), path.join(ROOT, '
   .find((p) => fs.existsSync(p)) || path.join(ROOT, 'resilctl');
 const START_TIMEOUT_MS = (parseFloat(process.env.BENCH_START_TIMEOUT || '30') || 30) * 1000;
 const SCENARIOS = ['idle', 'fanout', 'throughput', 'flood'];
-const SERVER_NAMES = ['resil', 'resil-sio', 'socketio'];
+// resil-base: a resild from RESIL_BASE_BIN (say, a build without a feature);
+// resil-bus and socketio-bus: --hosts hosts of --host-workers workers each,
+// sharing chat delivery through one redis-server (RESIL_BUS / the adapter)
+const SERVER_NAMES = ['resil', 'resil-base', 'resil-sio', 'resil-bus', 'socketio', 'socketio-bus'];
+// --suite bus: the scale-out comparison of SPEC §11 (issue 17), in one run
+const SUITES = {
+  bus: { only: ['fanout', 'throughput'],
+    servers: ['resil', ...(process.env.RESIL_BASE_BIN ? ['resil-base'] : []), 'resil-bus', 'socketio-bus'] },
+};
 const PER_IDLE_PROC = 2500; // idle connections per client process at most
 const USERS = 100; // 10 rooms x 10 members; the first 10 also form the big room
 const ROOM_SIZE = 10;
@@ -56,14 +75,15 @@ const NROOMS = 10;
 function usage(msg) {
   if (msg) process.stderr.write(`bench.js: ${msg}\n`);
   process.stderr.write('usage: node bench/ws/bench.js [--only idle,fanout,throughput,flood] ' +
-    '[--servers resil,socketio] [--idle N] [--receivers N] [--messages M] [--rate R] [--duration S] ' +
-    '[--workers N]\n');
+    '[--servers resil,resil-base,resil-sio,resil-bus,socketio,socketio-bus] [--suite bus] [--idle N] ' +
+    '[--receivers N] [--messages M] [--rate R] [--duration S] [--workers N] [--hosts N] [--host-workers N]\n');
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const a = { only: SCENARIOS, servers: ['resil', 'socketio'], idle: 10000, receivers: 1000, messages: 200, rate: 20,
-    duration: 10, workers: 2 };
+    duration: 10, workers: 2, hosts: 2, hostWorkers: 1, suite: null };
+  const given = new Set();
   for (let i = 0; i < argv.length; i++) {
     let k = argv[i];
     let v;
@@ -76,15 +96,19 @@ function parseArgs(argv) {
       v = argv[++i];
     }
     if (v === undefined) usage(`${k} needs a value`);
-    const key = k.replace(/^--/, '');
-    if (key === 'only' || key === 'servers') {
+    const key = k.replace(/^--/, '').replace(/-(\w)/g, (_, c) => c.toUpperCase());
+    given.add(key);
+    if (key === 'suite') {
+      if (!SUITES[v]) usage(`--suite: unknown ${v} (${Object.keys(SUITES).join(', ')})`);
+      a.suite = v;
+    } else if (key === 'only' || key === 'servers') {
       const allowed = key === 'only' ? SCENARIOS : SERVER_NAMES;
       const list = v.split(',').map((s) => s.trim()).filter(Boolean);
       for (const s of list) if (!allowed.includes(s)) usage(`--${key}: unknown ${s} (${allowed.join(', ')})`);
       a[key] = allowed.filter((s) => list.includes(s));
-    } else if (['idle', 'receivers', 'messages', 'workers'].includes(key)) {
+    } else if (['idle', 'receivers', 'messages', 'workers', 'hosts', 'hostWorkers'].includes(key)) {
       a[key] = parseInt(v, 10);
-      if (!(a[key] >= (key === 'idle' ? 0 : 1))) usage(`--${key} must be a positive integer`);
+      if (!(a[key] >= (key === 'idle' ? 0 : 1))) usage(`${k} must be a positive integer`);
     } else if (['rate', 'duration'].includes(key)) {
       a[key] = parseFloat(v);
       if (!(a[key] > 0)) usage(`--${key} must be a positive number`);
@@ -92,6 +116,9 @@ function parseArgs(argv) {
       usage(`unknown option ${k}`);
     }
   }
+  // a suite chooses the scenarios and servers that were not given
+  if (a.suite) for (const key of ['only', 'servers']) if (!given.has(key)) a[key] = SUITES[a.suite][key];
+  if (a.servers.includes('resil-base') && !process.env.RESIL_BASE_BIN) usage('resil-base needs RESIL_BASE_BIN');
   return a;
 }
 
@@ -446,49 +473,72 @@ function tail(file, n = 15) {
 
 // resil with its own /ws protocol, or (resil-sio) with the same npm
 // socket.io-client the reference gets, through its /socket.io/ endpoint.
+// opts: bin (another resild, e.g. a build without a feature: resilctl is
+// taken beside it), hosts (that many supervisors on their own ports and
+// control sockets, one shared SQLite file and JWT secret, as hosts behind a
+// load balancer would be) and bus (a redis-server of its own and RESIL_BUS
+// pointing every host at it).
 class ResilServer {
-  constructor(name = 'resil', proto = 'resil') {
+  constructor(name = 'resil', proto = 'resil', opts = {}) {
     this.name = name;
     this.proto = proto;
+    this.bin = opts.bin ? path.resolve(opts.bin) : RESILD;
+    this.ctlBin = opts.bin ? path.join(path.dirname(this.bin), 'resilctl') : RESILCTL;
+    this.nhosts = opts.hosts || 1;
+    this.bus = !!opts.bus;
   }
 
   async start(workers) {
-    if (!fs.existsSync(RESILD)) {
+    if (!fs.existsSync(this.bin)) {
       // the lead may be relinking it: give it a moment
-      for (let i = 0; i < 30 && !fs.existsSync(RESILD); i++) await sleep(2000);
-      if (!fs.existsSync(RESILD)) throw new Fatal(`${RESILD} not found: build it (make) or set RESIL_BIN`);
+      for (let i = 0; i < 30 && !fs.existsSync(this.bin); i++) await sleep(2000);
+      if (!fs.existsSync(this.bin)) throw new Fatal(`${this.bin} not found: build it (make) or set RESIL_BIN`);
     }
-    this.dir = fs.mkdtempSync(path.join(TMP, 'resil-'));
-    this.port = await freePort();
-    this.ctl = path.join(this.dir, 'ctl.sock');
+    if (!fs.existsSync(this.ctlBin)) throw new Fatal(`${this.ctlBin} not found (resilctl beside ${this.bin})`);
+    this.dir = fs.mkdtempSync(path.join(TMP, `${this.name}-`));
     this.secret = crypto.randomBytes(32).toString('hex');
+    if (this.bus) this.redis = await startRedis(this.dir);
+    this.hosts = [];
+    // one after the other: the first creates the database, the next opens it
+    for (let h = 0; h < this.nhosts; h++) this.hosts.push(await this.startHost(h, workers));
+    this.port = this.hosts[0].port; // the set-up and the senders go to the first host
+    this.ports = this.hosts.map((x) => x.port);
+    this.child = this.hosts[0].child;
+  }
+
+  async startHost(h, workers) {
+    const dir = this.nhosts > 1 ? fs.mkdtempSync(path.join(this.dir, `host${h}-`)) : this.dir;
+    const host = { index: h, dir, port: await freePort(), ctl: path.join(dir, 'ctl.sock'),
+      logFile: path.join(dir, 'stderr.log') };
     const env = {};
     for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('RESIL_')) env[k] = v;
     Object.assign(env, {
-      RESIL_LISTEN: `127.0.0.1:${this.port}`, RESIL_WORKERS: String(workers),
-      RESIL_DB: `sqlite:${this.dir}/bench.db`, RESIL_CONTROL: this.ctl, RESIL_LOG_LEVEL: 'warn',
+      RESIL_LISTEN: `127.0.0.1:${host.port}`, RESIL_WORKERS: String(workers),
+      RESIL_DB: `sqlite:${this.dir}/bench.db`, RESIL_CONTROL: host.ctl, RESIL_LOG_LEVEL: 'warn',
       RESIL_RATE_LIMIT: '1000000/1s', RESIL_MAX_CONNECTIONS: '20000', RESIL_WS_MESSAGE_RATE: '1000000',
       RESIL_JWT_SECRET: this.secret,
     });
-    this.logFile = path.join(this.dir, 'stderr.log');
-    const fd = fs.openSync(this.logFile, 'a');
-    this.child = spawnRaised('resild', [RESILD, '--foreground'], { cwd: this.dir, env, stdio: ['ignore', fd, fd] });
+    if (this.bus) env.RESIL_BUS = `redis://127.0.0.1:${this.redis.port}`;
+    const fd = fs.openSync(host.logFile, 'a');
+    host.child = spawnRaised('resild', [this.bin, '--foreground'], { cwd: dir, env, stdio: ['ignore', fd, fd] });
     fs.closeSync(fd);
     try {
-      await waitFor('resild', this.child, START_TIMEOUT_MS,
-        async () => (await httpJson(this.port, 'GET', '/health/live')).status === 200);
+      await waitFor('resild', host.child, START_TIMEOUT_MS,
+        async () => (await httpJson(host.port, 'GET', '/health/live')).status === 200);
     } catch (e) {
-      throw new Fatal(`${e.message}\n${tail(this.logFile)}`);
+      throw new Fatal(`${e.message}\n${tail(host.logFile)}`);
     }
-    const st = await this.status();
-    this.supervisorPid = st.supervisor && st.supervisor.pid;
-    log(`resil: resild pid ${this.child.pid} (supervisor ${this.supervisorPid}) on 127.0.0.1:${this.port}, ` +
-      `workers ${st.workers.map((w) => w.pid).join(', ')}`);
+    const st = await this.status(h, host);
+    host.supervisorPid = st.supervisor && st.supervisor.pid;
+    log(`${this.name}: host ${h}: resild pid ${host.child.pid} (supervisor ${host.supervisorPid}) on ` +
+      `127.0.0.1:${host.port}, workers ${st.workers.map((w) => w.pid).join(', ')}` +
+      `${this.bus ? `; RESIL_BUS=redis://127.0.0.1:${this.redis.port}` : ''}`);
+    return host;
   }
 
-  status() {
+  status(h = 0, host = this.hosts[h]) {
     return new Promise((resolve, reject) => {
-      execFile(RESILCTL, ['-s', this.ctl, 'status', '--json'], { timeout: 10000 }, (err, out) => {
+      execFile(this.ctlBin, ['-s', host.ctl, 'status', '--json'], { timeout: 10000 }, (err, out) => {
         if (err) return reject(new Error(`resilctl status: ${err.message}`));
         try {
           const st = JSON.parse(out);
@@ -501,18 +551,30 @@ class ResilServer {
     });
   }
 
+  statuses() {
+    return Promise.all(this.hosts.map((_, h) => this.status(h)));
+  }
+
   async workers() {
-    return (await this.status()).workers.map((w) => w.pid);
+    return (await this.statuses()).flatMap((st) => st.workers.map((w) => w.pid));
   }
 
   // websockets per worker, as resilctl counts them
   async socketCounts() {
-    return (await this.status()).workers.map((w) => ({ pid: w.pid, sockets: w.websockets }));
+    return (await this.statuses()).flatMap((st, h) => st.workers.map((w) => ({ pid: w.pid, sockets: w.websockets,
+      host: h })));
   }
 
   // {name: pid} of the processes around the workers
   extras() {
-    return { supervisor: this.supervisorPid };
+    if (this.nhosts === 1 && !this.redis) return { supervisor: this.hosts[0].supervisorPid };
+    const out = Object.fromEntries(this.hosts.map((x) => [`supervisor h${x.index}`, x.supervisorPid]));
+    if (this.redis) out.redis = this.redis.child.pid;
+    return out;
+  }
+
+  down() {
+    return this.hosts.some((x) => exited(x.child));
   }
 
   async setup() {
@@ -551,49 +613,78 @@ class ResilServer {
   }
 
   async aliveAfter(pidsBefore) {
-    let st = null;
+    let now = null;
     try {
-      st = await this.status();
+      now = await this.statuses();
     } catch (e) {
       return { ok: false, note: e.message };
     }
-    const now = st.workers.map((w) => w.pid);
-    const died = pidsBefore.filter((p) => !now.includes(p));
-    return { ok: died.length === 0 && !exited(this.child), died, workers: now,
-      restarts: st.workers.map((w) => w.restarts) };
+    const pids = now.flatMap((st) => st.workers.map((w) => w.pid));
+    const died = pidsBefore.filter((p) => !pids.includes(p));
+    return { ok: died.length === 0 && !this.down(), died, workers: pids,
+      restarts: now.flatMap((st) => st.workers.map((w) => w.restarts)) };
   }
 
   async stop() {
-    await stopChild(this.child, 15000);
+    await Promise.all((this.hosts || []).map((x) => stopChild(x.child, 15000)));
+    if (this.redis) await stopChild(this.redis.child, 10000);
     killStrayWorkers();
   }
 
-  // warn/error lines resild logged during the run, by message
+  // warn/error lines resild logged during the run, by message (and host)
   logSummary() {
-    let text = '';
-    try {
-      text = fs.readFileSync(this.logFile, 'utf8');
-    } catch (e) {
-      return {};
-    }
     const out = {};
-    for (const line of text.split('\n')) {
-      if (!line.trim()) continue;
-      let key = line.slice(0, 160);
+    for (const host of this.hosts || []) {
+      let text = '';
       try {
-        const j = JSON.parse(line);
-        key = `${j.level || '?'}: ${j.msg || j.message || line.slice(0, 120)}`;
-      } catch (e) { /* not JSON */ }
-      if (!out[key]) out[key] = { count: 0, first: line.slice(0, 600) };
-      out[key].count++;
+        text = fs.readFileSync(host.logFile, 'utf8');
+      } catch (e) {
+        continue;
+      }
+      const where = this.nhosts > 1 ? `host ${host.index}: ` : '';
+      for (const line of text.split('\n')) {
+        if (!line.trim()) continue;
+        let key = line.slice(0, 160);
+        try {
+          const j = JSON.parse(line);
+          key = `${j.level || '?'}: ${j.msg || j.message || line.slice(0, 120)}`;
+        } catch (e) { /* not JSON */ }
+        key = where + key;
+        if (!out[key]) out[key] = { count: 0, first: where + line.slice(0, 600) };
+        out[key].count++;
+      }
     }
     return out;
   }
 
   async version() {
-    return new Promise((resolve) => execFile(RESILD, ['--version'], { timeout: 5000 },
+    const v = await new Promise((resolve) => execFile(this.bin, ['--version'], { timeout: 5000 },
       (err, out, errOut) => resolve(String(out || errOut || '?').trim().split('\n')[0])));
+    const hosts = this.nhosts > 1 ? `, ${this.nhosts} hosts (shared SQLite file)` : '';
+    return `${v} (${this.bin})${hosts}${this.bus ? `, RESIL_BUS + redis-server ${await redisVersion()}` : ''}`;
   }
+}
+
+// A redis-server of the run's own on a free loopback port, no persistence,
+// in dir: {child, port, log}. Stopped by pid with the rest.
+async function startRedis(dir) {
+  const port = await freePort();
+  const logFile = path.join(dir, 'redis.log');
+  const fd = fs.openSync(logFile, 'a');
+  const child = track(spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1',
+    '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--dir', dir],
+  { cwd: dir, stdio: ['ignore', fd, fd] }), 'redis-server');
+  fs.closeSync(fd);
+  child.on('error', () => {});
+  await waitFor('redis-server', child, START_TIMEOUT_MS, () => redisPing(port)).catch((e) => {
+    throw new Fatal(`${e.message}\n${tail(logFile)}`);
+  });
+  return { child, port, log: logFile };
+}
+
+function redisVersion() {
+  return new Promise((resolve) => execFile('redis-server', ['--version'], { timeout: 5000 },
+    (err, out) => resolve((/v=(\S+)/.exec(String(out)) || [])[1] || '?')));
 }
 
 // A token {sub, email, role, iat, exp} signed HS256 with node:crypto.
@@ -623,10 +714,14 @@ function redisPing(port) {
   });
 }
 
+// The reference: ref-server.js (node cluster, N workers) on redis-server; with
+// hosts > 1, that many ref-server.js processes on their own ports, all on the
+// one redis, as Socket.io hosts behind a load balancer would be.
 class SocketioServer {
-  constructor() {
-    this.name = 'socketio';
+  constructor(name = 'socketio', hosts = 1) {
+    this.name = name;
     this.proto = 'socketio';
+    this.nhosts = hosts;
     this.exits = [];
   }
 
@@ -634,21 +729,9 @@ class SocketioServer {
     if (!fs.existsSync(path.join(__dirname, 'node_modules', 'socket.io'))) {
       throw new Fatal(`${path.join(__dirname, 'node_modules')} is missing: run npm install in bench/ws (bench/ws.sh does)`);
     }
-    this.dir = fs.mkdtempSync(path.join(TMP, 'socketio-'));
+    this.dir = fs.mkdtempSync(path.join(TMP, `${this.name}-`));
     this.secret = crypto.randomBytes(32).toString('hex');
-    // redis
-    this.redisPort = await freePort();
-    this.redisLog = path.join(this.dir, 'redis.log');
-    let fd = fs.openSync(this.redisLog, 'a');
-    this.redis = track(spawn('redis-server', ['--port', String(this.redisPort), '--bind', '127.0.0.1',
-      '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--dir', this.dir],
-    { cwd: this.dir, stdio: ['ignore', fd, fd] }), 'redis-server');
-    fs.closeSync(fd);
-    this.redis.on('error', () => {});
-    await waitFor('redis-server', this.redis, START_TIMEOUT_MS, () => redisPing(this.redisPort))
-      .catch((e) => {
-        throw new Fatal(`${e.message}\n${tail(this.redisLog)}`);
-      });
+    this.redis = await startRedis(this.dir);
     // users and rooms: the same shape as on resil
     const users = Array.from({ length: USERS }, (_, i) => ({
       id: crypto.randomBytes(12).toString('hex'), username: `wsb${i}`, email: `wsb${i}@bench.example`,
@@ -668,88 +751,110 @@ class SocketioServer {
       const members = users.slice(r * ROOM_SIZE, (r + 1) * ROOM_SIZE);
       this.rooms.push({ roomId: newRoom(`bench room ${r}`, members), tokens: members.map(tokenOf) });
     }
-    // the reference server
-    this.port = await freePort();
-    this.logFile = path.join(this.dir, 'ref-server.log');
-    fd = fs.openSync(this.logFile, 'a');
+    const files = { rooms: writeJson(`ref-rooms-${this.name}.json`, roomsJson),
+      users: writeJson(`ref-users-${this.name}.json`, byId) };
+    this.hosts = [];
+    for (let h = 0; h < this.nhosts; h++) this.hosts.push(await this.startHost(h, workers, files));
+    this.port = this.hosts[0].port;
+    this.ports = this.hosts.map((x) => x.port);
+    this.child = this.hosts[0].child;
+  }
+
+  async startHost(h, workers, files) {
+    const host = { index: h, port: await freePort(),
+      logFile: path.join(this.dir, this.nhosts > 1 ? `ref-server-h${h}.log` : 'ref-server.log') };
+    const fd = fs.openSync(host.logFile, 'a');
     const env = Object.assign({}, process.env, {
-      PORT: String(this.port), REDIS_PORT: String(this.redisPort), BENCH_WORKERS: String(workers),
-      BENCH_JWT_SECRET: this.secret, BENCH_ROOMS_FILE: writeJson('ref-rooms.json', roomsJson),
-      BENCH_USERS_FILE: writeJson('ref-users.json', byId), NODE_ENV: 'production',
+      PORT: String(host.port), REDIS_PORT: String(this.redis.port), BENCH_WORKERS: String(workers),
+      BENCH_JWT_SECRET: this.secret, BENCH_ROOMS_FILE: files.rooms, BENCH_USERS_FILE: files.users,
+      NODE_ENV: 'production',
     });
-    this.child = spawnRaised('ref-server', [process.execPath, REF_SERVER],
+    host.child = spawnRaised('ref-server', [process.execPath, REF_SERVER],
       { cwd: __dirname, env, stdio: ['ignore', 'pipe', fd] });
     fs.closeSync(fd);
-    this.out = lineQueue(this.child.stdout);
+    host.out = lineQueue(host.child.stdout);
     // worker exits are collected as they come
-    const watch = setInterval(() => {
-      for (let i = this.out.lines.length - 1; i >= 0; i--) {
+    host.watch = setInterval(() => {
+      for (let i = host.out.lines.length - 1; i >= 0; i--) {
         let o;
         try {
-          o = JSON.parse(this.out.lines[i]);
+          o = JSON.parse(host.out.lines[i]);
         } catch (e) {
           continue;
         }
         if (o.event === 'exit') {
-          this.out.lines.splice(i, 1);
+          host.out.lines.splice(i, 1);
           this.exits.push(o);
-          this.pids = (this.pids || []).filter((p) => p !== o.pid).concat(o.replacement);
+          host.pids = (host.pids || []).filter((p) => p !== o.pid).concat(o.replacement);
           workerPids.add(o.replacement);
-          log(`socketio: worker ${o.pid} exited (${o.signal || o.code}), replaced by ${o.replacement}`);
+          log(`${this.name}: worker ${o.pid} exited (${o.signal || o.code}), replaced by ${o.replacement}`);
         }
       }
     }, 100);
-    watch.unref();
-    this.watch = watch;
+    host.watch.unref();
     let ready;
     try {
-      ready = await this.out.next((o) => o.event === 'ready', START_TIMEOUT_MS, 'ref-server.js ready');
+      ready = await host.out.next((o) => o.event === 'ready', START_TIMEOUT_MS, 'ref-server.js ready');
     } catch (e) {
-      throw new Fatal(`socketio: ${e.message}\n${tail(this.logFile)}`);
+      throw new Fatal(`${this.name}: ${e.message}\n${tail(host.logFile)}`);
     }
-    this.pids = ready.workers;
-    for (const p of this.pids) workerPids.add(p);
-    log(`socketio: ref-server.js pid ${this.child.pid} on 127.0.0.1:${this.port}, workers ${this.pids.join(', ')}; ` +
-      `redis-server pid ${this.redis.pid} on ${this.redisPort}`);
+    host.pids = ready.workers;
+    for (const p of host.pids) workerPids.add(p);
+    log(`${this.name}: host ${h}: ref-server.js pid ${host.child.pid} on 127.0.0.1:${host.port}, workers ` +
+      `${host.pids.join(', ')}; redis-server pid ${this.redis.child.pid} on ${this.redis.port}`);
+    return host;
   }
 
   async setup() { /* done in start(): users, rooms and tokens are files */ }
 
   async workers() {
-    return this.pids.slice();
+    return this.hosts.flatMap((x) => x.pids);
   }
 
   async socketCounts() {
-    process.kill(this.child.pid, 'SIGUSR2');
-    const o = await this.out.next((x) => x.event === 'counts', 10000, 'ref-server.js counts');
-    return o.workers;
+    const per = await Promise.all(this.hosts.map(async (x) => {
+      process.kill(x.child.pid, 'SIGUSR2');
+      const o = await x.out.next((y) => y.event === 'counts', 10000, 'ref-server.js counts');
+      return o.workers.map((w) => Object.assign(w, { host: x.index }));
+    }));
+    return per.flat();
   }
 
   extras() {
-    return { primary: this.child.pid, redis: this.redis.pid };
+    if (this.nhosts === 1) return { primary: this.hosts[0].child.pid, redis: this.redis.child.pid };
+    const out = Object.fromEntries(this.hosts.map((x) => [`primary h${x.index}`, x.child.pid]));
+    out.redis = this.redis.child.pid;
+    return out;
+  }
+
+  down() {
+    return this.hosts.some((x) => exited(x.child));
   }
 
   async aliveAfter(pidsBefore, exitsBefore) {
     await sleep(300); // let the exit watcher catch up
     const exits = this.exits.slice(exitsBefore);
-    return { ok: exits.length === 0 && !exited(this.child), died: exits.map((e) => e.pid),
-      exits, workers: this.pids.slice() };
+    return { ok: exits.length === 0 && !this.down(), died: exits.map((e) => e.pid),
+      exits, workers: await this.workers() };
   }
 
   async stop() {
-    clearInterval(this.watch);
-    await stopChild(this.child, 10000);
-    await stopChild(this.redis, 10000);
+    for (const x of this.hosts || []) clearInterval(x.watch);
+    await Promise.all((this.hosts || []).map((x) => stopChild(x.child, 10000)));
+    if (this.redis) await stopChild(this.redis.child, 10000);
     killStrayWorkers();
   }
 
   logSummary() {
     const out = {};
-    for (const line of tail(this.logFile, 200).split('\n')) {
-      if (!line.trim()) continue;
-      const key = line.replace(/\d+/g, 'N').slice(0, 160);
-      if (!out[key]) out[key] = { count: 0, first: line.slice(0, 600) };
-      out[key].count++;
+    for (const x of this.hosts || []) {
+      const where = this.nhosts > 1 ? `host ${x.index}: ` : '';
+      for (const line of tail(x.logFile, 200).split('\n')) {
+        if (!line.trim()) continue;
+        const key = where + line.replace(/\d+/g, 'N').slice(0, 160);
+        if (!out[key]) out[key] = { count: 0, first: where + line.slice(0, 600) };
+        out[key].count++;
+      }
     }
     return out;
   }
@@ -762,10 +867,9 @@ class SocketioServer {
         return '?';
       }
     };
-    const redisV = await new Promise((resolve) => execFile('redis-server', ['--version'], { timeout: 5000 },
-      (err, out) => resolve((/v=(\S+)/.exec(String(out)) || [])[1] || '?')));
+    const hosts = this.nhosts > 1 ? `, ${this.nhosts} hosts (ref-server.js processes) on one redis-server` : '';
     return `node ${process.version} + socket.io ${v('socket.io')} + @socket.io/redis-adapter ` +
-      `${v('@socket.io/redis-adapter')} + redis ${v('redis')} (node-redis) + redis-server ${redisV}`;
+      `${v('@socket.io/redis-adapter')} + redis ${v('redis')} (node-redis) + redis-server ${await redisVersion()}${hosts}`;
   }
 }
 
@@ -775,7 +879,7 @@ async function scenarioIdle(srv, n) {
   const pids = await srv.workers();
   await sleep(1000);
   const before = pids.map(rssOf);
-  const redisBefore = srv.redis ? rssOf(srv.redis.pid) : 0;
+  const redisBefore = srv.redis ? rssOf(srv.redis.child.pid) : 0;
   const procs = Math.max(4, Math.ceil(n / PER_IDLE_PROC));
   const tokens = writeJson(`tokens-big-${srv.name}.json`, srv.bigTokens);
   const clients = split(n, procs).map((k) => startClient(srv.proto, srv.port, 'idle',
@@ -788,7 +892,7 @@ async function scenarioIdle(srv, n) {
     log(`${srv.name}: idle: ${joined} joined (${failed} failed) in ${((Date.now() - t0) / 1000).toFixed(1)} s; settling 5 s`);
     await sleep(5000);
     const after = pids.map(rssOf);
-    const redisAfter = srv.redis ? rssOf(srv.redis.pid) : 0;
+    const redisAfter = srv.redis ? rssOf(srv.redis.child.pid) : 0;
     let counts = null;
     try {
       counts = await srv.socketCounts();
@@ -825,10 +929,13 @@ async function scenarioFanout(srv, receivers, messages, rate) {
   // Two receiver processes: one per core here. The clients spend ~3x the
   // server's CPU on a fan-out, so a process more only adds scheduling delay to
   // the latencies (p99 ~25 ms with 2, ~40 ms with 4 on resil, same run).
-  const procs = parseInt(process.env.BENCH_FANOUT_PROCS || '', 10) || 2;
+  // Across hosts, receiver process i connects to host i mod hosts (the sender
+  // to the first): with 2 processes and 2 hosts, half the receivers each.
+  const ports = srv.ports || [srv.port];
+  const procs = Math.max(parseInt(process.env.BENCH_FANOUT_PROCS || '', 10) || 2, ports.length);
   const tokens = writeJson(`tokens-big-${srv.name}.json`, srv.bigTokens);
   const sendSeconds = messages / rate;
-  const clients = split(receivers, procs).map((k) => startClient(srv.proto, srv.port, 'fanout-recv',
+  const clients = split(receivers, procs).map((k, i) => startClient(srv.proto, ports[i % ports.length], 'fanout-recv',
     { n: k, room: srv.bigRoom, tokens, messages, quiet: 3, timeout: Math.ceil(sendSeconds + 240) }));
   let sender = null;
   let cpu1 = null;
@@ -854,10 +961,19 @@ async function scenarioFanout(srv, receivers, messages, rate) {
     });
     for (const c of clients) c.write('done');
     // the window ends when the receivers have it all (or give up)
-    const res = (await clientResults(clients, 120000, () => {
+    const all = await clientResults(clients, 120000, () => {
       cpu1 = cpuSnapshot(pids, extras, clients.concat(sender));
-    })).filter(Boolean);
+    });
+    const res = all.filter(Boolean);
     const cpu = cpuDelta(cpu0, cpu1 || cpuSnapshot(pids, extras, clients.concat(sender)));
+    // latencies by the host the receivers were on (host 0 has the sender)
+    const perHost = ports.length < 2 ? undefined : ports.map((_, h) => {
+      const mine = all.filter((r, i) => r && i % ports.length === h);
+      const hl = mine.flatMap((r) => r.lat).sort((a, b) => a - b);
+      return { host: h, receivers: sum(mine.map((r) => r.joined)), delivered: sum(mine.map((r) => r.received)),
+        p50Ms: percentile(hl, 0.5), p99Ms: percentile(hl, 0.99), maxMs: hl.length ? hl[hl.length - 1] : null };
+    });
+    const serverCpu = cpu.worker + sum(Object.values(cpu.extras).filter(Number.isFinite));
     const lat = [];
     for (const r of res) for (const x of r.lat) lat.push(x);
     lat.sort((a, b) => a - b);
@@ -871,13 +987,18 @@ async function scenarioFanout(srv, receivers, messages, rate) {
     const expected = joined * (sent.sent == null ? messages : sent.sent);
     return {
       receivers: joined, failed: sum(ready.map((r) => r.failed)), socketsPerWorker: counts,
-      sent: sent.sent, senderMaxLagMs: sent.maxLagMs, senderEvents: sent.events, expected, delivered: received,
+      sent: sent.sent, senderEchoed: sent.echoed, senderMaxLagMs: sent.maxLagMs, senderEvents: sent.events, expected,
+      delivered: received,
       lost: expected - received, minPerReceiver: res.length ? Math.min(...res.map((r) => r.minPerConn)) : null,
       maxPerReceiver: res.length ? Math.max(...res.map((r) => r.maxPerConn)) : null,
       p50Ms: percentile(lat, 0.5), p99Ms: percentile(lat, 0.99), maxMs: lat.length ? lat[lat.length - 1] : null,
       closes, events, clientResults: res.length, clientProcesses: clients.length,
       endedBy: res.map((r) => r.ended), cpu, workerUsPerDelivery: received ? (cpu.worker * 1e6) / received : null,
-      receiversOpenMs: ready.map((r) => r.openMs),
+      // workers + supervisor(s) or cluster primaries + redis-server, when there is one
+      serverUsPerDelivery: received ? (serverCpu * 1e6) / received : null,
+      extraUsPerDelivery: Object.fromEntries(Object.entries(cpu.extras).map(([k, v]) => [k,
+        received && Number.isFinite(v) ? (v * 1e6) / received : null])),
+      perHost, receiversOpenMs: ready.map((r) => r.openMs),
     };
   } finally {
     await stopClients(clients.concat(sender ? [sender] : []));
@@ -886,7 +1007,11 @@ async function scenarioFanout(srv, receivers, messages, rate) {
 
 async function scenarioRooms(srv, duration, flood) {
   const procs = 2;
-  const groups = Array.from({ length: procs }, (_, i) => srv.rooms.filter((_, r) => r % procs === i));
+  // across hosts, the members of a room alternate between them (sender on the first)
+  const ports = srv.ports || [srv.port];
+  const rooms = ports.length < 2 ? srv.rooms
+    : srv.rooms.map((r) => Object.assign({}, r, { ports: r.tokens.map((_, i) => ports[i % ports.length]) }));
+  const groups = Array.from({ length: procs }, (_, i) => rooms.filter((_, r) => r % procs === i));
   const clients = groups.map((g, i) => startClient(srv.proto, srv.port, 'rooms', {
     rooms: writeJson(`rooms-${srv.name}-${i}.json`, g), duration, flood, timeout: Math.ceil(duration + 240),
   }));
@@ -944,7 +1069,7 @@ async function scenarioRooms(srv, duration, flood) {
       extraCpuS: extraCpu, extraUsPerDelivery: Object.fromEntries(Object.entries(extraCpu).map(([k, v]) => [k, perDel(v)])),
       totalUsPerDelivery: perDel(totalCpu),
       workers: pids, rssStartBytes: rssStart, rssPeakBytes: peak, rssEndBytes: rssEnd, rssAfter3sBytes: rssAfter,
-      redisRssBytes: srv.redis ? rssOf(srv.redis.pid) : undefined,
+      redisRssBytes: srv.redis ? rssOf(srv.redis.child.pid) : undefined,
       workersAlive: aliveInfo, clientResults: res.length, membersOpenMs: ready.map((r) => r.openMs),
     };
   } finally {
@@ -995,7 +1120,14 @@ function rows(results) {
     'p99 ≤ 20 ms');
   add('fanout', 'delivered / expected (lost)', (r) => `${fmt.n(r.delivered)} / ${fmt.n(r.expected)} (${fmt.n(r.lost)})`,
     'nothing lost');
+  if (ARGS.servers.some((s) => s.endsWith('-bus'))) {
+    add('fanout', 'delivery p50 / p99 per host (sender on host 0)', (r) => (!r.perHost ? 'one host'
+      : r.perHost.map((h) => `h${h.host}: ${fmt.n(h.p50Ms, 1)} / ${fmt.n(h.p99Ms, 1)}`).join('; ') + ' ms'));
+  }
   add('fanout', 'worker CPU per delivery', (r) => `${fmt.n(r.workerUsPerDelivery, 2)} µs`);
+  add('fanout', 'supervisor / primary, redis CPU per delivery', (r) => Object.entries(r.extraUsPerDelivery || {})
+    .map(([k, v]) => `${k} ${fmt.n(v, 2)} µs`).join(', '));
+  add('fanout', 'server total CPU per delivery', (r) => `${fmt.n(r.serverUsPerDelivery, 2)} µs`);
   add('fanout', 'other load on the machine', (r) => `${fmt.n(r.cpu.otherLoadPct, 1)} %`);
   add('fanout', 'workers survived (start to teardown)', survived, 'no worker dies');
   add('fanout', 'errors, closes', (r) => `${fmt.map(Object.fromEntries(Object.entries(r.events || {})
@@ -1022,17 +1154,76 @@ function rows(results) {
   return table.filter((row) => ARGS.only.includes(row[0]));
 }
 
+function columnName(s) {
+  return {
+    resil: 'resil', 'resil-base': 'resil (RESIL_BASE_BIN)', 'resil-sio': 'resil (socket.io-client)',
+    'resil-bus': `resil, ${ARGS.hosts} hosts + bus`, socketio: 'socket.io+redis',
+    'socketio-bus': `socket.io+redis, ${ARGS.hosts} hosts`,
+  }[s];
+}
+
+// The ratios SPEC §11 states its scale-out targets in, from this run's
+// figures (reported, never judged).
+function ratios(results) {
+  const f = (s) => results[s] && results[s].fanout && !results[s].fanout.error ? results[s].fanout : null;
+  const t = (s) => results[s] && results[s].throughput && !results[s].throughput.error ? results[s].throughput : null;
+  const div = (a, b) => (a != null && b != null && Number.isFinite(a) && Number.isFinite(b) && b > 0 ? a / b : null);
+  const x = (v) => (v == null ? 'n/a' : `${fmt.n(v, 2)}×`);
+  const out = [];
+  const bus = f('resil-bus');
+  // the worst p99 of the hosts without the sender (null when one had nothing)
+  const crossP99 = (r) => {
+    const v = r && r.perHost ? r.perHost.filter((h) => h.host > 0).map((h) => h.p99Ms) : [];
+    return v.length && v.every((y) => y != null) ? Math.max(...v) : null;
+  };
+  const cross = crossP99(bus);
+  if (bus && bus.lost) {
+    out.push(`* resil-bus lost ${fmt.n(bus.lost)} of ${fmt.n(bus.expected)} fan-out deliveries: the hosts did not ` +
+      'share them (no bus in this build, or it was down), so its cross-host figures are missing or partial');
+  }
+  if (bus && f('resil')) {
+    out.push(`* fan-out p99 on the other host(s), resil with the bus ÷ single-host resil: ${fmt.n(cross, 1)} / ` +
+      `${fmt.n(f('resil').p99Ms, 1)} ms = ${x(div(cross, f('resil').p99Ms))} (target ≤ 2×); all receivers: ` +
+      `${x(div(bus.p99Ms, f('resil').p99Ms))}`);
+  }
+  if (bus && f('socketio-bus')) {
+    const sio = f('socketio-bus');
+    const sioCross = crossP99(sio);
+    out.push(`* fan-out p99, resil ÷ Socket.io, both across hosts: other host ${fmt.n(cross, 1)} / ` +
+      `${fmt.n(sioCross, 1)} ms = ${x(div(cross, sioCross))}; all receivers ${x(div(bus.p99Ms, sio.p99Ms))} ` +
+      '(target ≤ 0.25×)');
+    out.push(`* server CPU per delivery (workers, supervisors / primaries, redis-server), resil ÷ Socket.io across ` +
+      `hosts: fan-out ${fmt.n(bus.serverUsPerDelivery, 2)} / ${fmt.n(sio.serverUsPerDelivery, 2)} µs = ` +
+      `${x(div(bus.serverUsPerDelivery, sio.serverUsPerDelivery))}` + (t('resil-bus') && t('socketio-bus')
+      ? `; throughput ${fmt.n(t('resil-bus').totalUsPerDelivery, 2)} / ${fmt.n(t('socketio-bus').totalUsPerDelivery, 2)} µs = ` +
+        `${x(div(t('resil-bus').totalUsPerDelivery, t('socketio-bus').totalUsPerDelivery))}` : '') + ' (target ≤ 0.33×)');
+  }
+  if (f('resil') && f('resil-base')) {
+    out.push(`* single host, this build (bus unset) ÷ RESIL_BASE_BIN: fan-out p99 ` +
+      `${x(div(f('resil').p99Ms, f('resil-base').p99Ms))}, fan-out server CPU per delivery ` +
+      `${x(div(f('resil').serverUsPerDelivery, f('resil-base').serverUsPerDelivery))}` + (t('resil') && t('resil-base')
+      ? `, throughput deliveries/s ${x(div(t('resil').deliveredPerS, t('resil-base').deliveredPerS))}, CPU per delivery ` +
+        `${x(div(t('resil').totalUsPerDelivery, t('resil-base').totalUsPerDelivery))}` : '') + ' (target: unchanged)');
+  }
+  return out.length ? ['', ...out] : [];
+}
+
 function markdown(results, meta) {
   const servers = SERVER_NAMES.filter((s) => ARGS.servers.includes(s));
-  const head = ['scenario', 'figure', ...servers.map((s) => ({ resil: 'resil', 'resil-sio': 'resil (socket.io-client)' }[s] || 'socket.io+redis')),
-    'target'];
+  const head = ['scenario', 'figure', ...servers.map(columnName), 'target'];
   const esc = (s) => String(s).replace(/\|/g, '\\|');
+  const multi = servers.some((s) => s.endsWith('-bus'));
   const lines = [
-    `### WebSocket chat: resil vs Socket.io 4 + Redis adapter (${meta.date})`,
+    `### WebSocket chat${multi ? ' across hosts' : ''}: resil vs Socket.io 4 + Redis adapter (${meta.date})`,
     '',
-    `\`${meta.command}\` — ${meta.cpu}, ${meta.nproc} cores; ${meta.workers} workers each; ` +
-      `idle ${fmt.n(ARGS.idle)}, fan-out ${fmt.n(ARGS.receivers)} × ${ARGS.messages} at ${ARGS.rate}/s, ` +
-      `rooms ${NROOMS} × ${ROOM_SIZE} for ${ARGS.duration} s.`,
+    `\`${meta.command}\` — ${meta.cpu}, ${meta.nproc} cores; ${meta.workers} workers each` +
+      (multi ? ` on one host; the -bus servers: ${ARGS.hosts} hosts of ${ARGS.hostWorkers} worker(s) each on one ` +
+        'redis-server, members split over the hosts' : '') + '; ' + [
+      ARGS.only.includes('idle') && `idle ${fmt.n(ARGS.idle)}`,
+      ARGS.only.includes('fanout') && `fan-out ${fmt.n(ARGS.receivers)} × ${ARGS.messages} at ${ARGS.rate}/s`,
+      (ARGS.only.includes('throughput') || ARGS.only.includes('flood')) &&
+        `rooms ${NROOMS} × ${ROOM_SIZE} for ${ARGS.duration} s`,
+    ].filter(Boolean).join(', ') + '.',
     '',
     ...servers.map((s) => `* ${s}: ${meta.versions[s] || '?'}`),
     '',
@@ -1045,6 +1236,7 @@ function markdown(results, meta) {
       return `* ${s.startsWith('resil') ? `${s}: resild's stderr (warn and above)` : "ref-server.js's stderr"}: ` +
         (lines.length ? lines.map((l) => `\`${l.first.slice(0, 300)}\` ×${l.count}`).join('; ') : 'nothing');
     }),
+    ...ratios(results),
     '',
     'The reference stores nothing (messages live in per-worker memory); resil stores every message in SQLite ' +
       'before broadcasting it. CPU is utime+stime from /proc of the processes named, all threads, over the ' +
@@ -1057,7 +1249,7 @@ function markdown(results, meta) {
 
 async function runServer(srv) {
   const out = {};
-  await srv.start(ARGS.workers);
+  await srv.start(srv.name.endsWith('-bus') ? ARGS.hostWorkers : ARGS.workers);
   await srv.setup();
   for (const sc of ARGS.only) {
     const t0 = Date.now();
@@ -1092,7 +1284,7 @@ async function runServer(srv) {
     }
     const r = out[sc];
     log(`${srv.name}: ${sc} done in ${((Date.now() - t0) / 1000).toFixed(1)} s: ${summary(sc, r)}`);
-    if (!exited(srv.child)) await sleep(1000);
+    if (!srv.down()) await sleep(1000);
     else {
       log(`${srv.name}: the server exited during ${sc}`);
       out[sc] = Object.assign(out[sc] || {}, { serverExited: true });
@@ -1122,8 +1314,15 @@ async function main() {
   TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'resil-wsbench-'));
   const results = {};
   const versions = {};
-  const servers = ARGS.servers.map((s) => (s === 'resil' ? new ResilServer()
-    : s === 'resil-sio' ? new ResilServer('resil-sio', 'socketio') : new SocketioServer()));
+  const make = {
+    resil: () => new ResilServer(),
+    'resil-base': () => new ResilServer('resil-base', 'resil', { bin: process.env.RESIL_BASE_BIN }),
+    'resil-sio': () => new ResilServer('resil-sio', 'socketio'),
+    'resil-bus': () => new ResilServer('resil-bus', 'resil', { hosts: ARGS.hosts, bus: true }),
+    socketio: () => new SocketioServer(),
+    'socketio-bus': () => new SocketioServer('socketio-bus', ARGS.hosts),
+  };
+  const servers = ARGS.servers.map((s) => make[s]());
   for (const srv of servers) {
     log(`=== ${srv.name}`);
     try {

@@ -13,10 +13,13 @@
 //   fanout-send  --room R --messages M --rate r: one connection sends M
 //                messages at r/s, each content the wall-clock send time in ms
 //                (performance.timeOrigin + performance.now(), µs precision),
-//                scheduled against the start so timer lag does not accumulate
+//                scheduled against the start so timer lag does not accumulate;
+//                closes once its own M copies came back (at most 15 s later)
 //   rooms        --rooms FILE [--flood] --duration D: FILE is
-//                [{roomId, tokens: [...]}]; every token connects and joins its
-//                room, the first one of each room is its sender. After a "go"
+//                [{roomId, tokens: [...], ports: [...]}]; every token connects
+//                (to its port in ports, when given, else --port: a room can
+//                span several hosts) and joins its room, the first one of each
+//                room is its sender. After a "go"
 //                line on stdin, for D seconds: flow-controlled, a sender sends
 //                its next message when its previous one came back to it as
 //                new_message; --flood, senders never wait (batches per
@@ -72,10 +75,10 @@ function tally(map, key) {
 
 const NEW_MESSAGE_PREFIX = Buffer.from('{"event":"new_message"');
 
-function openResil(token, h) {
+function openResil(token, h, port = A.port) {
   const WebSocket = require('ws');
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${A.port}/ws?token=${encodeURIComponent(token)}`,
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/ws?token=${encodeURIComponent(token)}`,
       { perMessageDeflate: false, handshakeTimeout: 30000 });
     let opened = false;
     const conn = {
@@ -118,12 +121,12 @@ function openResil(token, h) {
   });
 }
 
-function openSocketio(token, h) {
+function openSocketio(token, h, port = A.port) {
   const { io } = require('socket.io-client');
   return new Promise((resolve, reject) => {
     // forceNew: each connection its own Manager and WebSocket (socket.io-client
     // would otherwise multiplex every io() to the same URL on one connection)
-    const s = io(`http://127.0.0.1:${A.port}`, {
+    const s = io(`http://127.0.0.1:${port}`, {
       transports: ['websocket'], auth: { token }, query: { token }, forceNew: true, reconnection: false, timeout: 30000,
     });
     let opened = false;
@@ -194,7 +197,7 @@ async function openAll(specs, h) {
           }
           h.closed(why, c, state);
         },
-      });
+      }, spec.port);
     } catch (e) {
       failed++;
       tally(failures, `connect: ${e.message}`);
@@ -367,8 +370,11 @@ async function fanoutSend() {
   const list = tokens();
   const events = {};
   const closes = {};
+  let echoed = 0; // its own messages back (it is a member of the room)
   const { conns, failed, failures } = await openAll([{ token: list[0], room: A.room }], {
-    newMessage: () => {},
+    newMessage: () => {
+      echoed++;
+    },
     event: (name, data) => tally(events, name === 'error' ? `error: ${data && data.message}` : name),
     closed: (why) => tally(closes, why),
   });
@@ -390,16 +396,21 @@ async function fanoutSend() {
     sent++;
   }
   const elapsed = performance.now() - t0;
-  await sleep(500); // let the last frames leave before the close
+  // close only once the server has broadcast all of them (its copies are back),
+  // or after 15 s: a close with messages still unread would lose them
+  const until = Date.now() + 15000;
+  while (echoed < sent && c.open() && Date.now() < until && !terminated) await sleep(50);
   await closeAll(conns);
-  emit({ type: 'result', sent, elapsedMs: Math.round(elapsed), maxLagMs: Math.round(maxLag * 1000) / 1000,
+  emit({ type: 'result', sent, echoed, elapsedMs: Math.round(elapsed), maxLagMs: Math.round(maxLag * 1000) / 1000,
     events, closes, cpuMs: cpuMs() });
 }
 
 async function rooms() {
   const spec = JSON.parse(fs.readFileSync(A.rooms, 'utf8'));
   const specs = [];
-  for (const r of spec) r.tokens.forEach((token, i) => specs.push({ token, room: r.roomId, sender: i === 0 }));
+  for (const r of spec) {
+    r.tokens.forEach((token, i) => specs.push({ token, room: r.roomId, sender: i === 0, port: r.ports && r.ports[i] }));
+  }
   const FLOOD_BOUND = 256 * 1024; // bytes not yet handed to the kernel, per sender
   const FLOOD_BATCH = 20;
   const content = 'x'.repeat(64);
