@@ -50,6 +50,13 @@ int main(int argc, char **argv)
 	char err[CONFIG_ERR_MAX];
 	enum config_action action = CONFIG_RUN;
 
+	/* libmongoc's counters would live in /dev/shm/mongoc-PID: a process
+	 * killed with SIGKILL leaves its file, a later process given the same
+	 * pid then warns on stderr in libmongoc's own format (not a JSON line)
+	 * and every worker start (an exec) would add a file. resil exports no
+	 * libmongoc counters: keep them in memory, here and in every process
+	 * this one execs. */
+	setenv("MONGOC_DISABLE_SHM", "1", 0);
 	proctitle_init(argc, argv);
 	signal(SIGPIPE, SIG_IGN);
 	if (sodium_init() < 0) {

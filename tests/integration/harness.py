@@ -92,6 +92,8 @@ class Server:
             "RESIL_LOG_FORMAT": "json",
             "RESIL_LOG_LEVEL": "debug",
             "RESIL_ENV": "development",
+            # libmongoc counters in memory, not /dev/shm (see supervisor/resild.c)
+            "MONGOC_DISABLE_SHM": "1",
         })
         if os.environ.get("RESIL_VALGRIND"):
             # Under valgrind every worker is a new valgrind process (workers
