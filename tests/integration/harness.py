@@ -113,7 +113,8 @@ class Server:
         wrap = []
         if os.environ.get("RESIL_VALGRIND"):
             wrap = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
-                    "--errors-for-leak-kinds=definite", "--trace-children=yes", "--child-silent-after-fork=yes"]
+                    "--errors-for-leak-kinds=definite", "--trace-children=yes", "--child-silent-after-fork=yes",
+                    "--vgdb=no"]
         self.proc = subprocess.Popen(wrap + [self.binary, "--foreground"] + self.args, env=self.env, cwd=self.dir,
                                      stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
         if wait:

@@ -112,7 +112,8 @@ class Sandboxed(Server):
             cmd += ["strace", "-f", "-qq", "-C", "-s", "256", "-e", "signal=none", "-o", self.trace, "--"]
         elif os.environ.get("RESIL_VALGRIND"):
             cmd += ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full", "--errors-for-leak-kinds=definite",
-                    "--trace-children=yes", "--child-silent-after-fork=yes"]
+                    "--trace-children=yes", "--child-silent-after-fork=yes",
+                    "--vgdb=no"]
         return cmd + [self.binary, "--foreground"] + self.args
 
     def start(self, wait=True):
