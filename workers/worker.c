@@ -256,11 +256,11 @@ int worker_run(const struct worker_opts *opts)
 		w.exit_code = WORKER_EXIT_FATAL;
 		goto out;
 	}
-	if (w.sbe) {
-		sb_heartbeat(w.sbe);
-		sb_set_state(w.sbe, SB_READY);
-	}
+	/* Publish the database state and the circuits first: a reader counts
+	 * only READY entries, and must never see this one without them. */
 	heartbeat_cb(-1, 0, &w);
+	if (w.sbe)
+		sb_set_state(w.sbe, SB_READY);
 	w.ready = 1;
 	log_info(NULL, "worker ready", LF_INT("generation", opts->generation));
 	if (opts->ready_fd >= 0) {
