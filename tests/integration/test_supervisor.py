@@ -705,9 +705,22 @@ def test_memory_recycles_of_one_slot_back_off_like_crash_restarts():
         print("  skipped under valgrind: a worker's RSS is valgrind's own there, so the 24m limit "
               "says nothing about the worker", flush=True)
         return
-    srv = started(1, env={"RESIL_MAX_MEMORY": "24m", "RESIL_BODY_LIMIT": "64m", "RESIL_REQUEST_TIMEOUT": "4s"})
+    # The limit sits 16 MiB above a fresh worker's RSS (about 10 MiB here, but
+    # ~55 MiB in the sanitizer build, whose workers are exec'd ASan
+    # processes), and the held body 24 MiB above the limit.
+    probe = started(1)
     try:
-        body_len = 48 * 1024 * 1024
+        rss = lambda: max(w["rss_bytes"] for w in status(probe)["workers"])  # noqa: E731
+        wait_for(rss, 10, "a sampled RSS")  # the supervisor samples every 250 ms
+        time.sleep(0.6)
+        fresh = rss() >> 20
+    finally:
+        probe.cleanup()
+    limit_m = max(24, fresh + 16)
+    srv = started(1, env={"RESIL_MAX_MEMORY": "%dm" % limit_m, "RESIL_BODY_LIMIT": "%dm" % (limit_m + 40),
+                          "RESIL_REQUEST_TIMEOUT": "4s"})
+    try:
+        body_len = (limit_m + 24) * 1024 * 1024
         chunk = b"x" * (1024 * 1024)
         for n in range(1, 4):
             pid = wait_for(lambda: all_ready(srv, 1), 10, "a ready worker")[0]
