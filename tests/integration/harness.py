@@ -75,6 +75,23 @@ def free_port():
     return port
 
 
+def require_websockets():
+    """Import websockets, or run this test file again with /usr/bin/python3
+    (Debian installs python3-websockets for the system interpreter only:
+    `python3` may be another one, pyenv or a venv); FAIL if it is missing."""
+    try:
+        import websockets  # noqa: F401
+    except ImportError:
+        if os.environ.get("RESIL_WS_REEXEC") != "1" and os.path.exists("/usr/bin/python3") and \
+                os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3"):
+            os.environ["RESIL_WS_REEXEC"] = "1"
+            os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
+        print("FAIL: the python3 websockets module is missing (Debian: apt-get install -y python3-websockets, "
+              "which scripts/install-deps.sh --test does)", flush=True)
+        print("0 passed, 1 failed")
+        sys.exit(1)
+
+
 class Server:
     """A resild process with its own directory, port and log capture."""
 

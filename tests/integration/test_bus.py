@@ -28,18 +28,10 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-# Debian installs python3-websockets for the system interpreter only (see test_ws.py).
-try:
-    import websockets  # noqa: F401
-except ImportError:
-    if os.environ.get("RESIL_WS_REEXEC") != "1" and os.path.exists("/usr/bin/python3") and \
-            os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3"):
-        os.environ["RESIL_WS_REEXEC"] = "1"
-        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
-    print("FAIL: the python3 websockets module is missing (scripts/install-deps.sh --test installs it)")
-    print("0 passed, 1 failed")
-    sys.exit(1)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import require_websockets  # noqa: E402
+
+require_websockets()  # Debian has websockets for /usr/bin/python3 only
 
 import websockets  # noqa: E402
 

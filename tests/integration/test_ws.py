@@ -19,22 +19,13 @@ import subprocess
 import sys
 import time
 
-# Debian installs python3-websockets for the system interpreter only: when
-# `python3` is another one (pyenv, venv), run this file with /usr/bin/python3.
-try:
-    import websockets  # noqa: F401
-except ImportError:
-    if os.environ.get("RESIL_WS_REEXEC") != "1" and os.path.exists("/usr/bin/python3") and \
-            os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3"):
-        os.environ["RESIL_WS_REEXEC"] = "1"
-        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
-    print("FAIL: the python3 websockets module is missing (Debian: apt-get install -y python3-websockets, "
-          "which scripts/install-deps.sh --test does)", flush=True)
-    sys.exit(1)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import require_websockets  # noqa: E402
+
+require_websockets()  # Debian has websockets for /usr/bin/python3 only
 import websockets  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
 from harness import RESILD, TOP, Server, run_tests  # noqa: E402
 from test_api_rooms import MongoDouble  # noqa: E402
 
