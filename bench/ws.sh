@@ -49,6 +49,8 @@ RESIL_BASE_BIN=/path/to/resild is the resil-base server (a build without the
 feature under test); BENCH_BASE_REF=REV builds REV for it (git archive, then
 configure with CFLAGS="-O2 -g -DNDEBUG", in bench/.build/base-SHA);
 BENCH_KEEP_TMP=1 keeps the temp dir with the server logs;
+BENCH_RESIL_ENV="RESIL_IO_URING=off ..." adds settings to every resild;
+BENCH_REDIS_STATS=1 prints redis-server's INFO commandstats before it stops;
 BENCH_START_TIMEOUT=S waits that long for a server (default 30).
 EOF
         exit 0

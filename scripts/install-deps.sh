@@ -5,7 +5,7 @@ set -eu
 
 PKGS="autoconf automake libtool pkg-config make gcc
 libevent-dev libyajl-dev libmongoc-dev libbson-dev libsodium-dev check
-libsqlite3-dev zlib1g-dev libwslay-dev node-llhttp nettle-dev libcrypt-dev libhiredis-dev
+libsqlite3-dev zlib1g-dev libwslay-dev node-llhttp nettle-dev libcrypt-dev libhiredis-dev liburing-dev
 python3 curl procps"
 # Extra tools for the test suite (valgrind step, WebSocket client).
 if [ "${1:-}" = "--test" ]; then

@@ -55,6 +55,7 @@ enum key_type {
 	KT_NAME,     /* user or group name, empty = unset */
 	KT_CIDRS,    /* comma-separated networks, empty = none */
 	KT_BUS,      /* redis://host:port[/db], empty = none */
+	KT_SWITCH,   /* on | off, stored as int 1 | 0 */
 };
 
 enum key_id {
@@ -93,6 +94,7 @@ enum key_id {
 	K_TRUST_PROXY,
 	K_METRICS_ALLOW,
 	K_BUS,
+	K_IO_URING,
 	K_COUNT
 };
 
@@ -207,12 +209,16 @@ static const struct key_def keys[K_COUNT] = {
                .help = "cross-host bus: redis://host:port[/db] (chat, /api/ rate limit and post cache across "
                        "hosts); unset: single host",
                .restart_only = 1},
+    [K_IO_URING] = {"io_uring", "RESIL_IO_URING", KT_SWITCH, FIELD(io_uring), .def = "on",
+                    .help = "on: a worker issues each loop iteration's WebSocket writes with one io_uring call where "
+                            "the kernel allows it (else, and when off, one sendmsg per socket)"},
 };
 
 static const char *const env_names[] = {"development", "production"};
 static const char *const sync_names[] = {"full", "normal"};
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static const char *const format_names[] = {"pretty", "json"};
+static const char *const switch_names[] = {"off", "on"};
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -558,6 +564,13 @@ static int key_set(struct resil_config *c, const struct key_def *k, const char *
 			            show(v, &q));
 		c->log_level = i;
 		return 0;
+	case KT_SWITCH: {
+		int on;
+		if ((on = lookup_name(v, switch_names, 2)) < 0)
+			return errf(err, errlen, "%s: invalid value \"%s\" (expected on or off)", who, show(v, &q));
+		memcpy(field, &on, sizeof on);
+		return 0;
+	}
 	case KT_FORMAT:
 		if ((i = lookup_name(v, format_names, 2)) < 0)
 			return errf(err, errlen, "%s: invalid value \"%s\" (expected json or pretty)", who,
@@ -1046,6 +1059,11 @@ static const char *key_value(const struct resil_config *c, const struct key_def 
 	case KT_SYNC: return sync_names[c->db_sync == CONFIG_DB_SYNC_NORMAL];
 	case KT_LEVEL: return c->log_level >= 0 && c->log_level < 4 ? level_names[c->log_level] : "info";
 	case KT_FORMAT: return format_names[c->log_format == CONFIG_LOG_JSON];
+	case KT_SWITCH: {
+		int on;
+		memcpy(&on, field, sizeof on);
+		return switch_names[on != 0];
+	}
 	case KT_SECRET: return "";
 	case KT_DURATION:
 		memcpy(&v, field, sizeof v);

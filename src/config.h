@@ -65,6 +65,7 @@ struct resil_config {
 	char trust_proxy[1024];   /* CIDRs of trusted proxies; empty: none */
 	char metrics_allow[1024]; /* CIDRs whose peers may read GET /metrics; empty: none */
 	char bus[512];            /* redis://host:port[/db]; empty: single host (src/rbus.h) */
+	int io_uring;             /* 1: batch WebSocket writes through io_uring where possible */
 	/* Command-line only. */
 	int foreground;
 	int check_config;

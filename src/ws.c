@@ -25,7 +25,9 @@
 
 #include "http.h"
 #include "json.h"
+#include "log.h"
 #include "metrics.h"
+#include "sendbatch.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -53,6 +55,7 @@
 #define WS_READS_PER_EVENT 4
 #define WS_QUEUE_MAX 4096 /* frames queued on one socket */
 #define WS_IOV_MAX 64
+#define WS_BATCH 512             /* socket writes issued by one io_uring_enter() */
 #define WS_PARK_AFTER_MS 2000    /* an idle socket's empty send ring is released after this */
 #define WS_AFTER_CLOSE_MAX 65536 /* bytes a client may send after our close before we hang up */
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -93,6 +96,8 @@ struct ws_conn {
 	struct ws_track trk;
 	uint32_t after_close; /* bytes received since our close frame went out */
 	uint64_t last_rx_ms, last_tx_ms, last_ping_ms, close_deadline_ms;
+	size_t btotal; /* bytes offered in the batch in flight */
+	ssize_t bres;  /* its result: bytes written or -errno */
 	alignas(max_align_t) unsigned char app[];
 };
 
@@ -111,6 +116,9 @@ struct ws_server {
 	void (*on_empty)(void *ud);
 	void *on_empty_ud;
 	struct ws_stats stats;
+	struct sendbatch *batch;   /* NULL: one sendmsg() per socket */
+	struct ws_conn **bconn;    /* the batch's sockets, in order */
+	int flushing;              /* inside flush_cb: new dirty sockets join its loop */
 	const unsigned char *feed; /* bytes wslay's recv callback hands out */
 	size_t feed_len;
 	unsigned char rbuf[WS_READ_CHUNK];
@@ -338,7 +346,7 @@ static void mark_dirty(struct ws_conn *c)
 	c->in_dirty = 1;
 	c->refs++;
 	c->dirty_next = s->dirty;
-	if (!s->dirty)
+	if (!s->dirty && !s->flushing)
 		event_active(s->flush_ev, EV_TIMEOUT, 1);
 	s->dirty = c;
 }
@@ -564,21 +572,46 @@ static void close_flushed(struct ws_conn *c)
 	}
 }
 
+/* The head of the queue as iovecs (at most max); their bytes in *total. */
+static int conn_iov(const struct ws_conn *c, struct iovec *iov, int max, size_t *total)
+{
+	int n = 0;
+	*total = 0;
+	for (uint32_t i = 0; i < c->qcount && n < max; i++) {
+		struct ws_frame *f = c->q[(c->qhead + i) & (c->qcap - 1)];
+		size_t off = i == 0 ? c->qoff : 0;
+		iov[n].iov_base = f->data + off;
+		iov[n].iov_len = f->len - off;
+		*total += f->len - off;
+		n++;
+	}
+	return n;
+}
+
+/* w bytes of the total just offered went out: drop them from the queue.
+ * Nothing here calls back into the application. */
+static void conn_sent(struct ws_conn *c, size_t w, size_t total)
+{
+	c->srv->stats.bytes_out += (uint64_t)w;
+	c->last_tx_ms = now_ms();
+	queue_consume(c, w);
+	c->blocked = w < total;
+}
+
+/* The queue is empty: finish a close whose frame is now on the wire. */
+static void conn_flushed(struct ws_conn *c)
+{
+	c->blocked = 0;
+	if (c->state == C_CLOSING && c->close_queued && !c->qcount)
+		close_flushed(c);
+}
+
 static void conn_flush(struct ws_conn *c)
 {
-	struct ws_server *s = c->srv;
 	while (c->qcount && c->state != C_DEAD) {
 		struct iovec iov[WS_IOV_MAX];
-		int n = 0;
-		size_t total = 0;
-		for (uint32_t i = 0; i < c->qcount && n < WS_IOV_MAX; i++) {
-			struct ws_frame *f = c->q[(c->qhead + i) & (c->qcap - 1)];
-			size_t off = i == 0 ? c->qoff : 0;
-			iov[n].iov_base = f->data + off;
-			iov[n].iov_len = f->len - off;
-			total += f->len - off;
-			n++;
-		}
+		size_t total;
+		int n = conn_iov(c, iov, WS_IOV_MAX, &total);
 		struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
 		ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (w < 0) {
@@ -591,17 +624,12 @@ static void conn_flush(struct ws_conn *c)
 			conn_finish(c);
 			return;
 		}
-		s->stats.bytes_out += (uint64_t)w;
-		c->last_tx_ms = now_ms();
-		queue_consume(c, (size_t)w);
-		if ((size_t)w < total) {
-			c->blocked = 1;
+		conn_sent(c, (size_t)w, total);
+		if (c->blocked)
 			return;
-		}
 	}
-	c->blocked = 0;
-	if (c->state == C_CLOSING && c->close_queued && !c->qcount)
-		close_flushed(c);
+	if (c->state != C_DEAD)
+		conn_flushed(c);
 }
 
 static void conn_io(evutil_socket_t fd, short what, void *arg)
@@ -928,11 +956,97 @@ int ws_upgrade(struct ws_server *s, struct http_request *req, const char *accept
 
 /* ----------------------------------------------------------- server */
 
+/* Pass 1 of a batch, for each socket in order: account what was written.
+ * Nothing here calls back into the application, so no queue changes
+ * before every result of the batch is in. */
+static void batch_done(void *ud, ssize_t res, void *arg)
+{
+	struct ws_conn *c = ud;
+	(void)arg;
+	c->bres = res;
+	if (res != -ECANCELED)
+		c->srv->stats.batched_writes++;
+	if (c->state == C_DEAD)
+		return;
+	if (res >= 0)
+		conn_sent(c, (size_t)res, c->btotal);
+	else if (res == -EAGAIN || res == -EWOULDBLOCK)
+		c->blocked = 1;
+}
+
+/* Issue the batch, then pass 2: act on each result (errors finish the
+ * socket, a socket with more queued goes round again). */
+static void batch_run(struct ws_server *s)
+{
+	unsigned n = sendbatch_count(s->batch);
+	if (!n)
+		return;
+	if (sendbatch_run(s->batch, batch_done, s) < 0) {
+		log_warn(NULL, "io_uring failed: websocket writes go back to sendmsg",
+		         LF_STR("error", strerror(errno)));
+		sendbatch_free(s->batch);
+		s->batch = NULL;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		struct ws_conn *c = s->bconn[i];
+		ssize_t res = c->bres;
+		if (c->state != C_DEAD) {
+			if (res == -ECANCELED || res == -EINTR)
+				conn_flush(c); /* never issued: the plain way */
+			else if (res < 0 && res != -EAGAIN && res != -EWOULDBLOCK)
+				conn_finish(c);
+			else if (!c->blocked && c->qcount)
+				mark_dirty(c); /* more than one request took: next round */
+			else if (!c->blocked)
+				conn_flushed(c);
+			if (c->state != C_DEAD)
+				conn_update_events(c);
+		}
+		ws_conn_unref(c); /* the dirty list's reference */
+	}
+}
+
+static void flush_batched(struct ws_server *s)
+{
+	s->flushing = 1;
+	while (s->dirty && s->batch) {
+		struct ws_conn *list = s->dirty;
+		s->dirty = NULL;
+		while (list) {
+			struct ws_conn *c = list;
+			list = c->dirty_next;
+			c->dirty_next = NULL;
+			c->in_dirty = 0;
+			struct iovec *iov = NULL;
+			if (c->state != C_DEAD && c->qcount && s->batch && !(iov = sendbatch_iov(s->batch))) {
+				batch_run(s); /* full: issue it, then start the next */
+				iov = s->batch ? sendbatch_iov(s->batch) : NULL;
+			}
+			if (!iov) { /* nothing to write, or the ring is gone */
+				if (c->state != C_DEAD) {
+					conn_flush(c);
+					if (c->state != C_DEAD)
+						conn_update_events(c);
+				}
+				ws_conn_unref(c);
+				continue;
+			}
+			int k = conn_iov(c, iov, SENDBATCH_IOV, &c->btotal);
+			s->bconn[sendbatch_count(s->batch)] = c;
+			sendbatch_add(s->batch, c->fd, (unsigned)k, c);
+		}
+		batch_run(s);
+	}
+	s->flushing = 0;
+}
+
 static void flush_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct ws_server *s = arg;
 	(void)fd;
 	(void)what;
+	if (s->batch)
+		flush_batched(s); /* returns with s->dirty empty, or the ring gone */
 	struct ws_conn *c;
 	while ((c = s->dirty)) {
 		s->dirty = c->dirty_next;
@@ -1042,6 +1156,18 @@ struct ws_server *ws_server_new(struct event_base *base, const struct ws_limits 
 	s->flush_ev = event_new(base, -1, 0, flush_cb, s);
 	s->sweep_ev = event_new(base, -1, EV_PERSIST, sweep_cb, s);
 	s->drained_ev = event_new(base, -1, 0, drained_cb, s);
+	/* Without io_uring (refused by the kernel, or switched off), every
+	 * socket is written with its own sendmsg(). */
+	if (!s->lim.no_io_uring) {
+		s->batch = sendbatch_new(WS_BATCH);
+		if (!s->batch)
+			log_info(NULL, "io_uring unavailable: websocket writes use sendmsg",
+			         LF_STR("error", strerror(errno)));
+		else if (!(s->bconn = calloc(WS_BATCH, sizeof(*s->bconn)))) {
+			sendbatch_free(s->batch);
+			s->batch = NULL;
+		}
+	}
 	s->ping = frame_build(0x9, NULL, 0);
 	if (s->lim.text_ping)
 		s->text_ping = ws_frame_text(s->lim.text_ping, strlen(s->lim.text_ping));
@@ -1066,6 +1192,8 @@ void ws_server_free(struct ws_server *s)
 		c->in_dirty = 0;
 		ws_conn_unref(c);
 	}
+	sendbatch_free(s->batch);
+	free(s->bconn);
 	if (s->flush_ev)
 		event_free(s->flush_ev);
 	if (s->sweep_ev)
@@ -1107,4 +1235,9 @@ size_t ws_server_count(const struct ws_server *s)
 const struct ws_stats *ws_server_stats(const struct ws_server *s)
 {
 	return &s->stats;
+}
+
+int ws_server_batched(const struct ws_server *s)
+{
+	return s->batch != NULL;
 }

@@ -54,6 +54,9 @@ struct ws_limits {
 	/* Text message sent every ping_idle_ms to sockets that asked for it
 	 * with ws_conn_use_text_ping() (Engine.IO's "2"); NULL: none. */
 	const char *text_ping;
+	/* 1: write each socket with its own sendmsg() even where io_uring
+	 * could issue a loop iteration's writes in one call. */
+	int no_io_uring;
 };
 
 struct ws_handlers {
@@ -72,6 +75,7 @@ struct ws_stats {
 	uint64_t closed_backlog; /* 1013: slow readers */
 	uint64_t frames_out;
 	uint64_t bytes_out;
+	uint64_t batched_writes; /* socket writes issued through io_uring (src/sendbatch.h) */
 };
 
 /* A server frame (header and payload) shared by the sockets it is queued on. */
@@ -92,6 +96,9 @@ void ws_server_drain(struct ws_server *s, void (*on_empty)(void *ud), void *ud);
 int ws_server_draining(const struct ws_server *s);
 size_t ws_server_count(const struct ws_server *s);
 const struct ws_stats *ws_server_stats(const struct ws_server *s);
+/* 1 while writes are batched through io_uring, 0 when each socket gets its
+ * own sendmsg() (io_uring off, refused by the kernel, or failed). */
+int ws_server_batched(const struct ws_server *s);
 
 /* Validate a GET upgrade request (Upgrade: websocket, Connection: upgrade,
  * Sec-WebSocket-Version: 13, a Sec-WebSocket-Key of 16 base64 bytes) and

@@ -397,6 +397,7 @@ START_TEST(test_every_value_kind_is_validated)
 	    {"listen = [::1:80", "listen"},
 	    {"listen = unix:relative.sock", "listen"},
 	    {"control = \"\"", "control"},
+	    {"io_uring = yes", "io_uring"},
 	};
 	char err[CONFIG_ERR_MAX], want[256], line[128];
 
@@ -510,6 +511,23 @@ START_TEST(test_db_sync_defaults_to_full_in_production_and_normal_in_development
 	env_set("RESIL_DB_SYNC", "fsync");
 	ck_assert_int_eq(load(&c, NULL, NULL, err), -1);
 	ck_assert_str_eq(err, "RESIL_DB_SYNC: invalid value \"fsync\" (expected full or normal)");
+}
+END_TEST
+
+START_TEST(test_io_uring_is_on_by_default_and_switches_off)
+{
+	struct resil_config c;
+	char err[CONFIG_ERR_MAX];
+
+	ck_assert_int_eq(load(&c, NULL, NULL, err), 0);
+	ck_assert_int_eq(c.io_uring, 1);
+	env_set("RESIL_IO_URING", "off");
+	ck_assert_int_eq(load(&c, NULL, NULL, err), 0);
+	ck_assert_int_eq(c.io_uring, 0);
+	nfake = 0;
+	env_set("RESIL_IO_URING", "1");
+	ck_assert_int_eq(load(&c, NULL, NULL, err), -1);
+	ck_assert_str_eq(err, "RESIL_IO_URING: invalid value \"1\" (expected on or off)");
 }
 END_TEST
 
@@ -786,6 +804,7 @@ static const char *const env_names[] = {
     "RESIL_TRUST_PROXY",
     "RESIL_METRICS_ALLOW",
     "RESIL_BUS",
+    "RESIL_IO_URING",
 };
 #define NKEYS (sizeof env_names / sizeof env_names[0])
 
@@ -990,6 +1009,7 @@ static Suite *config_suite(void)
 	    {"man keys", test_man_keys_are_roff_entries_for_every_key},
 	    {"example file", test_example_file_is_valid_commented_and_uncommented},
 	    {"effective config", test_effective_config_reads_back_identically},
+	    {"io_uring switch", test_io_uring_is_on_by_default_and_switches_off},
 	    {"cors", test_origin_allowed_only_on_exact_match},
 	    {"bus uri", test_bus_uri_forms_and_refusals},
 	};

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,6 +28,7 @@ static size_t got_len;
 static int texts, closes, drained;
 static size_t last_count;
 static int echo;                    /* on_text echoes the message back */
+static int no_uring;                /* this run's ws_limits.no_io_uring */
 static unsigned char rbuf[1 << 20]; /* bytes the client has read, not yet parsed */
 static size_t rlen;
 
@@ -61,9 +63,11 @@ static void start(const struct ws_limits *lim)
 {
 	int sv[2];
 	struct ws_handlers h = {.on_text = on_text, .on_close = on_close, .on_count = on_count};
+	struct ws_limits l = lim ? *lim : (struct ws_limits){0};
+	l.no_io_uring = no_uring;
 	base = event_base_new();
 	ck_assert_ptr_nonnull(base);
-	srv = ws_server_new(base, lim, &h);
+	srv = ws_server_new(base, &l, &h);
 	ck_assert_ptr_nonnull(srv);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
 	cli = sv[1];
@@ -399,6 +403,82 @@ START_TEST(test_ws_leftover_bytes_are_processed_before_the_socket)
 }
 END_TEST
 
+/* One loop iteration's writes to many sockets (more than one io_uring
+ * batch, more frames per socket than one request gathers): every live
+ * socket gets every frame once and in order; a socket whose peer is gone
+ * in the middle of the batch is finished without disturbing the others. */
+START_TEST(test_ws_broadcast_reaches_every_socket_in_order_past_a_dead_peer)
+{
+	struct rlimit rl;
+	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_cur < 2048 && rl.rlim_max > rl.rlim_cur) {
+		rl.rlim_cur = rl.rlim_max < 2048 ? rl.rlim_max : 2048;
+		setrlimit(RLIMIT_NOFILE, &rl);
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	int n = rl.rlim_cur >= 2048 ? 600 : (int)(rl.rlim_cur - 64) / 2;
+	if (n < 600)
+		fprintf(stderr, "test_ws: only %d sockets (RLIMIT_NOFILE %llu): one io_uring batch holds 512\n", n,
+		        (unsigned long long)rl.rlim_cur);
+	int *cl = calloc((size_t)n, sizeof(*cl));
+	struct ws_conn **sc = calloc((size_t)n, sizeof(*sc));
+	ck_assert_ptr_nonnull(cl);
+	ck_assert_ptr_nonnull(sc);
+	for (int i = 0; i < n; i++) {
+		int sv[2];
+		ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+		sc[i] = ws_conn_new(srv, sv[0], 0);
+		ck_assert_ptr_nonnull(sc[i]);
+		ck_assert_int_eq(ws_conn_start(sc[i], NULL, 0), 0);
+		cl[i] = sv[1];
+	}
+	int dead = n / 2;
+	close(cl[dead]);
+	cl[dead] = -1;
+	enum { FRAMES = 12 };
+	for (int m = 0; m < FRAMES; m++) {
+		char t[4];
+		snprintf(t, sizeof(t), "m%02d", m);
+		struct ws_frame *f = ws_frame_text(t, 3);
+		for (int i = 0; i < n; i++)
+			ck_assert_int_eq(ws_send_frame(sc[i], f), 0);
+		ws_frame_unref(f);
+	}
+	turn(4);
+	for (int i = 0; i < n; i++) {
+		if (i == dead)
+			continue;
+		unsigned char b[256];
+		size_t have = 0;
+		for (int tries = 0; tries < 100 && have < FRAMES * 5; tries++) {
+			ssize_t r = read(cl[i], b + have, sizeof(b) - have);
+			if (r > 0)
+				have += (size_t)r;
+			else
+				turn(1);
+		}
+		ck_assert_msg(have == FRAMES * 5, "socket %d got %zu bytes", i, have);
+		for (int m = 0; m < FRAMES; m++) {
+			char t[4];
+			snprintf(t, sizeof(t), "m%02d", m);
+			ck_assert_int_eq(b[m * 5], 0x81);
+			ck_assert_int_eq(b[m * 5 + 1], 3);
+			ck_assert_msg(memcmp(b + m * 5 + 2, t, 3) == 0, "socket %d frame %d out of order", i, m);
+		}
+		close(cl[i]);
+	}
+	ck_assert_int_eq(closes, 1); /* the dead peer, finished by its failed write */
+	if (no_uring)
+		ck_assert_uint_eq(ws_server_stats(srv)->batched_writes, 0);
+	else if (ws_server_batched(srv))
+		ck_assert_uint_ge(ws_server_stats(srv)->batched_writes, (uint64_t)n);
+	else
+		fprintf(stderr, "test_ws: io_uring is not available here: the batched run wrote with sendmsg\n");
+	free(cl);
+	free(sc);
+}
+END_TEST
+
 static Suite *ws_suite(void)
 {
 	Suite *s = suite_create("ws");
@@ -420,6 +500,7 @@ static Suite *ws_suite(void)
 	    {"drain", test_ws_drain_sends_1001_and_reports_empty_after_the_handshake},
 	    {"idle", test_ws_idle_socket_is_pinged_then_closed_when_silent},
 	    {"leftover", test_ws_leftover_bytes_are_processed_before_the_socket},
+	    {"broadcast", test_ws_broadcast_reaches_every_socket_in_order_past_a_dead_peer},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		TCase *tc = tcase_create(cases[i].name);
@@ -431,11 +512,18 @@ static Suite *ws_suite(void)
 	return s;
 }
 
+/* The suite runs twice: writes batched through io_uring (where the kernel
+ * allows it), then one sendmsg() per socket. */
 int main(void)
 {
-	SRunner *sr = srunner_create(ws_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	int failed = 0;
+	for (no_uring = 0; no_uring <= 1; no_uring++) {
+		fprintf(stderr, "test_ws: writes %s\n",
+		        no_uring ? "with one sendmsg per socket (io_uring off)" : "batched through io_uring");
+		SRunner *sr = srunner_create(ws_suite());
+		srunner_run_all(sr, CK_NORMAL);
+		failed += srunner_ntests_failed(sr);
+		srunner_free(sr);
+	}
 	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -915,6 +915,7 @@ int chat_start(struct worker *w)
 	    .ping_idle_ms = test_ms(w->cfg, "RESIL_TEST_WS_PING_MS"),
 	    .idle_timeout_ms = test_ms(w->cfg, "RESIL_TEST_WS_IDLE_MS"),
 	    .text_ping = "2", /* Engine.IO ping, for /socket.io/ sockets */
+	    .no_io_uring = !w->cfg->io_uring,
 	};
 	int fd = w->bus_fd;
 	w->bus_fd = -1; /* ours now: the bus closes it, also on failure */

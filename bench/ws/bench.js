@@ -519,6 +519,11 @@ class ResilServer {
       RESIL_JWT_SECRET: this.secret,
     });
     if (this.bus) env.RESIL_BUS = `redis://127.0.0.1:${this.redis.port}`;
+    // BENCH_RESIL_ENV="RESIL_IO_URING=off ...": settings for every resild of the run
+    for (const kv of (process.env.BENCH_RESIL_ENV || '').split(/\s+/).filter(Boolean)) {
+      const eq = kv.indexOf('=');
+      if (eq > 0 && kv.startsWith('RESIL_')) env[kv.slice(0, eq)] = kv.slice(eq + 1);
+    }
     const fd = fs.openSync(host.logFile, 'a');
     host.child = spawnRaised('resild', [this.bin, '--foreground'], { cwd: dir, env, stdio: ['ignore', fd, fd] });
     fs.closeSync(fd);
@@ -627,7 +632,10 @@ class ResilServer {
 
   async stop() {
     await Promise.all((this.hosts || []).map((x) => stopChild(x.child, 15000)));
-    if (this.redis) await stopChild(this.redis.child, 10000);
+    if (this.redis) {
+      redisStats(this.redis.port, this.name || 'server');
+      await stopChild(this.redis.child, 10000);
+    }
     killStrayWorkers();
   }
 
@@ -680,6 +688,19 @@ async function startRedis(dir) {
     throw new Fatal(`${e.message}\n${tail(logFile)}`);
   });
   return { child, port, log: logFile };
+}
+
+// BENCH_REDIS_STATS=1: redis-server's per-command counts and time
+// (INFO commandstats) on stderr before it is stopped.
+function redisStats(port, name) {
+  if (!process.env.BENCH_REDIS_STATS) return;
+  try {
+    const out = require('node:child_process').execFileSync('redis-cli', ['-p', String(port), 'info', 'commandstats'],
+      { timeout: 5000, encoding: 'utf8' });
+    process.stderr.write(`bench: ${name}: redis commandstats\n${out}`);
+  } catch (e) {
+    process.stderr.write(`bench: ${name}: redis commandstats: ${e.message}\n`);
+  }
 }
 
 function redisVersion() {
@@ -841,7 +862,10 @@ class SocketioServer {
   async stop() {
     for (const x of this.hosts || []) clearInterval(x.watch);
     await Promise.all((this.hosts || []).map((x) => stopChild(x.child, 10000)));
-    if (this.redis) await stopChild(this.redis.child, 10000);
+    if (this.redis) {
+      redisStats(this.redis.port, this.name || 'server');
+      await stopChild(this.redis.child, 10000);
+    }
     killStrayWorkers();
   }
 

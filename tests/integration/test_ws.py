@@ -854,6 +854,39 @@ def test_unthrottled_flood_keeps_every_worker_alive_with_bounded_memory():
     asyncio.run(still_serving())
 
 
+def io_uring_fds(pid):
+    """How many io_uring instances the process holds (its batched writer)."""
+    n = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)) == "anon_inode:[io_uring]":
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def test_broadcast_with_io_uring_off_writes_each_socket_itself():
+    # The default server batches a loop iteration's writes through io_uring
+    # where the kernel allows it (one ring per worker); io_uring = off
+    # writes every socket with its own sendmsg(), with the same order and
+    # the same delivery.
+    on = [io_uring_fds(w["pid"]) for w in status_json(server())["workers"]]
+    if on == [0] * len(on):
+        print("io_uring is not available on this kernel: the default server writes with sendmsg too")
+    else:
+        assert on == [1] * len(on), on
+    srv = Server(workers=2, env={"RESIL_TEST_HOOKS": "1", "RESIL_IO_URING": "off"})
+    try:
+        srv.start()
+        assert [io_uring_fds(w["pid"]) for w in status_json(srv)["workers"]] == [0, 0]
+        n, workers = asyncio.run(broadcast_scenario(srv, Api(srv), per_sender=8))
+        assert n >= 8 and workers == 2
+    finally:
+        logs = stop_server(srv)
+    assert_sanitizer_clean(logs)
+
+
 def test_broadcast_on_the_mongodb_backend():
     md = MongoDouble()
     srv = Server(workers=2, env={"RESIL_TEST_HOOKS": "1"}, db=md.uri("resil_it_ws_%d" % os.getpid()))
