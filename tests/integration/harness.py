@@ -10,6 +10,7 @@ every integration test also tests the log format. Lines from valgrind or a
 sanitizer ("==PID==...", "--PID--...") are left to assert_clean_exit.
 """
 import http.client
+import importlib
 import json
 import os
 import re
@@ -75,17 +76,24 @@ def free_port():
     return port
 
 
-def require_websockets():
-    """Import websockets, or run this test file again with /usr/bin/python3
-    (Debian installs python3-websockets for the system interpreter only:
-    `python3` may be another one, pyenv or a venv); FAIL if it is missing."""
+def import_system_module(name):
+    """Import a module Debian installs for the system interpreter only
+    (python3-websockets, python3-yaml): when `python3` is another one (pyenv,
+    a venv) without it, run this test file again with /usr/bin/python3, once.
+    Returns the module, or None when it is missing there too."""
     try:
-        import websockets  # noqa: F401
+        return importlib.import_module(name)
     except ImportError:
-        if os.environ.get("RESIL_WS_REEXEC") != "1" and os.path.exists("/usr/bin/python3") and \
+        if os.environ.get("RESIL_SYSPY_REEXEC") != "1" and os.path.exists("/usr/bin/python3") and \
                 os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3"):
-            os.environ["RESIL_WS_REEXEC"] = "1"
+            os.environ["RESIL_SYSPY_REEXEC"] = "1"
             os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
+        return None
+
+
+def require_websockets():
+    """Import websockets (see import_system_module); FAIL if it is missing."""
+    if import_system_module("websockets") is None:
         print("FAIL: the python3 websockets module is missing (Debian: apt-get install -y python3-websockets, "
               "which scripts/install-deps.sh --test does)", flush=True)
         print("0 passed, 1 failed")

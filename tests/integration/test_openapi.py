@@ -24,19 +24,10 @@ import os
 import re
 import sys
 
-# Debian installs python3-yaml for the system interpreter only: when
-# `python3` is another one (pyenv, venv) without it, run with /usr/bin/python3.
-try:
-    import yaml
-except ImportError:
-    if os.environ.get("RESIL_YAML_REEXEC") != "1" and os.path.exists("/usr/bin/python3") and \
-            os.path.realpath(sys.executable) != os.path.realpath("/usr/bin/python3"):
-        os.environ["RESIL_YAML_REEXEC"] = "1"
-        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
-    yaml = None  # each test then fails, naming the missing package
-
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import TOP, Server, run_tests  # noqa: E402
+from harness import TOP, Server, import_system_module, run_tests  # noqa: E402
+
+yaml = import_system_module("yaml")  # None: each test then fails, naming the missing package
 
 DOC_PATH = os.path.join(TOP, "docs", "openapi.yaml")
 METHODS = ("get", "post", "put", "patch", "delete")
